@@ -1,0 +1,13 @@
+"""StrongPose: bottom-up multi-person 2D human pose estimation."""
+
+import os
+
+# albumentations calls the network at import time unless told not to (see DEVELOPERS.md)
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+from strongpose.codec import StrongPoseCodec  # noqa: E402
+from strongpose.skeleton import COCO_PERSON, CROWDPOSE, Skeleton, get_skeleton  # noqa: E402
+from strongpose.structures import Poses  # noqa: E402
+
+__version__ = "0.1.0"
+__all__ = ["COCO_PERSON", "CROWDPOSE", "Poses", "Skeleton", "StrongPoseCodec", "get_skeleton"]

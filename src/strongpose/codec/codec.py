@@ -1,0 +1,221 @@
+"""StrongPoseCodec: the one object that turns people into targets and network outputs into people."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from strongpose.codec.encode import encode_targets
+from strongpose.codec.grouping import group_image, link_candidates
+from strongpose.codec.hough import find_peaks, gaussian_blur, hough_vote
+from strongpose.skeleton import COCO_PERSON, Skeleton, get_skeleton
+from strongpose.structures import Poses, map_size
+
+
+class StrongPoseCodec:
+    """Encode COCO people into StrongPose targets and decode (predicted) maps back into people.
+
+    Shared by the data pipeline (``encode``, in the workers) and the model (``channels`` for the
+    heads, ``decode`` for inference), as mmpose 1.x codecs are.
+
+    Args:
+        skeleton: a :class:`Skeleton` or its name.
+        stride: output stride of the maps (4, 8, 16, ...).
+        disk_radius: radius R of the keypoint disks, in input pixels.
+        long_range: also produce / use long-range offsets.
+        redundant_edges: add the skeleton's redundant edges to the mid-range offsets.
+        decode_sigma: Gaussian smoothing of the Hough maps, in map pixels.
+        decode_vote_threshold: cells with a lower keypoint probability do not vote.
+        decode_peak_threshold: minimum normalised Hough score of a keypoint.
+        decode_max_peaks: at most this many detections per keypoint type and image.
+        decode_refine: refine each peak by the short-range offset read at it.
+        decode_mid_refine: follow the short offset where a mid-range offset lands.
+        decode_snap_radius: a predicted neighbour snaps to a detection at most this far (input px);
+            defaults to ``disk_radius``.
+        decode_topn: how many nearest detections a link keeps (the nearest unclaimed one wins).
+        decode_bhm_weight: person score *= (mean body-map probability under its keypoints) ** weight.
+        decode_nms_oks: people overlapping a better one with a higher OKS are dropped (1 = off).
+        decode_min_keypoints: people with fewer keypoints are dropped.
+        decode_max_people: at most this many people per image.
+    """
+
+    def __init__(
+        self,
+        skeleton: Skeleton | str = COCO_PERSON,
+        stride: int = 8,
+        disk_radius: float = 32.0,
+        long_range: bool = True,
+        redundant_edges: bool = True,
+        decode_sigma: float = 1.0,
+        decode_vote_threshold: float = 0.01,
+        decode_peak_threshold: float = 0.01,
+        decode_max_peaks: int = 32,
+        decode_refine: bool = True,
+        decode_mid_refine: bool = True,
+        decode_snap_radius: float | None = None,
+        decode_topn: int = 3,
+        decode_bhm_weight: float = 0.0,
+        decode_nms_oks: float = 0.5,
+        decode_min_keypoints: int = 1,
+        decode_max_people: int = 30,
+    ) -> None:
+        self.skeleton = get_skeleton(skeleton) if isinstance(skeleton, str) else skeleton
+        if stride < 1 or disk_radius <= 0:
+            raise ValueError(f"stride must be >= 1 and disk_radius > 0, got {stride}, {disk_radius}")
+        self.stride = int(stride)
+        self.disk_radius = float(disk_radius)
+        self.long_range = bool(long_range)
+        self.redundant_edges = bool(redundant_edges)
+        self.edges = torch.tensor(self.skeleton.directed_edges(redundant_edges), dtype=torch.long)
+        self.decode_sigma = decode_sigma
+        self.decode_vote_threshold = decode_vote_threshold
+        self.decode_peak_threshold = decode_peak_threshold
+        self.decode_max_peaks = decode_max_peaks
+        self.decode_refine = decode_refine
+        self.decode_mid_refine = decode_mid_refine
+        self.decode_snap_radius = float(decode_snap_radius if decode_snap_radius is not None else disk_radius)
+        self.decode_topn = decode_topn
+        self.decode_bhm_weight = decode_bhm_weight
+        self.decode_nms_oks = decode_nms_oks
+        self.decode_min_keypoints = decode_min_keypoints
+        self.decode_max_people = decode_max_people
+        self._sigmas = np.asarray(self.skeleton.sigmas or [0.05] * self.num_keypoints, dtype=np.float64)
+        # a perfect keypoint's smoothed Hough peak, so that keypoint scores land in [0, 1]
+        self._score_norm = self._perfect_peak()
+        self.last_timing: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ description
+    @property
+    def num_keypoints(self) -> int:
+        return self.skeleton.num_keypoints
+
+    @property
+    def num_edges(self) -> int:
+        return int(self.edges.shape[0])
+
+    @property
+    def channels(self) -> dict[str, int]:
+        """Output channels per head: what the network must predict for this codec."""
+        ch = {"skhm": self.num_keypoints, "bhm": 1, "short": 2 * self.num_keypoints, "mid": 2 * self.num_edges}
+        if self.long_range:
+            ch["long"] = 2 * self.num_keypoints
+        return ch
+
+    def map_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        return map_size(image_size, self.stride)
+
+    def __repr__(self) -> str:
+        return (f"StrongPoseCodec(skeleton={self.skeleton.name!r}, stride={self.stride}, "
+                f"disk_radius={self.disk_radius}, long_range={self.long_range}, edges={self.num_edges})")
+
+    # ------------------------------------------------------------------ encode
+    def encode(
+        self,
+        keypoints: torch.Tensor,
+        image_size: tuple[int, int],
+        masks: torch.Tensor | None = None,
+        ignore_mask: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Targets for one image of size (H, W), at map size (h, w) = ceil((H, W) / stride).
+
+        Args:
+            keypoints: (N, K, 3) x, y, visibility (0 unlabelled, 1 occluded, 2 visible) in input pixels
+                for the non-crowd people. Keypoints off the image, non-finite or with v = 0 are unlabelled;
+                people with no labelled keypoint become ignore regions.
+            masks: optional (N, H, W) instance masks; a person whose mask is empty (or all people, when
+                None) falls back to its box, else to the box around its keypoints grown by R / 2.
+            ignore_mask: optional (H, W) crowd regions (``iscrowd``) and any other area to ignore.
+            boxes: optional (N, 4) COCO xywh boxes, used by the fallback.
+
+        Returns a dict of tensors (float32 maps, bool validity):
+            ``skhm`` (K, h, w) keypoint disks, each cell owned by the nearest person;
+            ``bhm`` (1, h, w) body map; ``weight`` (1, h, w) 0 in ignored regions, 1 elsewhere;
+            ``short`` (2K, h, w) cell -> own keypoint (dx, dy per type), ``short_valid`` (K, h, w);
+            ``mid`` (2E, h, w) along each directed edge, ``mid_valid`` (E, h, w);
+            ``long`` (2K, h, w) cell -> every keypoint of its person, ``long_valid`` (K, h, w)
+            (only with ``long_range``). Offsets are in input pixels.
+        """
+        kp = torch.as_tensor(keypoints, dtype=torch.float32)
+        if kp.ndim != 3 or kp.shape[1:] != (self.num_keypoints, 3):
+            raise ValueError(f"keypoints must be (N, {self.num_keypoints}, 3) for skeleton "
+                             f"{self.skeleton.name!r}, got {tuple(kp.shape)}")
+        height, width = (int(v) for v in image_size)
+        if height < 1 or width < 1:
+            raise ValueError(f"image_size must be positive, got {image_size}")
+        return encode_targets(kp, (height, width), stride=self.stride, disk_radius=self.disk_radius,
+                              directed_edges=self.edges, long_range=self.long_range, masks=masks,
+                              ignore_mask=ignore_mask, boxes=boxes)
+
+    # ------------------------------------------------------------------ decode
+    def _perfect_peak(self) -> float:
+        r = self.disk_radius / self.stride
+        size = 2 * int(np.ceil(r)) + 9
+        c = size // 2
+        votes = torch.zeros(1, 1, size, size)
+        yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+        votes[0, 0, c, c] = float((((yy - c) ** 2 + (xx - c) ** 2) <= r * r).sum())
+        return float(gaussian_blur(votes, self.decode_sigma)[0, 0, c, c])
+
+    def keypoint_scores(self, skhm: torch.Tensor, short: torch.Tensor) -> torch.Tensor:
+        """(B, K, h, w) Hough maps, normalised so that a perfect keypoint scores about 1."""
+        hough = hough_vote(skhm, short, self.stride, self.decode_vote_threshold)
+        return (gaussian_blur(hough, self.decode_sigma) / self._score_norm).clamp_(max=1.0)
+
+    @torch.no_grad()
+    def decode(self, outputs: dict[str, torch.Tensor]) -> list[Poses]:
+        """Decode network outputs (or targets) into people, one :class:`Poses` per image (on the CPU).
+
+        ``outputs`` holds ``skhm`` (B, K, h, w) probabilities, ``short`` (B, 2K, h, w), ``mid``
+        (B, 2E, h, w), optionally ``long`` (B, 2K, h, w) and ``bhm`` (B, 1, h, w) probabilities;
+        unbatched (C, h, w) maps are taken as B = 1. Offsets are in input pixels. Runs on the maps'
+        device except the greedy grouping, which is NumPy; timings land in ``last_timing``.
+        """
+        outputs = {key: (v[None] if v.ndim == 3 else v) for key, v in outputs.items() if isinstance(v, torch.Tensor)}
+        for key in ("skhm", "short", "mid"):
+            if key not in outputs:
+                raise KeyError(f"decode needs {key!r} in outputs, got {sorted(outputs)}")
+        skhm, short, mid = outputs["skhm"].float(), outputs["short"].float(), outputs["mid"].float()
+        b, k, h, w = skhm.shape
+        expect = {"skhm": k, "short": 2 * k, "mid": 2 * self.num_edges}
+        for key, ch in expect.items():
+            if outputs[key].shape[1] != ch or k != self.num_keypoints:
+                raise ValueError(f"decode: {key!r} has {outputs[key].shape[1]} channels, codec {self} expects {ch}")
+        long = outputs["long"].float() if (self.long_range and "long" in outputs) else None
+        t0 = time.perf_counter()
+        scores = self.keypoint_scores(skhm, short)
+        pos, peak_scores, valid = find_peaks(scores, short, self.stride, self.decode_max_peaks,
+                                             self.decode_peak_threshold, self.decode_refine)
+        # keep only as many peak slots as the busiest (image, type) needs
+        num = max(int(valid.sum(-1).max()) if valid.numel() else 0, 1)
+        pos, peak_scores, valid = pos[:, :, :num], peak_scores[:, :, :num], valid[:, :, :num]
+        t1 = time.perf_counter()
+        links = link_candidates(pos, valid, short, mid, long, self.edges.to(skhm.device), self.stride,
+                                self.decode_topn, self.decode_mid_refine)
+        if "bhm" in outputs and self.decode_bhm_weight > 0:
+            from strongpose.codec.hough import cell_index
+
+            cells = cell_index(pos, self.stride, (h, w))
+            links["bhm_at"] = outputs["bhm"].float().reshape(b, 1, h * w).expand(b, k, h * w).gather(2, cells.reshape(b, k, -1)).reshape(b, k, num)
+        host = {key: v.cpu().numpy() for key, v in links.items()}
+        pos_np, score_np, valid_np = pos.cpu().numpy(), peak_scores.cpu().numpy(), valid.cpu().numpy()
+        t2 = time.perf_counter()
+        edges = self.edges.numpy()
+        results = []
+        for i in range(b):
+            kps, person_scores = group_image(
+                pos_np[i], score_np[i], valid_np[i], edges, host["mid_dist"][i], host["mid_idx"][i],
+                self.decode_snap_radius, self._sigmas,
+                long_dist=host["long_dist"][i] if long is not None else None,
+                long_idx=host["long_idx"][i] if long is not None else None,
+                long_pred=host["long_pred"][i] if long is not None else None,
+                bhm_at=host["bhm_at"][i] if "bhm_at" in host else None, bhm_weight=self.decode_bhm_weight,
+                nms_oks=self.decode_nms_oks, min_keypoints=self.decode_min_keypoints,
+                max_people=self.decode_max_people)
+            results.append(Poses(torch.from_numpy(kps), torch.from_numpy(person_scores)))
+        t3 = time.perf_counter()
+        self.last_timing = {"peaks_ms": 1e3 * (t1 - t0), "links_ms": 1e3 * (t2 - t1),
+                            "group_ms": 1e3 * (t3 - t2), "images": b}
+        return results

@@ -1,0 +1,91 @@
+"""Hough voting of the keypoint heat maps through the short-range offsets, and peak finding.
+
+All functions are batched (B x C x h x w) and run on the tensors' device.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from strongpose.structures import input_to_map, map_to_input
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian smoothing of (B, C, h, w) maps, sigma in map pixels (0 = none)."""
+    if sigma <= 0:
+        return maps
+    radius = max(1, math.ceil(2.5 * sigma))
+    t = torch.arange(-radius, radius + 1, device=maps.device, dtype=maps.dtype)
+    kernel = torch.exp(-0.5 * (t / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    b, c, h, w = maps.shape
+    x = maps.reshape(b * c, 1, h, w)
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0)), kernel.view(1, 1, 1, -1))
+    x = F.conv2d(F.pad(x, (0, 0, radius, radius)), kernel.view(1, 1, -1, 1))
+    return x.reshape(b, c, h, w)
+
+
+def hough_vote(skhm: torch.Tensor, short: torch.Tensor, stride: int, vote_threshold: float = 0.01) -> torch.Tensor:
+    """Each cell votes its probability at (cell + short offset), bilinearly splatted.
+
+    skhm: (B, K, h, w) probabilities; short: (B, 2K, h, w) offsets in input pixels, (dx, dy) per type.
+    Returns (B, K, h, w) vote sums (unnormalised).
+    """
+    b, k, h, w = skhm.shape
+    off = short.reshape(b, k, 2, h, w)
+    # only cells with some probability vote: for real outputs most of the map is background
+    sel = (skhm > vote_threshold).nonzero(as_tuple=True)
+    bi, ki, yi, xi = sel
+    prob = skhm[sel]
+    # target position in continuous map coordinates (offsets are in input pixels)
+    px = xi.to(skhm.dtype) + off[bi, ki, 0, yi, xi] / stride
+    py = yi.to(skhm.dtype) + off[bi, ki, 1, yi, xi] / stride
+    x0, y0 = px.floor(), py.floor()
+    fx, fy = px - x0, py - y0
+    x0, y0 = x0.long(), y0.long()
+    votes = torch.zeros(b * k * h * w, device=skhm.device, dtype=skhm.dtype)
+    base = (bi * k + ki) * (h * w)
+    for dx, dy, wgt in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)), (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
+        tx, ty = x0 + dx, y0 + dy
+        ok = (tx >= 0) & (tx < w) & (ty >= 0) & (ty < h)
+        votes.index_add_(0, (base + ty * w + tx)[ok], (prob * wgt)[ok])
+    return votes.view(b, k, h, w)
+
+
+def find_peaks(
+    hough: torch.Tensor,
+    short: torch.Tensor,
+    stride: int,
+    max_peaks: int,
+    threshold: float,
+    refine: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Local maxima of (B, K, h, w) Hough scores, at most ``max_peaks`` per type.
+
+    Returns positions (B, K, L, 2) in input pixels (refined by the short offset read at the peak when
+    ``refine``), scores (B, K, L) and validity (B, K, L), L = min(max_peaks, h*w).
+    """
+    b, k, h, w = hough.shape
+    pooled = F.max_pool2d(hough, 3, stride=1, padding=1)
+    peak_score = torch.where((hough == pooled) & (hough > threshold), hough, torch.zeros_like(hough))
+    num = min(max_peaks, h * w)
+    scores, idx = peak_score.flatten(2).topk(num, dim=2)  # (B, K, L)
+    valid = scores > 0
+    u = (idx % w).to(hough.dtype)
+    v = torch.div(idx, w, rounding_mode="floor").to(hough.dtype)
+    pos = torch.stack((map_to_input(u, stride), map_to_input(v, stride)), dim=-1)
+    if refine:
+        off = short.reshape(b, k, 2, h * w).gather(3, idx[:, :, None, :].expand(b, k, 2, num))
+        pos = pos + off.permute(0, 1, 3, 2)
+    return pos, scores, valid
+
+
+def cell_index(pos: torch.Tensor, stride: int, hw: tuple[int, int]) -> torch.Tensor:
+    """(..., 2) input coordinates -> (...) flat index of the nearest map cell (clamped to the map)."""
+    h, w = hw
+    u = input_to_map(pos[..., 0], stride).round().clamp(0, w - 1).long()
+    v = input_to_map(pos[..., 1], stride).round().clamp(0, h - 1).long()
+    return v * w + u

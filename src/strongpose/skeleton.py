@@ -1,0 +1,190 @@
+"""Skeleton: the one place that says which keypoints exist and how they connect.
+
+Heads (channel counts), the codec (targets, decoding), flip augmentation, flip test, evaluation (OKS
+sigmas) and drawing all read a :class:`Skeleton`. Edges and flip pairs are written by keypoint *name*;
+index forms are derived, so a new skeleton (CrowdPose below) needs no code changes elsewhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+Edge = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Skeleton:
+    """Keypoint metadata.
+
+    Attributes:
+        name: short identifier (``coco``, ``crowdpose``), also used to check checkpoints.
+        keypoints: keypoint names in dataset order (K of them).
+        flip_pairs: left/right name pairs swapped by a horizontal flip.
+        tree_edges: the kinematic tree (K-1 undirected edges) walked by Pose Plot with mid-range offsets.
+        redundant_edges: extra undirected edges (e.g. shoulder-shoulder) that keep people connected
+            when a tree keypoint is unlabelled or missed.
+        sigmas: COCO OKS sigmas, one per keypoint.
+        colors: RGB drawing colour per keypoint.
+    """
+
+    name: str
+    keypoints: tuple[str, ...]
+    flip_pairs: tuple[Edge, ...]
+    tree_edges: tuple[Edge, ...]
+    redundant_edges: tuple[Edge, ...] = ()
+    sigmas: tuple[float, ...] = ()
+    colors: tuple[tuple[int, int, int], ...] = field(default=(), repr=False)
+
+    def __post_init__(self) -> None:
+        names = set(self.keypoints)
+        if len(names) != len(self.keypoints):
+            raise ValueError(f"skeleton {self.name!r}: duplicate keypoint names")
+        for group, edges in (("flip_pairs", self.flip_pairs), ("tree_edges", self.tree_edges),
+                             ("redundant_edges", self.redundant_edges)):
+            for a, b in edges:
+                if a not in names or b not in names:
+                    raise ValueError(f"skeleton {self.name!r}: {group} names unknown keypoint in {(a, b)}")
+        if self.sigmas and len(self.sigmas) != len(self.keypoints):
+            raise ValueError(f"skeleton {self.name!r}: {len(self.sigmas)} sigmas for {len(self.keypoints)} keypoints")
+        if self.colors and len(self.colors) != len(self.keypoints):
+            raise ValueError(f"skeleton {self.name!r}: {len(self.colors)} colours for {len(self.keypoints)} keypoints")
+        if len(self.tree_edges) != len(self.keypoints) - 1:
+            raise ValueError(f"skeleton {self.name!r}: a tree over {len(self.keypoints)} keypoints needs "
+                             f"{len(self.keypoints) - 1} edges, got {len(self.tree_edges)}")
+
+    @property
+    def num_keypoints(self) -> int:
+        return len(self.keypoints)
+
+    def index(self, name: str) -> int:
+        return self.keypoints.index(name)
+
+    @cached_property
+    def flip_index(self) -> tuple[int, ...]:
+        """Permutation p such that keypoint k of a flipped person is keypoint p[k] of the original."""
+        perm = list(range(self.num_keypoints))
+        for a, b in self.flip_pairs:
+            ia, ib = self.index(a), self.index(b)
+            perm[ia], perm[ib] = ib, ia
+        return tuple(perm)
+
+    def edges(self, redundant: bool = True) -> tuple[tuple[int, int], ...]:
+        """Undirected edges as index pairs: the tree, then (optionally) the redundant ones."""
+        named = self.tree_edges + (self.redundant_edges if redundant else ())
+        return tuple((self.index(a), self.index(b)) for a, b in named)
+
+    def directed_edges(self, redundant: bool = True) -> tuple[tuple[int, int], ...]:
+        """Each undirected edge in both directions: (a->b) for every edge, then (b->a) for every edge."""
+        und = self.edges(redundant)
+        return und + tuple((b, a) for a, b in und)
+
+    def directed_edge_flip_index(self, redundant: bool = True) -> tuple[int, ...]:
+        """Permutation of :meth:`directed_edges` under a horizontal flip (edge e of the flipped person
+        is edge p[e] of the original)."""
+        edges = self.directed_edges(redundant)
+        lookup = {e: i for i, e in enumerate(edges)}
+        fi = self.flip_index
+        try:
+            return tuple(lookup[(fi[a], fi[b])] for a, b in edges)
+        except KeyError as err:  # the edge set must be symmetric under the flip
+            raise ValueError(f"skeleton {self.name!r}: edges are not left/right symmetric ({err})") from None
+
+
+_COCO_NAMES = (
+    "nose",            # 0
+    "left_eye",        # 1
+    "right_eye",       # 2
+    "left_ear",        # 3
+    "right_ear",       # 4
+    "left_shoulder",   # 5
+    "right_shoulder",  # 6
+    "left_elbow",      # 7
+    "right_elbow",     # 8
+    "left_wrist",      # 9
+    "right_wrist",     # 10
+    "left_hip",        # 11
+    "right_hip",       # 12
+    "left_knee",       # 13
+    "right_knee",      # 14
+    "left_ankle",      # 15
+    "right_ankle",     # 16
+)
+
+
+def _left_right_pairs(names: tuple[str, ...]) -> tuple[Edge, ...]:
+    return tuple((n, "right_" + n[5:]) for n in names if n.startswith("left_") and "right_" + n[5:] in names)
+
+
+def _side_colors(names: tuple[str, ...]) -> tuple[tuple[int, int, int], ...]:
+    # left = orange, right = blue, centre = green: the usual convention in pose drawings
+    return tuple((255, 128, 0) if n.startswith("left") else (0, 128, 255) if n.startswith("right")
+                 else (0, 200, 0) for n in names)
+
+
+# PersonLab's kinematic tree rooted at the nose (16 edges), plus the redundant edges that the
+# oracle study found necessary (shoulder-shoulder, hip-hip, ear-shoulder).
+COCO_PERSON = Skeleton(
+    name="coco",
+    keypoints=_COCO_NAMES,
+    flip_pairs=_left_right_pairs(_COCO_NAMES),
+    tree_edges=(
+        ("nose", "left_eye"), ("left_eye", "left_ear"),
+        ("nose", "right_eye"), ("right_eye", "right_ear"),
+        ("nose", "left_shoulder"), ("left_shoulder", "left_elbow"), ("left_elbow", "left_wrist"),
+        ("left_shoulder", "left_hip"), ("left_hip", "left_knee"), ("left_knee", "left_ankle"),
+        ("nose", "right_shoulder"), ("right_shoulder", "right_elbow"), ("right_elbow", "right_wrist"),
+        ("right_shoulder", "right_hip"), ("right_hip", "right_knee"), ("right_knee", "right_ankle"),
+    ),
+    redundant_edges=(
+        ("left_shoulder", "right_shoulder"), ("left_hip", "right_hip"),
+        ("left_ear", "left_shoulder"), ("right_ear", "right_shoulder"),
+    ),
+    sigmas=(0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072, 0.062, 0.062,
+            0.107, 0.107, 0.087, 0.087, 0.089, 0.089),
+    colors=_side_colors(_COCO_NAMES),
+)
+
+_CROWDPOSE_NAMES = (
+    "left_shoulder",   # 0
+    "right_shoulder",  # 1
+    "left_elbow",      # 2
+    "right_elbow",     # 3
+    "left_wrist",      # 4
+    "right_wrist",     # 5
+    "left_hip",        # 6
+    "right_hip",       # 7
+    "left_knee",       # 8
+    "right_knee",      # 9
+    "left_ankle",      # 10
+    "right_ankle",     # 11
+    "head",            # 12
+    "neck",            # 13
+)
+
+CROWDPOSE = Skeleton(
+    name="crowdpose",
+    keypoints=_CROWDPOSE_NAMES,
+    flip_pairs=_left_right_pairs(_CROWDPOSE_NAMES),
+    tree_edges=(
+        ("head", "neck"),
+        ("neck", "left_shoulder"), ("left_shoulder", "left_elbow"), ("left_elbow", "left_wrist"),
+        ("left_shoulder", "left_hip"), ("left_hip", "left_knee"), ("left_knee", "left_ankle"),
+        ("neck", "right_shoulder"), ("right_shoulder", "right_elbow"), ("right_elbow", "right_wrist"),
+        ("right_shoulder", "right_hip"), ("right_hip", "right_knee"), ("right_knee", "right_ankle"),
+    ),
+    redundant_edges=(("left_shoulder", "right_shoulder"), ("left_hip", "right_hip")),
+    sigmas=(0.079, 0.079, 0.072, 0.072, 0.062, 0.062, 0.107, 0.107, 0.087, 0.087, 0.089, 0.089,
+            0.079, 0.079),
+    colors=_side_colors(_CROWDPOSE_NAMES),
+)
+
+SKELETONS = {s.name: s for s in (COCO_PERSON, CROWDPOSE)}
+
+
+def get_skeleton(name: str) -> Skeleton:
+    """Look a skeleton up by name (used by Hydra configs: ``_target_: strongpose.skeleton.get_skeleton``)."""
+    try:
+        return SKELETONS[name]
+    except KeyError:
+        raise ValueError(f"unknown skeleton {name!r}; known: {sorted(SKELETONS)}") from None
