@@ -7,7 +7,7 @@ import time
 import numpy as np
 import torch
 
-from strongpose.codec.encode import encode_targets
+from strongpose.codec.encode import encode_targets, out_edge_table
 from strongpose.codec.grouping import group_image, link_candidates
 from strongpose.codec.hough import find_peaks, gaussian_blur, hough_vote
 from strongpose.skeleton import COCO_PERSON, Skeleton, get_skeleton
@@ -69,6 +69,7 @@ class StrongPoseCodec:
         self.long_range = bool(long_range)
         self.redundant_edges = bool(redundant_edges)
         self.edges = torch.tensor(self.skeleton.directed_edges(redundant_edges), dtype=torch.long)
+        self._out_edges = out_edge_table(self.edges, self.num_keypoints)
         self.decode_sigma = decode_sigma
         self.decode_vote_threshold = decode_vote_threshold
         self.decode_peak_threshold = decode_peak_threshold
@@ -146,7 +147,7 @@ class StrongPoseCodec:
         if height < 1 or width < 1:
             raise ValueError(f"image_size must be positive, got {image_size}")
         return encode_targets(kp, (height, width), stride=self.stride, disk_radius=self.disk_radius,
-                              directed_edges=self.edges, long_range=self.long_range, masks=masks,
+                              directed_edges=self.edges, out_edges=self._out_edges, long_range=self.long_range, masks=masks,
                               ignore_mask=ignore_mask, boxes=boxes)
 
     # ------------------------------------------------------------------ decode
@@ -170,7 +171,8 @@ class StrongPoseCodec:
 
         ``outputs`` holds ``skhm`` (B, K, h, w) probabilities, ``short`` (B, 2K, h, w), ``mid``
         (B, 2E, h, w), optionally ``long`` (B, 2K, h, w) and ``bhm`` (B, 1, h, w) probabilities;
-        unbatched (C, h, w) maps are taken as B = 1. Offsets are in input pixels. Runs on the maps'
+        unbatched (C, h, w) maps are taken as B = 1. Offsets are in input pixels. When decoding targets,
+        ``mid_valid`` / ``long_valid`` may be passed too: offsets are then only followed where defined. Runs on the maps'
         device except the greedy grouping, which is NumPy; timings land in ``last_timing``.
         """
         outputs = {key: (v[None] if v.ndim == 3 else v) for key, v in outputs.items() if isinstance(v, torch.Tensor)}
@@ -193,7 +195,8 @@ class StrongPoseCodec:
         pos, peak_scores, valid = pos[:, :, :num], peak_scores[:, :, :num], valid[:, :, :num]
         t1 = time.perf_counter()
         links = link_candidates(pos, valid, short, mid, long, self.edges.to(skhm.device), self.stride,
-                                self.decode_topn, self.decode_mid_refine)
+                                self.decode_topn, self.decode_mid_refine,
+                                mid_valid=outputs.get("mid_valid"), long_valid=outputs.get("long_valid") if long is not None else None)
         if "bhm" in outputs and self.decode_bhm_weight > 0:
             from strongpose.codec.hough import cell_index
 

@@ -43,11 +43,14 @@ def link_candidates(
     stride: int,
     topn: int = 3,
     mid_refine: bool = True,
+    mid_valid: torch.Tensor | None = None,
+    long_valid: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Batched link computation.
 
     pos (B, K, L, 2) refined peak positions, valid (B, K, L); short (B, 2K, h, w); mid (B, 2E, h, w);
-    long (B, 2K, h, w) or None; edges (E, 2) directed (src, dst).
+    long (B, 2K, h, w) or None; edges (E, 2) directed (src, dst). ``mid_valid`` (B, E, h, w) and
+    ``long_valid`` (B, K, h, w), when given (decoding targets), drop links read where no offset is defined.
     Returns mid_dist / mid_idx (B, E, L, T) and, with long, long_dist / long_idx (B, K, L, K, T) and
     long_pred (B, K, L, K, 2): where each detected keypoint says every type of its person is.
     """
@@ -69,6 +72,9 @@ def link_candidates(
         pcells = cell_index(pred, stride, (h, w))
         pred = _cell_centres(pcells, stride, w) + read(short_flat[:, dst], pcells)
     mid_dist, mid_idx = _nearest(pred, pos[:, dst], valid[:, dst], topn)
+    if mid_valid is not None:  # decoding targets: an offset is only defined where its mask says so
+        ok = mid_valid.reshape(b, e, h * w).gather(2, cells[:, src])
+        mid_dist = mid_dist.masked_fill(~ok[..., None], float("inf"))
     out = {"mid_dist": mid_dist, "mid_idx": mid_idx}
     if long is not None:
         long_flat = long.reshape(b, 2 * k, h * w)
@@ -77,6 +83,9 @@ def link_candidates(
         long_pred = centres[:, :, :, None, :] + at
         # one prediction per (src keypoint, dst type) against the detections of that dst type
         long_dist, long_idx = _nearest(long_pred[..., None, :], pos[:, None, None], valid[:, None, None], topn)
+        if long_valid is not None:
+            ok = long_valid.reshape(b, 1, k, h * w).expand(b, k, k, h * w).gather(3, cells[:, :, None].expand(b, k, k, num))
+            long_dist = long_dist.masked_fill(~ok.permute(0, 1, 3, 2)[..., None, None], float("inf"))
         out.update(long_dist=long_dist[..., 0, :], long_idx=long_idx[..., 0, :], long_pred=long_pred)
     return out
 
