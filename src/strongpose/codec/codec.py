@@ -150,6 +150,35 @@ class StrongPoseCodec:
                               directed_edges=self.edges, out_edges=self._out_edges, long_range=self.long_range, masks=masks,
                               ignore_mask=ignore_mask, boxes=boxes)
 
+    # ------------------------------------------------------------------ flip
+    def flip_maps(self, maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Mirror target or output maps horizontally: what encoding the flipped image gives.
+
+        Keypoint types and directed edges are permuted with the skeleton's flip index and x offsets
+        change sign. Works on (C, h, w) and (B, C, h, w) maps; exact when the image width is a
+        multiple of the stride (cell centres then mirror onto cell centres). Used by flip test.
+        """
+        kperm = torch.tensor(self.skeleton.flip_index)
+        eperm = torch.tensor(self.skeleton.directed_edge_flip_index(self.redundant_edges))
+        out = {}
+        for key, m in maps.items():
+            if not isinstance(m, torch.Tensor) or m.ndim < 3:
+                out[key] = m
+                continue
+            cdim = m.ndim - 3
+            m = m.flip(-1)
+            if key in ("skhm", "short_valid", "long_valid"):
+                m = m.index_select(cdim, kperm.to(m.device))
+            elif key == "mid_valid":
+                m = m.index_select(cdim, eperm.to(m.device))
+            elif key in ("short", "long", "mid"):
+                perm = kperm if key != "mid" else eperm
+                shape = m.shape
+                m = m.unflatten(cdim, (shape[cdim] // 2, 2)).index_select(cdim, perm.to(m.device))
+                m = (m * torch.tensor([-1.0, 1.0], device=m.device).view(2, 1, 1)).flatten(cdim, cdim + 1)
+            out[key] = m
+        return out
+
     # ------------------------------------------------------------------ decode
     def _perfect_peak(self) -> float:
         r = self.disk_radius / self.stride

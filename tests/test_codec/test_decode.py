@@ -1,0 +1,125 @@
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from helpers import as_tensor, match_people, person
+from strongpose.codec import StrongPoseCodec
+
+
+def assert_recovered(codec, people, image_size, tol=1.0):
+    gt = np.stack(people)
+    poses = codec.decode(codec.encode(torch.from_numpy(gt), image_size))[0]
+    pred = poses.keypoints.numpy()
+    assert len(pred) >= len(gt)
+    rows, cols = match_people(pred, gt)
+    assert len(cols) == len(gt)
+    for r, c in zip(rows, cols):
+        lab = gt[c, :, 2] > 0
+        err = np.linalg.norm(pred[r, lab, :2] - gt[c, lab, :2], axis=-1)
+        assert err.max() <= tol, f"person {c}: keypoint errors {err.round(2)}"
+        assert (pred[r, lab, 2] > 0).all()
+    # whole people outrank fragments
+    assert set(rows.tolist()) == set(range(len(gt)))
+
+
+@pytest.mark.parametrize("stride", [4, 8, 16])
+@pytest.mark.parametrize("long_range", [True, False])
+def test_round_trip_well_separated_people(stride, long_range):
+    codec = StrongPoseCodec(stride=stride, long_range=long_range)
+    people = [person(80, 30, 200), person(260, 50, 160), person(420, 20, 240)]
+    assert_recovered(codec, people, (300, 520))
+
+
+def test_long_range_bridges_a_missing_shoulder():
+    vis = np.ones(17, bool)
+    vis[[5, 6, 11, 12]] = False  # no shoulders, no hips: the tree is cut into pieces
+    people = [person(100, 30, 220, vis), person(330, 30, 220, vis)]
+    with_long = StrongPoseCodec(stride=8)
+    assert_recovered(with_long, people, (280, 448))
+    tree_only = StrongPoseCodec(stride=8, long_range=False)
+    poses = tree_only.decode(tree_only.encode(as_tensor(people), (280, 448)))[0]
+    assert len(poses) > 2  # the arms and legs come out as fragments
+
+
+def test_batch_decode_equals_single_decode():
+    codec = StrongPoseCodec(stride=8)
+    a = codec.encode(as_tensor([person(80, 30, 200), person(200, 40, 150)]), (256, 320))
+    b = codec.encode(as_tensor([person(150, 20, 220)]), (256, 320))
+    batch = {key: torch.stack([a[key], b[key]]) for key in a}
+    together = codec.decode(batch)
+    assert codec.last_timing["images"] == 2
+    for single, joint in zip([codec.decode(a)[0], codec.decode(b)[0]], together):
+        assert torch.allclose(single.keypoints, joint.keypoints) and torch.allclose(single.scores, joint.scores)
+
+
+def test_decode_checks_channels():
+    codec = StrongPoseCodec()
+    with pytest.raises(KeyError, match="mid"):
+        codec.decode({"skhm": torch.zeros(1, 17, 8, 8), "short": torch.zeros(1, 34, 8, 8)})
+    with pytest.raises(ValueError, match="channels"):
+        codec.decode({"skhm": torch.zeros(1, 17, 8, 8), "short": torch.zeros(1, 34, 8, 8), "mid": torch.zeros(1, 10, 8, 8)})
+
+
+def test_flipped_maps_decode_to_mirrored_people():
+    codec = StrongPoseCodec(stride=8)
+    width = 320
+    people = [person(80, 30, 200), person(220, 40, 160)]
+    maps = codec.encode(as_tensor(people), (256, width))
+    direct = codec.decode(maps)[0]
+    mirrored = codec.decode(codec.flip_maps(maps))[0]
+    back = mirrored.keypoints[:, list(codec.skeleton.flip_index)].clone()
+    back[..., 0] = width - 1 - back[..., 0]
+    rows, cols = match_people(back.numpy(), direct.keypoints.numpy())
+    assert np.allclose(back.numpy()[rows][..., :2], direct.keypoints.numpy()[cols][..., :2], atol=1e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_decode_on_gpu_matches_cpu():
+    codec = StrongPoseCodec()
+    maps = codec.encode(as_tensor([person(80, 30, 200), person(220, 40, 160)]), (256, 320))
+    cpu = codec.decode(maps)[0]
+    gpu = codec.decode({k: v.cuda() for k, v in maps.items()})[0]
+    assert torch.allclose(cpu.keypoints, gpu.keypoints, atol=1e-3)
+
+
+@st.composite
+def separated_people(draw):
+    """1-4 people of random size and visibility in columns far enough apart not to share disks."""
+    n = draw(st.integers(1, 4))
+    height = draw(st.integers(8, 24)) * 16
+    people = []
+    x = 20.0
+    for _ in range(n):
+        size = draw(st.floats(80, height - 40))
+        cx = x + 0.3 * size
+        top = draw(st.floats(5, height - size - 5))
+        vis = np.array(draw(st.lists(st.booleans(), min_size=17, max_size=17)))
+        vis[draw(st.integers(0, 16))] = True
+        people.append(person(cx, top, size, vis))
+        x = cx + 0.3 * size + 72  # > 2 disk radii between neighbouring keypoints
+    width = int(x) + 16
+    return people, (height, width)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(separated_people(), st.sampled_from([4, 8, 16]))
+def test_property_round_trip(case, stride):
+    people, size = case
+    codec = StrongPoseCodec(stride=stride)
+    gt = np.stack(people)
+    t = codec.encode(torch.from_numpy(gt), size)
+    # invariants of the targets
+    assert torch.equal(t["short_valid"], t["skhm"] > 0)
+    radius = torch.linalg.vector_norm(t["short"].view(17, 2, *t["skhm"].shape[1:]), dim=1)
+    assert (radius <= codec.disk_radius + 1e-3).all()
+    src = codec.edges[:, 0]
+    assert not (t["mid_valid"] & ~t["short_valid"][src]).any()
+    # each labelled keypoint of a person with at least one comes back (alone it is a 1-keypoint person)
+    poses = codec.decode(t)[0]
+    pred = poses.keypoints.numpy()
+    for g in gt:
+        lab = g[:, 2] > 0
+        d = np.linalg.norm(pred[:, lab, :2] - g[None, lab, :2], axis=-1).max(1)
+        assert d.min() <= 1.0

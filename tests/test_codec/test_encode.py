@@ -1,0 +1,163 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import as_tensor, person
+from strongpose.codec import StrongPoseCodec
+from strongpose.structures import map_to_input
+
+
+@pytest.fixture(scope="module")
+def codec():
+    return StrongPoseCodec(stride=8, disk_radius=32)
+
+
+def test_shapes_and_dtypes(codec):
+    kp = as_tensor([person(100, 40, 200), person(300, 60, 150)])
+    t = codec.encode(kp, (250, 410))
+    h, w = math.ceil(250 / 8), math.ceil(410 / 8)
+    k, e = 17, codec.num_edges
+    expect = {"skhm": (k, h, w), "bhm": (1, h, w), "weight": (1, h, w), "short": (2 * k, h, w),
+              "short_valid": (k, h, w), "mid": (2 * e, h, w), "mid_valid": (e, h, w),
+              "long": (2 * k, h, w), "long_valid": (k, h, w)}
+    assert {key: tuple(v.shape) for key, v in t.items()} == expect
+    for key, v in t.items():
+        assert v.dtype == (torch.bool if key.endswith("_valid") else torch.float32), key
+    assert codec.channels == {"skhm": k, "bhm": 1, "short": 2 * k, "mid": 2 * e, "long": 2 * k}
+    assert "long" not in StrongPoseCodec(long_range=False).encode(kp, (250, 410))
+
+
+def test_disk_and_short_offsets_point_at_the_keypoint(codec):
+    kp = as_tensor([person(100, 40, 200)])
+    t = codec.encode(kp, (256, 256))
+    h, w = t["skhm"].shape[1:]
+    ys, xs = map_to_input(torch.arange(h).float(), 8), map_to_input(torch.arange(w).float(), 8)
+    for k in range(17):
+        x, y = kp[0, k, :2]
+        d2 = (xs[None] - x) ** 2 + (ys[:, None] - y) ** 2
+        assert torch.equal(t["skhm"][k] > 0, d2 <= 32**2)
+        m = t["short_valid"][k]
+        assert torch.allclose(t["short"][2 * k][m], (x - xs[None].expand(h, w))[m], atol=1e-4)
+        assert torch.allclose(t["short"][2 * k + 1][m], (y - ys[:, None].expand(h, w))[m], atol=1e-4)
+        assert (t["short"][2 * k : 2 * k + 2][:, ~m] == 0).all()
+
+
+def test_overlapping_disks_belong_to_the_nearer_keypoint(codec):
+    a, b = person(100, 40, 200), person(130, 40, 200)  # same pose, 30 px apart
+    t = codec.encode(as_tensor([a, b]), (256, 256))
+    h, w = t["skhm"].shape[1:]
+    xs = map_to_input(torch.arange(w).float(), 8)
+    for k in range(17):
+        m = t["short_valid"][k]
+        target_x = t["short"][2 * k] + xs[None]  # where each cell points
+        nearer_a = (xs[None] - a[k, 0]) ** 2 < (xs[None] - b[k, 0]) ** 2  # same y, so x decides
+        assert torch.allclose(target_x[m & nearer_a.expand(h, w)], torch.tensor(float(a[k, 0])), atol=1e-4)
+        assert torch.allclose(target_x[m & ~nearer_a.expand(h, w)], torch.tensor(float(b[k, 0])), atol=1e-4)
+
+
+def test_mid_and_long_offsets_reach_the_same_person(codec):
+    a, b = person(60, 30, 180), person(200, 30, 180)
+    t = codec.encode(as_tensor([a, b]), (224, 256))
+    h, w = t["skhm"].shape[1:]
+    xs, ys = map_to_input(torch.arange(w).float(), 8), map_to_input(torch.arange(h).float(), 8)
+    for e, (src, dst) in enumerate(codec.edges.tolist()):
+        m = t["mid_valid"][e]
+        assert torch.equal(m, t["skhm"][src] > 0)  # everyone is fully labelled here
+        tx = (t["mid"][2 * e] + xs[None])[m]
+        ty = (t["mid"][2 * e + 1] + ys[:, None])[m]
+        owner_is_a = ((t["short"][2 * src] + xs[None])[m] - a[src, 0]).abs() < 1e-3
+        assert torch.allclose(tx[owner_is_a], torch.tensor(float(a[dst, 0])), atol=1e-3)
+        assert torch.allclose(ty[~owner_is_a], torch.tensor(float(b[dst, 1])), atol=1e-3)
+    assert torch.equal(t["long_valid"].any(0), t["skhm"].amax(0) > 0)
+
+
+def test_unlabelled_keypoints_have_no_targets(codec):
+    vis = np.ones(17, bool)
+    vis[[0, 9]] = False
+    t = codec.encode(as_tensor([person(100, 40, 200, vis)]), (256, 256))
+    assert t["skhm"][0].sum() == 0 and t["skhm"][9].sum() == 0
+    for e, (src, dst) in enumerate(codec.edges.tolist()):
+        if dst in (0, 9) or src in (0, 9):
+            assert not t["mid_valid"][e].any()
+    assert not t["long_valid"][[0, 9]].any()
+
+
+def test_crowd_and_unlabelled_people_are_ignored(codec):
+    crowd = torch.zeros(256, 256, dtype=torch.bool)
+    crowd[:, 192:] = True
+    nobody = person(60, 30, 100)
+    nobody[:, 2] = 0  # an annotated person without keypoints
+    masks = torch.zeros(2, 256, 256, dtype=torch.bool)
+    masks[0, 30:140, 40:90] = True
+    masks[1, 40:240, 100:160] = True
+    t = codec.encode(as_tensor([nobody, person(130, 40, 200)]), (256, 256), masks=masks, ignore_mask=crowd)
+    weight, disks = t["weight"][0], t["skhm"].amax(0) > 0
+    assert (weight[:, 25:][~disks[:, 25:]] == 0).all()  # crowd columns
+    region = (slice(5, 16), slice(6, 10))  # inside the unlabelled person's mask
+    assert (weight[region][~disks[region]] == 0).all() and (~disks[region]).sum() > 10
+    assert (weight[disks] == 1).all()  # labelled keypoints always count
+    assert t["bhm"][0, 6:29, 13:19].all() and t["bhm"][0, :, :11].sum() == 0
+
+
+def test_body_map_falls_back_to_boxes_without_masks(codec):
+    kp = as_tensor([person(100, 40, 160)])
+    t = codec.encode(kp, (256, 256), boxes=torch.tensor([[40.0, 20.0, 120.0, 200.0]]))
+    h, w = t["bhm"].shape[1:]
+    xs, ys = map_to_input(torch.arange(w).float(), 8), map_to_input(torch.arange(h).float(), 8)
+    inside = ((xs[None] >= 40) & (xs[None] <= 160) & (ys[:, None] >= 20) & (ys[:, None] <= 220))
+    assert torch.equal(t["bhm"][0] > 0, inside)
+    hull = codec.encode(kp, (256, 256))["bhm"][0]  # keypoints' box grown by R / 2
+    assert hull[int(0.5 * h), int(100 / 8)] == 1 and hull[0, -1] == 0
+
+
+def test_edge_cases(codec):
+    empty = codec.encode(torch.zeros(0, 17, 3), (64, 48))
+    assert empty["skhm"].sum() == 0 and empty["weight"].all() and empty["bhm"].sum() == 0
+    one = np.zeros((1, 17, 3), np.float32)
+    one[0, 5] = (20, 30, 2)
+    t = codec.encode(torch.from_numpy(one), (64, 48))
+    assert t["skhm"][5].sum() > 0 and t["skhm"].sum() == t["skhm"][5].sum()
+    assert not t["mid_valid"].any() and t["long_valid"][5].sum() == t["skhm"][5].sum()
+    # outside the image (and NaN) = unlabelled; on the border pixel = labelled
+    kp = np.zeros((1, 17, 3), np.float32)
+    kp[0, 0] = (-3, 10, 2)
+    kp[0, 1] = (10, 64.2, 2)
+    kp[0, 2] = (np.nan, 5, 2)
+    kp[0, 3] = (47, 63, 2)
+    t = codec.encode(torch.from_numpy(kp), (64, 48))
+    assert t["skhm"][:3].sum() == 0 and t["skhm"][3].sum() > 0
+    tiny = codec.encode(torch.from_numpy(np.array([[[0, 0, 2]] * 17], np.float32)), (1, 1))
+    assert tiny["skhm"].shape == (17, 1, 1) and tiny["skhm"].all()
+    assert len(codec.decode(tiny)[0]) <= 1  # one cell holds little of a disk: may fall under the threshold
+    poses = StrongPoseCodec(stride=8, decode_peak_threshold=1e-3).decode(tiny)
+    assert len(poses[0]) == 1 and torch.allclose(poses[0].keypoints[0, :, :2], torch.zeros(17, 2), atol=1e-4)
+
+
+def test_bad_inputs_raise(codec):
+    with pytest.raises(ValueError, match="keypoints must be"):
+        codec.encode(torch.zeros(2, 16, 3), (64, 64))
+    with pytest.raises(ValueError, match="masks must be"):
+        codec.encode(torch.zeros(1, 17, 3), (64, 64), masks=torch.zeros(1, 32, 32, dtype=torch.bool))
+    with pytest.raises(ValueError, match="image_size"):
+        codec.encode(torch.zeros(1, 17, 3), (0, 64))
+
+
+@pytest.mark.parametrize("stride", [4, 8, 16])
+def test_flip_consistency(stride):
+    codec = StrongPoseCodec(stride=stride)
+    width, height = 32 * stride, 20 * stride
+    people = [person(70, 20, 120), person(150, 30, 100), person(190, 10, 60)]
+    kp = as_tensor(people)
+    masks = torch.zeros(3, height, width, dtype=torch.bool)
+    masks[0, 10:150, 30:110] = True
+    crowd = torch.zeros(height, width, dtype=torch.bool)
+    crowd[100:, 200:] = True
+    flipped = kp.clone()
+    flipped[..., 0] = width - 1 - kp[..., 0]  # albumentations' convention
+    flipped = flipped[:, list(codec.skeleton.flip_index)]
+    direct = codec.encode(flipped, (height, width), masks=masks.flip(-1), ignore_mask=crowd.flip(-1))
+    mirrored = codec.flip_maps(codec.encode(kp, (height, width), masks=masks, ignore_mask=crowd))
+    for key in direct:
+        assert torch.allclose(direct[key].float(), mirrored[key].float(), atol=1e-4), key

@@ -1,0 +1,52 @@
+import pytest
+
+from strongpose.skeleton import COCO_PERSON, CROWDPOSE, Skeleton, get_skeleton
+
+
+@pytest.mark.parametrize("sk", [COCO_PERSON, CROWDPOSE])
+def test_flip_index_is_an_involution_swapping_sides(sk):
+    fi = sk.flip_index
+    assert sorted(fi) == list(range(sk.num_keypoints))
+    for k, name in enumerate(sk.keypoints):
+        assert fi[fi[k]] == k
+        other = sk.keypoints[fi[k]]
+        if name.startswith("left_"):
+            assert other == "right_" + name[5:]
+        elif not name.startswith("right_"):
+            assert other == name
+
+
+def test_coco_edges():
+    assert COCO_PERSON.num_keypoints == 17
+    assert len(COCO_PERSON.edges(redundant=False)) == 16
+    assert len(COCO_PERSON.directed_edges()) == 2 * (16 + 4)
+    # the tree connects every keypoint
+    seen, frontier = {0}, [0]
+    tree = COCO_PERSON.edges(redundant=False)
+    while frontier:
+        a = frontier.pop()
+        for x, y in tree:
+            for s, t in ((x, y), (y, x)):
+                if s == a and t not in seen:
+                    seen.add(t)
+                    frontier.append(t)
+    assert seen == set(range(17))
+
+
+@pytest.mark.parametrize("sk", [COCO_PERSON, CROWDPOSE])
+def test_directed_edge_flip_index_maps_edges_to_mirrored_edges(sk):
+    edges = sk.directed_edges()
+    perm = sk.directed_edge_flip_index()
+    fi = sk.flip_index
+    for e, (a, b) in enumerate(edges):
+        assert edges[perm[e]] == (fi[a], fi[b])
+
+
+def test_bad_skeletons_are_rejected():
+    with pytest.raises(ValueError, match="unknown keypoint"):
+        Skeleton("x", ("a", "b"), (), (("a", "c"),))
+    with pytest.raises(ValueError, match="needs 1 edges"):
+        Skeleton("x", ("a", "b"), (), ())
+    with pytest.raises(ValueError, match="unknown skeleton"):
+        get_skeleton("horse")
+    assert get_skeleton("crowdpose") is CROWDPOSE
