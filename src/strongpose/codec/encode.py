@@ -9,6 +9,7 @@ Shape letters: N people, K keypoint types, E directed edges, H x W input, h x w 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -55,13 +56,18 @@ def _body_and_ignore(kx, ky, labelled, masks, ignore_mask, boxes, image_size, st
         masks = torch.as_tensor(masks, device=device)
         if masks.shape != (n, height, width):
             raise ValueError(f"masks must be (N, H, W) = {(n, height, width)}, got {tuple(masks.shape)}")
-        # uint8 max-reductions: torch's bool any() is ~50x slower on CPU
+        # uint8 reductions: on the CPU torch's bool any() is ~40x slower than amax on bytes
         masks = masks.to(torch.bool).contiguous().view(torch.uint8)
-        has_mask = masks.view(n, -1).amax(1) > 0
-        if (has_kp & has_mask).any():
-            body = _coverage(masks[has_kp & has_mask].amax(0), stride)
-        if (~has_kp & has_mask).any():
-            ignore = _coverage(masks[~has_kp & has_mask].amax(0), stride)
+        has_mask = (masks.view(n, -1).amax(1) > 0).tolist()
+        labelled_people = has_kp.tolist()
+        # the union of a handful of masks: pairwise maximum beats a strided amax(0) by ~10x
+        with_body = [masks[i] for i in range(n) if has_mask[i] and labelled_people[i]]
+        if with_body:
+            body = _coverage(functools.reduce(torch.maximum, with_body), stride)
+        without_kp = [masks[i] for i in range(n) if has_mask[i] and not labelled_people[i]]
+        if without_kp:
+            ignore = _coverage(functools.reduce(torch.maximum, without_kp), stride)
+        has_mask = torch.tensor(has_mask, device=device)
         need_box &= ~has_mask
         no_kp_box &= ~has_mask
     if need_box.any() or (boxes is not None and no_kp_box.any()):
@@ -83,7 +89,9 @@ def _body_and_ignore(kx, ky, labelled, masks, ignore_mask, boxes, image_size, st
         ignore_mask = torch.as_tensor(ignore_mask, device=device)
         if ignore_mask.shape != (height, width):
             raise ValueError(f"ignore_mask must be (H, W) = {(height, width)}, got {tuple(ignore_mask.shape)}")
-        if ignore_mask.any():
+        if ignore_mask.dtype == torch.bool:
+            ignore_mask = ignore_mask.contiguous().view(torch.uint8)
+        if ignore_mask.amax() > 0:
             ignore = torch.maximum(ignore, _coverage(ignore_mask, stride))
     return body, ignore
 
