@@ -102,11 +102,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-long-range", action="store_true")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--max-images", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+X
     args = p.parse_args(argv)
     if not os.path.isfile(args.ann):
         sys.exit(f"oracle_ap: annotation file not found: {args.ann}")
-    if args.threads:
+    if args.threads > 0:
         torch.set_num_threads(args.threads)
     stats = run(args.ann, args.stride, args.disk_radius, not args.no_long_range, args.device, args.max_images)
     print(" ".join(f"{k}={stats[k]:.3f}" for k in STAT_NAMES)

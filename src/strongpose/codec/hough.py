@@ -64,12 +64,15 @@ def hough_vote(skhm: torch.Tensor, short: torch.Tensor, stride: int, vote_thresh
     x0, y0 = px.floor(), py.floor()
     fx, fy = px - x0, py - y0
     x0, y0 = x0.long(), y0.long()
+    # the four bilinear corners in one scatter: (4, n) indices and weights
+    tx = torch.stack((x0, x0 + 1, x0, x0 + 1))
+    ty = torch.stack((y0, y0, y0 + 1, y0 + 1))
+    wx = torch.stack((1 - fx, fx, 1 - fx, fx))
+    wy = torch.stack((1 - fy, 1 - fy, fy, fy))
+    ok = (tx >= 0) & (tx < w) & (ty >= 0) & (ty < h)
+    index = ((bi * k + ki) * (h * w))[None] + ty * w + tx
     votes = torch.zeros(b * k * h * w, device=skhm.device, dtype=skhm.dtype)
-    base = (bi * k + ki) * (h * w)
-    for dx, dy, wgt in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)), (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
-        tx, ty = x0 + dx, y0 + dy
-        ok = (tx >= 0) & (tx < w) & (ty >= 0) & (ty < h)
-        votes.index_add_(0, (base + ty * w + tx)[ok], (prob * wgt)[ok])
+    votes.index_add_(0, index[ok], (prob[None] * wx * wy)[ok])
     return votes.view(b, k, h, w)
 
 
