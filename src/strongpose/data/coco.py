@@ -1,0 +1,143 @@
+"""COCO-format keypoint dataset: decode, transform, encode targets with the codec (inside the workers)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from strongpose.codec import StrongPoseCodec
+from strongpose.data.annotations import (BadSample, ImageAnnotations, image_annotations, load_coco, person_category,
+                                         read_image)
+from strongpose.data.transforms import AugmentConfig, PoseSample, TrainTransform, ValTransform
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255
+
+
+def normalise(image: np.ndarray) -> torch.Tensor:
+    """(S, S, 3) uint8 RGB -> (3, S, S) float32 ImageNet-normalised."""
+    chw = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
+    chw -= IMAGENET_MEAN[:, None, None]
+    chw *= (1.0 / IMAGENET_STD)[:, None, None]
+    return torch.from_numpy(chw)
+
+
+class COCOKeypointDataset(Dataset):
+    """People of a COCO keypoint file, as network inputs and StrongPose targets.
+
+    Args:
+        images_dir: folder holding the images named by ``file_name``.
+        annotations: COCO keypoint JSON; a missing or malformed file raises here, naming the path.
+        codec: encodes the transformed people into targets.
+        input_size: square network input size S.
+        train: random augmentation (``augment`` knobs) if True, else resize + pad (:class:`ValTransform`).
+        augment: :class:`AugmentConfig` or a dict of its fields.
+        skip_empty: drop images without any person annotation (default: when training).
+        max_images: keep only the first this many images (by id).
+        seed: base seed of the per-sample augmentation streams.
+
+    Items are ``dataset[index]`` or ``dataset[(index, epoch)]`` (what :class:`SeededSampler` yields): the
+    augmentation of a sample depends only on (seed, epoch, index), not on the worker that draws it.
+    ``__getitem__`` returns ``{"image": (3, S, S) float32, "targets": codec.encode(...), "meta":
+    {"image_id": int, "orig_size": (2,) long (H, W), "affine": (2, 3) float32 input -> original}}``, or
+    None for a bad sample (unreadable image, malformed annotation), after logging a warning naming the file.
+    """
+
+    def __init__(
+        self,
+        images_dir: str | Path,
+        annotations: str | Path,
+        codec: StrongPoseCodec,
+        input_size: int = 512,
+        train: bool = False,
+        augment: AugmentConfig | Mapping | None = None,
+        skip_empty: bool | None = None,
+        max_images: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.images_dir = Path(images_dir)
+        self.annotations_path = Path(annotations)
+        self.codec = codec
+        self.input_size = int(input_size)
+        self.train = bool(train)
+        self.seed = int(seed)
+        num_kp = codec.num_keypoints
+        self.coco = load_coco(self.annotations_path)
+        self.category_id = person_category(self.coco, num_kp, self.annotations_path)
+        ids = sorted(self.coco.imgs)
+        if self.train if skip_empty is None else skip_empty:
+            with_people = {a["image_id"] for a in self.coco.dataset["annotations"]
+                           if a.get("category_id") == self.category_id}
+            ids = [i for i in ids if i in with_people]
+        self.image_ids = ids[:max_images] if max_images is not None else ids
+        self.transform = (TrainTransform(self.input_size, codec.skeleton, augment) if self.train
+                          else ValTransform(self.input_size))
+        self._reported: set[str] = set()  # warn once per bad sample (per worker process)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __repr__(self) -> str:
+        return (f"COCOKeypointDataset({self.annotations_path}, images={len(self)}, input_size={self.input_size}, "
+                f"train={self.train})")
+
+    def load(self, index: int) -> tuple[np.ndarray, ImageAnnotations]:
+        """Original RGB image and its people (raises :class:`BadSample`)."""
+        image_id = self.image_ids[index]
+        info = self.coco.imgs[image_id]
+        people = image_annotations(self.coco, image_id, self.category_id, self.codec.num_keypoints)
+        image = read_image(self.images_dir / info["file_name"], (info["height"], info["width"]))
+        return image, people
+
+    def transformed(self, index: int, epoch: int = 0) -> PoseSample:
+        """The sample after the pipeline, before encoding (for inspection, tests and drawing)."""
+        image, people = self.load(index)
+        rng = np.random.default_rng([self.seed, epoch, index]) if self.train else None
+        return self.transform(image, people, rng)
+
+    def encode(self, sample: PoseSample) -> dict[str, torch.Tensor]:
+        return _encode(self.codec, sample, self.input_size)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict | None:
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        index = int(index)
+        try:
+            sample = self.transformed(index, int(epoch))
+        except BadSample as err:
+            if err.file_name not in self._reported:
+                self._reported.add(err.file_name)
+                log.warning("skipping bad sample %s", err)
+            return None
+        image_id = self.image_ids[index]
+        info = self.coco.imgs[image_id]
+        return {
+            "image": normalise(sample.image),
+            "targets": self.encode(sample),
+            "meta": {"image_id": int(image_id),
+                     "orig_size": torch.tensor([info["height"], info["width"]], dtype=torch.long),
+                     "affine": torch.from_numpy(sample.affine.astype(np.float32))},
+        }
+
+
+def empty_sample(codec: StrongPoseCodec, input_size: int) -> dict:
+    """A well-formed sample with no people: the shapes for a batch whose samples were all bad."""
+    s = int(input_size)
+    blank = PoseSample(image=np.zeros((s, s, 3), np.uint8), keypoints=np.zeros((0, codec.num_keypoints, 3), np.float32),
+                       masks=np.zeros((0, s, s), bool), crowd=np.zeros((s, s), bool),
+                       boxes=np.zeros((0, 4), np.float32), affine=np.eye(3)[:2])
+    return {"image": normalise(blank.image), "targets": _encode(codec, blank, s),
+            "meta": {"image_id": -1, "orig_size": torch.tensor([s, s]),
+                     "affine": torch.from_numpy(blank.affine.astype(np.float32))}}
+
+
+def _encode(codec: StrongPoseCodec, sample: PoseSample, input_size: int) -> dict[str, torch.Tensor]:
+    return codec.encode(torch.from_numpy(sample.keypoints), (input_size, input_size),
+                        masks=torch.from_numpy(sample.masks), ignore_mask=torch.from_numpy(sample.crowd),
+                        boxes=torch.from_numpy(sample.boxes))

@@ -1,0 +1,145 @@
+"""LightningDataModule for any COCO-format keypoint dataset (the embedded sample when no paths are given)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import cv2
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from strongpose.codec import StrongPoseCodec
+from strongpose.data.coco import COCOKeypointDataset, empty_sample
+from strongpose.data.collate import SkipBadCollate
+from strongpose.data.sample import sample_paths
+from strongpose.data.sampling import SeededSampler, init_worker
+from strongpose.data.transforms import AugmentConfig
+
+# below this many samples seen, the bad-sample budget is taken as a fraction of this number, so that a
+# single bad image early on (or in a tiny dataset) does not stop training
+MIN_SAMPLES_FOR_BAD_FRACTION = 50
+
+
+class COCOKeypointDataModule(L.LightningDataModule):
+    """Train / val dataloaders of COCO-format keypoint data with StrongPose targets.
+
+    Args:
+        codec: encodes targets in the workers (and sets the skeleton for flips).
+        train_images, train_annotations, val_images, val_annotations: image folders and COCO JSON files;
+            a pair left as None means the embedded sample (:func:`strongpose.data.sample_paths`).
+        input_size: square network input size S.
+        batch_size: training batch size; ``val_batch_size`` defaults to it.
+        num_workers, pin_memory, persistent_workers: passed to the DataLoaders.
+        seed: shuffling and augmentation seed (batches are identical for any ``num_workers``).
+        augment: :class:`AugmentConfig` fields (``scale_range``, ``rotation``, ``translate``,
+            ``flip_prob``, ``color_jitter``); unknown keys fail.
+        max_train_images, max_val_images: use only the first this many images (by id).
+        max_bad_fraction: stop with an error when more than this fraction of the samples seen so far
+            (counted as at least 50) were bad.
+
+    Batches are dicts: ``image`` (B, 3, S, S) float32; ``targets`` the codec's maps with a batch dim;
+    ``meta`` with ``image_id`` (B,), ``orig_size`` (B, 2) as (H, W), ``affine`` (B, 2, 3); and
+    ``num_skipped`` (int, bad samples dropped from this batch; B may be 0 when all were bad).
+    The val dataset's pycocotools COCO object is ``datamodule.val_dataset.coco``.
+    """
+
+    def __init__(
+        self,
+        codec: StrongPoseCodec,
+        train_images: str | Path | None = None,
+        train_annotations: str | Path | None = None,
+        val_images: str | Path | None = None,
+        val_annotations: str | Path | None = None,
+        input_size: int = 512,
+        batch_size: int = 8,
+        val_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        seed: int = 0,
+        augment: Mapping[str, Any] | AugmentConfig | None = None,
+        max_train_images: int | None = None,
+        max_val_images: int | None = None,
+        max_bad_fraction: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["codec"], logger=False)
+        self.codec = codec
+        sample_images, sample_annotations = sample_paths()
+        self.train_paths = _pair(train_images, train_annotations, sample_images, sample_annotations, "train")
+        self.val_paths = _pair(val_images, val_annotations, sample_images, sample_annotations, "val")
+        self.input_size = int(input_size)
+        self.batch_size = int(batch_size)
+        self.val_batch_size = int(val_batch_size or batch_size)
+        self.num_workers = int(num_workers)
+        self.pin_memory = bool(pin_memory)
+        self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
+        self.seed = int(seed)
+        self.augment = AugmentConfig.from_dict(augment)  # fail on typos now, not in a worker
+        self.max_train_images, self.max_val_images = max_train_images, max_val_images
+        self.max_bad_fraction = float(max_bad_fraction)
+        self.train_dataset: COCOKeypointDataset | None = None
+        self.val_dataset: COCOKeypointDataset | None = None
+        self.bad_counts = {"train": [0, 0], "val": [0, 0]}  # stage -> [skipped, seen]
+
+    def setup(self, stage: str | None = None) -> None:
+        """Reads the annotation files (a missing or malformed one raises here, naming its path)."""
+        if stage in (None, "fit") and self.train_dataset is None:
+            self.train_dataset = COCOKeypointDataset(
+                *self.train_paths, codec=self.codec, input_size=self.input_size, train=True,
+                augment=self.augment, max_images=self.max_train_images, seed=self.seed)
+        if stage in (None, "fit", "validate", "test") and self.val_dataset is None:
+            self.val_dataset = COCOKeypointDataset(
+                *self.val_paths, codec=self.codec, input_size=self.input_size, train=False,
+                max_images=self.max_val_images)
+
+    def _loader(self, dataset: COCOKeypointDataset, batch_size: int, sampler: SeededSampler | None) -> DataLoader:
+        if self.num_workers > 0:
+            # OpenCV's thread pool is not fork-safe (a test run here once hung with both workers in a
+            # futex); with one thread OpenCV runs loops inline instead of through the pool, and the
+            # workers parallelise anyway (mmengine does the same). Affects this whole process.
+            cv2.setNumThreads(0)
+        return DataLoader(
+            dataset, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
+            pin_memory=self.pin_memory, persistent_workers=self.persistent_workers,
+            collate_fn=SkipBadCollate(functools.partial(empty_sample, self.codec, self.input_size)),
+            # the loader draws each epoch's worker base seed from this generator (see init_worker)
+            worker_init_fn=init_worker, generator=torch.Generator().manual_seed(self.seed))
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_dataset is None:
+            self.setup("fit")
+        sampler = SeededSampler(len(self.train_dataset), seed=self.seed, shuffle=True)
+        return self._loader(self.train_dataset, self.batch_size, sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        if self.val_dataset is None:
+            self.setup("validate")
+        return self._loader(self.val_dataset, self.val_batch_size, None)  # in order; Lightning may shard it
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Count dropped samples; too many means a broken dataset rather than a few bad files."""
+        if isinstance(batch, dict) and "num_skipped" in batch:
+            stage = "train" if self.trainer is not None and self.trainer.training else "val"
+            counts = self.bad_counts[stage]
+            counts[0] += int(batch["num_skipped"])
+            counts[1] += int(batch["num_skipped"]) + int(batch["image"].shape[0])
+            if counts[0] > self.max_bad_fraction * max(counts[1], MIN_SAMPLES_FOR_BAD_FRACTION):
+                raise RuntimeError(f"{counts[0]} of {counts[1]} {stage} samples were bad (more than "
+                                   f"max_bad_fraction={self.max_bad_fraction}); see the warnings above")
+        return batch
+
+
+def _pair(images, annotations, default_images: Path, default_annotations: Path, split: str) -> tuple[Path, Path]:
+    if (images is None) != (annotations is None):
+        raise ValueError(f"give both {split}_images and {split}_annotations, or neither (= embedded sample)")
+    if images is None:
+        return default_images, default_annotations
+    return Path(images), Path(annotations)

@@ -1,0 +1,102 @@
+"""Bad samples are skipped and reported; bad annotation files fail at construction, naming the path."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+
+from strongpose.data import COCOKeypointDataModule, COCOKeypointDataset, load_coco
+from strongpose.data.collate import SkipBadCollate
+
+S = 96
+
+
+def test_corrupt_jpeg_is_skipped_and_named(sample_copy, codec, caplog) -> None:
+    images, annotations, data = sample_copy
+    victim = data["images"][0]["file_name"]
+    (images / victim).write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    ds = COCOKeypointDataset(images, annotations, codec=codec, input_size=S, train=False)
+    index = ds.image_ids.index(data["images"][0]["id"])
+    with caplog.at_level(logging.WARNING, logger="strongpose.data.coco"):
+        assert ds[index] is None
+    assert victim in caplog.text
+    dm = COCOKeypointDataModule(codec, val_images=images, val_annotations=annotations, input_size=S,
+                                batch_size=len(ds))
+    dm.setup("validate")
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["num_skipped"] == 1 and batch["image"].shape[0] == len(ds) - 1
+
+
+def test_missing_image_is_skipped(sample_copy, codec, caplog) -> None:
+    images, annotations, data = sample_copy
+    (images / data["images"][1]["file_name"]).unlink()
+    ds = COCOKeypointDataset(images, annotations, codec=codec, input_size=S)
+    with caplog.at_level(logging.WARNING):
+        assert ds[ds.image_ids.index(data["images"][1]["id"])] is None
+    assert data["images"][1]["file_name"] in caplog.text and "not found" in caplog.text
+
+
+def test_malformed_annotation_names_its_id(sample_copy, codec, caplog) -> None:
+    images, annotations, data = sample_copy
+    ann = next(a for a in data["annotations"] if a["num_keypoints"] > 0)
+    ann["keypoints"] = ann["keypoints"][:-3]  # 16 keypoints instead of 17
+    annotations.write_text(json.dumps(data))
+    ds = COCOKeypointDataset(images, annotations, codec=codec, input_size=S)
+    with caplog.at_level(logging.WARNING):
+        assert ds[ds.image_ids.index(ann["image_id"])] is None
+    assert str(ann["id"]) in caplog.text
+
+
+def test_all_bad_batch_has_size_zero_and_the_usual_keys(sample, codec) -> None:
+    ds = COCOKeypointDataset(*sample, codec=codec, input_size=S)
+    from functools import partial
+
+    from strongpose.data.coco import empty_sample
+
+    good = SkipBadCollate(partial(empty_sample, codec, S))([ds[0]])
+    empty = SkipBadCollate(partial(empty_sample, codec, S))([None, None])
+    assert empty["num_skipped"] == 2 and empty["image"].shape == (0, 3, S, S)
+    assert set(empty["targets"]) == set(good["targets"]) and set(empty["meta"]) == set(good["meta"])
+    for key, value in good["targets"].items():
+        assert empty["targets"][key].shape[1:] == value.shape[1:] and empty["targets"][key].dtype == value.dtype
+
+
+def test_too_many_bad_samples_stop_training(codec) -> None:
+    dm = COCOKeypointDataModule(codec, max_bad_fraction=0.1)
+    batch = {"image": torch.zeros(2, 3, 4, 4), "num_skipped": 2}
+    for _ in range(2):
+        dm.on_after_batch_transfer(batch, 0)  # 4 bad of 8 seen: within 10% of the 50-sample floor
+    with pytest.raises(RuntimeError, match="max_bad_fraction"):
+        for _ in range(3):
+            dm.on_after_batch_transfer(batch, 0)
+
+
+def test_malformed_json_fails_with_path(tmp_path, codec) -> None:
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"images": [1, 2,')
+    with pytest.raises(ValueError, match="broken.json"):
+        COCOKeypointDataset(tmp_path, broken, codec=codec)
+    not_coco = tmp_path / "not_coco.json"
+    not_coco.write_text('{"images": []}')
+    with pytest.raises(ValueError, match="not_coco.json.*annotations"):
+        load_coco(not_coco)
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        COCOKeypointDataset(tmp_path, tmp_path / "missing.json", codec=codec)
+
+
+def test_datamodule_setup_fails_on_bad_json(tmp_path, codec) -> None:
+    broken = tmp_path / "train.json"
+    broken.write_text("not json")
+    dm = COCOKeypointDataModule(codec, train_images=tmp_path, train_annotations=broken)
+    with pytest.raises(ValueError, match="train.json"):
+        dm.setup("fit")
+
+
+def test_wrong_skeleton_fails_at_construction(sample, codec) -> None:
+    from strongpose import StrongPoseCodec
+
+    with pytest.raises(ValueError, match="17 keypoints"):
+        COCOKeypointDataset(*sample, codec=StrongPoseCodec("crowdpose"))

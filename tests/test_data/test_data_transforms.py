@@ -1,0 +1,148 @@
+"""Pipelines: flip swaps left/right, everything moves together, the affine maps back exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from strongpose.data import AugmentConfig, COCOKeypointDataset, TrainTransform, ValTransform, to_original
+from strongpose.data.annotations import ImageAnnotations
+from strongpose.data.transforms import pack_masks, unpack_masks
+from strongpose.skeleton import COCO_PERSON
+
+S = 128
+K = COCO_PERSON.num_keypoints
+NO_RANDOM = {"scale_range": (1.0, 1.0), "rotation": 0.0, "translate": 0.0, "color_jitter": 0.0}
+
+
+def _person_facing_camera() -> np.ndarray:
+    """(1, K, 3): left keypoints at larger x than their right counterparts (the person faces us)."""
+    kp = np.zeros((1, K, 3), np.float32)
+    for k, name in enumerate(COCO_PERSON.keypoints):
+        side = 12.0 if name.startswith("left") else -12.0 if name.startswith("right") else 0.0
+        kp[0, k] = (60.0 + side + k * 0.25, 20.0 + 5 * k, 2)
+    return kp
+
+
+def _people(kp: np.ndarray, hw: tuple[int, int]) -> ImageAnnotations:
+    n = kp.shape[0]
+    masks = np.zeros((n,) + hw, np.uint8)
+    return ImageAnnotations(keypoints=kp, boxes=np.tile(np.array([[40, 10, 40, 100]], np.float32), (n, 1)),
+                            masks=masks, crowd=np.zeros(hw, np.uint8))
+
+
+def test_forced_flip_swaps_left_and_right() -> None:
+    kp = _person_facing_camera()
+    image = np.zeros((S, S, 3), np.uint8)
+    out = TrainTransform(S, COCO_PERSON, {**NO_RANDOM, "flip_prob": 1.0})(image, _people(kp, (S, S)),
+                                                                          np.random.default_rng(0))
+    flip = np.array(COCO_PERSON.flip_index)
+    expected_x = S - 1 - kp[0, flip, 0]  # keypoint j of the flipped person is keypoint flip[j] of the original
+    np.testing.assert_allclose(out.keypoints[0, :, 0], expected_x, atol=1e-3)
+    np.testing.assert_allclose(out.keypoints[0, :, 1], kp[0, flip, 1], atol=1e-3)
+    # still a person facing the camera: each left keypoint right of its right counterpart
+    for a, b in COCO_PERSON.flip_pairs:
+        left, right = (a, b) if a.startswith("left") else (b, a)
+        assert out.keypoints[0, COCO_PERSON.index(left), 0] > out.keypoints[0, COCO_PERSON.index(right), 0]
+
+
+def test_no_flip_keeps_order() -> None:
+    kp = _person_facing_camera()
+    out = TrainTransform(S, COCO_PERSON, {**NO_RANDOM, "flip_prob": 0.0})(
+        np.zeros((S, S, 3), np.uint8), _people(kp, (S, S)), np.random.default_rng(0))
+    np.testing.assert_allclose(out.keypoints, kp, atol=1e-3)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_bright_spot_mask_and_keypoint_move_together(seed: int) -> None:
+    """A bright blob, a mask square and a keypoint at the same place stay together through random
+    scale / rotation / translation / flip / resize from a non-square image."""
+    hw = (90, 150)
+    rng = np.random.default_rng(seed)
+    x, y = float(rng.uniform(40, 110)), float(rng.uniform(30, 60))
+    yy, xx = np.mgrid[: hw[0], : hw[1]]
+    blob = np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 2.0**2))
+    image = np.repeat((blob * 255).astype(np.uint8)[..., None], 3, axis=2)
+    kp = np.zeros((1, K, 3), np.float32)
+    kp[0, 0] = (x, y, 2)
+    people = _people(kp, hw)
+    people.masks[0, int(y) - 6: int(y) + 7, int(x) - 6: int(x) + 7] = 1
+    transform = TrainTransform(S, COCO_PERSON, {"color_jitter": 0.0, "flip_prob": 0.5, "rotation": 40.0})
+    out = transform(image, people, rng)
+    if out.keypoints[0, 0, 2] == 0:
+        pytest.skip("augmentation moved the keypoint off the image")
+    peak = np.unravel_index(np.argmax(out.image[..., 0].astype(float)), (S, S))
+    assert np.hypot(peak[1] - out.keypoints[0, 0, 0], peak[0] - out.keypoints[0, 0, 1]) <= 1.0
+    ys, xs = np.nonzero(out.masks[0])
+    assert abs(xs.mean() - out.keypoints[0, 0, 0]) < 1.5 and abs(ys.mean() - out.keypoints[0, 0, 1]) < 1.5
+    back = to_original(out.keypoints, out.affine)
+    np.testing.assert_allclose(back[0, 0, :2], (x, y), atol=1e-3)
+
+
+def test_train_affine_maps_sample_keypoints_back(sample, codec) -> None:
+    ds = COCOKeypointDataset(*sample, codec=codec, input_size=256, train=True, augment={"flip_prob": 0.5})
+    flip = np.array(codec.skeleton.flip_index)
+    for index in range(len(ds)):
+        _, people = ds.load(index)
+        out = ds.transformed(index, epoch=3)
+        back = to_original(out.keypoints, out.affine)
+        # unflipped and flipped people: compare with the original in either order
+        direct = np.abs(back[..., :2] - people.keypoints[..., :2]).max(-1)
+        swapped = np.abs(back[..., :2] - people.keypoints[:, flip, :2]).max(-1)
+        err = np.minimum(np.where(out.keypoints[..., 2] > 0, direct, 0).max(initial=0),
+                         np.where(out.keypoints[..., 2] > 0, swapped, 0).max(initial=0))
+        assert err < 1e-2
+
+
+def test_val_round_trip_within_one_pixel(sample, codec) -> None:
+    ds = COCOKeypointDataset(*sample, codec=codec, input_size=200, train=False)
+    checked = 0
+    for index in range(len(ds)):
+        image, people = ds.load(index)
+        out = ds.transformed(index)
+        assert out.image.shape == (200, 200, 3)
+        labelled = people.keypoints[..., 2] > 0
+        np.testing.assert_array_equal(out.keypoints[..., 2] > 0, labelled)  # nothing leaves the image
+        back = to_original(torch.from_numpy(out.keypoints), {"affine": torch.from_numpy(out.affine)})
+        err = (back[..., :2].numpy() - people.keypoints[..., :2])[labelled]
+        assert np.abs(err).max(initial=0) < 1.0
+        checked += int(labelled.sum())
+        # image edges map to image edges: the resize is about pixel centres (edges at -0.5 and W - 0.5)
+        h, w = image.shape[:2]
+        scale = 200 / max(h, w)
+        edges = np.array([[-0.5, -0.5], [round(w * scale) - 0.5, round(h * scale) - 0.5]])
+        np.testing.assert_allclose(to_original(edges, out.affine), [[-0.5, -0.5], [w - 0.5, h - 0.5]], atol=1e-3)
+    assert checked > 100
+
+
+def test_to_original_batched_keeps_extra_columns() -> None:
+    affine = torch.tensor([[[2.0, 0, 1], [0, 2, 3]], [[1.0, 0, 0], [0, 1, 0]]])
+    kp = torch.tensor([[[[1.0, 1.0, 0.9]]], [[[5.0, 6.0, 0.5]]]])  # (B=2, N=1, K=1, 3)
+    out = to_original(kp, {"affine": affine})
+    torch.testing.assert_close(out, torch.tensor([[[[3.0, 5.0, 0.9]]], [[[5.0, 6.0, 0.5]]]]))
+    assert isinstance(to_original(kp[0].numpy(), affine[0].numpy()), np.ndarray)
+
+
+def test_masks_pack_round_trip() -> None:
+    rng = np.random.default_rng(0)
+    masks = (rng.random((17, 9, 11)) > 0.5).astype(np.uint8)
+    crowd = (rng.random((9, 11)) > 0.5).astype(np.uint8)
+    packed = pack_masks(masks, crowd)
+    assert packed.shape == (9, 11, 3)
+    unpacked = unpack_masks(packed, 18)
+    np.testing.assert_array_equal(unpacked[:17], masks.astype(bool))
+    np.testing.assert_array_equal(unpacked[17], crowd.astype(bool))
+
+
+def test_augment_config_rejects_typos() -> None:
+    with pytest.raises(ValueError, match="flip_probability"):
+        AugmentConfig.from_dict({"flip_probability": 0.5})
+    assert AugmentConfig.from_dict({"scale_range": [0.5, 1.5]}).scale_range == (0.5, 1.5)
+
+
+def test_val_transform_is_deterministic(sample, codec) -> None:
+    ds = COCOKeypointDataset(*sample, codec=codec, input_size=96, train=False)
+    a, b = ds.transformed(2), ds.transformed(2)
+    np.testing.assert_array_equal(a.image, b.image)
+    assert isinstance(ds.transform, ValTransform)
