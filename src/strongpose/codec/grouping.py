@@ -60,7 +60,6 @@ def link_candidates(
     src, dst = edges[:, 0], edges[:, 1]
     cells = cell_index(pos, stride, (h, w))  # (B, K, L): offsets are read where each keypoint lies
     centres = _cell_centres(cells, stride, w)  # (B, K, L, 2)
-    short_flat = short.reshape(b, k, 2, h * w)
 
     def read(maps: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
         """maps (B, C, 2, hw), at (B, C, P) -> (B, C, P, 2)."""
@@ -69,8 +68,11 @@ def link_candidates(
     mid_at = read(mid.reshape(b, e, 2, h * w), cells[:, src])
     pred = centres[:, src] + mid_at  # (B, E, L, 2)
     if mid_refine:  # one step of PersonLab's refinement: follow the short offset where the edge lands
-        pcells = cell_index(pred, stride, (h, w))
-        pred = _cell_centres(pcells, stride, w) + read(short_flat[:, dst], pcells)
+        pcells = cell_index(pred, stride, (h, w))  # (B, E, L)
+        # flat gather of short[b, dst, :, cell]: indexing short by dst first would copy E maps
+        base = ((torch.arange(b, device=pos.device)[:, None, None] * k + dst[None, :, None]) * 2) * (h * w) + pcells
+        flat = short.reshape(-1)
+        pred = _cell_centres(pcells, stride, w) + torch.stack((flat[base], flat[base + h * w]), -1)
     mid_dist, mid_idx = _nearest(pred, pos[:, dst], valid[:, dst], topn)
     if mid_valid is not None:  # decoding targets: an offset is only defined where its mask says so
         ok = mid_valid.reshape(b, e, h * w).gather(2, cells[:, src])
