@@ -1,0 +1,157 @@
+"""StrongPoseModule: the LightningModule that ties network, codec, losses and optimiser together."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+
+import lightning as L
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from strongpose.codec import StrongPoseCodec
+from strongpose.models.losses import strongpose_losses
+from strongpose.models.network import StrongPoseNet, to_probabilities
+from strongpose.structures import Poses
+
+log = logging.getLogger(__name__)
+
+# logged names: f"{stage}/{LOSS}" (total, what checkpoints monitor) and f"{stage}/{LOSS}_{term}"
+LOSS = "loss"
+DEFAULT_LOSS_WEIGHTS = {"skhm": 4.0, "bhm": 2.0, "short": 1.0, "mid": 0.4, "long": 0.1}  # the authors' code
+
+
+def global_batch_size(batch_size: int, world_size: int = 1, accumulate_grad_batches: int = 1) -> int:
+    """Images per optimiser step over all devices and nodes."""
+    return int(batch_size) * int(world_size) * int(accumulate_grad_batches)
+
+
+def scaled_lr(base_lr: float, global_batch: int, ref_batch: int) -> float:
+    """Linear scaling rule: ``base_lr`` is the LR at ``ref_batch`` images per step, whatever the hardware."""
+    return float(base_lr) * global_batch / ref_batch
+
+
+def warmup_schedule(optimizer: torch.optim.Optimizer, total_steps: int | float, decay: str = "cosine",
+                    warmup_fraction: float = 0.05, min_lr_ratio: float = 0.0,
+                    milestones: Sequence[float] = (0.67, 0.89), gamma: float = 0.1) -> LambdaLR:
+    """Linear warm-up then cosine or step decay, stepped every optimiser step.
+
+    Warm-up length and step milestones are fractions of ``total_steps``, so a schedule keeps its shape
+    when the number of devices (hence of steps) changes.
+    """
+    if decay not in ("cosine", "step"):
+        raise ValueError(f"decay must be 'cosine' or 'step', got {decay!r}")
+    if not math.isfinite(total_steps) or total_steps < 1:
+        raise ValueError(f"the LR schedule needs a finite number of steps (trainer.max_epochs or max_steps), "
+                         f"got {total_steps}")
+    total = int(total_steps)
+    warmup = int(warmup_fraction * total)
+    bounds = [int(m * total) for m in milestones]
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if decay == "step":
+            return gamma ** sum(step >= b for b in bounds)
+        progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return LambdaLR(optimizer, factor)
+
+
+class StrongPoseModule(L.LightningModule):
+    """Network + codec + losses + optimiser.
+
+    Args:
+        codec: the codec the data were encoded with; sizes the heads and decodes the outputs.
+        backbone: feature extractor (e.g. :class:`strongpose.models.ResNetBackbone`).
+        optimizer: partial optimiser taking ``params`` and ``lr`` (Hydra ``_partial_: true``).
+        scheduler: partial ``(optimizer, total_steps) -> LR scheduler`` stepped every step, or None.
+        heads: keyword arguments of :class:`strongpose.models.heads.Heads`.
+        loss: ``weights`` per term (defaults: the authors' 4 / 2 / 1 / 0.4 / 0.1), ``heatmap`` (``bce`` or
+            ``focal``), ``focal_gamma``, ``focal_alpha``.
+        lr: learning rate at ``lr_ref_batch`` images per optimiser step; scaled linearly to the real
+            global batch (``batch_size`` x devices x nodes x gradient accumulation).
+        batch_size: per-device batch size (the data module's).
+    """
+
+    def __init__(
+        self,
+        codec: StrongPoseCodec,
+        backbone: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        heads: dict | None = None,
+        loss: dict | None = None,
+        lr: float = 1e-3,
+        lr_ref_batch: int = 16,
+        batch_size: int = 8,
+    ) -> None:
+        super().__init__()
+        # codec and backbone are objects; the run's Hydra config (saved beside the checkpoints) has them
+        self.save_hyperparameters(ignore=["codec", "backbone", "optimizer", "scheduler"], logger=False)
+        self.hparams["codec"] = codec_spec(codec)  # checked when a checkpoint is loaded
+        self.codec = codec
+        self.net = StrongPoseNet(backbone, codec, heads)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        loss = dict(loss or {})
+        self.loss_weights = {**DEFAULT_LOSS_WEIGHTS, **loss.pop("weights", {})}
+        self.loss_options = loss
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Raw outputs (heat-map logits, offsets in input pixels), in training and evaluation alike."""
+        return self.net(images)
+
+    def losses(self, outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return strongpose_losses(outputs, targets, self.loss_weights, self.codec.disk_radius, **self.loss_options)
+
+    def decode(self, outputs: dict[str, torch.Tensor]) -> list[Poses]:
+        """Raw outputs -> people per image (keypoints in input pixels)."""
+        return self.codec.decode(to_probabilities(outputs))
+
+    def _step(self, batch: dict, stage: str) -> torch.Tensor:
+        # a batch whose samples were all bad has size 0: it goes through with zero loss and zero gradients
+        # rather than being skipped, so that every DDP rank still takes part in each step
+        losses = self.losses(self(batch["image"]), batch["targets"])
+        train = stage == "train"
+        # per step in training, per epoch (averaged over ranks) in validation
+        options = {"on_step": train, "on_epoch": not train, "sync_dist": not train, "batch_size": len(batch["image"])}
+        self.log_dict({f"{stage}/{LOSS}_{name}": value for name, value in losses.items() if name != "total"}, **options)
+        self.log(f"{stage}/{LOSS}", losses["total"], prog_bar=True, **options)
+        return losses["total"]
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "val")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[Poses]:
+        return self.decode(self(batch["image"]))
+
+    def configure_optimizers(self):
+        trainer = self.trainer
+        batch = global_batch_size(self.hparams.batch_size, trainer.world_size, trainer.accumulate_grad_batches)
+        lr = scaled_lr(self.hparams.lr, batch, self.hparams.lr_ref_batch)
+        if trainer.is_global_zero:
+            log.info("learning rate %.3g = %.3g x global batch %d / reference batch %d",
+                     lr, self.hparams.lr, batch, self.hparams.lr_ref_batch)
+        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad], lr=lr)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer, total_steps=trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("hyper_parameters", {}).get("codec")
+        if saved is not None and saved != self.hparams["codec"]:
+            raise ValueError(f"checkpoint was trained with codec {saved}, this model has {self.hparams['codec']}")
+
+
+def codec_spec(codec: StrongPoseCodec) -> dict:
+    """What a checkpoint's weights depend on: output channels, their meaning and scale."""
+    return {"skeleton": codec.skeleton.name, "stride": codec.stride, "disk_radius": codec.disk_radius,
+            "long_range": codec.long_range, "redundant_edges": codec.redundant_edges}

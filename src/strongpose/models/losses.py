@@ -1,0 +1,76 @@
+"""StrongPose losses as free functions: heat maps as binary classification, offsets as masked L1.
+
+Shapes: B batch, C channels, h x w map. Targets are the codec's (see ``StrongPoseCodec.encode``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+
+from strongpose.models.heads import HEATMAP_HEADS
+
+HEATMAP_LOSSES = ("bce", "focal")
+
+
+def heatmap_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, kind: str = "bce",
+                 focal_gamma: float = 2.0, focal_alpha: float | None = None) -> torch.Tensor:
+    """Per-cell binary classification loss, averaged over the cells with non-zero weight.
+
+    Args:
+        logits, target: (B, C, h, w); target in [0, 1].
+        weight: (B, 1, h, w) the codec's weight map: 0 in crowd regions and on unlabelled people, where
+            the prediction costs nothing.
+        kind: ``bce`` or ``focal`` (sigmoid focal loss, Lin et al. 2017; ``focal_alpha`` None = no class
+            balancing).
+    """
+    if kind not in HEATMAP_LOSSES:
+        raise ValueError(f"heat-map loss must be one of {HEATMAP_LOSSES}, got {kind!r}")
+    logits = logits.float()
+    loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    if kind == "focal":
+        p = logits.sigmoid()
+        p_true = p * target + (1 - p) * (1 - target)
+        loss = loss * (1 - p_true) ** focal_gamma
+        if focal_alpha is not None:
+            loss = loss * (focal_alpha * target + (1 - focal_alpha) * (1 - target))
+    weight = weight.expand_as(loss)
+    # where(), not a product, so that nothing at all (not even a NaN) passes from ignored cells
+    return torch.where(weight > 0, loss * weight, 0.0).sum() / weight.sum().clamp(min=1.0)
+
+
+def offset_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, disk_radius: float) -> torch.Tensor:
+    """L1 of (dx, dy) over the valid cells, in units of the disk radius (PersonLab's normalisation).
+
+    Args:
+        pred, target: (B, 2C, h, w) offsets in input pixels, channels (dx, dy) per map.
+        valid: (B, C, h, w) bool.
+
+    Returns the mean over valid (map, cell) pairs of (|dx| + |dy|) / R; 0 when nothing is valid.
+    """
+    b, c2, h, w = pred.shape
+    err = (pred.float() - target).abs().view(b, c2 // 2, 2, h, w).sum(2)
+    return torch.where(valid, err, 0.0).sum() / (disk_radius * valid.sum().clamp(min=1))
+
+
+def strongpose_losses(outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor],
+                      weights: Mapping[str, float], disk_radius: float, heatmap: str = "bce",
+                      focal_gamma: float = 2.0, focal_alpha: float | None = None) -> dict[str, torch.Tensor]:
+    """Every term the network's outputs have, plus ``total`` = sum of ``weights[name] * term``.
+
+    ``outputs`` are the network's raw outputs (heat-map logits, offsets in input pixels); terms are
+    returned unweighted so that runs with different weights can be compared.
+    """
+    terms: dict[str, torch.Tensor] = {}
+    for name, pred in outputs.items():
+        if name in HEATMAP_HEADS:
+            terms[name] = heatmap_loss(pred, targets[name], targets["weight"], heatmap, focal_gamma, focal_alpha)
+        else:
+            terms[name] = offset_loss(pred, targets[name], targets[f"{name}_valid"], disk_radius)
+    missing = set(terms) - set(weights)
+    if missing:
+        raise KeyError(f"no loss weight for {sorted(missing)} (weights: {dict(weights)})")
+    terms["total"] = sum(weights[name] * term for name, term in terms.items())
+    return terms

@@ -1,0 +1,105 @@
+"""Training entry point: ``python -m strongpose.train [group=option ...] [key=value ...]`` (Hydra).
+
+Configs ship inside the package (``strongpose/conf``) so that this works from any folder and from an
+installed wheel; the top-level ``conf/`` only points there (a symlink would not survive a wheel, two
+copies would drift apart).
+"""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor
+from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).parent / "conf"
+
+
+@rank_zero_only
+def say(message: str) -> None:
+    """One line for the user, printed once in a multi-process run."""
+    print(message, flush=True)
+
+
+def wandb_key_configured() -> bool:
+    """True when W&B can log online: an API key in the environment or a netrc entry for api.wandb.ai."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc(os.environ.get("NETRC") or None).authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def wandb_logger(save_dir: str, project: str = "strongpose", offline: bool | None = None, **kwargs: Any) -> WandbLogger:
+    """WandbLogger that logs online when a key is configured (or ``offline=false``), offline otherwise."""
+    env_mode = os.environ.get("WANDB_MODE", "")
+    if offline is not None:
+        why = f"logger.wandb.offline={str(offline).lower()}"
+    elif env_mode in ("offline", "dryrun", "disabled"):
+        offline, why = True, f"WANDB_MODE={env_mode}"
+    else:
+        offline, why = not wandb_key_configured(), "no API key in WANDB_API_KEY or ~/.netrc (`wandb login`)"
+    if offline:
+        say(f"W&B: offline ({why}); run files go to {save_dir}/wandb, upload them later with `wandb sync`")
+    else:
+        say(f"W&B: logging online to project {project!r}")
+    return WandbLogger(save_dir=save_dir, project=project, offline=offline, **kwargs)
+
+
+def instantiate_loggers(cfg: DictConfig | None) -> list[Logger]:
+    return [instantiate(c) for c in (cfg or {}).values() if c is not None]
+
+
+def instantiate_callbacks(cfg: DictConfig | None, has_logger: bool) -> list[Callback]:
+    callbacks = [instantiate(c) for c in (cfg or {}).values() if c is not None]
+    # Lightning refuses a LearningRateMonitor without a logger (logger=none); the LR has nowhere to go then
+    return [c for c in callbacks if has_logger or not isinstance(c, LearningRateMonitor)]
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    """Train (or resume, with ``ckpt_path``) as ``cfg`` says; returns the final metrics and the objects."""
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    # the codec first: the data encode targets with it, the model sizes its heads and decodes with it
+    codec = instantiate(cfg.codec)
+    datamodule = instantiate(cfg.data, codec=codec)
+    model = instantiate(cfg.model, codec=codec)
+    loggers = instantiate_loggers(cfg.get("logger"))
+    callbacks = instantiate_callbacks(cfg.get("callbacks"), has_logger=bool(loggers))
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+
+    metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+    checkpoint = trainer.checkpoint_callback
+    where = (checkpoint.last_model_path or checkpoint.best_model_path) if checkpoint is not None else ""
+    logs = next((lg.log_dir or lg.save_dir for lg in loggers if (lg.log_dir or lg.save_dir)), cfg.paths.output_dir)
+    say(f"Done: checkpoint {where if where and Path(where).is_file() else 'none written'}; logs in {logs}")
+    objects = {"cfg": cfg, "codec": codec, "datamodule": datamodule, "model": model, "trainer": trainer,
+               "loggers": loggers, "callbacks": callbacks}
+    return metrics, objects
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Returns ``optimized_metric`` so that Hydra sweepers can minimise it."""
+    metrics, _ = train(cfg)
+    return metrics.get(cfg.get("optimized_metric"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""Shared test setup: no network, no W&B, one thread per xdist worker, and tiny configs and batches."""
+
+from __future__ import annotations
+
+import os
+
+# before anything imports wandb or albumentations
+os.environ["WANDB_MODE"] = "disabled"
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+from collections.abc import Sequence  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+from torch.utils.data import default_collate  # noqa: E402
+
+from strongpose.codec import StrongPoseCodec  # noqa: E402
+from strongpose.train import CONFIG_DIR  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)  # `make test` runs two workers on two cores
+
+# CPU, no logger, one small batch of the embedded sample: what every training test starts from
+TINY = (
+    "trainer=cpu",
+    "logger=none",
+    "data.input_size=64",
+    "data.batch_size=2",
+    "data.max_train_images=2",
+    "data.max_val_images=2",
+    "trainer.max_epochs=1",
+    "trainer.check_val_every_n_epoch=1",
+    "trainer.enable_model_summary=false",
+)
+
+
+def compose_train(overrides: Sequence[str] = (), output_dir: str | Path | None = None, tiny: bool = True,
+                  return_hydra_config: bool = False) -> DictConfig:
+    """The training config as ``python -m strongpose.train`` would build it, with ``TINY`` first."""
+    extra = [f"paths.output_dir={output_dir}"] if output_dir is not None else []
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("train", overrides=[*(TINY if tiny else ()), *extra, *overrides],
+                       return_hydra_config=return_hydra_config)
+
+
+def synthetic_batch(codec: StrongPoseCodec, batch_size: int = 2, size: int = 64, people: int = 2,
+                    seed: int = 0) -> dict:
+    """A batch shaped like the data module's: random images, random people encoded by ``codec``."""
+    g = torch.Generator().manual_seed(seed)
+    items = []
+    for i in range(batch_size):
+        # people in the lower right half, a crowd region in the top left corner, beyond the disks
+        kp = size / 2 + torch.rand(people, codec.num_keypoints, 3, generator=g) * (size / 2 - 1)
+        kp[..., 2] = 2.0
+        kp[0, :3, 2] = 0.0  # a few unlabelled keypoints
+        ignore = torch.zeros(size, size, dtype=torch.bool)
+        ignore[: size // 4, : size // 4] = True
+        items.append({"image": torch.randn(3, size, size, generator=g),
+                      "targets": codec.encode(kp, (size, size), ignore_mask=ignore),
+                      "meta": {"image_id": i, "orig_size": torch.tensor([size, size]),
+                               "affine": torch.eye(2, 3)}})
+    return default_collate(items)
+
+
+@pytest.fixture
+def train_config():
+    """:func:`compose_train` as a fixture: test modules cannot rely on ``import conftest`` (every
+    conftest.py outside a package is module "conftest", so another folder's may shadow this one)."""
+    return compose_train
+
+
+@pytest.fixture
+def codec() -> StrongPoseCodec:
+    return StrongPoseCodec(stride=8, disk_radius=12.0)
+
+
+@pytest.fixture
+def batch(codec: StrongPoseCodec) -> dict:
+    return synthetic_batch(codec)

@@ -1,0 +1,82 @@
+import time
+import urllib.request
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from strongpose.models.backbone import ResNetBackbone, imagenet_weights_file
+from strongpose.structures import map_size
+
+DEPTHS = ["resnet18", "resnet34", "resnet50",
+          pytest.param("resnet101", marks=pytest.mark.slow), pytest.param("resnet152", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("arch", DEPTHS)
+def test_every_depth_gives_neck_channels_at_stride_8(arch):
+    backbone = ResNetBackbone(arch, output_stride=8, neck_channels=32).eval()
+    with torch.no_grad():
+        out = backbone(torch.randn(1, 3, 64, 64))
+    assert out.shape == (1, 32, 8, 8)
+
+
+@pytest.mark.parametrize("stride", [4, 8, 16, 32])
+def test_output_size_is_the_codec_map_size(stride):
+    backbone = ResNetBackbone("resnet18", output_stride=stride, neck_channels=16).eval()
+    for size in [(64, 64), (72, 100), (33, 47)]:
+        with torch.no_grad():
+            out = backbone(torch.randn(1, 3, *size))
+        assert out.shape[-2:] == map_size(size, stride)
+
+
+def test_frozen_norm_has_no_batchnorm_and_no_trainable_statistics():
+    backbone = ResNetBackbone("resnet18", norm="frozen")
+    body = nn.ModuleList([backbone.stem, backbone.stages])
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in body.modules())
+    assert any(isinstance(m, torchvision.ops.FrozenBatchNorm2d) for m in body.modules())
+
+
+def test_bad_arguments_fail():
+    with pytest.raises(ValueError, match="unknown backbone"):
+        ResNetBackbone("resnet7")
+    with pytest.raises(ValueError, match="output_stride"):
+        ResNetBackbone(output_stride=12)
+    with pytest.raises(ValueError, match="norm"):
+        ResNetBackbone(norm="group")
+
+
+def _no_network(*args, **kwargs):
+    raise AssertionError("the backbone tried the network")
+
+
+def test_pretrained_without_file_fails_fast_and_says_where(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(urllib.request, "urlopen", _no_network)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", _no_network)
+    start = time.perf_counter()
+    with pytest.raises(FileNotFoundError) as err:
+        ResNetBackbone("resnet18", pretrained=True)
+    assert time.perf_counter() - start < 5
+    expected = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    assert imagenet_weights_file("resnet18") == expected
+    assert str(expected) in str(err.value) and "weights_path" in str(err.value)
+    with pytest.raises(FileNotFoundError, match="nowhere.pth"):
+        ResNetBackbone("resnet18", pretrained=True, weights_path=str(tmp_path / "nowhere.pth"))
+
+
+@pytest.mark.parametrize("where", ["hub_cache", "weights_path"])
+def test_pretrained_loads_the_local_file(tmp_path, monkeypatch, where):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(urllib.request, "urlopen", _no_network)
+    torch.manual_seed(1)
+    reference = torchvision.models.resnet18()
+    path = imagenet_weights_file("resnet18") if where == "hub_cache" else tmp_path / "mine.pth"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(reference.state_dict(), path)
+    torch.manual_seed(2)
+    backbone = ResNetBackbone("resnet18", pretrained=True, norm="frozen",
+                              weights_path=str(path) if where == "weights_path" else None)
+    assert torch.equal(backbone.stem[0].weight, reference.conv1.weight)
+    assert torch.equal(backbone.stages["layer4"][1].conv2.weight, reference.layer4[1].conv2.weight)
+    assert torch.equal(backbone.stem[1].running_var, reference.bn1.running_var)

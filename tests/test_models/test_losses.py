@@ -1,0 +1,75 @@
+import pytest
+import torch
+
+from strongpose.models.losses import heatmap_loss, offset_loss, strongpose_losses
+
+WEIGHTS = {"skhm": 4.0, "bhm": 2.0, "short": 1.0, "mid": 0.4, "long": 0.1}
+
+
+def _outputs_like(targets, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name in ("skhm", "bhm", "short", "mid", "long"):
+        out[name] = torch.randn(targets[name].shape, generator=g) * (1.0 if name in ("skhm", "bhm") else 10.0)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["bce", "focal"])
+def test_heatmap_loss_ignores_zero_weight_cells(kind, batch):
+    t = batch["targets"]
+    weight = t["weight"]
+    assert (weight == 0).any() and (weight > 0).any()
+    logits = torch.randn(t["skhm"].shape)
+    before = heatmap_loss(logits, t["skhm"], weight, kind)
+    ignored = (weight == 0).expand_as(logits)
+    changed = torch.where(ignored, logits + 100 * torch.randn_like(logits), logits)
+    assert torch.equal(heatmap_loss(changed, t["skhm"], weight, kind), before)
+    changed_kept = torch.where(~ignored, logits + 3.0, logits)
+    assert not torch.allclose(heatmap_loss(changed_kept, t["skhm"], weight, kind), before)
+
+
+def test_focal_loss_is_below_bce_and_perfect_logits_cost_almost_nothing(batch):
+    t = batch["targets"]
+    logits = torch.randn(t["skhm"].shape)
+    assert heatmap_loss(logits, t["skhm"], t["weight"], "focal") < heatmap_loss(logits, t["skhm"], t["weight"], "bce")
+    perfect = (t["skhm"] * 2 - 1) * 30.0
+    assert heatmap_loss(perfect, t["skhm"], t["weight"], "bce") < 1e-6
+    with pytest.raises(ValueError, match="heat-map loss"):
+        heatmap_loss(logits, t["skhm"], t["weight"], "mse")
+
+
+@pytest.mark.parametrize("name", ["short", "mid", "long"])
+def test_offset_loss_ignores_invalid_cells(name, batch, codec):
+    t = batch["targets"]
+    valid = t[f"{name}_valid"]
+    assert valid.any() and (~valid).any()
+    pred = torch.randn(t[name].shape) * 10
+    before = offset_loss(pred, t[name], valid, codec.disk_radius)
+    invalid = (~valid).repeat_interleave(2, dim=1)  # (dx, dy) channels of each map
+    changed = torch.where(invalid, pred + 1000 * torch.randn_like(pred), pred)
+    assert torch.equal(offset_loss(changed, t[name], valid, codec.disk_radius), before)
+    assert offset_loss(t[name], t[name], valid, codec.disk_radius) == 0
+
+
+def test_offset_loss_is_l1_in_disk_radius_units_averaged_over_valid_cells():
+    target = torch.zeros(1, 4, 2, 2)  # two maps of 2 x 2 cells
+    valid = torch.zeros(1, 2, 2, 2, dtype=torch.bool)
+    valid[0, 0, 0, 0] = valid[0, 1, 1, 1] = True
+    pred = target.clone()
+    pred[0, 0, 0, 0] = 10.0   # map 0 dx, valid cell: |10| / R
+    pred[0, 3, 1, 1] = -20.0  # map 1 dy, valid cell: |-20| / R
+    pred[0, 2, 0, 0] = 99.0   # map 1 dx at a cell valid only for map 0: ignored
+    assert offset_loss(pred, target, valid, disk_radius=10.0) == pytest.approx((1.0 + 2.0) / 2)
+    assert offset_loss(pred, target, torch.zeros_like(valid), 10.0) == 0
+
+
+def test_all_terms_and_weighted_total(batch, codec):
+    t = batch["targets"]
+    out = _outputs_like(t)
+    losses = strongpose_losses(out, t, WEIGHTS, codec.disk_radius)
+    assert set(losses) == {"skhm", "bhm", "short", "mid", "long", "total"}
+    assert losses["total"] == pytest.approx(sum(WEIGHTS[k] * float(losses[k]) for k in WEIGHTS))
+    without_long = {k: v for k, v in out.items() if k != "long"}
+    assert "long" not in strongpose_losses(without_long, t, WEIGHTS, codec.disk_radius)
+    with pytest.raises(KeyError, match="no loss weight"):
+        strongpose_losses(out, t, {k: v for k, v in WEIGHTS.items() if k != "mid"}, codec.disk_radius)

@@ -1,0 +1,116 @@
+import functools
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from strongpose.codec import StrongPoseCodec
+from strongpose.lit_module import StrongPoseModule, global_batch_size, scaled_lr, warmup_schedule
+from strongpose.models import ResNetBackbone
+from strongpose.structures import Poses
+
+
+def _module(codec, **kwargs):
+    torch.manual_seed(0)
+    backbone = ResNetBackbone("resnet18", output_stride=codec.stride, neck_channels=32)
+    return StrongPoseModule(codec, backbone, functools.partial(torch.optim.AdamW), heads={"width": 32}, **kwargs)
+
+
+def test_one_optimisation_step_lowers_the_loss_on_a_fixed_batch(codec, batch):
+    module = _module(codec)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(2):
+        loss = module.losses(module(batch["image"]), batch["targets"])["total"]
+        losses.append(loss.item())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert losses[1] < losses[0]
+
+
+def test_forward_is_raw_outputs_and_predict_decodes_people(codec, batch):
+    module = _module(codec).eval()
+    with torch.no_grad():
+        outputs = module(batch["image"])
+        poses = module.predict_step(batch, 0)
+    assert set(outputs) == set(codec.channels)
+    assert (outputs["skhm"] < 0).any()  # logits, not probabilities
+    assert len(poses) == len(batch["image"]) and all(isinstance(p, Poses) for p in poses)
+    assert all(p.keypoints.shape[1:] == (codec.num_keypoints, 3) for p in poses)
+
+
+def test_empty_batch_costs_nothing_and_moves_nothing(codec, batch):
+    # the data module sends a size-0 batch when all its samples were bad; DDP ranks must still step
+    module = _module(codec)
+    stats = module.net.backbone.stem[1].running_mean.clone()
+    losses = module.losses(module(batch["image"][:0]), {k: v[:0] for k, v in batch["targets"].items()})
+    losses["total"].backward()
+    assert all(float(v) == 0 for v in losses.values())
+    assert all(p.grad is not None and not p.grad.any() for p in module.parameters())
+    assert torch.equal(module.net.backbone.stem[1].running_mean, stats)
+
+
+def test_loss_weights_default_to_the_authors_and_can_be_partial(codec):
+    module = _module(codec, loss={"weights": {"mid": 1.0}, "heatmap": "focal"})
+    assert module.loss_weights == {"skhm": 4.0, "bhm": 2.0, "short": 1.0, "mid": 1.0, "long": 0.1}
+    assert module.loss_options == {"heatmap": "focal"}
+
+
+def test_lr_scaling_formula():
+    assert global_batch_size(8, world_size=4, accumulate_grad_batches=2) == 64
+    assert scaled_lr(1e-3, 64, 16) == pytest.approx(4e-3)
+    assert scaled_lr(1e-3, 16, 16) == pytest.approx(1e-3)
+
+
+def test_configure_optimizers_scales_by_devices_nodes_and_accumulation(codec):
+    module = _module(codec, lr=1e-3, lr_ref_batch=16, batch_size=8,
+                     scheduler=functools.partial(warmup_schedule, warmup_fraction=0.1))
+    # 2 nodes x 4 devices, accumulating 2 batches of 8: 128 images per step
+    module._trainer = SimpleNamespace(world_size=8, accumulate_grad_batches=2, estimated_stepping_batches=100,
+                                      is_global_zero=True)
+    config = module.configure_optimizers()
+    base = config["optimizer"].param_groups[0]["initial_lr"]
+    assert base == pytest.approx(1e-3 * 128 / 16)
+    assert config["lr_scheduler"]["interval"] == "step"
+    assert config["optimizer"].param_groups[0]["lr"] == pytest.approx(base / 10)  # first of 10 warm-up steps
+
+
+def _lrs(total, **kwargs):
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=1.0)
+    scheduler = warmup_schedule(optimizer, total, **kwargs)
+    lrs = []
+    for _ in range(total):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+def test_warmup_then_cosine():
+    lrs = _lrs(100, decay="cosine", warmup_fraction=0.1, min_lr_ratio=0.01)
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    assert lrs[-1] == pytest.approx(0.01, abs=2e-3)
+
+
+def test_warmup_then_steps():
+    lrs = _lrs(100, decay="step", warmup_fraction=0.0, milestones=(0.5, 0.8), gamma=0.1)
+    assert lrs[49] == 1.0 and lrs[50] == pytest.approx(0.1) and lrs[80] == pytest.approx(0.01)
+
+
+def test_schedule_needs_a_finite_length():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    with pytest.raises(ValueError, match="finite"):
+        warmup_schedule(optimizer, math.inf)
+
+
+def test_checkpoint_of_another_codec_is_refused(codec):
+    module = _module(codec)
+    other = StrongPoseCodec(stride=codec.stride, disk_radius=codec.disk_radius, skeleton="crowdpose")
+    checkpoint = {"hyper_parameters": {"codec": _module(other).hparams["codec"]}}
+    with pytest.raises(ValueError, match="crowdpose"):
+        module.on_load_checkpoint(checkpoint)
+    module.on_load_checkpoint({"hyper_parameters": dict(module.hparams)})

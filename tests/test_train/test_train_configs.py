@@ -1,0 +1,64 @@
+"""Every config composes; the cheap ones instantiate."""
+
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+from lightning.pytorch import Trainer
+from omegaconf import OmegaConf
+
+from strongpose.codec import StrongPoseCodec
+from strongpose.lit_module import StrongPoseModule
+from strongpose.train import CONFIG_DIR, instantiate_callbacks, instantiate_loggers
+
+# option groups whose choice is made on the command line as group=option
+GROUPS = sorted(str(p.parent.relative_to(CONFIG_DIR)) for p in CONFIG_DIR.rglob("*.yaml") if p.parent != CONFIG_DIR)
+OPTIONS = sorted({(group, p.stem) for group in GROUPS for p in (CONFIG_DIR / group).glob("*.yaml")})
+# these build large networks or need a GPU or the COCO_ROOT environment variable: compose only
+COMPOSE_ONLY = {("backbone", "resnet101"), ("backbone", "resnet152"), ("trainer", "gpu"), ("trainer", "ddp"),
+                ("experiment", "coco_resnet50")}
+
+
+def test_every_yaml_file_is_an_option_or_the_primary_config():
+    files = {p for p in CONFIG_DIR.rglob("*.yaml")}
+    assert files == {CONFIG_DIR / "train.yaml"} | {CONFIG_DIR / g / f"{o}.yaml" for g, o in OPTIONS}
+    assert {"backbone", "model", "model/optimizer", "model/scheduler", "codec", "data", "trainer", "logger",
+            "callbacks", "experiment", "hparams_search"} <= set(GROUPS)
+    assert {o for g, o in OPTIONS if g == "backbone"} == {f"resnet{d}" for d in (18, 34, 50, 101, 152)}
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_option_composes_and_cheap_parts_instantiate(group, option, tmp_path, train_config):
+    cfg = train_config([f"{group}={option}"], output_dir=tmp_path, return_hydra_config=group == "hparams_search")
+    if group == "hparams_search":
+        assert cfg.hydra.mode.name == "MULTIRUN" and cfg.hydra.sweeper.params
+        return
+    if (group, option) in COMPOSE_ONLY:
+        return
+    codec = instantiate(cfg.codec)
+    assert isinstance(codec, StrongPoseCodec)
+    if group in ("backbone", "model", "model/optimizer", "model/scheduler", "experiment"):
+        model = instantiate(cfg.model, codec=codec)
+        assert isinstance(model, StrongPoseModule)
+        assert model.net.backbone.arch == cfg.backbone.arch
+    if group in ("data", "experiment"):
+        instantiate(cfg.data, codec=codec)
+    if group in ("logger", "callbacks", "trainer", "experiment"):
+        loggers = instantiate_loggers(cfg.logger)
+        callbacks = instantiate_callbacks(cfg.callbacks, has_logger=bool(loggers))
+        assert isinstance(instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks), Trainer)
+
+
+def test_default_config_is_the_sample_cpu_run(train_config):
+    cfg = train_config(tiny=False, output_dir="/unused")
+    assert cfg.backbone.arch == "resnet18" and not cfg.backbone.pretrained
+    assert cfg.data.train_images is None and cfg.data.input_size <= 256
+    assert cfg.backbone.output_stride == cfg.codec.stride
+    assert cfg.callbacks.model_checkpoint.save_last
+    assert cfg.logger.wandb.offline is None  # decided from the presence of a key
+    assert OmegaConf.select(cfg, "callbacks.ema._target_") == "strongpose.callbacks.EMA"
+
+
+def test_top_level_conf_points_to_the_package():
+    readme = Path(__file__).parents[2] / "conf" / "README.md"
+    assert "src/strongpose/conf" in readme.read_text()

@@ -1,0 +1,73 @@
+"""End-to-end training runs on the embedded sample (tiny inputs, CPU, no logger)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from strongpose.train import train
+
+DEPTHS = ["resnet18", "resnet34", "resnet50",
+          pytest.param("resnet101", marks=pytest.mark.slow), pytest.param("resnet152", marks=pytest.mark.slow)]
+
+
+def test_fast_dev_run_of_the_default_config(train_config, tmp_path):
+    cfg = train_config(["trainer.fast_dev_run=true", "logger=none"], output_dir=tmp_path, tiny=False)
+    metrics, objects = train(cfg)
+    assert objects["trainer"].global_step == 1
+    assert {"train/loss", "val/loss", "train/loss_skhm", "val/loss_long"} <= set(metrics)
+    assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
+
+
+@pytest.mark.parametrize("backbone", DEPTHS)
+def test_fast_dev_run_of_each_backbone(train_config, tmp_path, backbone):
+    cfg = train_config([f"backbone={backbone}", "trainer.fast_dev_run=true"], output_dir=tmp_path)
+    _, objects = train(cfg)
+    assert objects["model"].net.backbone.arch == backbone
+    assert objects["trainer"].global_step == 1
+
+
+def test_resume_from_last_checkpoint_continues_the_step_count(train_config, tmp_path):
+    _, first = train(train_config(["trainer.max_epochs=1"], output_dir=tmp_path))
+    steps = first["trainer"].global_step
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert steps >= 1 and last.is_file()
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)  # as Lightning resumes
+    assert checkpoint["global_step"] == steps
+    assert "current_model_state" in checkpoint  # EMA: state_dict holds the averaged weights
+
+    _, second = train(train_config(["trainer.max_epochs=2", f"ckpt_path={last}"], output_dir=tmp_path))
+    assert second["trainer"].global_step == 2 * steps
+    assert second["trainer"].current_epoch == 2
+
+
+def test_cli_runs_from_any_folder_and_says_where_the_checkpoint_is(tmp_path):
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    args = ["logger=csv", "trainer=cpu", "data.input_size=64", "data.batch_size=2", "data.max_train_images=2",
+            "data.max_val_images=2", "trainer.max_epochs=1", "trainer.check_val_every_n_epoch=1",
+            "trainer.enable_model_summary=false", "hydra.run.dir=run"]
+    done = subprocess.run([sys.executable, "-m", "strongpose.train", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "run"
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / ".hydra" / "config.yaml").is_file()
+    assert list(run.glob("csv/version_0/metrics.csv"))
+    lines = [line for line in done.stdout.splitlines() if line.startswith("Done:")]
+    assert len(lines) == 1 and str(Path("run") / "checkpoints" / "last.ckpt") in lines[0]
+
+
+@pytest.mark.slow
+def test_multirun_gives_each_job_its_own_folder(tmp_path):
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    args = ["-m", "logger=none", "trainer=cpu", "data.input_size=64", "data.batch_size=2",
+            "data.max_train_images=2", "data.max_val_images=2", "trainer.fast_dev_run=true",
+            "backbone=resnet18,resnet34", "hydra.sweep.dir=sweep"]
+    done = subprocess.run([sys.executable, "-m", "strongpose.train", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    jobs = sorted(p.parent.parent.name for p in (tmp_path / "sweep").glob("*/.hydra/overrides.yaml"))
+    assert jobs == ["0", "1"]
