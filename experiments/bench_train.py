@@ -32,6 +32,21 @@ from strongpose.lit_module import StrongPoseModule  # noqa: E402
 from strongpose.models.backbone import ResNetBackbone  # noqa: E402
 
 
+class EndlessSampler(torch.utils.data.Sampler):
+    """Shuffled (index, epoch) pairs over a small dataset, forever (the dataset's augmentation seed)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __len__(self) -> int:
+        return 2**31 - 1
+
+    def __iter__(self):
+        for epoch in itertools.count():
+            for i in torch.randperm(self.size, generator=torch.Generator().manual_seed(epoch)).tolist():
+                yield i, epoch
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -80,8 +95,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     data = COCOKeypointDataModule(codec, input_size=args.input, batch_size=args.batch, num_workers=args.workers,
                                   pin_memory=device.type == "cuda", persistent_workers=args.workers > 0)
     data.setup("fit")
-    loader = data.train_dataloader()
-    batches = (b for _ in itertools.count() for b in loader)  # endless: the sample is small
+    # the embedded sample holds 11 training images: draw (index, epoch) pairs endlessly, so that batches
+    # of any size are full and the workers never wait for an epoch boundary
+    loader = data._loader(data.train_dataset, args.batch, EndlessSampler(len(data.train_dataset)))
+    batches = iter(loader)
 
     module = StrongPoseModule(codec, ResNetBackbone(args.backbone, args.stride),
                               optimizer=functools.partial(torch.optim.AdamW), batch_size=args.batch).to(device)
