@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         optimizer.step()
         schedule.step()
         if step % 50 == 0:
-            print(f"step {step:4d} loss {float(losses['total']):.4f}", flush=True)
+            print(f"step {step:4d} loss {float(losses['total'].detach()):.4f}", flush=True)
     wall = time.perf_counter() - t0
     print(f"{len(data)} images, {args.steps} steps, {args.backbone} at {args.input} px on {device}: {wall:.1f} s")
     for name in first:

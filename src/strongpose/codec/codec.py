@@ -190,9 +190,10 @@ class StrongPoseCodec:
         return float(gaussian_blur(votes, self.decode_sigma)[0, 0, c, c])
 
     def keypoint_scores(self, skhm: torch.Tensor, short: torch.Tensor) -> torch.Tensor:
-        """(B, K, h, w) Hough maps, normalised so that a perfect keypoint scores about 1."""
-        hough = hough_vote(skhm, short, self.stride, self.decode_vote_threshold)
-        return (gaussian_blur(hough, self.decode_sigma) / self._score_norm).clamp_(max=1.0)
+        """(B, K, h, w) Hough maps, normalised so that a perfect keypoint scores about 1 (unclamped)."""
+        # normalising the few votes is cheaper than the whole map
+        hough = hough_vote(skhm, short, self.stride, self.decode_vote_threshold, scale=1.0 / self._score_norm)
+        return gaussian_blur(hough, self.decode_sigma)
 
     @torch.no_grad()
     def decode(self, outputs: dict[str, torch.Tensor]) -> list[Poses]:

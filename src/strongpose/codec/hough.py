@@ -46,8 +46,9 @@ def max_filter3(maps: torch.Tensor) -> torch.Tensor:
     return torch.maximum(torch.maximum(rows[..., :-2, :], rows[..., 1:-1, :]), rows[..., 2:, :])
 
 
-def hough_vote(skhm: torch.Tensor, short: torch.Tensor, stride: int, vote_threshold: float = 0.01) -> torch.Tensor:
-    """Each cell votes its probability at (cell + short offset), bilinearly splatted.
+def hough_vote(skhm: torch.Tensor, short: torch.Tensor, stride: int, vote_threshold: float = 0.01,
+               scale: float = 1.0) -> torch.Tensor:
+    """Each cell votes its probability (times ``scale``) at (cell + short offset), bilinearly splatted.
 
     skhm: (B, K, h, w) probabilities; short: (B, 2K, h, w) offsets in input pixels, (dx, dy) per type.
     Returns (B, K, h, w) vote sums (unnormalised).
@@ -58,7 +59,7 @@ def hough_vote(skhm: torch.Tensor, short: torch.Tensor, stride: int, vote_thresh
     # Flat 1-D indexing throughout: much cheaper than multi-tensor advanced indexing on the CPU.
     flat = skhm.reshape(-1)
     sel = (flat > vote_threshold).nonzero().squeeze(1)
-    prob = flat[sel]
+    prob = flat[sel] * scale
     channel, cell = torch.div(sel, hw, rounding_mode="floor"), sel % hw  # channel = b * K + k
     off = short.reshape(-1)
     base = 2 * channel * hw + cell
@@ -97,10 +98,12 @@ def find_peaks(
     """
     b, k, h, w = hough.shape
     pooled = max_filter3(hough)
-    peak_score = torch.where((hough == pooled) & (hough > threshold), hough, torch.zeros_like(hough))
+    peak_score = torch.where(hough >= pooled, hough, torch.zeros_like(hough))
     num = min(max_peaks, h * w)
     scores, idx = peak_score.flatten(2).topk(num, dim=2)  # (B, K, L)
-    valid = scores > 0
+    # threshold and clamp the few peaks, not the whole map (overlapping disks can sum above 1)
+    valid = scores > threshold
+    scores = scores.clamp(max=1.0)
     u = (idx % w).to(hough.dtype)
     v = torch.div(idx, w, rounding_mode="floor").to(hough.dtype)
     pos = torch.stack((map_to_input(u, stride), map_to_input(v, stride)), dim=-1)
