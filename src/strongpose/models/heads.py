@@ -37,7 +37,7 @@ def conv_head(in_channels: int, out_channels: int, num_convs: int = 1, channels:
 class Heads(nn.Module):
     """One head per entry of ``channels`` (the codec's ``channels``): ``forward(x) -> {name: map}``."""
 
-    def __init__(self, in_channels: int, channels: dict[str, int], num_convs: int = 1, width: int = 128,
+    def __init__(self, in_channels: int, channels: dict[str, int], num_convs: int = 1, width: int = 64,
                  kernel_size: int = 3, heatmap_prior: float = 0.01) -> None:
         super().__init__()
         self.heads = nn.ModuleDict({
