@@ -24,12 +24,15 @@ import time
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 import torchvision  # noqa: E402
 
 from strongpose.codec import StrongPoseCodec  # noqa: E402
 from strongpose.data.datamodule import COCOKeypointDataModule  # noqa: E402
 from strongpose.lit_module import StrongPoseModule  # noqa: E402
-from strongpose.models.backbone import ResNetBackbone  # noqa: E402
+from strongpose.train import CONFIG_DIR  # noqa: E402
 
 
 class EndlessSampler(torch.utils.data.Sampler):
@@ -100,8 +103,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     loader = data._loader(data.train_dataset, args.batch, EndlessSampler(len(data.train_dataset)))
     batches = iter(loader)
 
-    module = StrongPoseModule(codec, ResNetBackbone(args.backbone, args.stride),
-                              optimizer=functools.partial(torch.optim.AdamW), batch_size=args.batch).to(device)
+    # backbone (neck width) and heads as the training config builds them
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"backbone={args.backbone}", f"codec.stride={args.stride}"])
+    module = StrongPoseModule(codec, instantiate(cfg.backbone), optimizer=functools.partial(torch.optim.AdamW),
+                              heads=OmegaConf.to_container(cfg.model.heads), batch_size=args.batch).to(device)
     bare = torchvision.models.get_model(args.backbone)
     bare = torch.nn.Sequential(*list(bare.children())[:-2]).to(device)  # trunk to C5: no pooling, no classifier
     if args.channels_last:
