@@ -24,6 +24,7 @@ import time
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import torch  # noqa: E402
+from lightning.fabric.utilities.apply_func import move_data_to_device  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
@@ -59,14 +60,6 @@ def autocast(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def to_device(batch, device):
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    return batch
 
 
 def timed_block(step, steps: int, images: int, device: torch.device) -> float:
@@ -118,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     bare.train()
 
     def full_step() -> None:
-        batch = to_device(next(batches), device)
+        batch = move_data_to_device(next(batches), device)
         with autocast(device, args.precision):
             outputs = module(batch["image"])
         losses = module.losses({k: v.float() for k, v in outputs.items()}, batch["targets"])

@@ -21,6 +21,7 @@ import time
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import torch  # noqa: E402
+from lightning.fabric.utilities.apply_func import move_data_to_device  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from strongpose.codec import StrongPoseCodec  # noqa: E402
@@ -29,14 +30,6 @@ from strongpose.data.coco import empty_sample  # noqa: E402
 from strongpose.evaluation import evaluate_loader  # noqa: E402
 from strongpose.lit_module import StrongPoseModule  # noqa: E402
 from strongpose.models.backbone import ResNetBackbone  # noqa: E402
-
-
-def to_device(batch, device):
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    return batch
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -60,7 +53,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                                max_images=args.images)
     # the whole set is one batch: every step sees every image
     loader = DataLoader(data, batch_size=len(data), shuffle=False, collate_fn=SkipBadCollate(functools.partial(empty_sample, codec, args.input)))
-    batch = to_device(next(iter(loader)), device)
+    batch = move_data_to_device(next(iter(loader)), device)
     module = StrongPoseModule(codec, ResNetBackbone(args.backbone, args.stride),
                               optimizer=functools.partial(torch.optim.AdamW), batch_size=len(data)).to(device)
     optimizer = torch.optim.AdamW(module.parameters(), lr=args.lr)

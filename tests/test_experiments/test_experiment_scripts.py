@@ -1,0 +1,36 @@
+"""The benchmark scripts under experiments/ run end to end (tiny settings) and print their summary line."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def last_line_keys(capsys) -> dict[str, str]:
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    return dict(item.split("=", 1) for item in last.split())
+
+
+def test_overfit_runs_and_reports(capsys):
+    stats = load("overfit").main(["--images", "2", "--steps", "2", "--input", "128", "--device", "cpu"])
+    keys = last_line_keys(capsys)
+    assert {"AP", "AP50", "loss_start", "loss_end", "steps", "wall_s"} <= keys.keys()
+    assert keys["steps"] == "2" and 0.0 <= stats["AP"] <= 1.0
+
+
+def test_bench_train_runs_and_reports(capsys):
+    result = load("bench_train").main(["--input", "96", "--batch", "2", "--steps", "1", "--rounds", "1",
+                                       "--workers", "0", "--device", "cpu"])
+    keys = last_line_keys(capsys)
+    assert {"full_ips", "bare_ips", "ratio"} <= keys.keys()
+    assert result["full_ips"] > 0 and result["bare_ips"] > 0
+    assert float(keys["ratio"]) == pytest.approx(result["ratio"], abs=1e-3)
