@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", default="32", choices=["32", "bf16"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bhm-weights", default="0,1",
+                   help="also report AP with person scores weighted by the body map (codec decode_bhm_weight)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
@@ -83,6 +85,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     for name in first:
         print(f"  loss_{name:6s} start {first[name]:.4f}  end {last[name]:.4f}")
     evaluate_loader(module, [batch], data.coco, device)  # warm-up: lazy CUDA / cuBLAS initialisation
+    for weight in [float(w) for w in args.bhm_weights.split(",") if w]:
+        codec.decode_bhm_weight = weight
+        print(f"decode_bhm_weight={weight:g}: AP={evaluate_loader(module, [batch], data.coco, device)['AP']:.3f}")
+    codec.decode_bhm_weight = 0.0
     stats = evaluate_loader(module, [batch], data.coco, device, verbose=True)
     print(f"AP={stats['AP']:.3f} AP50={stats['AP50']:.3f} AR={stats['AR']:.3f} loss_start={first['total']:.4f} "
           f"loss_end={last['total']:.4f} steps={args.steps} wall_s={wall:.1f} net_ms={stats['net_ms']:.1f} "

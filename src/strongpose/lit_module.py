@@ -112,22 +112,27 @@ class StrongPoseModule(L.LightningModule):
         """Raw outputs -> people per image (keypoints in input pixels)."""
         return self.codec.decode(to_probabilities(outputs))
 
-    def _step(self, batch: dict, stage: str) -> torch.Tensor:
+    def _step(self, batch: dict, stage: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         # a batch whose samples were all bad has size 0: it goes through with zero loss and zero gradients
         # rather than being skipped, so that every DDP rank still takes part in each step
-        losses = self.losses(self(batch["image"]), batch["targets"])
+        outputs = self(batch["image"])
+        losses = self.losses(outputs, batch["targets"])
         train = stage == "train"
         # per step in training, per epoch (averaged over ranks) in validation
         options = {"on_step": train, "on_epoch": not train, "sync_dist": not train, "batch_size": len(batch["image"])}
         self.log_dict({f"{stage}/{LOSS}_{name}": value for name, value in losses.items() if name != "total"}, **options)
         self.log(f"{stage}/{LOSS}", losses["total"], prog_bar=True, **options)
-        return losses["total"]
+        return losses["total"], outputs
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        return self._step(batch, "train")[0]
 
-    def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "val")
+    def validation_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor | dict[str, torch.Tensor]]:
+        """``{"loss": total loss, "outputs": raw outputs}``; Lightning hands it to callbacks'
+        ``on_validation_batch_end`` as ``outputs``, so that :class:`strongpose.evaluation.COCOEvalCallback`
+        decodes the network's outputs without running the network again."""
+        loss, outputs = self._step(batch, "val")
+        return {"loss": loss, "outputs": outputs}
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[Poses]:
         return self.decode(self(batch["image"]))

@@ -31,13 +31,23 @@ def poses_to_coco(poses: Sequence[Poses], meta: Mapping, category_id: int = 1) -
 
 
 def coco_keypoint_stats(coco: COCO, results: list[dict], image_ids: Iterable[int],
-                        sigmas: Sequence[float] | None = None, verbose: bool = False) -> dict[str, float]:
-    """COCOeval (keypoints) restricted to ``image_ids``; returns AP, AP50, AP75, APM, APL, AR."""
+                        sigmas: Sequence[float] | None = None, verbose: bool = False,
+                        backend: str = "pycocotools") -> dict[str, float]:
+    """COCOeval (keypoints) restricted to ``image_ids``; returns AP, AP50, AP75, APM, APL, AR.
+
+    ``backend="faster_coco_eval"`` runs faster-coco-eval's C++ COCOeval on the same ground truth
+    (``coco.dataset``) instead of pycocotools' (the reference); the numbers are the same.
+    """
+    if backend not in ("pycocotools", "faster_coco_eval"):
+        raise ValueError(f"backend must be 'pycocotools' or 'faster_coco_eval', got {backend!r}")
     image_ids = sorted(set(int(i) for i in image_ids))
     if not results:
         return {name: 0.0 for name in STAT_NAMES}
     with contextlib.redirect_stdout(io.StringIO()) as buf:
-        ev = COCOeval(coco, coco.loadRes(results), "keypoints")
+        if backend == "faster_coco_eval":
+            ev = _faster_cocoeval(coco, results)
+        else:
+            ev = COCOeval(coco, coco.loadRes(results), "keypoints")
         ev.params.imgIds = image_ids
         if sigmas is not None:
             ev.params.kpt_oks_sigmas = np.asarray(sigmas, dtype=np.float64)
@@ -47,6 +57,16 @@ def coco_keypoint_stats(coco: COCO, results: list[dict], image_ids: Iterable[int
     if verbose:
         print(buf.getvalue(), end="")
     return {name: float(v) for name, v in zip(STAT_NAMES, ev.stats)}
+
+
+def _faster_cocoeval(coco: COCO, results: list[dict]):
+    import copy
+
+    from faster_coco_eval import COCO as FasterCOCO
+    from faster_coco_eval import COCOeval_faster
+
+    gt = FasterCOCO(copy.deepcopy(coco.dataset))
+    return COCOeval_faster(gt, gt.loadRes(copy.deepcopy(results)), "keypoints", print_function=print)
 
 
 @torch.no_grad()

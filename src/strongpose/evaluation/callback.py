@@ -1,0 +1,80 @@
+"""Lightning callback: COCO keypoint AP of every validation epoch, logged as val/AP, val/AP50, ..."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+from strongpose.evaluation.coco_eval import STAT_NAMES
+from strongpose.evaluation.metric import COCOKeypointAP
+
+log = logging.getLogger(__name__)
+
+
+class COCOEvalCallback(Callback):
+    """Decodes each validation batch's outputs, and at the end of the epoch logs COCOeval's keypoint statistics.
+
+    Needs a module whose ``validation_step`` returns ``{"loss": ..., "outputs": raw outputs}`` and that has
+    ``decode(outputs) -> list[Poses]`` and ``codec.skeleton.sigmas`` (:class:`strongpose.lit_module.StrongPoseModule`),
+    and batches with ``meta["image_id"]`` and ``meta["affine"]`` (the data module's). The statistics
+    (``{prefix}AP``, ``AP50``, ``AP75``, ``APM``, ``APL``, ``AR``) cover all ranks' images, each once, and are
+    logged as they are (no further averaging), so ``ModelCheckpoint(monitor="val/AP", mode="max")`` works.
+    Images dropped as bad samples are not evaluated. Nothing is logged during the sanity check.
+
+    Args:
+        annotations: COCO JSON of the validation set (default: the data module's ``val_dataset.coco``).
+        sigmas: OKS sigmas (default: the module's ``codec.skeleton.sigmas``).
+        backend: ``"pycocotools"`` or ``"faster_coco_eval"`` (see :class:`COCOKeypointAP`).
+        prefix: of the logged names.
+        verbose: also log COCOeval's summary table of each epoch.
+    """
+
+    def __init__(self, annotations: str | Path | None = None, sigmas: Sequence[float] | None = None,
+                 backend: str = "pycocotools", prefix: str = "val/", verbose: bool = False) -> None:
+        self.annotations = annotations
+        self.sigmas = sigmas
+        self.backend = backend
+        self.prefix = prefix
+        self.verbose = verbose
+        self.metric: COCOKeypointAP | None = None
+
+    def _make_metric(self, trainer: L.Trainer, pl_module: L.LightningModule) -> COCOKeypointAP:
+        annotations = self.annotations
+        if annotations is None:
+            dataset = getattr(trainer.datamodule, "val_dataset", None) if trainer.datamodule is not None else None
+            annotations = getattr(dataset, "coco", None)
+            if annotations is None:
+                raise RuntimeError("COCOEvalCallback needs `annotations`, or a data module with `val_dataset.coco`")
+        sigmas = self.sigmas
+        if sigmas is None:
+            sigmas = pl_module.codec.skeleton.sigmas
+        return COCOKeypointAP(annotations, sigmas=sigmas, backend=self.backend)
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.metric is None:
+            self.metric = self._make_metric(trainer, pl_module)
+        self.metric = self.metric.to(pl_module.device)
+        self.metric.reset()
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        if trainer.sanity_checking or len(batch["image"]) == 0:
+            return
+        if not isinstance(outputs, Mapping) or "outputs" not in outputs:
+            raise TypeError("COCOEvalCallback needs validation_step to return {'loss': ..., 'outputs': raw outputs}")
+        self.metric.update(pl_module.decode(outputs["outputs"]), batch["meta"])
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        stats = self.metric.compute()  # gathers all ranks' predictions; the same numbers on every rank
+        self.metric.reset()
+        if self.verbose and trainer.is_global_zero:
+            log.info("COCO keypoints: %s", ", ".join(f"{name} {float(stats[name]):.4f}" for name in STAT_NAMES))
+        for name in STAT_NAMES:
+            # already global: no sync_dist (which would average identical values over the ranks anyway)
+            pl_module.log(f"{self.prefix}{name}", float(stats[name]), prog_bar=name == "AP", sync_dist=False)
