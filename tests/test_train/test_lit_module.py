@@ -41,6 +41,16 @@ def test_forward_is_raw_outputs_and_predict_decodes_people(codec, batch):
     assert all(p.keypoints.shape[1:] == (codec.num_keypoints, 3) for p in poses)
 
 
+
+def test_validation_step_returns_loss_and_raw_outputs_for_callbacks(codec, batch):
+    # COCOEvalCallback decodes these in on_validation_batch_end instead of running the network again
+    module = _module(codec).eval()
+    with torch.no_grad():
+        returned = module.validation_step(batch, 0)
+        outputs = module(batch["image"])
+    assert set(returned) == {"loss", "outputs"} and returned["loss"].ndim == 0
+    assert all(torch.equal(returned["outputs"][k], outputs[k]) for k in outputs)
+
 def test_empty_batch_costs_nothing_and_moves_nothing(codec, batch):
     # the data module sends a size-0 batch when all its samples were bad; DDP ranks must still step
     module = _module(codec)

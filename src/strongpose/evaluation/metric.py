@@ -17,6 +17,8 @@ gives the same predictions). Every rank computes the same COCOeval statistics fr
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -59,8 +61,10 @@ class COCOKeypointAP(Metric):
         self.sigmas = None if sigmas is None else [float(s) for s in sigmas]
         self.category_id = int(category_id)
         self.backend = backend
-        names = self.coco.loadCats(self.category_id)[0].get("keypoints") if self.coco.getCatIds() else None
-        self.num_keypoints = len(self.sigmas) if self.sigmas is not None else len(names or range(17))
+        if self.sigmas is not None:
+            self.num_keypoints = len(self.sigmas)
+        else:  # COCOeval's default sigmas are COCO's 17 keypoints
+            self.num_keypoints = 17
         for name in _STATES:
             self.add_state(name, default=[], dist_reduce_fx="cat")
         self._seed_states()
@@ -91,8 +95,9 @@ class COCOKeypointAP(Metric):
         device = self.device
         self.image_ids.append(image_ids.to(device=device, dtype=torch.float64))
         self.num_people.append(torch.tensor(counts, dtype=torch.float64, device=device))
-        self.keypoints.append(torch.cat([torch.zeros(0, dtype=torch.float64), *[k.cpu() for k in keypoints]]).to(device))
-        self.scores.append(torch.cat([torch.zeros(0, dtype=torch.float64), *[s.cpu() for s in scores]]).to(device))
+        empty = torch.zeros(0, dtype=torch.float64)
+        self.keypoints.append(torch.cat([empty, *[k.cpu() for k in keypoints]]).to(device))
+        self.scores.append(torch.cat([empty, *[s.cpu() for s in scores]]).to(device))
 
     def results(self) -> tuple[list[dict], list[int]]:
         """COCO results and the ids of the images evaluated, from the (already synced) states; duplicates dropped."""
@@ -127,8 +132,5 @@ def _cat(tensors: list[torch.Tensor] | torch.Tensor) -> np.ndarray:
 
 
 def _load_coco(path: str | Path) -> COCO:
-    import contextlib
-    import io
-
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
         return COCO(str(path))
