@@ -83,6 +83,8 @@ def run(ann: str, stride: int = 8, disk_radius: float = 32.0, long_range: bool =
     codec = StrongPoseCodec(stride=stride, disk_radius=disk_radius, long_range=long_range, **decode_kwargs)
     cat_ids = coco.getCatIds(catNms=["person"]) or coco.getCatIds()
     image_ids = sorted(coco.getImgIds(catIds=cat_ids))[:max_images]
+    # batches of same-sized images (aspect-ratio bucketing), so that padding does not inflate the maps
+    order = sorted(image_ids, key=lambda i: (coco.imgs[i]["height"], coco.imgs[i]["width"], i)) if batch > 1 else image_ids
     results, enc_t, dec_t = [], [], []
     pending: list[tuple[int, dict[str, torch.Tensor]]] = []
 
@@ -97,7 +99,7 @@ def run(ann: str, stride: int = 8, disk_radius: float = 32.0, long_range: bool =
             results.extend(p.to_coco(image_id, cat_ids[0]))
         pending.clear()
 
-    for image_id in image_ids:
+    for image_id in order:
         size, kps, masks, crowd, boxes = image_people(coco, image_id, codec.num_keypoints)
         kps, masks, crowd, boxes = kps.to(device), masks.to(device), crowd.to(device), boxes.to(device)
         t0 = time.perf_counter()
