@@ -60,27 +60,24 @@ def hough_vote(skhm: torch.Tensor, short: torch.Tensor, stride: int, vote_thresh
     flat = skhm.reshape(-1)
     sel = (flat > vote_threshold).nonzero().squeeze(1)
     prob = flat[sel] * scale
-    channel, cell = torch.div(sel, hw, rounding_mode="floor"), sel % hw  # channel = b * K + k
+    channel = torch.div(sel, hw, rounding_mode="floor")  # b * K + k
+    cell = sel - channel * hw
     off = short.reshape(-1)
-    base = 2 * channel * hw + cell
-    yi, xi = torch.div(cell, w, rounding_mode="floor"), cell % w
-    # target position in continuous map coordinates (offsets are in input pixels)
-    px = xi.to(skhm.dtype) + off[base] / stride
-    py = yi.to(skhm.dtype) + off[base + hw] / stride
+    dx_at = channel * hw + sel  # = (2 * channel) * hw + cell: the dx map of this channel
+    # target in continuous map coordinates, clamped to a one-cell ring around the map: votes that
+    # leave the map land in the ring, which is cut off below (no masking needed)
+    px = (cell % w + off[dx_at] / stride).clamp_(-1, w)
+    py = (torch.div(cell, w, rounding_mode="floor") + off[dx_at + hw] / stride).clamp_(-1, h)
     x0, y0 = px.floor(), py.floor()
     fx, fy = px - x0, py - y0
-    x0, y0 = x0.long(), y0.long()
-    # the four bilinear corners in one scatter: (4, n) indices and weights
-    tx = torch.stack((x0, x0 + 1, x0, x0 + 1))
-    ty = torch.stack((y0, y0, y0 + 1, y0 + 1))
-    wx = torch.stack((1 - fx, fx, 1 - fx, fx))
-    wy = torch.stack((1 - fy, 1 - fy, fy, fy))
-    # corners off the map vote nothing: zero weight at a clamped index (cheaper than masking them out)
-    ok = (tx >= 0) & (tx < w) & (ty >= 0) & (ty < h)
-    index = (channel * hw)[None] + ty.clamp(0, h - 1) * w + tx.clamp(0, w - 1)
-    votes = torch.zeros(b * k * h * w, device=skhm.device, dtype=skhm.dtype)
-    votes.index_add_(0, index.reshape(-1), (prob[None] * wx * wy * ok).reshape(-1))
-    return votes.view(b, k, h, w)
+    wp = w + 2
+    corner = (channel * (h + 2) * wp + (y0.long() + 1) * wp + x0.long() + 1)
+    index = corner[None] + torch.tensor([[0], [1], [wp], [wp + 1]], device=skhm.device)
+    gx, gy = 1 - fx, 1 - fy
+    weight = torch.stack((gx * gy, fx * gy, gx * fy, fx * fy)) * prob
+    votes = torch.zeros(b * k * (h + 2) * wp, device=skhm.device, dtype=skhm.dtype)
+    votes.index_add_(0, index.reshape(-1), weight.reshape(-1))
+    return votes.view(b, k, h + 2, wp)[:, :, 1:-1, 1:-1]
 
 
 def find_peaks(
