@@ -165,7 +165,8 @@ def group_image(
                             break
             if long_idx is None:
                 break
-            missing = np.flatnonzero(assign < 0)
+            # only types that still have an unclaimed detection can be attached
+            missing = np.flatnonzero((assign < 0) & ~claimed.all(1))
             if missing.size == 0:
                 break
             found = np.flatnonzero(assign >= 0)
