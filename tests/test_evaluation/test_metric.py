@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import lightning as L
+from lightning.pytorch.loggers import CSVLogger
 import numpy as np
 import pytest
 import torch
@@ -220,6 +221,28 @@ def test_callback_logs_cocoeval_of_decoded_outputs_in_original_pixels(tmp_path):
     (logged,) = trainer.validate(_GroundTruthModule(codec), datamodule=data, verbose=False)
     assert set(logged) == {f"val/{name}" for name in STAT_NAMES}
     assert logged["val/AP"] > 0.8, logged  # decoded targets, mapped back to original pixels
+
+
+class _MediaLogger(CSVLogger):
+    """A logger that takes images, as WandbLogger does: records what it is given."""
+
+    images: list = []
+
+    def log_image(self, key, images, step=None, **kwargs):
+        self.images.append((key, images, step))
+
+
+def test_callback_sends_drawn_predictions_to_media_loggers(tmp_path):
+    codec = StrongPoseCodec(stride=8)
+    data = COCOKeypointDataModule(codec, input_size=128, batch_size=4)
+    logger = _MediaLogger(tmp_path)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=logger, callbacks=[COCOEvalCallback(log_images=3)],
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                        default_root_dir=tmp_path)
+    trainer.validate(_GroundTruthModule(codec), datamodule=data, verbose=False)
+    ((key, images, _),) = logger.images
+    assert key == "val/predictions" and len(images) == 3
+    assert all(im.shape == (128, 128, 3) and im.dtype == np.uint8 for im in images)
 
 
 def test_fast_dev_run_logs_val_ap(train_config, tmp_path):

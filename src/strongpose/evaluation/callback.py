@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import Callback
 
 from strongpose.evaluation.coco_eval import STAT_NAMES
 from strongpose.evaluation.metric import COCOKeypointAP
+from strongpose.viz import draw_batch
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +32,21 @@ class COCOEvalCallback(Callback):
         backend: ``"pycocotools"`` or ``"faster_coco_eval"`` (see :class:`COCOKeypointAP`).
         prefix: of the logged names.
         verbose: also log COCOeval's summary table of each epoch.
+        log_images: draw the predicted skeletons on this many images of the first validation batch and
+            send them to every logger that takes media (``log_image``: W&B); 0 turns it off.
     """
 
     def __init__(self, annotations: str | Path | None = None, sigmas: Sequence[float] | None = None,
-                 backend: str = "pycocotools", prefix: str = "val/", verbose: bool = False) -> None:
+                 backend: str = "pycocotools", prefix: str = "val/", verbose: bool = False,
+                 log_images: int = 4) -> None:
         self.annotations = annotations
         self.sigmas = sigmas
         self.backend = backend
         self.prefix = prefix
         self.verbose = verbose
+        self.log_images = int(log_images)
         self.metric: COCOKeypointAP | None = None
+        self._drawn: list = []
 
     def _make_metric(self, trainer: L.Trainer, pl_module: L.LightningModule) -> COCOKeypointAP:
         annotations = self.annotations
@@ -66,7 +72,11 @@ class COCOEvalCallback(Callback):
             return
         if not isinstance(outputs, Mapping) or "outputs" not in outputs:
             raise TypeError("COCOEvalCallback needs validation_step to return {'loss': ..., 'outputs': raw outputs}")
-        self.metric.update(pl_module.decode(outputs["outputs"]), batch["meta"])
+        poses = pl_module.decode(outputs["outputs"])
+        self.metric.update(poses, batch["meta"])
+        if batch_idx == 0 and self.log_images > 0 and trainer.is_global_zero:
+            n = self.log_images
+            self._drawn = draw_batch(batch["image"][:n], poses[:n], pl_module.codec.skeleton)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -75,6 +85,11 @@ class COCOEvalCallback(Callback):
         self.metric.reset()
         if self.verbose and trainer.is_global_zero:
             log.info("COCO keypoints: %s", ", ".join(f"{name} {float(stats[name]):.4f}" for name in STAT_NAMES))
+        if self._drawn:
+            for logger in trainer.loggers:
+                if hasattr(logger, "log_image"):  # W&B media; CSV and others take no images
+                    logger.log_image(key=f"{self.prefix}predictions", images=self._drawn, step=trainer.global_step)
+            self._drawn = []
         for name in STAT_NAMES:
             # already global: no sync_dist (which would average identical values over the ranks anyway)
             pl_module.log(f"{self.prefix}{name}", float(stats[name]), prog_bar=name == "AP", sync_dist=False)
