@@ -34,3 +34,10 @@ def test_bench_train_runs_and_reports(capsys):
     assert {"full_ips", "bare_ips", "ratio"} <= keys.keys()
     assert result["full_ips"] > 0 and result["bare_ips"] > 0
     assert float(keys["ratio"]) == pytest.approx(result["ratio"], abs=1e-3)
+
+
+def test_bench_data_runs_and_reports(capsys):
+    result = load("bench_data").main(["--input", "128", "--images", "3"])
+    keys = last_line_keys(capsys)
+    assert {"images_per_s", "ms_per_image", "load_ms", "augment_ms", "encode_ms"} <= keys.keys()
+    assert result["ms_per_image"] >= result["encode_ms"] > 0
