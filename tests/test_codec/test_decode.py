@@ -123,3 +123,13 @@ def test_property_round_trip(case, stride):
         lab = g[:, 2] > 0
         d = np.linalg.norm(pred[:, lab, :2] - g[None, lab, :2], axis=-1).max(1)
         assert d.min() <= 1.0
+
+
+def test_body_map_weight_scales_person_scores():
+    codec = StrongPoseCodec(stride=8, decode_bhm_weight=1.0)
+    maps = codec.encode(as_tensor([person(80, 30, 200), person(220, 40, 160)]), (256, 320))
+    full = codec.decode(maps)[0]
+    half = codec.decode({**maps, "bhm": maps["bhm"] * 0.5})[0]
+    assert torch.allclose(half.scores, full.scores * 0.5, atol=1e-5)
+    no_bhm = {key: v for key, v in maps.items() if key != "bhm"}
+    assert torch.allclose(StrongPoseCodec(stride=8).decode(no_bhm)[0].scores, codec.decode(no_bhm)[0].scores)

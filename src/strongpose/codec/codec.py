@@ -9,7 +9,7 @@ import torch
 
 from strongpose.codec.encode import encode_targets, out_edge_table
 from strongpose.codec.grouping import group_image, link_candidates
-from strongpose.codec.hough import find_peaks, gaussian_blur, hough_vote
+from strongpose.codec.hough import cell_index, find_peaks, gaussian_blur, hough_vote
 from strongpose.skeleton import COCO_PERSON, Skeleton, get_skeleton
 from strongpose.structures import Poses, map_size
 
@@ -202,8 +202,8 @@ class StrongPoseCodec:
         ``outputs`` holds ``skhm`` (B, K, h, w) probabilities, ``short`` (B, 2K, h, w), ``mid``
         (B, 2E, h, w), optionally ``long`` (B, 2K, h, w) and ``bhm`` (B, 1, h, w) probabilities;
         unbatched (C, h, w) maps are taken as B = 1. Offsets are in input pixels. When decoding targets,
-        ``mid_valid`` / ``long_valid`` may be passed too: offsets are then only followed where defined. Runs on the maps'
-        device except the greedy grouping, which is NumPy; timings land in ``last_timing``.
+        ``mid_valid`` / ``long_valid`` may be passed too: offsets are then only followed where defined.
+        Runs on the maps' device except the greedy grouping, which is NumPy; timings land in ``last_timing``.
         """
         outputs = {key: (v[None] if v.ndim == 3 else v) for key, v in outputs.items() if isinstance(v, torch.Tensor)}
         for key in ("skhm", "short", "mid"):
@@ -211,9 +211,9 @@ class StrongPoseCodec:
                 raise KeyError(f"decode needs {key!r} in outputs, got {sorted(outputs)}")
         skhm, short, mid = outputs["skhm"].float(), outputs["short"].float(), outputs["mid"].float()
         b, k, h, w = skhm.shape
-        expect = {"skhm": k, "short": 2 * k, "mid": 2 * self.num_edges}
+        expect = {"skhm": self.num_keypoints, "short": 2 * self.num_keypoints, "mid": 2 * self.num_edges}
         for key, ch in expect.items():
-            if outputs[key].shape[1] != ch or k != self.num_keypoints:
+            if outputs[key].shape[1] != ch:
                 raise ValueError(f"decode: {key!r} has {outputs[key].shape[1]} channels, codec {self} expects {ch}")
         long = outputs["long"].float() if (self.long_range and "long" in outputs) else None
         t0 = time.perf_counter()
@@ -227,11 +227,9 @@ class StrongPoseCodec:
         links = link_candidates(pos, valid, short, mid, long, self.edges.to(skhm.device), self.stride,
                                 self.decode_topn, self.decode_mid_refine,
                                 mid_valid=outputs.get("mid_valid"), long_valid=outputs.get("long_valid") if long is not None else None)
-        if "bhm" in outputs and self.decode_bhm_weight > 0:
-            from strongpose.codec.hough import cell_index
-
-            cells = cell_index(pos, self.stride, (h, w))
-            links["bhm_at"] = outputs["bhm"].float().reshape(b, 1, h * w).expand(b, k, h * w).gather(2, cells.reshape(b, k, -1)).reshape(b, k, num)
+        if "bhm" in outputs and self.decode_bhm_weight > 0:  # body-map probability under each detection
+            cells = cell_index(pos, self.stride, (h, w)).reshape(b, k * num)
+            links["bhm_at"] = outputs["bhm"].float().reshape(b, h * w).gather(1, cells).reshape(b, k, num)
         host = {key: v.cpu().numpy() for key, v in links.items()}
         pos_np, score_np, valid_np = pos.cpu().numpy(), peak_scores.cpu().numpy(), valid.cpu().numpy()
         t2 = time.perf_counter()
