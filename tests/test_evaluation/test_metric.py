@@ -8,6 +8,7 @@ import copy
 import functools
 import io
 import os
+from pathlib import Path
 import socket
 import subprocess
 import sys
@@ -26,6 +27,8 @@ from strongpose.codec import StrongPoseCodec
 from strongpose.data import COCOKeypointDataModule, sample_paths
 from strongpose.evaluation import STAT_NAMES, COCOEvalCallback, COCOKeypointAP, coco_keypoint_stats
 from strongpose.structures import Poses
+
+from ground_truth_module import GroundTruthModule
 
 ANNOTATIONS = sample_paths()[1]
 # input -> original pixels of the perturbed predictions: x = 2 u + 3, y = 2 v - 5 (exact in float32)
@@ -197,28 +200,13 @@ def test_two_gloo_processes_give_the_numbers_of_one(tmp_path):
         assert torch.load(tmp_path / f"stats.{rank}") == [expected] * 3
 
 
-class _GroundTruthModule(L.LightningModule):
-    """Its "network outputs" are the batch's targets: validation decodes (nearly) the ground truth."""
-
-    def __init__(self, codec: StrongPoseCodec) -> None:
-        super().__init__()
-        self.codec = codec
-        self.layer = torch.nn.Linear(1, 1)
-
-    def validation_step(self, batch, batch_idx):
-        return {"loss": torch.zeros(()), "outputs": batch["targets"]}
-
-    def decode(self, outputs):
-        return self.codec.decode(outputs)
-
-
 def test_callback_logs_cocoeval_of_decoded_outputs_in_original_pixels(tmp_path):
     codec = StrongPoseCodec(stride=4)
     data = COCOKeypointDataModule(codec, input_size=256, batch_size=5)
     callback = COCOEvalCallback(backend="faster_coco_eval")
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, callbacks=[callback], enable_progress_bar=False,
                         enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)
-    (logged,) = trainer.validate(_GroundTruthModule(codec), datamodule=data, verbose=False)
+    (logged,) = trainer.validate(GroundTruthModule(codec), datamodule=data, verbose=False)
     assert set(logged) == {f"val/{name}" for name in STAT_NAMES}
     assert logged["val/AP"] > 0.8, logged  # decoded targets, mapped back to original pixels
 
@@ -239,7 +227,7 @@ def test_callback_sends_drawn_predictions_to_media_loggers(tmp_path):
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=logger, callbacks=[COCOEvalCallback(log_images=3)],
                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
                         default_root_dir=tmp_path)
-    trainer.validate(_GroundTruthModule(codec), datamodule=data, verbose=False)
+    trainer.validate(GroundTruthModule(codec), datamodule=data, verbose=False)
     ((key, images, _),) = logger.images
     assert key == "val/predictions" and len(images) == 3
     assert all(im.shape == (128, 128, 3) and im.dtype == np.uint8 for im in images)
@@ -274,19 +262,7 @@ import lightning as L, torch
 from strongpose.codec import StrongPoseCodec
 from strongpose.data import COCOKeypointDataModule
 from strongpose.evaluation import COCOEvalCallback
-
-
-class GroundTruth(L.LightningModule):
-    def __init__(self, codec):
-        super().__init__()
-        self.codec = codec
-        self.layer = torch.nn.Linear(1, 1)
-
-    def validation_step(self, batch, batch_idx):
-        return {"loss": torch.zeros(()), "outputs": batch["targets"]}
-
-    def decode(self, outputs):
-        return self.codec.decode(outputs)
+from ground_truth_module import GroundTruthModule
 
 
 if __name__ == "__main__":
@@ -296,7 +272,7 @@ if __name__ == "__main__":
     trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", logger=False,
                         callbacks=[COCOEvalCallback()], enable_progress_bar=False, enable_model_summary=False,
                         enable_checkpointing=False)
-    (logged,) = trainer.validate(GroundTruth(codec), datamodule=COCOKeypointDataModule(codec, input_size=256,
+    (logged,) = trainer.validate(GroundTruthModule(codec), datamodule=COCOKeypointDataModule(codec, input_size=256,
                                  batch_size=2), verbose=False)
     # one file per rank: ranks printing to a shared stdout can interleave their lines
     with open(f"stats_{devices}_{trainer.global_rank}.json", "w") as f:
@@ -309,7 +285,9 @@ def test_lightning_ddp_on_two_cpu_processes_logs_the_numbers_of_one(tmp_path):
     # 13 images on 2 ranks: Lightning's DistributedSampler pads rank 1 with image 0
     script = tmp_path / "validate.py"
     script.write_text(_DDP_SCRIPT)
-    env = {**os.environ, "WANDB_MODE": "disabled"}
+    # the script imports ground_truth_module from this folder
+    env = {**os.environ, "WANDB_MODE": "disabled",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))}
     for devices in (1, 2):
         done = subprocess.run([sys.executable, str(script), str(devices)], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=300)

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import io
-import time
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
-import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
@@ -67,35 +65,3 @@ def _faster_cocoeval(coco: COCO, results: list[dict]):
 
     gt = FasterCOCO(copy.deepcopy(coco.dataset))
     return COCOeval_faster(gt, gt.loadRes(copy.deepcopy(results)), "keypoints", print_function=print)
-
-
-@torch.no_grad()
-def evaluate_loader(module: torch.nn.Module, loader: Iterable[Mapping], coco: COCO,
-                    device: torch.device | str = "cpu", verbose: bool = False) -> dict[str, float]:
-    """Run ``module`` (a StrongPoseModule: ``forward`` + ``decode``) over ``loader`` and evaluate.
-
-    Also reports network and decoding time per image (``net_ms``, ``decode_ms``).
-    """
-    was_training = module.training
-    module.eval()
-    results, image_ids = [], []
-    net_t = dec_t = 0.0
-    for batch in loader:
-        if len(batch["image"]) == 0:
-            continue
-        images = batch["image"].to(device)
-        t0 = time.perf_counter()
-        outputs = module(images)
-        if images.device.type == "cuda":
-            torch.cuda.synchronize(images.device)
-        t1 = time.perf_counter()
-        poses = module.decode(outputs)
-        dec_t += time.perf_counter() - t1
-        net_t += t1 - t0
-        results += poses_to_coco(poses, batch["meta"])
-        image_ids += [int(i) for i in batch["meta"]["image_id"]]
-    module.train(was_training)
-    stats = coco_keypoint_stats(coco, results, image_ids, module.codec.skeleton.sigmas, verbose=verbose)
-    n = max(len(image_ids), 1)
-    stats.update(net_ms=1e3 * net_t / n, decode_ms=1e3 * dec_t / n, images=len(image_ids), people=len(results))
-    return stats

@@ -113,10 +113,10 @@ class COCOKeypointAP(Metric):
             if image_id in seen:
                 continue  # the distributed sampler's padding (or an image validated twice)
             seen.add(image_id)
-            # as Poses.to_coco
-            results += [{"image_id": image_id, "category_id": self.category_id,
-                         "keypoints": [round(float(v), 2) for v in keypoints[j]], "score": float(scores[j])}
-                        for j in range(starts[n], starts[n + 1])]
+            people = slice(starts[n], starts[n + 1])
+            poses = Poses(torch.from_numpy(keypoints[people]).reshape(-1, self.num_keypoints, 3),
+                          torch.from_numpy(scores[people]))
+            results += poses.to_coco(image_id, self.category_id)
         return results, sorted(seen)
 
     def compute(self) -> dict[str, torch.Tensor]:
