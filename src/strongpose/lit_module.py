@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from strongpose.checkpoint import CONFIG_KEY, CheckpointError, spec_mismatch
 from strongpose.codec import StrongPoseCodec
 from strongpose.models.losses import strongpose_losses
 from strongpose.models.network import StrongPoseNet, to_probabilities
@@ -93,6 +94,10 @@ class StrongPoseModule(L.LightningModule):
         # codec and backbone are objects; the run's Hydra config (saved beside the checkpoints) has them
         self.save_hyperparameters(ignore=["codec", "backbone", "optimizer", "scheduler"], logger=False)
         self.hparams["codec"] = codec_spec(codec)  # checked when a checkpoint is loaded
+        self.hparams["backbone"] = backbone_spec(backbone)
+        # the run's resolved config, stored in every checkpoint (train() sets it): a checkpoint alone
+        # is then enough to rebuild the model (strongpose.load)
+        self.run_config: dict | None = None
         self.codec = codec
         self.net = StrongPoseNet(backbone, codec, heads)
         self.optimizer_factory = optimizer
@@ -150,10 +155,31 @@ class StrongPoseModule(L.LightningModule):
         scheduler = self.scheduler_factory(optimizer, total_steps=trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.run_config is not None:
+            checkpoint[CONFIG_KEY] = self.run_config
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        saved = checkpoint.get("hyper_parameters", {}).get("codec")
-        if saved is not None and saved != self.hparams["codec"]:
-            raise ValueError(f"checkpoint was trained with codec {saved}, this model has {self.hparams['codec']}")
+        check_compatible(checkpoint, self)
+
+
+def check_compatible(checkpoint: dict, model: StrongPoseModule) -> None:
+    """Raise :class:`CheckpointError` naming each codec / backbone difference (rather than a wall of
+    missing keys or a silent shape mismatch) when ``checkpoint`` was trained with another setup."""
+    saved = checkpoint.get("hyper_parameters", {})
+    problems = []
+    for what in ("codec", "backbone"):
+        if saved.get(what) is not None:
+            problems += spec_mismatch(saved[what], model.hparams[what], what)
+    if problems:
+        raise CheckpointError("checkpoint does not fit this model: " + "; ".join(problems))
+
+
+def backbone_spec(backbone: nn.Module) -> dict:
+    """What the backbone's weights depend on (architecture, output stride, neck width)."""
+    return {"class": type(backbone).__name__, "arch": getattr(backbone, "arch", None),
+            "output_stride": getattr(backbone, "output_stride", None),
+            "out_channels": getattr(backbone, "out_channels", None)}
 
 
 def codec_spec(codec: StrongPoseCodec) -> dict:

@@ -68,6 +68,19 @@ def instantiate_callbacks(cfg: DictConfig | None, has_logger: bool) -> list[Call
     return [c for c in callbacks if has_logger or not isinstance(c, LearningRateMonitor)]
 
 
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    """``cfg`` as plain containers with interpolations resolved (``${hydra:...}`` ones only inside a
+    Hydra app: a config composed by hand, as in tests or notebooks, keeps those unresolved)."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # noqa: BLE001 - OmegaConf raises various errors for the missing hydra resolver
+        plain = OmegaConf.to_container(cfg, resolve=False)
+        paths = plain.get("paths") or {}
+        if isinstance(paths.get("output_dir"), str) and "${hydra:" in paths["output_dir"]:
+            paths["output_dir"] = None
+        return OmegaConf.to_container(OmegaConf.create(plain), resolve=True)
+
+
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Train (or resume, with ``ckpt_path``) as ``cfg`` says; returns the final metrics and the objects."""
     if cfg.get("seed") is not None:
@@ -76,6 +89,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     codec = instantiate(cfg.codec)
     datamodule = instantiate(cfg.data, codec=codec)
     model = instantiate(cfg.model, codec=codec)
+    model.run_config = resolved_config(cfg)  # saved in every checkpoint
     loggers = instantiate_loggers(cfg.get("logger"))
     callbacks = instantiate_callbacks(cfg.get("callbacks"), has_logger=bool(loggers))
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)

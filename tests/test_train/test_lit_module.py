@@ -5,6 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from strongpose.checkpoint import CheckpointError
 from strongpose.codec import StrongPoseCodec
 from strongpose.lit_module import StrongPoseModule, global_batch_size, scaled_lr, warmup_schedule
 from strongpose.models import ResNetBackbone
@@ -121,6 +122,14 @@ def test_checkpoint_of_another_codec_is_refused(codec):
     module = _module(codec)
     other = StrongPoseCodec(stride=codec.stride, disk_radius=codec.disk_radius, skeleton="crowdpose")
     checkpoint = {"hyper_parameters": {"codec": _module(other).hparams["codec"]}}
-    with pytest.raises(ValueError, match="crowdpose"):
+    with pytest.raises(CheckpointError, match="codec skeleton: checkpoint 'crowdpose', model 'coco'"):
         module.on_load_checkpoint(checkpoint)
     module.on_load_checkpoint({"hyper_parameters": dict(module.hparams)})
+
+
+def test_checkpoint_of_another_backbone_names_the_difference(codec):
+    module = _module(codec)
+    saved = dict(module.hparams)
+    saved["backbone"] = {**saved["backbone"], "arch": "resnet50", "out_channels": 256}
+    with pytest.raises(CheckpointError, match=r"backbone arch: checkpoint 'resnet50', model 'resnet18'.*out_channels"):
+        module.on_load_checkpoint({"hyper_parameters": saved})

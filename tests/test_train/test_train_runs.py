@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from strongpose.checkpoint import CONFIG_KEY
 from strongpose.train import train
 
 DEPTHS = ["resnet18", "resnet34", "resnet50",
@@ -38,6 +39,8 @@ def test_resume_from_last_checkpoint_continues_the_step_count(train_config, tmp_
     checkpoint = torch.load(last, map_location="cpu", weights_only=True)  # as Lightning resumes
     assert checkpoint["global_step"] == steps
     assert "current_model_state" in checkpoint  # EMA: state_dict holds the averaged weights
+    saved = checkpoint[CONFIG_KEY]  # the resolved run config travels with the weights
+    assert saved["backbone"]["arch"] == "resnet18" and saved["paths"]["output_dir"] == str(tmp_path)
 
     _, second = train(train_config(["trainer.max_epochs=2", f"ckpt_path={last}"], output_dir=tmp_path))
     assert second["trainer"].global_step == 2 * steps

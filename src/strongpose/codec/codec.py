@@ -196,13 +196,15 @@ class StrongPoseCodec:
         return gaussian_blur(hough, self.decode_sigma)
 
     @torch.no_grad()
-    def decode(self, outputs: dict[str, torch.Tensor]) -> list[Poses]:
+    def decode(self, outputs: dict[str, torch.Tensor], keypoint_scores: torch.Tensor | None = None) -> list[Poses]:
         """Decode network outputs (or targets) into people, one :class:`Poses` per image (on the CPU).
 
         ``outputs`` holds ``skhm`` (B, K, h, w) probabilities, ``short`` (B, 2K, h, w), ``mid``
         (B, 2E, h, w), optionally ``long`` (B, 2K, h, w) and ``bhm`` (B, 1, h, w) probabilities;
         unbatched (C, h, w) maps are taken as B = 1. Offsets are in input pixels. When decoding targets,
         ``mid_valid`` / ``long_valid`` may be passed too: offsets are then only followed where defined.
+        ``keypoint_scores`` (B, K, h, w), when given, replaces :meth:`keypoint_scores` of ``skhm`` and
+        ``short`` (multi-scale test fuses the Hough maps of several scales and passes them here).
         Runs on the maps' device except the greedy grouping, which is NumPy; timings land in ``last_timing``.
         """
         outputs = {key: (v[None] if v.ndim == 3 else v) for key, v in outputs.items() if isinstance(v, torch.Tensor)}
@@ -217,7 +219,12 @@ class StrongPoseCodec:
                 raise ValueError(f"decode: {key!r} has {outputs[key].shape[1]} channels, codec {self} expects {ch}")
         long = outputs["long"].float() if (self.long_range and "long" in outputs) else None
         t0 = time.perf_counter()
-        scores = self.keypoint_scores(skhm, short)
+        if keypoint_scores is None:
+            scores = self.keypoint_scores(skhm, short)
+        elif keypoint_scores.shape != skhm.shape:
+            raise ValueError(f"decode: keypoint_scores {tuple(keypoint_scores.shape)} must match skhm {tuple(skhm.shape)}")
+        else:
+            scores = keypoint_scores.float()
         pos, peak_scores, valid = find_peaks(scores, short, self.stride, self.decode_max_peaks,
                                              self.decode_peak_threshold, self.decode_refine)
         # keep only as many peak slots as the busiest (image, type) needs

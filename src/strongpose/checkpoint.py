@@ -1,0 +1,44 @@
+"""Reading StrongPose checkpoints safely (``weights_only=True``) and explaining what is wrong with them."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# key under which train() stores the run's resolved Hydra config in every checkpoint, so that a
+# checkpoint file alone is enough to rebuild codec, backbone and heads (strongpose.load, evaluate, predict)
+CONFIG_KEY = "strongpose_config"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable, or does not fit the model it is loaded into."""
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` with a message that names the file and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
+    size = path.stat().st_size
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:  # weights_only refuses arbitrary objects
+        raise CheckpointError(f"checkpoint {path} holds objects that weights_only=True refuses to load "
+                              f"(saved by another program?): {err}") from err
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {path} ({size} bytes) cannot be read: truncated, still being "
+                              f"written, or not a PyTorch checkpoint ({type(err).__name__}: {err})") from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        keys = sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise CheckpointError(f"{path} is not a StrongPose (Lightning) checkpoint: no 'state_dict' (found {keys})")
+    return checkpoint
+
+
+def spec_mismatch(saved: dict[str, Any], current: dict[str, Any], what: str) -> list[str]:
+    """Human-readable differences between two specs, e.g. ``["codec stride: checkpoint 16, model 8"]``."""
+    return [f"{what} {key}: checkpoint {saved.get(key)!r}, model {current.get(key)!r}"
+            for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
