@@ -42,3 +42,26 @@ def spec_mismatch(saved: dict[str, Any], current: dict[str, Any], what: str) -> 
     """Human-readable differences between two specs, e.g. ``["codec stride: checkpoint 16, model 8"]``."""
     return [f"{what} {key}: checkpoint {saved.get(key)!r}, model {current.get(key)!r}"
             for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
+
+
+def module_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"):
+    """Rebuild the :class:`~strongpose.lit_module.StrongPoseModule` a checkpoint was trained as (codec,
+    backbone, heads from the run config stored in it) and load its weights (the EMA ones when EMA was
+    on); returns ``(module in eval mode, run config dict)``. No ImageNet weights are read."""
+    from hydra.utils import instantiate  # here: keeps `import strongpose.checkpoint` light
+
+    checkpoint = read_checkpoint(path, map_location)
+    cfg = checkpoint.get(CONFIG_KEY)
+    if not isinstance(cfg, dict) or not all(key in cfg for key in ("codec", "backbone", "model")):
+        raise CheckpointError(f"checkpoint {path} has no run config ({CONFIG_KEY!r}): it was not written by "
+                              f"strongpose.train, or by a version before configs were stored in checkpoints")
+    codec = instantiate(cfg["codec"])
+    backbone = instantiate({**cfg["backbone"], "pretrained": False})  # the checkpoint has the weights
+    model_cfg = {key: value for key, value in cfg["model"].items() if key != "backbone"}
+    module = instantiate(model_cfg, codec=codec, backbone=backbone)
+    module.on_load_checkpoint(checkpoint)  # codec / backbone spec check, with names
+    missing, unexpected = module.load_state_dict(checkpoint["state_dict"], strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {path} does not fit the model its own config builds: missing "
+                              f"{missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}")
+    return module.to(map_location).eval(), cfg
