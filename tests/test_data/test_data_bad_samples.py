@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from strongpose.data import COCOKeypointDataModule, COCOKeypointDataset, load_coco
-from strongpose.data.collate import SkipBadCollate
+from strongpose.data.collate import SkipBadCollate, SkippedSample
 
 S = 96
 
@@ -20,34 +20,36 @@ def test_corrupt_jpeg_is_skipped_and_named(sample_copy, codec, caplog) -> None:
     (images / victim).write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
     ds = COCOKeypointDataset(images, annotations, codec=codec, input_size=S, train=False)
     index = ds.image_ids.index(data["images"][0]["id"])
-    with caplog.at_level(logging.WARNING, logger="strongpose.data.coco"):
-        assert ds[index] is None
-    assert victim in caplog.text
+    item = ds[index]
+    assert isinstance(item, SkippedSample) and item.file_name == victim and item.image_id == data["images"][0]["id"]
+    assert "cannot decode" in item.reason
     dm = COCOKeypointDataModule(codec, val_images=images, val_annotations=annotations, input_size=S,
                                 batch_size=len(ds))
     dm.setup("validate")
     batch = next(iter(dm.val_dataloader()))
     assert batch["num_skipped"] == 1 and batch["image"].shape[0] == len(ds) - 1
+    assert batch["skipped"] == [item]
+    with caplog.at_level(logging.WARNING, logger="strongpose.data.datamodule"):
+        dm.on_after_batch_transfer(batch, 0)  # the main process names it (no trainer: no file)
+    assert victim in caplog.text and f"image id {item.image_id}" in caplog.text
 
 
-def test_missing_image_is_skipped(sample_copy, codec, caplog) -> None:
+def test_missing_image_is_skipped(sample_copy, codec) -> None:
     images, annotations, data = sample_copy
     (images / data["images"][1]["file_name"]).unlink()
     ds = COCOKeypointDataset(images, annotations, codec=codec, input_size=S)
-    with caplog.at_level(logging.WARNING):
-        assert ds[ds.image_ids.index(data["images"][1]["id"])] is None
-    assert data["images"][1]["file_name"] in caplog.text and "not found" in caplog.text
+    item = ds[ds.image_ids.index(data["images"][1]["id"])]
+    assert item.file_name == data["images"][1]["file_name"] and "not found" in item.reason
 
 
-def test_malformed_annotation_names_its_id(sample_copy, codec, caplog) -> None:
+def test_malformed_annotation_names_its_id(sample_copy, codec) -> None:
     images, annotations, data = sample_copy
     ann = next(a for a in data["annotations"] if a["num_keypoints"] > 0)
     ann["keypoints"] = ann["keypoints"][:-3]  # 16 keypoints instead of 17
     annotations.write_text(json.dumps(data))
     ds = COCOKeypointDataset(images, annotations, codec=codec, input_size=S)
-    with caplog.at_level(logging.WARNING):
-        assert ds[ds.image_ids.index(ann["image_id"])] is None
-    assert str(ann["id"]) in caplog.text
+    item = ds[ds.image_ids.index(ann["image_id"])]
+    assert isinstance(item, SkippedSample) and f"annotation id {ann['id']}" in item.reason
 
 
 def test_all_bad_batch_has_size_zero_and_the_usual_keys(sample, codec) -> None:

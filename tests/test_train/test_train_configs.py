@@ -14,20 +14,28 @@ from strongpose.train import CONFIG_DIR, instantiate_callbacks, instantiate_logg
 # option groups whose choice is made on the command line as group=option
 GROUPS = sorted(str(p.parent.relative_to(CONFIG_DIR)) for p in CONFIG_DIR.rglob("*.yaml") if p.parent != CONFIG_DIR)
 OPTIONS = sorted({(group, p.stem) for group in GROUPS for p in (CONFIG_DIR / group).glob("*.yaml")})
+# groups of the evaluate / predict entry points, not of train (tests/test_inference composes them)
+NOT_TRAIN = {"test"}
+TRAIN_OPTIONS = [(g, o) for g, o in OPTIONS if g not in NOT_TRAIN]
 # these build large networks or need a GPU or the COCO_ROOT environment variable: compose only
 COMPOSE_ONLY = {("backbone", "resnet101"), ("backbone", "resnet152"), ("trainer", "gpu"), ("trainer", "ddp"),
                 ("experiment", "coco_resnet50")}
 
 
-def test_every_yaml_file_is_an_option_or_the_primary_config():
+def test_every_yaml_file_is_an_option_or_an_entry_points_primary_config():
     files = {p for p in CONFIG_DIR.rglob("*.yaml")}
-    assert files == {CONFIG_DIR / "train.yaml"} | {CONFIG_DIR / g / f"{o}.yaml" for g, o in OPTIONS}
+    primary = {p for p in CONFIG_DIR.glob("*.yaml")}
+    assert files == primary | {CONFIG_DIR / g / f"{o}.yaml" for g, o in OPTIONS}
+    # each top-level config belongs to a `python -m strongpose.<name>` entry point
+    package = CONFIG_DIR.parent
+    assert "train.yaml" in {p.name for p in primary}
+    assert all((package / f"{p.stem}.py").is_file() for p in primary), sorted(p.name for p in primary)
     assert {"backbone", "model", "model/optimizer", "model/scheduler", "codec", "data", "trainer", "logger",
             "callbacks", "experiment", "hparams_search"} <= set(GROUPS)
     assert {o for g, o in OPTIONS if g == "backbone"} == {f"resnet{d}" for d in (18, 34, 50, 101, 152)}
 
 
-@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+@pytest.mark.parametrize(("group", "option"), TRAIN_OPTIONS, ids=[f"{g}={o}" for g, o in TRAIN_OPTIONS])
 def test_option_composes_and_cheap_parts_instantiate(group, option, tmp_path, train_config):
     cfg = train_config([f"{group}={option}"], output_dir=tmp_path, return_hydra_config=group == "hparams_search")
     if group == "hparams_search":

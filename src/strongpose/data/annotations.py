@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,18 +28,46 @@ class BadSample(Exception):
         self.file_name, self.reason, self.ann_id = file_name, reason, ann_id
 
 
-def load_coco(path: str | Path) -> COCO:
-    """pycocotools ``COCO`` for ``path``; missing or malformed files raise with the path and the cause."""
+def read_coco_json(path: str | Path) -> dict:
+    """The parsed JSON of a COCO file with list-valued ``images``, ``annotations`` and ``categories``.
+
+    Raises FileNotFoundError (no such file) or ValueError (unreadable, not JSON, wrong top-level
+    structure), each naming the path and the cause.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"COCO annotation file not found: {path}")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        data = json.loads(path.read_bytes())  # bytes: json detects UTF-8/16/32 and a byte-order mark
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise ValueError(f"cannot parse COCO annotation file {path}: {err}") from err
-    missing = [k for k in REQUIRED_KEYS if not isinstance(data, dict) or not isinstance(data.get(k), list)]
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is not a COCO annotation file: the top level is a {type(data).__name__}, "
+                         "not an object")
+    missing = [k for k in REQUIRED_KEYS if not isinstance(data.get(k), list)]
     if missing:
         raise ValueError(f"{path} is not a COCO annotation file: missing or non-list {missing}")
+    return data
+
+
+def is_int(value: object) -> bool:
+    """A JSON integer (``true``/``false`` are not ids)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# the integer fields pycocotools indexes by (and the data module puts image ids into tensors)
+INDEX_KEYS = {"images": ("id",), "annotations": ("id", "image_id", "category_id"), "categories": ("id",)}
+
+
+def load_coco(path: str | Path) -> COCO:
+    """pycocotools ``COCO`` for ``path``; missing or malformed files raise with the path and the cause."""
+    data = read_coco_json(path)
+    for section, keys in INDEX_KEYS.items():
+        for i, entry in enumerate(data[section]):
+            if not isinstance(entry, dict) or not all(is_int(entry.get(k)) for k in keys):
+                raise ValueError(f"malformed COCO annotation file {path}: {section}[{i}] = {excerpt(entry)} is "
+                                 f"not an object with integer {list(keys)}; `python -m strongpose.check_data "
+                                 f"annotations={path}` lists every problem")
     coco = COCO()
     coco.dataset = data
     try:
@@ -49,9 +78,14 @@ def load_coco(path: str | Path) -> COCO:
     return coco
 
 
+def excerpt(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def person_category(coco: COCO, num_keypoints: int, source: str | Path) -> int:
     """Id of the category with keypoints (``person`` preferred); its keypoint count must match the skeleton."""
-    cats = [c for c in coco.dataset["categories"] if c.get("keypoints")]
+    cats = [c for c in coco.dataset["categories"] if isinstance(c.get("keypoints"), list) and c["keypoints"]]
     cats.sort(key=lambda c: c.get("name") != "person")
     if not cats:
         raise ValueError(f"{source}: no category has keypoints; is this a keypoint annotation file?")
@@ -80,6 +114,84 @@ class ImageAnnotations:
     crowd: np.ndarray
 
 
+def image_entry(info: object) -> tuple[str, int, int]:
+    """(file_name, height, width) of an ``images`` entry; raises ValueError when one is missing or invalid."""
+    file_name = info.get("file_name") if isinstance(info, dict) else None
+    height, width = (info.get("height"), info.get("width")) if isinstance(info, dict) else (None, None)
+    if not isinstance(file_name, str) or not file_name:
+        raise ValueError(f"image entry has no file_name: {excerpt(info)}")
+    if not (is_int(height) and is_int(width) and height > 0 and width > 0):
+        raise ValueError(f"image height/width must be positive integers, got {height!r} x {width!r}")
+    return file_name, height, width
+
+
+def segmentation_error(seg: object, height: int, width: int) -> str | None:
+    """Why ``seg`` is not a valid COCO segmentation of an ``height`` x ``width`` image, or None.
+
+    Checked here because pycocotools' C code does not validate: odd-length or short polygons are read as
+    boxes or fail deep inside, and RLE counts that do not cover the image decode to garbage.
+    """
+    if seg is None or seg == [] or seg == {}:
+        return None  # no mask: the codec falls back to the box
+    if isinstance(seg, list):
+        for i, poly in enumerate(seg):
+            if not isinstance(poly, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                     for v in poly):
+                return f"polygon {i} is not a list of numbers"
+            if len(poly) % 2:
+                return f"polygon {i} has an odd number of coordinates ({len(poly)})"
+            if len(poly) < 6:
+                return f"polygon {i} has {len(poly) // 2} points, at least 3 are needed"
+            if not all(isinstance(v, int) or math.isfinite(v) for v in poly):  # big ints overflow numpy
+                return f"polygon {i} has non-finite coordinates"
+        return None
+    if not isinstance(seg, dict):
+        return f"segmentation is a {type(seg).__name__}, expected a list of polygons or an RLE object"
+    size, counts = seg.get("size"), seg.get("counts")
+    if not (isinstance(size, list) and len(size) == 2 and all(is_int(v) for v in size)):
+        return f"RLE size {excerpt(size)} is not [height, width]"
+    if size != [height, width]:
+        return f"RLE size {size} differs from the image size [{height}, {width}]"
+    if isinstance(counts, str):
+        try:
+            counts = rle_string_counts(counts)
+        except ValueError as err:
+            return f"RLE counts cannot be decoded: {err}"
+    elif not (isinstance(counts, list) and all(is_int(v) for v in counts)):
+        return "RLE counts must be a list of integers or a compressed string"
+    if any(c < 0 for c in counts):
+        return "RLE counts has negative run lengths"
+    if sum(counts) != height * width:
+        return f"RLE counts cover {sum(counts)} pixels, the image has {height * width}"
+    return None
+
+
+def rle_string_counts(text: str) -> list[int]:
+    """Run lengths of a compressed RLE string (pycocotools' ``rleFrString`` in Python, with the bounds
+    checks the C version lacks); raises ValueError on a malformed string."""
+    counts: list[int] = []
+    p = 0
+    while p < len(text):
+        x = k = 0
+        more = True
+        while more:
+            if p >= len(text):
+                raise ValueError("the string ends inside a number")
+            c = ord(text[p]) - 48
+            if not 0 <= c < 64:
+                raise ValueError(f"invalid character {text[p]!r} at {p}")
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(counts) > 2:
+            x += counts[-2]
+        counts.append(x)
+    return counts
+
+
 def _mask(coco: COCO, ann: dict, height: int, width: int) -> np.ndarray:
     if not ann.get("segmentation"):  # some annotations have none; the codec falls back to the box
         return np.zeros((height, width), np.uint8, order="F")
@@ -89,13 +201,19 @@ def _mask(coco: COCO, ann: dict, height: int, width: int) -> np.ndarray:
 def image_annotations(coco: COCO, image_id: int, category_id: int, num_keypoints: int) -> ImageAnnotations:
     """Arrays for one image; a malformed annotation raises :class:`BadSample` naming its id."""
     info = coco.imgs[image_id]
-    height, width = int(info["height"]), int(info["width"])
+    try:
+        file_name, height, width = image_entry(info)
+    except ValueError as err:
+        raise BadSample(str(info.get("file_name") or f"image id {image_id}"), str(err)) from err
     keypoints, boxes, masks = [], [], []
     crowd = np.zeros((height, width), np.uint8, order="F")  # same layout as the decoded masks
     for ann in coco.imgToAnns.get(image_id, []):
         if ann.get("category_id") != category_id:
             continue
         try:
+            problem = segmentation_error(ann.get("segmentation"), height, width)
+            if problem:
+                raise ValueError(problem)
             mask = _mask(coco, ann, height, width)
             if mask.shape != (height, width):
                 raise ValueError(f"mask is {mask.shape}, image is {(height, width)}")
@@ -109,7 +227,6 @@ def image_annotations(coco: COCO, image_id: int, category_id: int, num_keypoints
             if box.shape != (4,) or not (np.isfinite(box).all() and np.isfinite(kp).all()):
                 raise ValueError(f"bad bbox {ann.get('bbox')!r} or non-finite keypoints")
         except Exception as err:  # pycocotools raises assorted types on malformed segmentations
-            file_name = info.get("file_name", str(image_id))
             raise BadSample(file_name, f"malformed annotation: {err}", ann.get("id")) from err
         keypoints.append(kp.reshape(num_keypoints, 3))
         boxes.append(box)
@@ -122,14 +239,30 @@ def image_annotations(coco: COCO, image_id: int, category_id: int, num_keypoints
     )
 
 
-def read_image(path: Path, expected_hw: tuple[int, int]) -> np.ndarray:
-    """(H, W, 3) uint8 RGB; a missing, undecodable or wrongly sized file raises :class:`BadSample`."""
-    if not path.is_file():
-        raise BadSample(path.name, f"image file not found ({path})")
-    # annotations refer to the stored pixel grid, so EXIF orientation must not rotate it
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if image is None:
-        raise BadSample(path.name, f"cannot decode image ({path})")
-    if image.shape[:2] != tuple(expected_hw):
+def read_image(path: Path, expected_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 RGB; a missing, empty, undecodable or truncated file, or one whose size is not
+    ``expected_hw``, raises :class:`BadSample`."""
+    image = decode_image(path)
+    if expected_hw is not None and image.shape[:2] != tuple(expected_hw):
         raise BadSample(path.name, f"image is {image.shape[:2]}, annotations say {tuple(expected_hw)}")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def decode_image(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 BGR of the file's stored pixel grid (no EXIF rotation: annotations refer to it)."""
+    if not path.is_file():
+        raise BadSample(path.name, f"image file not found ({path})")
+    try:
+        data = np.fromfile(path, np.uint8)
+    except OSError as err:
+        raise BadSample(path.name, f"cannot read image file ({err})") from err
+    if data.size == 0:
+        raise BadSample(path.name, f"empty image file ({path})")
+    try:
+        # imdecode, unlike imread (which returns the decoded part, grey below), fails on a truncated JPEG
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    except cv2.error as err:
+        raise BadSample(path.name, f"cannot decode image ({path}): {err}") from err
+    if image is None:
+        raise BadSample(path.name, f"cannot decode image: corrupt, truncated or not an image ({path})")
+    return image

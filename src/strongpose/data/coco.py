@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 from strongpose.codec import StrongPoseCodec
 from strongpose.data.annotations import (BadSample, ImageAnnotations, image_annotations, load_coco, person_category,
                                          read_image)
+from strongpose.data.collate import SkippedSample
 from strongpose.data.transforms import AugmentConfig, PoseSample, TrainTransform, ValTransform
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,9 @@ class COCOKeypointDataset(Dataset):
     augmentation of a sample depends only on (seed, epoch, index), not on the worker that draws it.
     ``__getitem__`` returns ``{"image": (3, S, S) float32, "targets": codec.encode(...), "meta":
     {"image_id": int, "orig_size": (2,) long (H, W), "affine": (2, 3) float32 input -> original}}``, or
-    None for a bad sample (unreadable image, malformed annotation), after logging a warning naming the file.
+    a :class:`SkippedSample` (image id, file, reason) for a bad sample (missing, empty, truncated or
+    undecodable image, wrong image size, malformed annotation); the data module names it in the main
+    process (log and the run's ``bad_samples.tsv``), where logging works with any worker start method.
     """
 
     def __init__(
@@ -79,7 +82,6 @@ class COCOKeypointDataset(Dataset):
         self.image_ids = ids[:max_images] if max_images is not None else ids
         self.transform = (TrainTransform(self.input_size, codec.skeleton, augment) if self.train
                           else ValTransform(self.input_size))
-        self._reported: set[str] = set()  # warn once per bad sample (per worker process)
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -105,17 +107,16 @@ class COCOKeypointDataset(Dataset):
     def encode(self, sample: PoseSample) -> dict[str, torch.Tensor]:
         return _encode(self.codec, sample, self.input_size)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict | None:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict | SkippedSample:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         index = int(index)
+        image_id = self.image_ids[index]
         try:
             sample = self.transformed(index, int(epoch))
         except BadSample as err:
-            if err.file_name not in self._reported:
-                self._reported.add(err.file_name)
-                log.warning("skipping bad sample %s", err)
-            return None
-        image_id = self.image_ids[index]
+            log.debug("bad sample %s", err)
+            where = f"annotation id {err.ann_id}: " if err.ann_id is not None else ""
+            return SkippedSample(int(image_id), err.file_name, where + err.reason)
         info = self.coco.imgs[image_id]
         return {
             "image": normalise(sample.image),

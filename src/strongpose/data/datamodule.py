@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,10 +16,15 @@ from torch.utils.data import DataLoader
 
 from strongpose.codec import StrongPoseCodec
 from strongpose.data.coco import COCOKeypointDataset, empty_sample
-from strongpose.data.collate import SkipBadCollate
+from strongpose.data.collate import SkipBadCollate, SkippedSample
 from strongpose.data.sample import sample_paths
 from strongpose.data.sampling import SeededSampler, init_worker
 from strongpose.data.transforms import AugmentConfig
+
+log = logging.getLogger(__name__)
+
+BAD_SAMPLES_FILE = "bad_samples.tsv"
+BAD_SAMPLES_COLUMNS = ("split", "rank", "image_id", "file", "reason")
 
 # below this many samples seen, the bad-sample budget is taken as a fraction of this number, so that a
 # single bad image early on (or in a tiny dataset) does not stop training
@@ -40,6 +47,13 @@ class COCOKeypointDataModule(L.LightningDataModule):
         max_train_images, max_val_images: use only the first this many images (by id).
         max_bad_fraction: stop with an error when more than this fraction of the samples seen so far
             (counted as at least 50) were bad.
+        bad_samples_file: where bad samples are listed (tab-separated: split, rank, image id, file,
+            reason; appended as found, once per sample); None: ``bad_samples.tsv`` in the trainer's
+            ``default_root_dir`` (the run folder), nothing when there is no trainer.
+
+    Missing annotation files or image folders fail here, a malformed annotation file in :meth:`setup`
+    (both in the main process, naming the path). A bad sample (unreadable image, malformed annotation)
+    is skipped, named once in the log (image file, image id, reason) and listed in ``bad_samples_file``.
 
     Batches are dicts: ``image`` (B, 3, S, S) float32; ``targets`` the codec's maps with a batch dim;
     ``meta`` with ``image_id`` (B,), ``orig_size`` (B, 2) as (H, W), ``affine`` (B, 2, 3); and
@@ -65,6 +79,7 @@ class COCOKeypointDataModule(L.LightningDataModule):
         max_train_images: int | None = None,
         max_val_images: int | None = None,
         max_bad_fraction: float = 0.1,
+        bad_samples_file: str | Path | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["codec"], logger=False)
@@ -85,6 +100,8 @@ class COCOKeypointDataModule(L.LightningDataModule):
         self.train_dataset: COCOKeypointDataset | None = None
         self.val_dataset: COCOKeypointDataset | None = None
         self.bad_counts = {"train": [0, 0], "val": [0, 0]}  # stage -> [skipped, seen]
+        self.bad_samples_file = Path(bad_samples_file) if bad_samples_file is not None else None
+        self._named: set[tuple[str, int]] = set()  # (stage, image id) already logged and listed
 
     def setup(self, stage: str | None = None) -> None:
         """Reads the annotation files (a missing or malformed one raises here, naming its path)."""
@@ -124,17 +141,61 @@ class COCOKeypointDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
 
+    @property
+    def bad_samples_path(self) -> Path | None:
+        """The file bad samples are listed in (see ``bad_samples_file``)."""
+        if self.bad_samples_file is not None:
+            return self.bad_samples_file
+        root = getattr(self.trainer, "default_root_dir", None)
+        return Path(root) / BAD_SAMPLES_FILE if root else None
+
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Count dropped samples; too many means a broken dataset rather than a few bad files."""
+        """Name and count dropped samples; too many means a broken dataset rather than a few bad files."""
         if isinstance(batch, dict) and "num_skipped" in batch:
             stage = "train" if self.trainer is not None and self.trainer.training else "val"
+            for item in batch.get("skipped", ()):
+                self._name_bad_sample(stage, SkippedSample(*item))
             counts = self.bad_counts[stage]
             counts[0] += int(batch["num_skipped"])
             counts[1] += int(batch["num_skipped"]) + int(batch["image"].shape[0])
             if counts[0] > self.max_bad_fraction * max(counts[1], MIN_SAMPLES_FOR_BAD_FRACTION):
-                raise RuntimeError(f"{counts[0]} of {counts[1]} {stage} samples were bad (more than "
-                                   f"max_bad_fraction={self.max_bad_fraction}); see the warnings above")
+                path = self.bad_samples_path
+                raise RuntimeError(
+                    f"too many bad {stage} samples: {counts[0]} of the {counts[1]} seen so far "
+                    f"({counts[0] / counts[1]:.0%}) could not be used, more than max_bad_fraction="
+                    f"{self.max_bad_fraction}; " + (f"they are listed in {path}" if path else "see the warnings above")
+                    + ". `python -m strongpose.check_data annotations=FILE images=DIR` lists every problem of a "
+                    "dataset; data.max_bad_fraction raises the limit")
         return batch
+
+    def _name_bad_sample(self, stage: str, item: SkippedSample) -> None:
+        """Log ``item`` and append it to :attr:`bad_samples_path`, once per (stage, image) in this process."""
+        if (stage, item.image_id) in self._named:
+            return
+        self._named.add((stage, item.image_id))
+        path = self.bad_samples_path
+        log.warning("skipping bad %s sample %s (image id %d): %s%s", stage, item.file_name, item.image_id,
+                    item.reason, f" [listed in {path}]" if path else "")
+        if path is not None:
+            rank = getattr(self.trainer, "global_rank", 0)
+            _append_row(path, (stage, rank, item.image_id, item.file_name, item.reason))
+
+
+_ONE_LINE = str.maketrans("\t\r\n", "   ")  # a tab or newline in a reason would break the row
+
+
+def _append_row(path: Path, fields: tuple) -> None:
+    """One tab-separated line; the header comes with the file's creation (O_EXCL: one DDP rank writes it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND)
+        os.write(fd, ("\t".join(BAD_SAMPLES_COLUMNS) + "\n").encode())
+        os.close(fd)
+    except FileExistsError:
+        pass
+    line = "\t".join(str(f).translate(_ONE_LINE) for f in fields) + "\n"
+    with open(path, "a", encoding="utf-8") as f:  # one write per line: appends from several ranks interleave whole
+        f.write(line)
 
 
 def _pair(images, annotations, default_images: Path, default_annotations: Path, split: str) -> tuple[Path, Path]:
@@ -142,4 +203,9 @@ def _pair(images, annotations, default_images: Path, default_annotations: Path, 
         raise ValueError(f"give both {split}_images and {split}_annotations, or neither (= embedded sample)")
     if images is None:
         return default_images, default_annotations
+    # fail before the model is built, not minutes later in setup (or in a worker)
+    if not Path(annotations).is_file():
+        raise FileNotFoundError(f"{split}_annotations: COCO annotation file not found: {annotations}")
+    if not Path(images).is_dir():
+        raise FileNotFoundError(f"{split}_images: image folder not found: {images}")
     return Path(images), Path(annotations)

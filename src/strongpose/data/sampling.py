@@ -2,35 +2,56 @@
 
 The sampler runs in the main process and yields ``(index, epoch)`` keys, so that the dataset seeds each
 sample's augmentation from (seed, epoch, index): batches are identical whatever ``num_workers`` is and
-however workers are scheduled, and persistent workers still see the current epoch.
+however workers are scheduled, and persistent workers still see the current epoch. Under DDP it shards
+that one shuffle itself, so that the data order does not depend on the number of processes either.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler, get_worker_info
+import torch.distributed as dist
+from torch.utils.data import DistributedSampler, get_worker_info
 
 
-class SeededSampler(Sampler[tuple[int, int]]):
+class SeededSampler(DistributedSampler):
     """Shuffles ``range(size)`` with a torch Generator seeded by (seed, epoch); yields ``(index, epoch)``.
 
-    Lightning calls :meth:`set_epoch` before each epoch (also through its distributed wrapper); without
-    it, every new iteration moves to the next epoch so augmentations still change.
+    Under DDP (``num_replicas`` / ``rank`` default to the initialised process group's, as when Lightning
+    calls ``train_dataloader``) rank r takes positions r, r + W, r + 2W, ... of the same shuffle, padded
+    like ``DistributedSampler`` with its first keys to a multiple of W: the ranks' shards are disjoint
+    (but for the padding) and cover the set, and the W ranks' k-th batches of b together are exactly the
+    k-th batch of 1 process x W*b. It is a ``DistributedSampler`` so that Lightning keeps it rather than
+    wrapping it in a ``DistributedSamplerWrapper``, whose second shuffle (seeded by PL_GLOBAL_SEED) would
+    make the order depend on the number of processes.
+
+    Lightning calls :meth:`set_epoch` before each epoch; without it, every new iteration moves to the next
+    epoch so augmentations still change.
     """
 
-    def __init__(self, size: int, seed: int = 0, shuffle: bool = True) -> None:
+    # DistributedSampler.__init__ is not called: it wants a dataset and an initialised process group
+    def __init__(self, size: int, seed: int = 0, shuffle: bool = True, num_replicas: int | None = None,
+                 rank: int | None = None) -> None:
+        distributed = dist.is_available() and dist.is_initialized()
+        self.num_replicas = int(num_replicas if num_replicas is not None else dist.get_world_size() if distributed else 1)
+        self.rank = int(rank if rank is not None else dist.get_rank() if distributed else 0)
+        if not 0 <= self.rank < self.num_replicas:
+            raise ValueError(f"rank must be in [0, {self.num_replicas}), got {self.rank}")
         self.size, self.seed, self.shuffle = int(size), int(seed), bool(shuffle)
+        self.drop_last = False
+        self.num_samples = math.ceil(self.size / self.num_replicas)
+        self.total_size = self.num_samples * self.num_replicas
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return self.size
+        return self.num_samples
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch = self.epoch
@@ -40,7 +61,9 @@ class SeededSampler(Sampler[tuple[int, int]]):
             order = torch.randperm(self.size, generator=gen).tolist()
         else:
             order = list(range(self.size))
-        return iter([(i, epoch) for i in order])
+        if self.size:
+            order = (order * math.ceil(self.total_size / self.size))[: self.total_size]  # pad with the first keys
+        return iter([(i, epoch) for i in order[self.rank :: self.num_replicas]])
 
 
 def init_worker(worker_id: int) -> None:
