@@ -1,4 +1,5 @@
-"""Reading StrongPose checkpoints safely (``weights_only=True``) and explaining what is wrong with them."""
+"""Reading StrongPose checkpoints safely (``weights_only=True``) and explaining what is wrong with them
+(writing them atomically: :mod:`strongpose.checkpoint_io`)."""
 
 from __future__ import annotations
 

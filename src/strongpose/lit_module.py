@@ -13,6 +13,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from strongpose.checkpoint import CONFIG_KEY, CheckpointError, spec_mismatch
 from strongpose.codec import StrongPoseCodec
+from strongpose.faults import NonFiniteLossGuard, restore_buffers
 from strongpose.models.losses import strongpose_losses
 from strongpose.models.network import StrongPoseNet, to_probabilities
 from strongpose.structures import Poses
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 
 # logged names: f"{stage}/{LOSS}" (total, what checkpoints monitor) and f"{stage}/{LOSS}_{term}"
 LOSS = "loss"
+NONFINITE = "train/nonfinite_steps"  # logged: training steps skipped for a NaN / infinite loss so far
 DEFAULT_LOSS_WEIGHTS = {"skhm": 4.0, "bhm": 2.0, "short": 1.0, "mid": 0.4, "long": 0.1}  # the authors' code
 
 
@@ -76,6 +78,8 @@ class StrongPoseModule(L.LightningModule):
         lr: learning rate at ``lr_ref_batch`` images per optimiser step; scaled linearly to the real
             global batch (``batch_size`` x devices x nodes x gradient accumulation).
         batch_size: per-device batch size (the data module's).
+        max_nonfinite_steps: training steps with a NaN / infinite loss are skipped (no weight update) and
+            counted; this many in a row are tolerated, one more stops the run naming the images.
     """
 
     def __init__(
@@ -89,6 +93,7 @@ class StrongPoseModule(L.LightningModule):
         lr: float = 1e-3,
         lr_ref_batch: int = 16,
         batch_size: int = 8,
+        max_nonfinite_steps: int = 10,
     ) -> None:
         super().__init__()
         # codec and backbone are objects; the run's Hydra config (saved beside the checkpoints) has them
@@ -105,6 +110,9 @@ class StrongPoseModule(L.LightningModule):
         loss = dict(loss or {})
         self.loss_weights = {**DEFAULT_LOSS_WEIGHTS, **loss.pop("weights", {})}
         self.loss_options = loss
+        self.nonfinite = NonFiniteLossGuard(max_nonfinite_steps)
+        self._skipping = False  # this step's loss was not finite (on some rank)
+        self._buffers_before: list[torch.Tensor] = []
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Raw outputs (heat-map logits, offsets in input pixels), in training and evaluation alike."""
@@ -130,7 +138,23 @@ class StrongPoseModule(L.LightningModule):
         return losses["total"], outputs
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")[0]
+        self._buffers_before = [b.detach().clone() for b in self.buffers()]  # BatchNorm statistics: KBs
+        loss = self._step(batch, "train")[0]
+        # a non-finite loss: the step is skipped. Backward still runs (not `return None`, which Lightning
+        # refuses under DDP, where every rank must take part in the gradient all-reduce); then the BatchNorm
+        # statistics, which a NaN batch makes NaN for good, are put back and the gradients dropped
+        self._skipping = self.nonfinite.skip(loss, batch, self._trainer)
+        self.log(NONFINITE, float(self.nonfinite.total), on_step=True, batch_size=len(batch["image"]))
+        return loss
+
+    def on_after_backward(self) -> None:
+        if self._skipping:  # not before backward: autograd checks that BatchNorm's inputs are unchanged
+            restore_buffers(self, self._buffers_before)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._skipping:  # no gradient: the optimiser leaves every weight and its momentum alone
+            optimizer.zero_grad(set_to_none=True)
+            self._skipping = False
 
     def validation_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor | dict[str, torch.Tensor]]:
         """``{"loss": total loss, "outputs": raw outputs}``; Lightning hands it to callbacks'
@@ -158,9 +182,13 @@ class StrongPoseModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.run_config is not None:
             checkpoint[CONFIG_KEY] = self.run_config
+        checkpoint[NONFINITE] = self.nonfinite.total
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Lightning calls this before load_state_dict, also when resuming (trainer.fit(ckpt_path=...)):
+        # a checkpoint of another backbone / skeleton / stride gets the differences, not a wall of keys
         check_compatible(checkpoint, self)
+        self.nonfinite.total = int(checkpoint.get(NONFINITE, 0))
 
 
 def check_compatible(checkpoint: dict, model: StrongPoseModule) -> None:

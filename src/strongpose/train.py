@@ -10,16 +10,21 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
 from hydra.utils import instantiate
+from lightning.fabric.plugins.io import CheckpointIO
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
+
+from strongpose.checkpoint_io import AtomicCheckpointIO
+from strongpose.config_check import check_types, unknown_key_hint
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +86,40 @@ def resolved_config(cfg: DictConfig) -> dict[str, Any]:
         return OmegaConf.to_container(OmegaConf.create(plain), resolve=True)
 
 
+def checkpoint_to_resume(ckpt_path: str | None, resume: str | None, trainer: L.Trainer) -> str | None:
+    """What ``trainer.fit`` resumes from: ``ckpt_path`` when given; else, with ``resume="auto"``, the newest
+    checkpoint already in this run's folder (``checkpoints/*.ckpt``, or the ``hpc_ckpt_N.ckpt`` Lightning
+    saves on SLURM's requeue signal), so that a job requeued into the same folder continues rather than
+    starting over; None (start afresh) when there is none or ``resume`` is null. Every DDP rank decides
+    alike: nothing is written before they all start."""
+    if ckpt_path is not None:
+        return str(ckpt_path)
+    if resume is None or resume is False:  # YAML null or false
+        return None
+    if resume != "auto":
+        raise ValueError(f"resume must be 'auto' or null, got {resume!r}")
+    root = Path(trainer.default_root_dir)
+    callback = trainer.checkpoint_callback
+    folders = {root, Path(getattr(callback, "dirpath", None) or root / "checkpoints")}
+    found = [path for folder in folders for path in folder.glob("*.ckpt") if path.is_file()]
+    if not found:
+        return None
+    newest = max(found, key=lambda path: (path.stat().st_mtime, path.name == "last.ckpt"))
+    say(f"Resuming from {newest} (resume=auto: the newest checkpoint in the run folder; resume=null starts afresh)")
+    return str(newest)
+
+
+def with_atomic_checkpoints(plugins: Any) -> list:
+    """``trainer.plugins`` plus :class:`AtomicCheckpointIO`, unless they bring their own checkpoint I/O."""
+    plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+        plugins.append(AtomicCheckpointIO())
+    return plugins
+
+
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Train (or resume, with ``ckpt_path``) as ``cfg`` says; returns the final metrics and the objects."""
+    check_types(cfg)  # a wrong type fails here, naming the key, not deep in the run
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     # the codec first: the data encode targets with it, the model sizes its heads and decodes with it
@@ -92,11 +129,13 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     model.run_config = resolved_config(cfg)  # saved in every checkpoint
     loggers = instantiate_loggers(cfg.get("logger"))
     callbacks = instantiate_callbacks(cfg.get("callbacks"), has_logger=bool(loggers))
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
+                                     plugins=with_atomic_checkpoints(instantiate(cfg.trainer.get("plugins"))))
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    ckpt_path = checkpoint_to_resume(cfg.get("ckpt_path"), cfg.get("resume"), trainer)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
     checkpoint = trainer.checkpoint_callback
@@ -115,5 +154,18 @@ def main(cfg: DictConfig) -> float | None:
     return metrics.get(cfg.get("optimized_metric"))
 
 
+def cli() -> None:
+    """``python -m strongpose.train``: Hydra's ``main``; when Hydra refuses an override because its key does
+    not exist ("Key 'lr_typo' is not in struct"), it also prints the keys that do (and the closest one)."""
+    try:
+        main()
+    except SystemExit as exit:
+        if exit.code not in (0, None):  # a run that started had only existing keys: no hint then
+            hint = unknown_key_hint(sys.argv[1:], CONFIG_DIR)
+            if hint:
+                print(hint, file=sys.stderr)
+        raise
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -1,0 +1,152 @@
+"""Config mistakes explained before anything is built: a value of the wrong type names its key and the
+type expected; an override of a key that does not exist lists the keys that do.
+
+Hydra already lists the options of a group (``backbone=resnet51``), but for ``model.lr=abc`` the string
+would reach the optimiser after the data are loaded, and for ``model.lr_typo=1`` it only says the key
+"is not in struct". Types come from the annotations of each ``_target_``'s signature, so there is no
+second schema to keep in line with the code (typeguard or pydantic could check them too, but neither is
+a dependency, and only scalars are checked here).
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import pathlib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+SCALARS = (bool, int, float, str, type(None), pathlib.Path, pathlib.PurePath)
+
+
+class ConfigError(ValueError):
+    """A config value that cannot be right (wrong type for its key)."""
+
+
+def _members(annotation: Any) -> list[Any] | None:
+    """The alternatives of ``annotation`` (``X | Y``, ``Optional[X]``), or None when one of them cannot be
+    checked on a plain config value (a class such as ``Accelerator``, ``Callable``, ``Tensor``, ...)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        members = [_members(arg) for arg in typing.get_args(annotation)]
+        return None if any(m is None for m in members) else [x for m in members for x in m]
+    if origin is typing.Literal or annotation in SCALARS:
+        return [annotation]
+    if origin in (list, tuple) or annotation in (list, tuple) or origin is Sequence:
+        return [list]
+    if origin in (dict, Mapping) or annotation in (dict, Mapping) or origin is typing.Mapping:
+        return [dict]
+    return None
+
+
+def _fits(value: Any, member: Any) -> bool:
+    if typing.get_origin(member) is typing.Literal:
+        return any(value == arg and type(value) is type(arg) for arg in typing.get_args(member))
+    if member is bool:
+        return isinstance(value, bool)
+    if member is int:  # a bool is an int to Python, not to a config
+        return isinstance(value, int) and not isinstance(value, bool)
+    if member is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if member in (pathlib.Path, pathlib.PurePath):
+        return isinstance(value, (str, pathlib.PurePath))
+    return isinstance(value, member)
+
+
+def _describe(members: list[Any]) -> str:
+    names = []
+    for m in members:
+        if typing.get_origin(m) is typing.Literal:
+            names.append("one of " + ", ".join(repr(a) for a in typing.get_args(m)))
+        else:
+            names.append("null" if m is type(None) else getattr(m, "__name__", str(m)))
+    return " or ".join(dict.fromkeys(names))
+
+
+def _signature_types(target: str) -> dict[str, Any]:
+    from hydra.utils import get_object
+
+    try:
+        obj = get_object(target)
+        return typing.get_type_hints(obj.__init__ if inspect.isclass(obj) else obj)
+    except Exception:  # noqa: BLE001 - an unimportable target is reported by instantiate itself
+        return {}
+
+
+def type_errors(node: DictConfig, path: str = "") -> list[str]:
+    """One line per value under ``node`` whose type its ``_target_``'s signature does not accept.
+    An interpolated node (``model.backbone: ${backbone}``) is checked where it is defined, once."""
+    errors: list[str] = []
+    target = node.get("_target_") if "_target_" in node and not OmegaConf.is_interpolation(node, "_target_") else None
+    hints = _signature_types(target) if isinstance(target, str) else {}
+    raw = OmegaConf.to_container(node, resolve=False)  # to name where an interpolated value came from
+    for key in node:
+        key = str(key)
+        where = f"{path}.{key}" if path else key
+        try:
+            value = node[key]
+        except Exception:  # noqa: BLE001 - ??? or a resolver only a running Hydra app has
+            continue
+        if isinstance(value, DictConfig):
+            if not OmegaConf.is_interpolation(node, key):
+                errors += type_errors(value, where)
+            if "_target_" in value:  # becomes an object before the call
+                continue
+        if key.startswith("_") or key not in hints:
+            continue
+        plain = OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
+        members = _members(hints[key])
+        if members is not None and not any(_fits(plain, m) for m in members):
+            source = f" from {raw[key]}" if OmegaConf.is_interpolation(node, key) else ""
+            errors.append(f"{where}={plain!r} ({type(plain).__name__}{source}): expected {_describe(members)} "
+                          f"(argument {key!r} of {target})")
+    return errors
+
+
+def check_types(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` listing every value of the wrong type in ``cfg``."""
+    errors = type_errors(cfg)
+    if errors:
+        raise ConfigError("wrong type in the config:\n  " + "\n  ".join(errors))
+
+
+def unknown_key_hint(args: Sequence[str], config_dir: str | pathlib.Path, config_name: str = "train") -> str | None:
+    """For command-line overrides ``a.b=c`` whose key does not exist, the keys that do (and the closest),
+    e.g. ``model.lr_typo=1`` -> "model has no key 'lr_typo' (did you mean 'lr'?); its keys: ..."."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    config_dir = pathlib.Path(config_dir)
+    try:
+        overrides = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
+        # the group choices (backbone=..., experiment=...) decide which keys exist
+        groups = [o.input_line for o in overrides if (config_dir / o.key_or_group).is_dir()]
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            cfg = OmegaConf.to_container(compose(config_name, overrides=groups), resolve=False)
+    except Exception:  # noqa: BLE001 - Hydra has reported the problem already; no hint then
+        return None
+    hints = []
+    for o in overrides:
+        key = o.key_or_group
+        if (o.is_add() or o.is_force_add() or o.is_delete() or o.package is not None or key.startswith("hydra")
+                or (config_dir / key).is_dir()):
+            continue
+        node: Any = cfg
+        parts = key.split(".")
+        for depth, part in enumerate(parts):
+            if not isinstance(node, dict):
+                break
+            if part in node:
+                node = node[part]
+                continue
+            parent = ".".join(parts[:depth]) or "the config"
+            keys = sorted(str(k) for k in node if not str(k).startswith("_"))  # not _target_ & co
+            close = difflib.get_close_matches(part, keys, n=1, cutoff=0.4)
+            hints.append(f"{parent} has no key {part!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                         + f"; its keys: {', '.join(keys)}")
+            break
+    return "\n".join(hints) or None

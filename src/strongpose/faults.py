@@ -1,0 +1,183 @@
+"""Faults during training that must lose nothing and explain themselves: non-finite losses (skipped and
+counted, then a stop naming the images) and Ctrl-C / SIGTERM (a checkpoint, and where it is)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many training steps in a row had a NaN or infinite loss."""
+
+
+def batch_image_ids(batch: dict) -> list:
+    """The ``meta.image_id`` of each image of a collated batch (a tensor after default_collate)."""
+    ids = (batch.get("meta") or {}).get("image_id", [])
+    return ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+
+
+class NonFiniteLossGuard:
+    """Decides, per training step, whether a non-finite loss makes the step a no-op, and stops the run
+    after ``max_in_a_row`` such steps in a row.
+
+    A skipped step (see ``StrongPoseModule.training_step``) still runs backward, on every rank: under DDP
+    a rank that skipped backward would leave the others waiting in the gradient all-reduce, and Lightning
+    refuses ``training_step`` returning None there. The gradients are then dropped before the optimiser
+    step (no weight or momentum change) and the BatchNorm statistics restored; the step still counts for
+    ``global_step`` and the LR schedule, which stay in line with the trainer. Zeroing the loss would not
+    do (0 x NaN is NaN). The decision is all-reduced (any rank non-finite: every rank skips): one scalar
+    collective per step, nothing next to the gradients'.
+    """
+
+    def __init__(self, max_in_a_row: int = 10) -> None:
+        if max_in_a_row < 0:
+            raise ValueError(f"max_nonfinite_steps must be >= 0, got {max_in_a_row}")
+        self.max_in_a_row = int(max_in_a_row)
+        self.total = 0  # skipped steps over the run (saved in checkpoints)
+        self.in_a_row = 0
+
+    def skip(self, loss: torch.Tensor, batch: dict, trainer: L.Trainer | None = None) -> bool:
+        """True when this step must be skipped; raises :class:`NonFiniteLossError` past the limit."""
+        local = not bool(torch.isfinite(loss.detach()).all())
+        bad = local
+        if trainer is not None and trainer.world_size > 1:
+            bad = trainer.strategy.reduce_boolean_decision(local, all=False)
+        if not bad:
+            self.in_a_row = 0
+            return False
+        self.total += 1
+        self.in_a_row += 1
+        step = trainer.global_step if trainer is not None else None
+        where = (f"loss {float(loss.detach())} on images {batch_image_ids(batch)}" if local
+                 else "loss finite here, non-finite on another rank")
+        if self.in_a_row > self.max_in_a_row:
+            last = getattr(getattr(trainer, "checkpoint_callback", None), "last_model_path", "") or ""
+            raise NonFiniteLossError(
+                f"{self.in_a_row} training steps in a row had a non-finite loss (limit "
+                f"model.max_nonfinite_steps={self.max_in_a_row}); step {step}: {where}. Lower model.lr, set "
+                f"trainer.gradient_clip_val, or check those images"
+                + (f"; the last checkpoint, {last}, holds finite weights" if last else ""))
+        log.warning("non-finite loss at step %s (%s): step skipped (%d in a row, %d in all)",
+                    step, where, self.in_a_row, self.total)
+        return True
+
+
+@torch.no_grad()
+def restore_buffers(module: torch.nn.Module, saved: list[torch.Tensor]) -> None:
+    """Copy ``saved`` (clones of ``module.buffers()``, in order) back into the module's buffers."""
+    for buffer, value in zip(module.buffers(), saved, strict=True):
+        buffer.copy_(value)
+
+
+class InterruptCheckpoint(Callback):
+    """Ctrl-C (SIGINT) or SIGTERM: save ``<dirpath>/<filename>.ckpt`` and say how to resume from it.
+
+    The first Ctrl-C during training only sets a flag: the step in progress finishes (a KeyboardInterrupt
+    in the middle of ``optimizer.step()`` would save half-updated weights; during validation the EMA
+    callback has swapped the averaged weights in), the checkpoint is written at the end of that step,
+    after every other callback's end-of-step work (EMA update, ModelCheckpoint), and the run stops
+    (Lightning's graceful shutdown, exit status 1). A second Ctrl-C stops at once without saving, as does
+    a Ctrl-C before training starts (nothing to save then). Under DDP every rank checks the flag
+    together (an all-reduce per step), so that all save and stop at the same step.
+
+    A SIGTERM (e.g. a cluster's preemption warning) makes Lightning raise ``SIGTERMException`` at the
+    end of the step: that state is sound too, and is saved the same way.
+    """
+
+    def __init__(self, dirpath: str | Path | None = None, filename: str = "interrupted") -> None:
+        super().__init__()
+        self.dirpath = dirpath
+        self.filename = filename
+        self._requested = False  # Ctrl-C seen: save after this step
+        self._saved = False
+        self._training = False  # between on_train_start and on_train_end: a Ctrl-C can wait for the step
+        self._global_zero = True
+        self._previous_handler: Any = None
+
+    def ckpt_path(self, trainer: L.Trainer) -> Path:
+        folder = self.dirpath
+        if folder is None:
+            callback = trainer.checkpoint_callback
+            folder = getattr(callback, "dirpath", None) or Path(trainer.default_root_dir) / "checkpoints"
+        return Path(folder) / f"{self.filename}.ckpt"
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if not self._training or self._requested:
+            raise KeyboardInterrupt
+        self._requested = True
+        if self._global_zero:
+            print("\nCtrl-C: saving a checkpoint after this training step (Ctrl-C again to stop without saving)",
+                  flush=True)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._global_zero = trainer.is_global_zero
+        # signal handlers can only be set from the main thread (not, e.g., in a notebook's worker thread)
+        if stage == "fit" and threading.current_thread() is threading.main_thread():
+            self._previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
+        # callbacks run in list order, Lightning's Checkpoint subclasses last: run after all of them, so that
+        # the step's EMA update and ModelCheckpoint are done when this saves. (Subclassing Checkpoint would
+        # make this the trainer's checkpoint_callback and clash with trainer.enable_checkpointing=false.)
+        trainer.callbacks = [c for c in trainer.callbacks if c is not self] + [self]
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._restore_handler()
+
+    def _restore_handler(self) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGINT, self._previous_handler)
+            self._previous_handler = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._training = True
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._training = False
+        if self._requested:
+            _say(trainer, "Ctrl-C came after the last training step: the run finished normally")
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        requested = self._requested
+        if trainer.world_size > 1:
+            requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
+        if requested:
+            self._save(trainer, "Interrupted")
+            raise KeyboardInterrupt  # Lightning's graceful shutdown: on_exception hooks, teardown, exit 1
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, KeyboardInterrupt):  # then Lightning ignores Ctrl-C until it has shut down
+            self._restore_handler()
+        sigterm = isinstance(exception, SIGTERMException)
+        if self._saved or not (sigterm or isinstance(exception, KeyboardInterrupt)):
+            return
+        # Lightning raises SIGTERMException after a step (sound state) or between validation batches (the
+        # EMA weights swapped in: not saved)
+        if sigterm and self._training and not trainer.validating:
+            self._save(trainer, "Stopped by SIGTERM")
+            return
+        last = getattr(trainer.checkpoint_callback, "last_model_path", "") or ""
+        _say(trainer, f"Stopped{' by SIGTERM' if sigterm else ''} without saving"
+                      + (f"; the last checkpoint is {last}" if last else ""))
+
+    def _save(self, trainer: L.Trainer, why: str) -> None:
+        path = self.ckpt_path(trainer)
+        trainer.save_checkpoint(path)  # every rank takes part (barrier); rank 0 writes
+        self._saved, self._training = True, False
+        _say(trainer, f"{why}: checkpoint saved to {path} (step {trainer.global_step}); "
+                      f"resume with ckpt_path={path}")
+
+
+def _say(trainer: L.Trainer, message: str) -> None:
+    if trainer.is_global_zero:
+        print(message, flush=True)

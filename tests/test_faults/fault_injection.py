@@ -1,0 +1,13 @@
+"""Test-only callback, importable by training subprocesses (PYTHONPATH=tests/test_faults): poisons the
+batch of chosen steps on one DDP rank with NaN, so that only that rank's loss is non-finite."""
+
+import lightning as L
+
+
+class NaNBatchOnRank(L.Callback):
+    def __init__(self, rank: int = 1, steps: tuple[int, ...] = (1,)) -> None:
+        self.rank, self.steps = int(rank), {int(s) for s in steps}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_rank == self.rank and trainer.global_step in self.steps:
+            batch["image"].fill_(float("nan"))  # the same tensor training_step gets next

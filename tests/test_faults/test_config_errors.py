@@ -1,0 +1,66 @@
+"""Config mistakes are explained: a wrong type names the key and the type expected, an unknown key lists
+the keys that exist, an unknown group option lists the options (Hydra)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from strongpose.config_check import ConfigError, type_errors, unknown_key_hint
+from strongpose.train import CONFIG_DIR, train
+
+
+def test_the_shipped_configs_have_no_type_errors(train_config):
+    for overrides in ([], ["experiment=coco_resnet50"], ["trainer=ddp"], ["model/optimizer=sgd"]):
+        assert type_errors(train_config(overrides, output_dir="/unused", tiny=False)) == []
+
+
+def test_wrong_types_name_the_key_and_the_expected_type(train_config):
+    cfg = train_config(["model.lr=abc", "data.input_size=big", "trainer.max_epochs=1.5", "backbone.pretrained=maybe",
+                        "codec.stride=8.5"], output_dir="/unused")
+    errors = "\n".join(type_errors(cfg))
+    assert "model.lr='abc' (str): expected float (argument 'lr' of strongpose.lit_module.StrongPoseModule)" in errors
+    assert "data.input_size='big' (str): expected int" in errors
+    assert "trainer.max_epochs=1.5 (float): expected int or null" in errors
+    assert "backbone.pretrained='maybe' (str): expected bool" in errors
+    # an interpolated value is reported where it lands too, with where it came from
+    assert "backbone.output_stride=8.5 (float from ${codec.stride}): expected int" in errors
+
+
+def test_train_refuses_a_wrong_type_before_building_anything(train_config, tmp_path):
+    with pytest.raises(ConfigError, match=r"model\.lr_ref_batch='sixteen' \(str\): expected int"):
+        train(train_config(["model.lr_ref_batch=sixteen"], output_dir=tmp_path))
+    assert not any(tmp_path.iterdir())
+
+
+def test_unknown_keys_get_the_closest_key_and_the_list():
+    hint = unknown_key_hint(["backbone=resnet50", "model.lr_typo=1", "modle.lr=3", "data.augment.rotate=5",
+                             "+model.new_key=1", "model.lr=3", "hydra.run.dir=x"], CONFIG_DIR)
+    lines = hint.splitlines()
+    assert len(lines) == 3
+    assert lines[0].startswith("model has no key 'lr_typo' (did you mean 'lr'?); its keys: backbone, batch_size")
+    assert lines[1].startswith("the config has no key 'modle' (did you mean 'model'?)")
+    assert lines[2].startswith("data.augment has no key 'rotate' (did you mean 'rotation'?)")
+    assert unknown_key_hint(["model.lr=3"], CONFIG_DIR) is None
+
+
+def _cli(*args: str, cwd) -> subprocess.Popen:
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "strongpose.train", "logger=none", "hydra.run.dir=run", *args],
+                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_the_cli_explains_a_typo_a_wrong_type_and_an_unknown_option(tmp_path):
+    # three processes at once: most of their time is importing
+    runs = {name: _cli(arg, cwd=tmp_path) for name, arg in
+            [("typo", "model.lr_typo=1"), ("type", "data.input_size=big"), ("option", "backbone=resnet51")]}
+    out = {name: (proc.communicate(timeout=300)[0], proc.returncode) for name, proc in runs.items()}
+    assert all(code != 0 for _, code in out.values())
+    typo, wrong_type, option = out["typo"][0], out["type"][0], out["option"][0]
+    assert "Key 'lr_typo' is not in struct" in typo  # Hydra's own message, then ours
+    assert "model has no key 'lr_typo' (did you mean 'lr'?); its keys: backbone, batch_size, heads" in typo
+    assert "ConfigError: wrong type in the config:\n  data.input_size='big' (str): expected int" in wrong_type
+    assert "Could not find 'backbone/resnet51'" in option and "Available options in 'backbone'" in option
+    assert "resnet50" in option.split("Available options")[-1]
