@@ -23,8 +23,7 @@ def crash_resume():
 
 @pytest.mark.slow
 def test_killed_at_an_epoch_end_and_resumed_matches_the_uninterrupted_run_bit_for_bit(crash_resume, tmp_path):
-    # at an epoch end: the data module's loader is not resumable mid-epoch (Lightning replays the epoch's
-    # first batches then, see RESULTS.md); the step count and LR continue either way
+    # at an epoch end (mid-epoch resume, also exact, is tested in process by test_mid_epoch_resume.py)
     r = crash_resume.crash_and_resume(tmp_path)
     assert 0 < r["killed_at"] < STEPS_PER_EPOCH * EPOCHS and r["killed_at"] % STEPS_PER_EPOCH == 0
     assert r["steps_resumed"] == r["steps_reference"] == STEPS_PER_EPOCH * EPOCHS

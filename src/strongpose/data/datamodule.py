@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from strongpose.codec import StrongPoseCodec
 from strongpose.data.coco import COCOKeypointDataset, empty_sample
 from strongpose.data.collate import SkipBadCollate, SkippedSample
+from strongpose.data.resumable import ResumableDataLoader
 from strongpose.data.sample import sample_paths
 from strongpose.data.sampling import SeededSampler, init_worker
 from strongpose.data.transforms import AugmentConfig
@@ -102,6 +103,7 @@ class COCOKeypointDataModule(L.LightningDataModule):
         self.bad_counts = {"train": [0, 0], "val": [0, 0]}  # stage -> [skipped, seen]
         self.bad_samples_file = Path(bad_samples_file) if bad_samples_file is not None else None
         self._named: set[tuple[str, int]] = set()  # (stage, image id) already logged and listed
+        self._resume_at: dict[str, int] = {}  # train position from a checkpoint, for the next train loader
 
     def setup(self, stage: str | None = None) -> None:
         """Reads the annotation files (a missing or malformed one raises here, naming its path)."""
@@ -114,24 +116,55 @@ class COCOKeypointDataModule(L.LightningDataModule):
                 *self.val_paths, codec=self.codec, input_size=self.input_size, train=False,
                 max_images=self.max_val_images)
 
-    def _loader(self, dataset: COCOKeypointDataset, batch_size: int, sampler: SeededSampler | None) -> DataLoader:
+    def _loader(self, dataset: COCOKeypointDataset, batch_size: int, sampler: SeededSampler | None,
+                loader_class: type[DataLoader] = DataLoader, **extra: Any) -> DataLoader:
         if self.num_workers > 0:
             # OpenCV's thread pool is not fork-safe (a test run here once hung with both workers in a
             # futex); with one thread OpenCV runs loops inline instead of through the pool, and the
             # workers parallelise anyway (mmengine does the same). Affects this whole process.
             cv2.setNumThreads(0)
-        return DataLoader(
+        return loader_class(
             dataset, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
             pin_memory=self.pin_memory, persistent_workers=self.persistent_workers,
             collate_fn=SkipBadCollate(functools.partial(empty_sample, self.codec, self.input_size)),
             # the loader draws each epoch's worker base seed from this generator (see init_worker)
-            worker_init_fn=init_worker, generator=torch.Generator().manual_seed(self.seed))
+            worker_init_fn=init_worker, generator=torch.Generator().manual_seed(self.seed), **extra)
 
     def train_dataloader(self) -> DataLoader:
         if self.train_dataset is None:
             self.setup("fit")
         sampler = SeededSampler(len(self.train_dataset), seed=self.seed, shuffle=True)
-        return self._loader(self.train_dataset, self.batch_size, sampler)
+        # resumable mid-epoch: a checkpoint records the position, a resume skips what was trained on
+        loader = self._loader(self.train_dataset, self.batch_size, sampler, ResumableDataLoader,
+                              position=self._train_position)
+        if self._resume_at:
+            loader.load_state_dict(self._resume_at)
+            self._resume_at = {}
+        return loader
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in checkpoints: where training is in its epoch (see :class:`ResumableDataLoader`)."""
+        position = self._train_position()
+        return {} if position is None else {"train_position": {"epoch": position[0], "batches": position[1]}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Lightning restores the loader's own state only if it builds the loader after restoring the loops,
+        # but configure_optimizers (trainer.estimated_stepping_batches) builds it, and starts iterating it,
+        # before; the data module is restored first, so the loader is built resumed
+        self._resume_at = dict(state_dict.get("train_position", {}))
+
+    def _train_position(self) -> tuple[int, int] | None:
+        """(epoch of the next training batch, batches of it done) from the trainer's loop progress.
+
+        ``processed`` is exactly how many batches Lightning counts as done when it resumes: a checkpoint
+        from ``on_train_batch_end`` includes that batch, one from an exception mid-step does not."""
+        trainer = self.trainer
+        if trainer is None:
+            return None
+        epoch, done = trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if done >= trainer.num_training_batches:  # the epoch is over (also with limit_train_batches)
+            return epoch + 1, 0
+        return epoch, done
 
     def val_dataloader(self) -> DataLoader:
         if self.val_dataset is None:

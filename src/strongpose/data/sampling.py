@@ -46,9 +46,18 @@ class SeededSampler(DistributedSampler):
         self.num_samples = math.ceil(self.size / self.num_replicas)
         self.total_size = self.num_samples * self.num_replicas
         self.epoch = 0
+        self._skip: tuple[int, int] | None = None  # (epoch, keys of this rank's shard to skip), see resume
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+
+    def resume(self, epoch: int, skip: int) -> None:
+        """Make the next iteration epoch ``epoch`` without the first ``skip`` keys of this rank's shard (those
+        a checkpoint's run already trained on): a mid-epoch resume then sees exactly the rest of the epoch.
+        The epoch is set here too because a DataLoader with workers draws indices as soon as its iterator
+        exists, which Lightning creates before it calls :meth:`set_epoch`."""
+        self.epoch = int(epoch)
+        self._skip = (int(epoch), int(skip))
 
     def __len__(self) -> int:
         return self.num_samples
@@ -63,7 +72,12 @@ class SeededSampler(DistributedSampler):
             order = list(range(self.size))
         if self.size:
             order = (order * math.ceil(self.total_size / self.size))[: self.total_size]  # pad with the first keys
-        return iter([(i, epoch) for i in order[self.rank :: self.num_replicas]])
+        keys = order[self.rank :: self.num_replicas]
+        if self._skip is not None:  # one iteration only, and only the epoch it was meant for
+            skip_epoch, skip = self._skip
+            self._skip = None
+            keys = keys[skip:] if skip_epoch == epoch else keys
+        return iter([(i, epoch) for i in keys])
 
 
 def init_worker(worker_id: int) -> None:

@@ -1,0 +1,52 @@
+"""A training DataLoader that resumes mid-epoch: checkpoints record how far into its epoch training got, and
+the resumed run's first epoch goes on from there (the sampler skips the trained keys: they are not read).
+
+Lightning saves ``state_dict()`` of every train loader that has one (the checkpoint's ``loops`` entry) and
+calls ``load_state_dict()`` when it resumes, just before it creates the loader's first iterator; without
+them it replays the epoch's first batches and warns that the loader is not resumable. (torchdata's
+StatefulDataLoader would do this too, but it is another dependency and snapshots worker state we do not
+need: the data order and each sample's augmentation depend on (seed, epoch, index) only.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch.utils.data import DataLoader
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader over a :class:`~strongpose.data.sampling.SeededSampler`, resumable mid-epoch.
+
+    Args:
+        *args, **kwargs: DataLoader's.
+        position: returns ``(epoch, batches)``: the epoch the next batch belongs to and how many of its
+            batches training has done (None: unknown, nothing is saved and a resume restarts the epoch).
+            It comes from the trainer's loop progress, not from this loader: Lightning prefetches a batch
+            when a loader has no length, and it replays a batch that was fetched but not trained on (a
+            checkpoint written from an exception mid-step), so only the loop knows what was consumed.
+    """
+
+    def __init__(self, *args: Any, position: Callable[[], tuple[int, int] | None] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.position = position
+
+    def state_dict(self) -> dict[str, int]:
+        position = self.position() if self.position is not None else None
+        if position is None:
+            return {}
+        epoch, batches = position
+        return {"epoch": int(epoch), "batches": int(batches)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if not state:
+            return
+        resume = getattr(self.sampler, "resume", None)
+        if not callable(resume):
+            raise TypeError(f"ResumableDataLoader needs a sampler with resume(epoch, skip) (a SeededSampler), "
+                            f"got {type(self.sampler).__name__}")
+        # every consumed batch was full (only an epoch's last one can be short); under DDP each rank skips
+        # as many keys of its own shard, since all ranks step together
+        resume(state["epoch"], state["batches"] * self.batch_size)

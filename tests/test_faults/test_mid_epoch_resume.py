@@ -1,0 +1,103 @@
+"""A run interrupted mid-epoch (Ctrl-C's interrupted.ckpt) and resumed ends with the same weights as an
+uninterrupted run: the resumed epoch goes on with the batches it had not trained on (for any num_workers),
+and Lightning does not warn that the loader is not resumable. The sampler skips per DDP rank."""
+
+import os
+import signal
+
+import pytest
+import torch
+
+from strongpose.data.sampling import SeededSampler
+from strongpose.lit_module import StrongPoseModule
+from strongpose.train import train
+
+# 4 images in batches of 2: 2 steps per epoch, 2 epochs; no validation (it does not change the weights)
+RUN = ["data.max_train_images=4", "trainer.max_epochs=2", "trainer.limit_val_batches=0",
+       "callbacks.coco_eval=null", "callbacks.progress_bar=null", "backbone.neck_channels=32",
+       "model.heads.width=32", "callbacks.model_checkpoint.monitor=null"]
+INTERRUPT_AT = 3  # the first step of the second epoch: the checkpoint is 1 batch into epoch 1
+
+
+def weights(path):
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    return checkpoint["global_step"], {**checkpoint["state_dict"], **{
+        f"raw.{k}": v for k, v in checkpoint["current_model_state"].items()}}  # EMA and raw weights
+
+
+@pytest.fixture
+def ctrl_c_during_step(monkeypatch):
+    """``arm(n)``: the process sends itself SIGINT during its n-th training step; yields the batch ids."""
+    previous = signal.getsignal(signal.SIGINT)
+    real_step = StrongPoseModule.training_step
+    seen = []
+
+    def arm(n):
+        def step(self, batch, batch_idx):
+            seen.append(batch["meta"]["image_id"].tolist())
+            if n is not None and len(seen) == n:
+                os.kill(os.getpid(), signal.SIGINT)  # InterruptCheckpoint saves after this step
+            return real_step(self, batch, batch_idx)
+
+        monkeypatch.setattr(StrongPoseModule, "training_step", step)
+        seen.clear()
+        return seen
+
+    yield arm
+    signal.signal(signal.SIGINT, previous)  # Lightning leaves Ctrl-C ignored after a KeyboardInterrupt
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [0, 2])
+def test_interrupted_mid_epoch_and_resumed_matches_the_uninterrupted_run(train_config, tmp_path, recwarn,
+                                                                         ctrl_c_during_step, workers):
+    run = [*RUN, f"data.num_workers={workers}"]
+    reference = ctrl_c_during_step(None)
+    train(train_config(run, output_dir=tmp_path / "reference"))
+    reference = list(reference)
+
+    interrupted = ctrl_c_during_step(INTERRUPT_AT)
+    with pytest.raises(SystemExit):
+        train(train_config(run, output_dir=tmp_path / "run"))
+    saved = tmp_path / "run" / "checkpoints" / "interrupted.ckpt"
+    checkpoint = torch.load(saved, map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == INTERRUPT_AT and checkpoint["epoch"] == 1  # mid-epoch
+    assert checkpoint["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches": 1}]
+    interrupted = list(interrupted)
+
+    resumed = ctrl_c_during_step(None)
+    train(train_config([*run, f"ckpt_path={saved}"], output_dir=tmp_path / "resumed"))
+    assert interrupted + resumed == reference  # the same batches, none replayed, none missed
+    assert not [w for w in recwarn if "not resumable" in str(w.message)]
+
+    step_a, a = weights(tmp_path / "reference" / "checkpoints" / "last.ckpt")
+    step_b, b = weights(tmp_path / "resumed" / "checkpoints" / "last.ckpt")
+    assert step_a == step_b == 4 and a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "weights differ"  # bit for bit
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_each_rank_skips_its_own_consumed_keys(world):
+    size, epoch, batch, done = 11, 3, 2, 1
+    for rank in range(world):
+        full = SeededSampler(size, seed=5, num_replicas=world, rank=rank)
+        full.set_epoch(epoch)
+        keys = list(full)
+        resumed = SeededSampler(size, seed=5, num_replicas=world, rank=rank)
+        resumed.resume(epoch, done * batch)  # no set_epoch: a loader's workers draw keys before Lightning calls it
+        assert list(resumed) == keys[done * batch:] and keys[0][1] == epoch
+        assert list(resumed) == [(i, epoch + 1) for i, _ in _epoch(size, 5, world, rank, epoch + 1)]  # once only
+        assert len(resumed) == len(full)  # Lightning counts the epoch's batches from the full length
+
+
+def test_a_skip_meant_for_another_epoch_is_dropped():
+    sampler = SeededSampler(8, seed=0)
+    sampler.resume(2, 4)
+    sampler.set_epoch(3)  # e.g. the checkpoint's epoch was over after all
+    assert len(list(sampler)) == 8
+
+
+def _epoch(size, seed, world, rank, epoch):
+    sampler = SeededSampler(size, seed=seed, num_replicas=world, rank=rank)
+    sampler.set_epoch(epoch)
+    return list(sampler)
