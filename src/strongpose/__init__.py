@@ -10,4 +10,14 @@ from strongpose.skeleton import COCO_PERSON, CROWDPOSE, Skeleton, get_skeleton  
 from strongpose.structures import Poses  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["COCO_PERSON", "CROWDPOSE", "Poses", "Skeleton", "StrongPoseCodec", "get_skeleton"]
+__all__ = ["COCO_PERSON", "CROWDPOSE", "Poses", "Skeleton", "StrongPoseCodec", "get_skeleton", "load"]
+
+
+def __getattr__(name: str):
+    # `strongpose.load` imports the inference stack (albumentations; Lightning and Hydra when called) on first use,
+    # so that `import strongpose` stays light
+    if name == "load":
+        from strongpose.inference import load
+
+        return load
+    raise AttributeError(f"module 'strongpose' has no attribute {name!r}")

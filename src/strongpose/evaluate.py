@@ -1,0 +1,107 @@
+"""COCO keypoint evaluation of a checkpoint: ``python -m strongpose.evaluate ckpt_path=CKPT
+[data.val_images=DIR data.val_annotations=JSON] [test.flip=true] [test.scales=[1,1.5]]`` (Hydra, config
+``strongpose/conf/evaluate.yaml``; no data paths = the embedded sample).
+
+Runs :class:`strongpose.inference.Predictor` (validation preprocessing and the test-time options of the
+``test`` group) over the validation images, prints COCOeval's table and writes into the run folder
+``results.json`` (COCO keypoint results in original-image pixels) and ``summary.json`` (AP ... AR, options,
+checkpoint, timing, skipped images).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig
+
+from strongpose.data.annotations import read_image
+from strongpose.data.coco import COCOKeypointDataset
+from strongpose.data.sample import sample_paths
+from strongpose.evaluation.coco_eval import coco_keypoint_stats
+from strongpose.inference.cli import add_timing, predictor_from_config, timing_summary, write_json
+from strongpose.inference.images import ImageFiles, image_batches
+from strongpose.structures import Poses
+
+
+class DatasetImage:
+    """``index -> RGB image`` of a dataset, checked against its annotated size (picklable, for workers)."""
+
+    def __init__(self, dataset: COCOKeypointDataset) -> None:
+        self.dataset = dataset
+
+    def __call__(self, index: int) -> np.ndarray:
+        info = self.dataset.coco.imgs[self.dataset.image_ids[index]]
+        return read_image(self.dataset.images_dir / info["file_name"], (info["height"], info["width"]))
+
+
+def files_head(files: ImageFiles, count: int) -> list[dict]:
+    return [files[i] for i in range(min(count, len(files)))]
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate as ``cfg`` says; returns the summary (also written to ``summary.json``)."""
+    data = cfg.data
+    if (data.val_images is None) != (data.val_annotations is None):
+        raise ValueError("give both data.val_images and data.val_annotations, or neither (= embedded sample)")
+    images_dir, annotations = ((data.val_images, data.val_annotations) if data.val_images is not None
+                               else sample_paths())
+    predictor = predictor_from_config(cfg, data.input_size)
+    dataset = COCOKeypointDataset(images_dir, annotations, predictor.codec, input_size=predictor.input_size,
+                                  train=False, max_images=data.max_val_images)
+    files = ImageFiles(range(len(dataset)), read=DatasetImage(dataset))
+    batch_size = int(data.val_batch_size or data.batch_size)
+    results, evaluated, skipped, totals = [], [], [], {}
+    if cfg.warmup:  # first calls set things up (allocations, kernels): time the steady state
+        warm = [item["image"] for item in files_head(files, batch_size) if item["image"] is not None]
+        predictor.predict_batch(warm, batch_size=batch_size)
+    start = time.perf_counter()
+    for batch in image_batches(files, batch_size, int(data.num_workers)):
+        good = [item for item in batch if item["image"] is not None]
+        skipped += [{"image_id": dataset.image_ids[item["key"]], "reason": item["error"]} for item in batch
+                    if item["image"] is None]
+        poses: list[Poses] = predictor.predict_batch([item["image"] for item in good], batch_size=batch_size)
+        add_timing(totals, predictor.last_timing)
+        for item, p in zip(good, poses):
+            image_id = dataset.image_ids[item["key"]]
+            evaluated.append(image_id)
+            results += p.to_coco(image_id, dataset.category_id)
+    wall = time.perf_counter() - start
+    for item in skipped:
+        print(f"skipped image {item['image_id']}: {item['reason']}")
+    stats = coco_keypoint_stats(dataset.coco, results, evaluated, sigmas=predictor.codec.skeleton.sigmas,
+                                verbose=True, backend=cfg.backend)
+    if not results:
+        print("no people found in any image: every statistic is 0")
+    out = Path(cfg.paths.output_dir)
+    results_path = write_json(out / "results.json", results)
+    summary = {
+        "stats": stats,
+        "checkpoint": str(cfg.ckpt_path),
+        "annotations": str(annotations),
+        "images": len(evaluated),
+        "people": len(results),
+        "skipped": skipped,
+        "options": {**predictor.options, "device": str(predictor.device), "batch_size": batch_size,
+                    "warmup": bool(cfg.warmup)},
+        "timing": timing_summary(totals, len(evaluated), wall),
+        "results": str(results_path),
+    }
+    summary_path = write_json(out / "summary.json", summary)
+    print(" ".join(f"{name}={value:.4f}" for name, value in stats.items()))
+    print(f"Evaluated {len(evaluated)} images ({len(skipped)} skipped); results {results_path}, "
+          f"summary {summary_path}")
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+def main(cfg: DictConfig) -> float:
+    """Returns AP, so that a Hydra sweep over test options can maximise it."""
+    return run(cfg)["stats"]["AP"]
+
+
+if __name__ == "__main__":
+    main()

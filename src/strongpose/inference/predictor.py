@@ -1,0 +1,185 @@
+"""Predictor: images in, people in original-image pixels out, batched on the device; ``load`` builds it from a
+checkpoint alone. The spec shared with the export / notebook code is ``notes/inference_api.md``."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from strongpose.codec import StrongPoseCodec
+from strongpose.data.annotations import ImageAnnotations
+from strongpose.data.coco import IMAGENET_MEAN, IMAGENET_STD, normalise
+from strongpose.data.transforms import ValTransform, to_original
+from strongpose.inference.images import ImageLike, as_rgb_array
+from strongpose.inference.test_time import flip_average, fuse_scales, scale_sizes, threshold_poses
+from strongpose.models.network import to_probabilities
+from strongpose.structures import Poses
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """None: the first CUDA device when there is one, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Predictor:
+    """Runs a trained StrongPose module on images: validation preprocessing, network, decoding, results
+    in original-image pixels.
+
+    Args:
+        module: a :class:`~strongpose.lit_module.StrongPoseModule` (or anything with ``codec`` and a
+            ``forward(images) -> raw outputs``, heat-map logits and offsets in input pixels).
+        input_size: square input size S (the longer image side is resized to S, the rest padded).
+        device: where the network and decoding run (None: CUDA when available).
+        flip: flip test: also run the mirrored image and average the maps mapped back.
+        scales: multi-scale test: run at input sizes S x s and fuse the maps on the S grid.
+        keypoint_threshold: keypoints scoring below get score 0.
+        person_threshold: people scoring below are dropped.
+    """
+
+    def __init__(self, module: torch.nn.Module, input_size: int, device: str | torch.device | None = None,
+                 flip: bool = False, scales: Iterable[float] = (1.0,), keypoint_threshold: float | None = None,
+                 person_threshold: float | None = None) -> None:
+        self.device = resolve_device(device)
+        self.module = module.to(self.device).eval()
+        self.input_size = int(input_size)
+        self.flip = bool(flip)
+        self.scales = tuple(float(s) for s in scales)
+        self.sizes = scale_sizes(self.input_size, self.scales, self.codec.stride)
+        self.keypoint_threshold = keypoint_threshold
+        self.person_threshold = person_threshold
+        # the reference grid the scales are fused on is scale 1 (input_size), run or not
+        self._transforms = {size: ValTransform(size) for size in {*self.sizes, self.input_size}}
+        self.last_timing: dict[str, float] = {}
+        self.checkpoint: Path | None = None
+        self.run_config: dict | None = None
+
+    @property
+    def codec(self) -> StrongPoseCodec:
+        return self.module.codec
+
+    @property
+    def options(self) -> dict:
+        """The test-time options, as the ``test`` config group spells them."""
+        return {"flip": self.flip, "scales": list(self.scales), "keypoint_threshold": self.keypoint_threshold,
+                "person_threshold": self.person_threshold, "input_size": self.input_size}
+
+    def __repr__(self) -> str:
+        return (f"Predictor({self.codec}, input_size={self.input_size}, device={self.device}, "
+                f"flip={self.flip}, scales={list(self.scales)})")
+
+    # ------------------------------------------------------------------ public
+    def predict(self, image: ImageLike) -> Poses:
+        """People of one image (a path, an (H, W, 3) uint8 RGB array or a (3, H, W) uint8 tensor)."""
+        return self.predict_batch([image], batch_size=1)[0]
+
+    def predict_batch(self, images: Iterable[ImageLike], batch_size: int = 8) -> list[Poses]:
+        """People of each image, in order, ``batch_size`` images per network call. ``last_timing`` gets
+        this call's totals: ``preprocess_ms`` (reading, resizing), ``network_ms``, ``decode_ms`` (fusion,
+        decoding, mapping back) and ``images``."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        timing = {"preprocess_ms": 0.0, "network_ms": 0.0, "decode_ms": 0.0, "images": 0}
+        results: list[Poses] = []
+        iterator = iter(images)
+        while chunk := list(itertools.islice(iterator, batch_size)):
+            results += self._predict_chunk(chunk, timing)
+        self.last_timing = timing
+        return results
+
+    # ------------------------------------------------------------------ steps
+    def preprocess(self, images: list[np.ndarray], size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, S', S') normalised batch on the device (S' = ``size``, padded up to a multiple of the stride
+        when flipping, so that the mirror is exact) and the (B, 2, 3) input -> original affines."""
+        transform = self._transforms[size]
+        tensors, affines = [], []
+        for image in images:
+            h, w = image.shape[:2]
+            none = ImageAnnotations(np.zeros((0, self.codec.num_keypoints, 3), np.float32),
+                                    np.zeros((0, 4), np.float32), np.zeros((0, h, w), np.uint8),
+                                    np.zeros((h, w), np.uint8))
+            sample = transform(image, none)  # the validation transform itself, not a copy of it
+            tensors.append(normalise(sample.image))
+            affines.append(torch.from_numpy(sample.affine))
+        batch = torch.stack(tensors).to(self.device, non_blocking=True)
+        stride = self.codec.stride
+        extra = -size % stride
+        if self.flip and extra:
+            # pad with what a black pixel normalises to, as the transform pads
+            fill = torch.as_tensor(-IMAGENET_MEAN / IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
+            batch = F.pad(batch - fill, (0, extra, 0, extra)) + fill
+        return batch, torch.stack(affines)
+
+    def network(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Decode-ready maps (probabilities, offsets) of a normalised batch, flip-averaged when flipping."""
+        if not self.flip:
+            return to_probabilities(self.module(batch))
+        both = to_probabilities(self.module(torch.cat([batch, batch.flip(-1)])))
+        n = len(batch)
+        return flip_average({k: v[:n] for k, v in both.items()}, {k: v[n:] for k, v in both.items()}, self.codec)
+
+    @torch.inference_mode()
+    def _predict_chunk(self, chunk: list[ImageLike], timing: dict) -> list[Poses]:
+        t0 = time.perf_counter()
+        arrays = [as_rgb_array(image) for image in chunk]
+        timing["preprocess_ms"] += 1e3 * (time.perf_counter() - t0)
+        per_scale = []
+        for size in self.sizes:
+            t1 = time.perf_counter()
+            batch, affines = self.preprocess(arrays, size)
+            t2 = time.perf_counter()
+            per_scale.append((self.network(batch), affines))
+            self._sync()
+            timing["preprocess_ms"] += 1e3 * (t2 - t1)
+            timing["network_ms"] += 1e3 * (time.perf_counter() - t2)
+        t3 = time.perf_counter()
+        if self.sizes == [self.input_size]:
+            ref_affines = per_scale[0][1]
+            poses = self.codec.decode(per_scale[0][0])
+        else:
+            ref_affines = self._reference_affines(arrays, per_scale)
+            ref_hw = self.codec.map_size((self.input_size, self.input_size))
+            fused, scores = fuse_scales(per_scale, ref_affines, ref_hw, self.codec)
+            poses = self.codec.decode(fused, keypoint_scores=scores)
+        poses = [threshold_poses(Poses(to_original(p.keypoints, a), p.scores), self.keypoint_threshold,
+                                 self.person_threshold) for p, a in zip(poses, ref_affines)]
+        timing["decode_ms"] += 1e3 * (time.perf_counter() - t3)
+        timing["images"] += len(arrays)
+        return poses
+
+    def _reference_affines(self, arrays: list[np.ndarray], per_scale: list) -> torch.Tensor:
+        if self.input_size in self.sizes:
+            return per_scale[self.sizes.index(self.input_size)][1]
+        return self.preprocess(arrays, self.input_size)[1]
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def load(checkpoint: str | Path, device: str | torch.device | None = None, flip: bool = False,
+         scales: Iterable[float] = (1.0,), keypoint_threshold: float | None = None,
+         person_threshold: float | None = None, input_size: int | None = None) -> Predictor:
+    """A :class:`Predictor` of a checkpoint written by ``strongpose.train`` (the checkpoint alone: codec,
+    backbone and heads come from the run config stored in it). ``input_size`` defaults to the training
+    run's ``data.input_size``; the other arguments are :class:`Predictor`'s."""
+    from strongpose.checkpoint import CheckpointError, module_from_checkpoint
+
+    device = resolve_device(device)
+    module, cfg = module_from_checkpoint(checkpoint, map_location=device)
+    if input_size is None:
+        input_size = (cfg.get("data") or {}).get("input_size")
+        if input_size is None:
+            raise CheckpointError(f"checkpoint {checkpoint} has no data.input_size in its run config: "
+                                  f"pass input_size")
+    predictor = Predictor(module, int(input_size), device, flip=flip, scales=scales,
+                          keypoint_threshold=keypoint_threshold, person_threshold=person_threshold)
+    predictor.checkpoint, predictor.run_config = Path(checkpoint), cfg
+    return predictor

@@ -1,0 +1,152 @@
+"""People in images or a video: ``python -m strongpose.predict ckpt_path=CKPT input=PATH [output=DIR]
+[score_threshold=0.3] [batch_size=8] [test.flip=true]`` (Hydra, config ``strongpose/conf/predict.yaml``).
+
+PATH is an image, a folder of images or a video (OpenCV reads it). Writes into DIR (default: the run
+folder) ``results.json``: COCO keypoint results in original-image pixels, each with its ``file_name``
+(``image_id`` is the file name's stem, as an integer when it is one, or the frame number of a video);
+``summary.json`` (counts, skipped files and why, options, timing); and the drawn images (same file names)
+or the drawn video (``<name>_poses.mp4``). Unreadable images are reported and skipped; the others go on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from strongpose.inference import Predictor
+from strongpose.inference.cli import add_timing, predictor_from_config, timing_summary, write_json
+from strongpose.inference.images import (IMAGE_SUFFIXES, VIDEO_SUFFIXES, ImageFiles, VideoFrames, image_batches,
+                                         list_images, video_writer)
+from strongpose.structures import Poses
+from strongpose.viz import draw_poses
+
+
+def image_id(stem: str) -> int | str:
+    """COCO image id of a file: its stem as an integer when it is one (COCO's ``000000000785.jpg`` -> 785)."""
+    return int(stem) if stem.isdigit() else stem
+
+
+def coco_entries(poses: Poses, image_id: int | str, file_name: str) -> list[dict]:
+    """:meth:`Poses.to_coco`, with ids that need not be integers and the image's file name."""
+    return [{**entry, "image_id": image_id, "file_name": file_name} for entry in poses.to_coco(0)]
+
+
+def draw(image: np.ndarray, poses: Poses, predictor: Predictor, keypoint_threshold: float) -> np.ndarray:
+    """(H, W, 3) RGB -> drawn (H, W, 3) BGR, ready for OpenCV's writers."""
+    drawn = draw_poses(torch.from_numpy(image).permute(2, 0, 1), poses, predictor.codec.skeleton,
+                       score_threshold=keypoint_threshold)
+    return cv2.cvtColor(drawn.permute(1, 2, 0).numpy(), cv2.COLOR_RGB2BGR)
+
+
+def predict_images(predictor: Predictor, paths: list[Path], out: Path, cfg: DictConfig,
+                   totals: dict) -> tuple[list, list, int]:
+    """Results of image files; returns (results, skipped [{file, reason}], images done)."""
+    results, skipped, done = [], [], 0
+    with tqdm(total=len(paths), unit="img", desc="predict", file=sys.stderr) as bar:
+        for batch in image_batches(ImageFiles(paths), int(cfg.batch_size), int(cfg.num_workers)):
+            good = [item for item in batch if item["image"] is not None]
+            for item in batch:
+                if item["image"] is None:
+                    skipped.append({"file": str(item["key"]), "reason": item["error"]})
+                    bar.write(f"skipped {item['key']}: {item['error']}", file=sys.stderr)
+            poses = predictor.predict_batch([item["image"] for item in good], batch_size=int(cfg.batch_size))
+            add_timing(totals, predictor.last_timing)
+            for item, p in zip(good, poses):
+                path: Path = item["key"]
+                results += coco_entries(p, image_id(path.stem), path.name)
+                if cfg.draw and not cv2.imwrite(str(out / path.name), draw(item["image"], p, predictor,
+                                                                           cfg.draw_keypoint_threshold)):
+                    raise OSError(f"cannot write the drawn image {out / path.name}")
+            done += len(good)
+            bar.update(len(batch))
+    return results, skipped, done
+
+
+def predict_video(predictor: Predictor, path: Path, out: Path, cfg: DictConfig,
+                  totals: dict) -> tuple[list, Path | None, int]:
+    """Results of every frame (image id = frame number); returns (results, drawn video, frames)."""
+    video = VideoFrames(path)
+    drawn = out / f"{path.stem}_poses.mp4"
+    writer = video_writer(drawn, video.fps, video.size) if cfg.draw else None
+    results, frame = [], 0
+    frames = iter(video)
+    try:
+        with tqdm(total=video.frame_count or None, unit="frame", desc="predict", file=sys.stderr) as bar:
+            while chunk := list(itertools.islice(frames, int(cfg.batch_size))):
+                poses = predictor.predict_batch(chunk, batch_size=int(cfg.batch_size))
+                add_timing(totals, predictor.last_timing)
+                for image, p in zip(chunk, poses):
+                    results += coco_entries(p, frame, path.name)
+                    if writer is not None:
+                        writer.write(draw(image, p, predictor, cfg.draw_keypoint_threshold))
+                    frame += 1
+                bar.update(len(chunk))
+    finally:
+        if writer is not None:
+            writer.release()
+    return results, drawn if writer is not None else None, frame
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Predict as ``cfg`` says; returns the summary (also written to ``summary.json``)."""
+    source = Path(cfg.input)
+    if not source.exists():
+        raise FileNotFoundError(f"input {source} does not exist")
+    suffix = source.suffix.lower()
+    if source.is_file() and suffix not in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
+        raise ValueError(f"input {source}: unknown file type {suffix!r}; images: {' '.join(IMAGE_SUFFIXES)}, "
+                         f"videos: {' '.join(VIDEO_SUFFIXES)}")
+    out = Path(cfg.output if cfg.output is not None else cfg.paths.output_dir)
+    if source.is_dir() and out.resolve() == source.resolve() and cfg.draw:
+        raise ValueError(f"output {out} is the input folder: the drawn images would replace the originals")
+    out.mkdir(parents=True, exist_ok=True)
+    predictor = predictor_from_config(cfg, cfg.input_size)
+    totals: dict[str, float] = {}
+    skipped: list[dict] = []
+    drawn: Path | None = out if cfg.draw else None
+    start = time.perf_counter()
+    if source.is_file() and suffix in VIDEO_SUFFIXES:
+        results, drawn, done = predict_video(predictor, source, out, cfg, totals)
+    else:
+        paths = list_images(source) if source.is_dir() else [source]
+        if not paths:
+            raise ValueError(f"input folder {source} holds no images ({' '.join(IMAGE_SUFFIXES)})")
+        results, skipped, done = predict_images(predictor, paths, out, cfg, totals)
+    wall = time.perf_counter() - start
+    results_path = write_json(out / "results.json", results)
+    summary = {
+        "input": str(source),
+        "checkpoint": str(cfg.ckpt_path),
+        "images": done,
+        "people": len(results),
+        "num_skipped": len(skipped),
+        "skipped": skipped,
+        "options": {**predictor.options, "device": str(predictor.device), "batch_size": int(cfg.batch_size)},
+        "timing": timing_summary(totals, done, wall),
+        "results": str(results_path),
+        "drawn": str(drawn) if drawn is not None else None,
+    }
+    write_json(out / "summary.json", summary)
+    unit = "frames" if suffix in VIDEO_SUFFIXES and source.is_file() else "images"
+    print(f"Predicted {len(results)} people in {done} {unit} ({len(skipped)} skipped); results {results_path}"
+          + (f", drawn in {drawn}" if drawn else ""))
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""python -m strongpose.evaluate / strongpose.predict: files written, bad images skipped, video, thresholds."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from strongpose import evaluate, predict
+from strongpose.data.sample import sample_paths
+from strongpose.evaluation import STAT_NAMES
+from strongpose.train import CONFIG_DIR
+
+
+def config(name, overrides):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(name, overrides=overrides)
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """Two sample images, one with a stem that is no number, a corrupt .jpg and a text file."""
+    folder = tmp_path_factory.mktemp("images")
+    first, second = sorted(sample_paths()[0].glob("*.jpg"))[:2]
+    shutil.copy(first, folder / first.name)
+    shutil.copy(second, folder / "street scene.jpg")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    (folder / "notes.txt").write_text("not an image")
+    return folder, first
+
+
+def test_evaluate_writes_results_and_summary(tiny_checkpoint, tmp_path, capsys):
+    cfg = config("evaluate", [f"ckpt_path={tiny_checkpoint}", f"paths.output_dir={tmp_path}",
+                              "data.max_val_images=3", "test.flip=true"])
+    summary = evaluate.run(cfg)
+    out = capsys.readouterr().out
+    assert "Average Precision" in out and str(tmp_path / "summary.json") in out  # COCOeval's table, where
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    assert set(summary["stats"]) == set(STAT_NAMES)
+    assert summary["images"] == 3 and summary["skipped"] == []
+    assert summary["options"]["flip"] is True and summary["options"]["input_size"] == 64
+    assert summary["timing"]["network_ms_per_image"] > 0 and summary["timing"]["decode_ms_per_image"] > 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    first_ids = sorted(json.loads(sample_paths()[1].read_text())["images"], key=lambda i: i["id"])[:3]
+    sizes = {i["id"]: (i["width"], i["height"]) for i in first_ids}
+    assert len(results) == summary["people"] > 0 and {r["image_id"] for r in results} <= set(sizes)
+    for r in results:  # original pixels: x up to the image width, not the 64 px input
+        assert max(r["keypoints"][0::3]) <= sizes[r["image_id"]][0] + 16
+    assert max(max(r["keypoints"][0::3]) for r in results) > 64
+
+
+@pytest.mark.slow
+def test_evaluate_cli(tiny_checkpoint, tmp_path):
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    done = subprocess.run([sys.executable, "-m", "strongpose.evaluate", f"ckpt_path={tiny_checkpoint}",
+                           "data.max_val_images=2", "warmup=false", "hydra.run.dir=run"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Evaluated 2 images" in done.stdout
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["images"] == 2 and (tmp_path / "run" / "results.json").is_file()
+
+
+def test_predict_folder_skips_the_corrupt_file_and_does_the_rest(tiny_checkpoint, image_folder, tmp_path):
+    folder, first = image_folder
+    summary = predict.run(config("predict", [f"ckpt_path={tiny_checkpoint}", f"input={folder}",
+                                             f"output={tmp_path}", "batch_size=2"]))
+    assert summary["images"] == 2 and summary["num_skipped"] == 1
+    assert summary["skipped"][0]["file"].endswith("broken.jpg") and "decode" in summary["skipped"][0]["reason"]
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert {r["file_name"] for r in results} == {first.name, "street scene.jpg"}
+    ids = {r["file_name"]: r["image_id"] for r in results}
+    assert ids[first.name] == int(first.stem) and ids["street scene.jpg"] == "street scene"
+    drawn = cv2.imread(str(tmp_path / first.name))
+    assert drawn.shape == cv2.imread(str(first)).shape  # drawn at the original size
+    assert not (tmp_path / "broken.jpg").exists()
+
+
+def test_score_threshold_filters_people(tiny_checkpoint, image_folder, tmp_path):
+    _, first = image_folder
+    args = [f"ckpt_path={tiny_checkpoint}", f"input={first}", "draw=false"]
+    every = predict.run(config("predict", [*args, f"output={tmp_path / 'all'}"]))
+    scores = sorted(r["score"] for r in json.loads((tmp_path / "all" / "results.json").read_text()))
+    assert len(scores) >= 2 and every["options"]["person_threshold"] is None
+    cut = (scores[-1] + scores[-2]) / 2
+    best = predict.run(config("predict", [*args, f"output={tmp_path / 'best'}", f"score_threshold={cut}"]))
+    kept = json.loads((tmp_path / "best" / "results.json").read_text())
+    assert best["options"]["person_threshold"] == cut
+    assert [r["score"] for r in kept] == pytest.approx([scores[-1]])
+
+
+def test_predict_video(tiny_checkpoint, tmp_path):
+    video = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 5, (96, 64))
+    frame = cv2.resize(cv2.imread(str(sorted(sample_paths()[0].glob("*.jpg"))[0])), (96, 64))
+    for i in range(5):
+        writer.write(np.roll(frame, 4 * i, axis=1))
+    writer.release()
+    summary = predict.run(config("predict", [f"ckpt_path={tiny_checkpoint}", f"input={video}",
+                                             f"output={tmp_path / 'out'}", "batch_size=2"]))
+    assert summary["images"] == 5
+    drawn = cv2.VideoCapture(summary["drawn"])
+    frames = 0
+    while drawn.read()[0]:
+        frames += 1
+    assert frames == 5 and drawn.get(cv2.CAP_PROP_FRAME_WIDTH) == 96
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results and {r["image_id"] for r in results} <= set(range(5))
+    assert {r["file_name"] for r in results} == {"clip.mp4"}
+
+
+def test_predict_refuses_bad_inputs(tiny_checkpoint, image_folder, tmp_path):
+    folder, _ = image_folder
+    with pytest.raises(FileNotFoundError, match="nothing-here"):
+        predict.run(config("predict", [f"ckpt_path={tiny_checkpoint}", f"input={tmp_path / 'nothing-here'}"]))
+    with pytest.raises(ValueError, match="replace the originals"):
+        predict.run(config("predict", [f"ckpt_path={tiny_checkpoint}", f"input={folder}", f"output={folder}"]))
+    with pytest.raises(ValueError, match="unknown file type"):
+        predict.run(config("predict", [f"ckpt_path={tiny_checkpoint}", f"input={folder / 'notes.txt'}"]))

@@ -1,0 +1,133 @@
+"""strongpose.load / Predictor: inputs of every kind, batching, original-pixel results, test-time options."""
+
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from oracle_module import OracleModule, marked_image, people
+
+import strongpose
+from strongpose.codec import StrongPoseCodec
+from strongpose.data.annotations import BadSample
+from strongpose.data.sample import sample_paths
+from strongpose.inference import Predictor
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_checkpoint):
+    return strongpose.load(tiny_checkpoint, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def sample_images():
+    return sorted(sample_paths()[0].glob("*.jpg"))[:3]
+
+
+def assert_same_poses(a, b, atol=1e-4):
+    assert len(a) == len(b)
+    torch.testing.assert_close(a.keypoints, b.keypoints, rtol=0, atol=atol)
+    torch.testing.assert_close(a.scores, b.scores, rtol=0, atol=atol)
+
+
+def test_load_rebuilds_the_run_from_the_checkpoint(predictor, tiny_checkpoint):
+    assert isinstance(predictor, Predictor)
+    assert predictor.input_size == 64  # the run's data.input_size
+    assert predictor.device == torch.device("cpu") and not predictor.module.training
+    assert predictor.codec is predictor.module.codec
+    assert predictor.codec.decode_vote_threshold == pytest.approx(0.001)  # the run's codec config
+    assert predictor.checkpoint == tiny_checkpoint
+    assert strongpose.load(tiny_checkpoint, input_size=96).input_size == 96
+
+
+def test_path_array_and_tensor_give_the_same_people(predictor, sample_images):
+    path = sample_images[0]
+    array = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    from_path = predictor.predict(path)
+    assert len(from_path) > 0
+    assert_same_poses(predictor.predict(str(path)), from_path, atol=0)
+    assert_same_poses(predictor.predict(array), from_path, atol=0)
+    assert_same_poses(predictor.predict(torch.from_numpy(array).permute(2, 0, 1)), from_path, atol=0)
+    # in original pixels: spread over the square the 64 px input covers (padding included)
+    side = max(array.shape[:2])
+    xy = from_path.keypoints[..., :2]
+    assert xy.max() > 64 and (xy >= -0.5).all() and (xy < side + 8).all()
+
+
+def test_predict_batch_equals_one_image_at_a_time(predictor, sample_images):
+    batched = predictor.predict_batch(sample_images, batch_size=2)
+    timing = predictor.last_timing
+    assert len(batched) == 3
+    assert timing["images"] == 3 and timing["network_ms"] > 0 and timing["decode_ms"] > 0
+    for path, poses in zip(sample_images, batched):
+        assert_same_poses(poses, predictor.predict(path))
+    assert predictor.last_timing["images"] == 1  # per call
+
+
+def test_thresholds(predictor, sample_images):
+    plain = predictor.predict(sample_images[0])
+    assert len(plain) >= 2
+    cut = float(plain.scores[:2].mean())  # between the best two people
+    kp_scores = plain.keypoints[0, :, 2]
+    kp_cut = float(kp_scores[kp_scores > 0].median())
+    strict = Predictor(predictor.module, predictor.input_size, "cpu", person_threshold=cut,
+                       keypoint_threshold=kp_cut).predict(sample_images[0])
+    assert len(strict) == 1 and strict.scores[0] >= cut
+    scores = strict.keypoints[..., 2]
+    assert ((scores == 0) | (scores >= kp_cut)).all() and (scores == 0).any()
+
+
+@pytest.mark.parametrize("hw", [(240, 400), (400, 240)], ids=["landscape", "portrait"])
+@pytest.mark.parametrize("options", [{}, {"flip": True}, {"scales": (1.0, 1.5)},
+                                     {"scales": (0.75, 1.0, 1.5), "flip": True}, {"scales": (1.5,)}],
+                         ids=["plain", "flip", "two-scales", "three-scales-flip", "only-1.5"])
+def test_people_come_back_in_original_pixels(hw, options):
+    # a wrong half-pixel convention alone would be off by 0.5 * (400 / 128 - 1) = 1 px here
+    h, w = hw
+    big, small = (min(h, w) * 0.75, min(h, w) * 0.7)
+    gt = people([(w * 0.3, 0.1 * h, big), (w * 0.72, 0.15 * h, small)])
+    module = OracleModule(StrongPoseCodec(stride=8, disk_radius=24.0), gt, hw)
+    predictor = Predictor(module, 128, "cpu", **options)
+    poses = predictor.predict(marked_image(h, w))
+    assert len(poses) == 2
+    found = poses.keypoints[poses.keypoints[:, :, 0].mean(1).argsort()]
+    torch.testing.assert_close(found[..., :2], gt[..., :2], rtol=0, atol=0.02)
+    scales = options.get("scales", (1.0,))
+    assert module.input_sizes == [round(128 * s) for s in scales]
+    assert module.flipped == [False, True] * len(scales) if options.get("flip") else not any(module.flipped)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_flip_test_pads_the_input_to_a_multiple_of_the_stride(flip):
+    hw = (240, 400)
+    gt = people([(120, 24, 180), (290, 36, 170)])
+    module = OracleModule(StrongPoseCodec(stride=8, disk_radius=24.0), gt, hw, padded={128: 124})
+    poses = Predictor(module, 124, "cpu", flip=flip).predict(marked_image(*hw))
+    assert module.input_sizes == [128 if flip else 124]  # 124 is no multiple of 8: mirrored cells would not align
+    found = poses.keypoints[poses.keypoints[:, :, 0].mean(1).argsort()]
+    torch.testing.assert_close(found[..., :2], gt[..., :2], rtol=0, atol=0.02)
+
+
+def test_bad_inputs_say_what_is_wrong(predictor, tmp_path):
+    with pytest.raises(ValueError, match="uint8"):
+        predictor.predict(np.zeros((32, 32, 3), np.float32))
+    with pytest.raises(ValueError, match=r"\(3, H, W\)"):
+        predictor.predict(torch.zeros(32, 32, 3, dtype=torch.uint8))
+    with pytest.raises(TypeError, match="path"):
+        predictor.predict([1, 2, 3])
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    with pytest.raises(BadSample, match="broken.jpg"):
+        predictor.predict(broken)
+    with pytest.raises(ValueError, match="batch_size"):
+        predictor.predict_batch([], batch_size=0)
+
+
+def test_import_strongpose_stays_light_until_load_is_used():
+    code = ("import sys, strongpose; heavy = {'lightning', 'hydra', 'albumentations'} & set(sys.modules); "
+            "assert not heavy, heavy; from strongpose import load; assert 'albumentations' in sys.modules; "
+            "assert load is strongpose.load")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
