@@ -4,11 +4,20 @@ Full step = next batch from the data pipeline (decode JPEG, augment, encode targ
 host-to-device copy + forward (backbone, neck, heads) + losses + backward + AdamW step.
 Bare step = the torchvision ResNet trunk alone (to C5, no neck, no heads, no data loading) forward +
 backward of a dummy loss + AdamW step, on a batch of the same shape already on the device.
-The two alternate in blocks and each block's images/s is kept; the medians are reported. The last
-line is ``... full_ips=X bare_ips=Y ratio=Z ...``.
+The two alternate in blocks and each block's images/s is kept; the medians are reported.
+
+Every combination of ``--backbone``, ``--precision`` and ``--batch`` is measured in turn (a fresh model
+and data loader each), one line each: ``device=... backbone=... input=... batch=... precision=...
+workers=... full_ips=X bare_ips=Y ratio=Z peak_mem_gb=M bare_peak_mem_gb=B`` (peaks: CUDA memory
+allocated during the timed full / bare steps; nan on a CPU). ``--max-batch`` then looks for the largest
+batch whose full step fits in GPU memory, per backbone and precision (``... max_batch=N peak_mem_gb=M``;
+skipped on a CPU).
 
     python experiments/bench_train.py --backbone resnet18 --input 256 --batch 8
-    python experiments/bench_train.py --backbone resnet50 --input 512 --batch 32 --device cuda --precision bf16
+    python experiments/bench_train.py --backbone resnet50 resnet152 --input 512 --batch 8 16 32 \\
+        --precision 32 bf16 --device cuda
+    python experiments/bench_train.py --backbone resnet152 --input 512 --precision bf16 --device cuda \\
+        --max-batch --batch 32
 """
 
 from __future__ import annotations
@@ -16,10 +25,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import gc
 import itertools
 import os
 import statistics
 import time
+from collections.abc import Callable
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -34,6 +45,9 @@ from strongpose.codec import StrongPoseCodec  # noqa: E402
 from strongpose.data.datamodule import COCOKeypointDataModule  # noqa: E402
 from strongpose.lit_module import StrongPoseModule  # noqa: E402
 from strongpose.train import CONFIG_DIR  # noqa: E402
+
+BACKBONES = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+MAX_BATCH_LIMIT = 4096  # the search stops doubling here
 
 
 class EndlessSampler(torch.utils.data.Sampler):
@@ -62,69 +76,89 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
-def timed_block(step, steps: int, images: int, device: torch.device) -> float:
+def timed_block(step, steps: int, images: int, device: torch.device) -> tuple[float, float]:
+    """(images/s, peak GiB allocated during the block; nan off CUDA)."""
     sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
     sync(device)
-    return steps * images / (time.perf_counter() - t0)
+    rate = steps * images / (time.perf_counter() - t0)
+    return rate, torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--backbone", default="resnet18", choices=["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"])
+    p.add_argument("--backbone", nargs="+", default=["resnet18"], choices=BACKBONES)
     p.add_argument("--input", type=int, default=256, help="square input size")
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch", type=int, nargs="+", default=[8], help="per-step batch sizes to measure")
     p.add_argument("--stride", type=int, default=8)
     p.add_argument("--steps", type=int, default=3, help="steps per timed block")
     p.add_argument("--rounds", type=int, default=3, help="timed blocks of each kind")
     p.add_argument("--workers", type=int, default=2, help="data-loading worker processes")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--precision", default="32", choices=["32", "bf16"])
+    p.add_argument("--precision", nargs="+", default=["32"], choices=["32", "bf16"])
     p.add_argument("--channels-last", action="store_true")
-    args = p.parse_args(argv)
-    device = torch.device(args.device)
-    torch.manual_seed(0)
+    p.add_argument("--max-batch", action="store_true",
+                   help="also find the largest batch whose full step fits in GPU memory (CUDA only); "
+                        "the search starts from the largest --batch")
+    return p.parse_args(argv)
 
+
+def device_name(device: torch.device) -> str:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads"
+    return name.replace(" ", "_")
+
+
+def build_models(backbone: str, args: argparse.Namespace, codec: StrongPoseCodec, device: torch.device):
+    """The training module (backbone, neck width and heads as the training config builds them) and the bare
+    torchvision trunk to C5 (no pooling, no classifier), each with its AdamW."""
+    torch.manual_seed(0)
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"backbone={backbone}", f"codec.stride={args.stride}"])
+    module = StrongPoseModule(codec, instantiate(cfg.backbone), optimizer=functools.partial(torch.optim.AdamW),
+                              heads=OmegaConf.to_container(cfg.model.heads)).to(device)
+    bare = torch.nn.Sequential(*list(torchvision.models.get_model(backbone).children())[:-2]).to(device)
+    if args.channels_last:
+        module, bare = module.to(memory_format=torch.channels_last), bare.to(memory_format=torch.channels_last)
+    module.train()
+    bare.train()
+    return module, bare, torch.optim.AdamW(module.parameters(), lr=1e-4), torch.optim.AdamW(bare.parameters(), lr=1e-4)
+
+
+def full_step_fn(module, optimizer, next_batch: Callable[[], dict], device: torch.device, precision: str):
+    def step() -> None:
+        batch = move_data_to_device(next_batch(), device)
+        with autocast(device, precision):
+            outputs = module(batch["image"])
+        losses = module.losses({k: v.float() for k, v in outputs.items()}, batch["targets"])
+        optimizer.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        optimizer.step()
+    return step
+
+
+def measure(backbone: str, precision: str, batch_size: int, args: argparse.Namespace) -> dict[str, float]:
+    """Full vs bare step images/s (medians of ``args.rounds`` alternating blocks) and their peak memory."""
+    device = torch.device(args.device)
     codec = StrongPoseCodec(stride=args.stride)
-    data = COCOKeypointDataModule(codec, input_size=args.input, batch_size=args.batch, num_workers=args.workers,
+    data = COCOKeypointDataModule(codec, input_size=args.input, batch_size=batch_size, num_workers=args.workers,
                                   pin_memory=device.type == "cuda", persistent_workers=args.workers > 0)
     data.setup("fit")
     # the embedded sample holds 11 training images: draw (index, epoch) pairs endlessly, so that batches
     # of any size are full and the workers never wait for an epoch boundary
-    loader = data._loader(data.train_dataset, args.batch, EndlessSampler(len(data.train_dataset)))
-    batches = iter(loader)
-
-    # backbone (neck width) and heads as the training config builds them
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[f"backbone={args.backbone}", f"codec.stride={args.stride}"])
-    module = StrongPoseModule(codec, instantiate(cfg.backbone), optimizer=functools.partial(torch.optim.AdamW),
-                              heads=OmegaConf.to_container(cfg.model.heads), batch_size=args.batch).to(device)
-    bare = torchvision.models.get_model(args.backbone)
-    bare = torch.nn.Sequential(*list(bare.children())[:-2]).to(device)  # trunk to C5: no pooling, no classifier
-    if args.channels_last:
-        module, bare = module.to(memory_format=torch.channels_last), bare.to(memory_format=torch.channels_last)
-    opt_full = torch.optim.AdamW(module.parameters(), lr=1e-4)
-    opt_bare = torch.optim.AdamW(bare.parameters(), lr=1e-4)
-    module.train()
-    bare.train()
-
-    def full_step() -> None:
-        batch = move_data_to_device(next(batches), device)
-        with autocast(device, args.precision):
-            outputs = module(batch["image"])
-        losses = module.losses({k: v.float() for k, v in outputs.items()}, batch["targets"])
-        opt_full.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        opt_full.step()
+    batches = iter(data._loader(data.train_dataset, batch_size, EndlessSampler(len(data.train_dataset))))
+    module, bare, opt_full, opt_bare = build_models(backbone, args, codec, device)
+    full_step = full_step_fn(module, opt_full, lambda: next(batches), device, precision)
 
     fixed = next(batches)["image"].to(device)
     if args.channels_last:
         fixed = fixed.contiguous(memory_format=torch.channels_last)
 
     def bare_step() -> None:
-        with autocast(device, args.precision):
+        with autocast(device, precision):
             out = bare(fixed)
         opt_bare.zero_grad(set_to_none=True)
         out.float().mean().backward()
@@ -133,20 +167,102 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     for step in (full_step, bare_step):  # warm-up: workers start, kernels are chosen, memory is allocated
         step()
         step()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    full, bare_ips = [], []
+    full, bare_blocks = [], []
     for _ in range(args.rounds):
-        full.append(timed_block(full_step, args.steps, args.batch, device))
-        bare_ips.append(timed_block(bare_step, args.steps, args.batch, device))
-    result = {"full_ips": statistics.median(full), "bare_ips": statistics.median(bare_ips)}
+        full.append(timed_block(full_step, args.steps, batch_size, device))
+        bare_blocks.append(timed_block(bare_step, args.steps, batch_size, device))
+    result = {"full_ips": statistics.median(r for r, _ in full), "bare_ips": statistics.median(r for r, _ in bare_blocks),
+              "peak_mem_gb": max(m for _, m in full), "bare_peak_mem_gb": max(m for _, m in bare_blocks)}
     result["ratio"] = result["full_ips"] / result["bare_ips"]
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads"
-    print(f"device={name.replace(' ', '_')} backbone={args.backbone} input={args.input} batch={args.batch} "
-          f"precision={args.precision} workers={args.workers} full_ips={result['full_ips']:.2f} "
-          f"bare_ips={result['bare_ips']:.2f} ratio={result['ratio']:.3f} peak_mem_gb={peak:.2f}")
+    print(f"device={device_name(device)} backbone={backbone} input={args.input} batch={batch_size} "
+          f"precision={precision} workers={args.workers} full_ips={result['full_ips']:.2f} "
+          f"bare_ips={result['bare_ips']:.2f} ratio={result['ratio']:.3f} peak_mem_gb={result['peak_mem_gb']:.2f} "
+          f"bare_peak_mem_gb={result['bare_peak_mem_gb']:.2f}", flush=True)
+    del batches, module, bare, opt_full, opt_bare, full_step
+    release(device)
     return result
+
+
+def release(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def max_batch(backbone: str, precision: str, start: int, args: argparse.Namespace) -> tuple[int, float]:
+    """Largest batch (and its peak GiB) whose full training step fits in GPU memory: doubling from ``start``
+    until a step runs out of memory, then bisection. Batches are one real batch tiled, already on the GPU
+    (data loading needs no GPU memory)."""
+    device = torch.device(args.device)
+    codec = StrongPoseCodec(stride=args.stride)
+    data = COCOKeypointDataModule(codec, input_size=args.input, batch_size=4, num_workers=0)
+    data.setup("fit")
+    seed = next(iter(data.train_dataloader()))
+    module, _, optimizer, _ = build_models(backbone, args, codec, device)
+
+    def fits(n: int) -> float | None:
+        tile = torch.arange(n) % len(seed["image"])
+        batch = {"image": seed["image"][tile], "targets": {k: v[tile] for k, v in seed["targets"].items()}}
+        step = full_step_fn(module, optimizer, lambda: batch, device, precision)
+        torch.cuda.reset_peak_memory_stats(device)
+        try:
+            step()
+            step()  # the second step also holds the optimiser's state
+            sync(device)
+            return torch.cuda.max_memory_allocated(device) / 2**30
+        except torch.cuda.OutOfMemoryError:
+            return None
+        finally:
+            optimizer.zero_grad(set_to_none=True)
+            del batch, step
+            release(device)
+
+    good, peak = largest_fitting(fits, start)
+    print(f"device={device_name(device)} backbone={backbone} input={args.input} precision={precision} "
+          f"max_batch={good} peak_mem_gb={peak:.2f}", flush=True)
+    del module, optimizer
+    release(device)
+    return good, peak
+
+
+def largest_fitting(fits: Callable[[int], float | None], start: int, limit: int = MAX_BATCH_LIMIT) -> tuple[int, float]:
+    """Largest n <= ``limit`` with ``fits(n)`` not None (its peak memory), assuming every smaller n fits too:
+    doubling from ``start`` to the first failure, then bisection. (0, nan) when even 1 does not fit."""
+    good, bad, peak = 0, None, float("nan")
+    n = max(1, start)
+    while bad is None and n <= limit:
+        if (p := fits(n)) is None:
+            bad = n
+        else:
+            good, peak, n = n, p, n * 2
+    bad = bad if bad is not None else limit + 1
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        if (p := fits(mid)) is None:
+            bad = mid
+        else:
+            good, peak = mid, p
+    return good, peak
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    """Every (backbone, precision, batch) measurement, then the largest batches if asked."""
+    results = []
+    for backbone, precision, batch in itertools.product(args.backbone, args.precision, args.batch):
+        results.append({"backbone": backbone, "precision": precision, "batch": batch,
+                        **measure(backbone, precision, batch, args)})
+    if args.max_batch:
+        if torch.device(args.device).type != "cuda":
+            print("max_batch=skipped (needs a CUDA device: CPU memory is not the limit being searched)", flush=True)
+        else:
+            for backbone, precision in itertools.product(args.backbone, args.precision):
+                max_batch(backbone, precision, max(args.batch), args)
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Runs the benchmark; returns the numbers of the last configuration measured."""
+    return run(parse_args(argv))[-1]
 
 
 if __name__ == "__main__":

@@ -93,3 +93,68 @@ class ProgressBar(TQDMProgressBar):
             left = (time.perf_counter() - start_time) / done * (self._total_steps - trainer.global_step)
             items["eta"] = str(datetime.timedelta(seconds=round(left)))
         return items
+
+
+def _to_channels_last(batch: dict) -> None:
+    # the batch dict is the object training_step / validation_step receive next: replacing its image is enough
+    if isinstance(batch, dict) and isinstance(batch.get("image"), torch.Tensor) and batch["image"].dim() == 4:
+        batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+
+
+class ChannelsLast(Callback):
+    """NHWC ("channels last") weights and input images: tensor-core convolutions (bf16 / fp16 on recent
+    GPUs) run without layout transposes, often 10-30 % faster; on a CPU it rarely helps.
+
+    The module is converted at ``setup``, before the strategy moves and wraps it (DDP keeps the layout),
+    each batch's images on their way into the step. ``enabled=False`` makes it a no-op, so a config can
+    list it switched off (``callbacks.channels_last.enabled=true``).
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = bool(enabled)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.enabled:
+            pl_module.to(memory_format=torch.channels_last)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        if self.enabled:
+            _to_channels_last(batch)
+
+    def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int,
+                                  dataloader_idx: int = 0) -> None:
+        if self.enabled:
+            _to_channels_last(batch)
+
+    def on_predict_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int,
+                               dataloader_idx: int = 0) -> None:
+        if self.enabled:
+            _to_channels_last(batch)
+
+
+class Compile(Callback):
+    """``torch.compile`` of the module's network (``pl_module.net``, or the module itself without one) at
+    ``setup``, in place (``nn.Module.compile``): parameter names, hence checkpoints' ``state_dict`` keys,
+    stay as they are, and DDP wraps the module as usual. The first steps (and each new input shape, such
+    as a smaller last batch or the validation batch size) pay the compilation; ``enabled=False`` (the
+    config's default) makes it a no-op (``callbacks.compile.enabled=true``).
+
+    Args:
+        enabled: compile or not.
+        mode: ``torch.compile`` mode (None = "default", "reduce-overhead", "max-autotune", ...).
+        dynamic: ``torch.compile``'s ``dynamic`` (None = decide after the first shape change).
+        fullgraph: fail on graph breaks instead of splitting the graph.
+        backend: ``torch.compile`` backend ("inductor"; "aot_eager" captures the same graphs without
+            generating kernels, quick to check that the network compiles).
+    """
+
+    def __init__(self, enabled: bool = True, mode: str | None = None, dynamic: bool | None = None,
+                 fullgraph: bool = False, backend: str = "inductor") -> None:
+        self.enabled = bool(enabled)
+        self.options = {"mode": mode, "dynamic": dynamic, "fullgraph": bool(fullgraph), "backend": backend}
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.enabled:
+            target = getattr(pl_module, "net", pl_module)
+            if getattr(target, "_compiled_call_impl", None) is None:  # once, also when fit follows validate
+                target.compile(**self.options)

@@ -1,11 +1,13 @@
 """Drawing people: skeletons, keypoints and person scores, coloured from the Skeleton dataclass.
 
 torchvision's ``draw_keypoints`` does the rasterising (lines and disks); this module only chooses what to
-draw and in which colour, so the callback, ``predict`` and notebooks draw alike.
+draw and in which colour, so the callback, ``predict`` and notebooks draw alike. :func:`draw_targets`
+pictures what the network learns (codec targets, or predicted maps): SKHM disks, BHM, offset arrows.
 """
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 from torchvision.utils import draw_keypoints
@@ -54,3 +56,120 @@ def draw_batch(images: torch.Tensor, poses: list[Poses], skeleton: Skeleton, **k
     """Normalised (B, 3, H, W) batch + decoded poses -> list of (H, W, 3) uint8 arrays (for loggers)."""
     return [draw_poses(denormalise(img.cpu()), p, skeleton, **kwargs).permute(1, 2, 0).numpy()
             for img, p in zip(images, poses)]
+
+
+# draw_targets: body map tint, ignored (crowd) regions, mid-range arrows
+BHM_COLOR = (190, 90, 255)
+IGNORE_COLOR = (255, 0, 0)
+MID_COLOR = (255, 255, 255)
+
+
+def draw_targets(image: torch.Tensor, targets: dict[str, torch.Tensor], codec, *, alpha: float = 0.45,
+                 short_step: int = 2, mid_edge: int | tuple[str, str] | None = None, mid_step: int = 2,
+                 width: int = 1) -> torch.Tensor:
+    """Picture of StrongPose targets (``codec.encode`` of one image) over that (3, H, W) uint8 image.
+
+    * BHM: the body map tints people (``BHM_COLOR``, outlined), the background is dimmed; cells ignored by the loss
+      (``weight`` 0: crowds, people without keypoints) are tinted red;
+    * SKHM: each keypoint type's disks in the skeleton's colour of that type (overlaps mix), ``alpha``;
+    * short-range offsets: an arrow from every ``short_step``-th cell (in x and y) of a disk to its keypoint,
+      in the type's colour (``short_step=0``: none);
+    * mid-range offsets of one directed edge ``mid_edge`` (index into ``codec.edges`` or a pair of keypoint
+      names): white arrows from the source type's disk to the target keypoint, every ``mid_step``-th cell.
+
+    Predicted maps (``to_probabilities`` of one image's outputs) work too: probabilities weigh the colours
+    and, without ``short_valid`` / ``mid_valid``, arrows start where the SKHM exceeds 0.5.
+    Map cells are drawn as stride x stride squares; returns a new (3, H, W) uint8 image.
+    """
+    if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(f"draw_targets needs a (3, H, W) uint8 image, got {tuple(image.shape)} {image.dtype}")
+    height, width_px = image.shape[1:]
+    maps = {key: value.detach().cpu() for key, value in targets.items() if isinstance(value, torch.Tensor)}
+    skhm = maps["skhm"].float()
+    if skhm.shape != (codec.num_keypoints, *codec.map_size((height, width_px))):
+        raise ValueError(f"draw_targets: skhm {tuple(skhm.shape)} does not fit a {height}x{width_px} image with "
+                         f"{codec} (expected {(codec.num_keypoints, *codec.map_size((height, width_px)))})")
+    s = codec.stride
+
+    def to_pixels(m: torch.Tensor) -> torch.Tensor:  # (C, h, w) -> (C, H, W): cell u covers [u s, (u + 1) s)
+        return m.repeat_interleave(s, -2).repeat_interleave(s, -1)[..., :height, :width_px]
+
+    out = image.float()
+    if "bhm" in maps:
+        body = to_pixels(maps["bhm"].float().clamp(0, 1))
+        tint = torch.tensor(BHM_COLOR, dtype=torch.float32)[:, None, None]
+        out = out * (0.45 + 0.55 * body) * (1 - 0.3 * body) + 0.3 * body * tint
+    if "weight" in maps:
+        ignored = to_pixels(1 - maps["weight"].float().clamp(0, 1))
+        out = out * (1 - 0.4 * ignored) + 0.4 * ignored * torch.tensor(IGNORE_COLOR, dtype=torch.float32)[:, None, None]
+    colors = torch.tensor(codec.skeleton.colors or [(255, 0, 0)] * codec.num_keypoints, dtype=torch.float32)
+    cover = skhm.clamp(0, 1)  # (K, h, w)
+    total = cover.sum(0, keepdim=True)
+    mixed = torch.einsum("khw,kc->chw", cover, colors) / total.clamp(min=1e-6)  # mean colour of the disks
+    strength = to_pixels(alpha * cover.amax(0, keepdim=True))
+    out = out * (1 - strength) + to_pixels(mixed) * strength
+
+    canvas = np.ascontiguousarray(out.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy())
+    if "bhm" in maps:  # the outline stays visible under the disks
+        inside = (body[0] >= 0.5).to(torch.uint8).numpy()
+        contours, _ = cv2.findContours(inside, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(canvas, contours, -1, BHM_COLOR, width, cv2.LINE_AA)
+    if short_step > 0:
+        valid = maps["short_valid"] if "short_valid" in maps else skhm > 0.5
+        offsets = maps["short"].float().unflatten(0, (codec.num_keypoints, 2))  # (K, 2, h, w)
+        _arrows(canvas, _every(valid, short_step), offsets, colors, s, width)
+    if mid_edge is not None:
+        e = _edge_index(codec, mid_edge)
+        source = int(codec.edges[e, 0])
+        valid = maps["mid_valid"][e] if "mid_valid" in maps else skhm[source] > 0.5
+        offsets = maps["mid"].float().unflatten(0, (codec.num_edges, 2))[e][None]  # (1, 2, h, w)
+        _arrows(canvas, _every(valid[None], mid_step), offsets, torch.tensor([MID_COLOR], dtype=torch.float32),
+                s, width)
+    return torch.from_numpy(canvas).permute(2, 0, 1).contiguous()
+
+
+def _every(valid: torch.Tensor, step: int) -> torch.Tensor:
+    """(C, h, w) bool -> the same, kept only on every ``step``-th cell in y and in x."""
+    grid = torch.zeros(valid.shape[-2:], dtype=torch.bool)
+    grid[step // 2::step, step // 2::step] = True
+    return valid.bool() & grid
+
+
+def _arrows(canvas: np.ndarray, where: torch.Tensor, offsets: torch.Tensor, colors: torch.Tensor, stride: int,
+            width: int) -> None:
+    """Arrows from the centre of each cell ``where[c]`` marks to centre + ``offsets[c]``, colour ``colors[c]``.
+
+    One cv2.arrowedLine per arrow: OpenCV has no batched arrow call; the cells are subsampled, so a few
+    hundred calls at most (far from a per-pixel loop).
+    """
+    channel, v, u = where.nonzero(as_tuple=True)
+    if len(channel) == 0:
+        return
+    start = torch.stack((u, v), 1).float() * stride + (stride - 1) / 2.0  # map_to_input of the cell centres
+    end = start + torch.stack((offsets[channel, 0, v, u], offsets[channel, 1, v, u]), 1)
+    length = (end - start).norm(dim=1).clamp(min=1e-6)
+    tips = (6.0 / length).clamp(max=0.4).tolist()  # heads of about 6 px whatever the length
+    shift = 2  # sub-pixel positions: cv2 takes integer coordinates scaled by 2 ** shift
+    start_i = (start * 2**shift).round().long().tolist()
+    end_i = (end * 2**shift).round().long().tolist()
+    rgb = colors[channel].round().long().tolist()
+    for p, q, color, tip in zip(start_i, end_i, rgb, tips):
+        cv2.arrowedLine(canvas, tuple(p), tuple(q), tuple(color), width, cv2.LINE_AA, shift, tip)
+
+
+def _edge_index(codec, edge: int | tuple[str, str]) -> int:
+    """A directed edge given by index or by its keypoint names -> its index in ``codec.edges``."""
+    if isinstance(edge, int):
+        if not 0 <= edge < codec.num_edges:
+            raise ValueError(f"mid_edge {edge} out of range: {codec} has {codec.num_edges} directed edges")
+        return edge
+    skeleton = codec.skeleton
+    unknown = [name for name in edge if name not in skeleton.keypoints]
+    if unknown or len(edge) != 2:
+        raise ValueError(f"mid_edge must be an index or two keypoint names of {skeleton.name!r}, got {edge!r}"
+                         + (f" (unknown: {unknown})" if unknown else ""))
+    a, b = (skeleton.index(name) for name in edge)
+    matches = ((codec.edges[:, 0] == a) & (codec.edges[:, 1] == b)).nonzero().flatten().tolist()
+    if not matches:
+        raise ValueError(f"mid_edge {tuple(edge)} is not a directed edge of {codec}")
+    return matches[0]

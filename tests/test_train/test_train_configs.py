@@ -19,6 +19,7 @@ NOT_TRAIN = {"test"}
 TRAIN_OPTIONS = [(g, o) for g, o in OPTIONS if g not in NOT_TRAIN]
 # these build large networks or need a GPU or the COCO_ROOT environment variable: compose only
 COMPOSE_ONLY = {("backbone", "resnet101"), ("backbone", "resnet152"), ("trainer", "gpu"), ("trainer", "ddp"),
+                ("trainer", "ddp_multinode"),
                 ("experiment", "coco_resnet50")}
 
 

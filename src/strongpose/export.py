@@ -1,0 +1,198 @@
+"""ONNX export: ``python -m strongpose.export ckpt_path=CKPT output=model.onnx [input_size=512] [opset=18]
+[dynamic=true]`` (Hydra, config ``strongpose/conf/export.yaml``).
+
+Only the network is exported: one input ``images`` (B, 3, H, W), ImageNet-normalised as in validation,
+and the raw outputs ``skhm``, ``bhm`` (logits), ``short``, ``mid``, ``long`` (offsets in input pixels).
+Decoding (Hough voting, grouping) stays in Python: ``codec.decode(to_probabilities(outputs))``.
+The exported file is then run with onnxruntime (CPU) on embedded-sample images and compared with PyTorch;
+a missing dependency or a difference above the tolerance fails with a message saying what to do.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from strongpose.checkpoint import CheckpointError, module_from_checkpoint
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "images"
+EXPORTERS = ("auto", "dynamo", "torchscript")
+INSTALL_HINT = "pip install 'strongpose[export]'"
+
+
+class ExportError(RuntimeError):
+    """Export impossible (missing dependency, bad option) or its result differs from PyTorch."""
+
+
+def require_onnx() -> None:
+    """Fail early, with the install command, when the export extra is missing."""
+    for name in ("onnx", "onnxruntime", "onnxscript"):
+        try:
+            __import__(name)
+        except ImportError as err:
+            raise ExportError(f"ONNX export needs onnx, onnxruntime and onnxscript; {name} is missing "
+                              f"({err}). Install them with: {INSTALL_HINT}") from err
+
+
+class OutputTuple(nn.Module):
+    """The network with its dict of outputs as a tuple in ``names`` order: ONNX outputs are positional."""
+
+    def __init__(self, net: nn.Module, names: list[str]) -> None:
+        super().__init__()
+        self.net = net
+        self.names = list(names)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outputs = self.net(images)
+        return tuple(outputs[name] for name in self.names)
+
+
+def export_onnx(net: nn.Module, names: list[str], output: str | Path, example: torch.Tensor, opset: int = 18,
+                dynamic: bool = True, exporter: str = "auto") -> str:
+    """Write ``net`` (images -> dict of maps) to ``output``; returns the exporter used (dynamo / torchscript).
+
+    ``example`` is the traced input; with ``dynamic`` its batch should be > 1 (torch.export specialises
+    dimensions of size 1). ``exporter="auto"`` tries the torch.export-based exporter and falls back to the
+    TorchScript-based one when it fails.
+    """
+    if exporter not in EXPORTERS:
+        raise ExportError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
+    require_onnx()
+    model = OutputTuple(net, names).eval()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    common = {"input_names": [INPUT_NAME], "output_names": list(names), "opset_version": int(opset), "verbose": False}
+    if exporter in ("auto", "dynamo"):
+        try:
+            shapes = None
+            if dynamic:
+                dim = torch.export.Dim
+                shapes = {INPUT_NAME: {0: dim("batch"), 2: dim("height"), 3: dim("width")}}
+            # external_data=False: one self-contained file (the weights are far below ONNX's 2 GB limit)
+            torch.onnx.export(model, (example,), str(output), dynamo=True, dynamic_shapes=shapes,
+                              external_data=False, **common)
+            return "dynamo"
+        except Exception as err:  # noqa: BLE001 - torch.export raises many error types
+            if exporter == "dynamo":
+                raise ExportError(f"the dynamo (torch.export) ONNX exporter failed: {err}") from err
+            log.warning("dynamo ONNX exporter failed (%s: %s); falling back to the TorchScript exporter",
+                        type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+    axes = None
+    if dynamic:
+        axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
+                **{name: {0: "batch", 2: "map_height", 3: "map_width"} for name in names}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter's deprecation notice
+        torch.onnx.export(model, (example,), str(output), dynamo=False, dynamic_axes=axes, **common)
+    return "torchscript"
+
+
+def sample_images(input_size: int, count: int) -> torch.Tensor:
+    """(count, 3, S, S) embedded-sample images with people, preprocessed as in validation."""
+    from strongpose.codec import StrongPoseCodec
+    from strongpose.data import COCOKeypointDataset, sample_paths
+    from strongpose.data.coco import normalise
+
+    images_dir, annotations = sample_paths()
+    # the codec is unused here (no targets are encoded); the dataset only needs one to exist
+    data = COCOKeypointDataset(images_dir, annotations, StrongPoseCodec(), input_size=input_size, train=False,
+                               skip_empty=True, max_images=count)
+    return torch.stack([normalise(data.transformed(i).image) for i in range(len(data))])
+
+
+def compare_with_onnxruntime(net: nn.Module, names: list[str], path: str | Path,
+                             batches: list[torch.Tensor]) -> dict[str, dict[str, float]]:
+    """Per output: max |onnxruntime - PyTorch| over ``batches`` and the largest |PyTorch| value."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    result = {name: {"max_abs_diff": 0.0, "max_abs": 0.0} for name in names}
+    for images in batches:
+        with torch.no_grad():
+            expected = net(images)
+        got = session.run(names, {INPUT_NAME: images.numpy()})
+        for name, value in zip(names, got):
+            ref = expected[name].numpy()
+            if value.shape != ref.shape:
+                raise ExportError(f"{path}: output {name!r} has shape {value.shape} in onnxruntime, "
+                                  f"{ref.shape} in PyTorch, for input {tuple(images.shape)}")
+            stats = result[name]
+            stats["max_abs_diff"] = max(stats["max_abs_diff"], float(np.abs(value - ref).max()))
+            stats["max_abs"] = max(stats["max_abs"], float(np.abs(ref).max()))
+    return result
+
+
+def check_batches(input_size: int, stride: int, dynamic: bool) -> list[torch.Tensor]:
+    """One sample image at S x S; with dynamic shapes also two images cropped to a non-square size."""
+    images = sample_images(input_size, 2)
+    batches = [images[:1]]
+    if dynamic and len(images) > 1:
+        width = input_size // 2 + stride // 2  # not a multiple of the stride: maps round up
+        batches.append(images[:, :, :, :width].contiguous())
+    return batches
+
+
+def run(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
+    """Export the checkpoint's network as ``cfg`` says (see ``conf/export.yaml``) and check it; returns a
+    report: ``output``, ``exporter``, ``input_size``, ``diffs`` ({output: max abs diff}), ``size_mb``."""
+    cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    require_onnx()  # before the (slow) model build
+    module, run_cfg = module_from_checkpoint(cfg["ckpt_path"], map_location="cpu")
+    net = module.net.eval()
+    names = list(module.codec.channels)
+    input_size = int(cfg.get("input_size") or run_cfg.get("data", {}).get("input_size") or 512)
+    dynamic = bool(cfg.get("dynamic", True))
+    example = sample_images(input_size, 2 if dynamic else 1)  # batch 2: torch.export specialises size 1
+    output = Path(cfg.get("output") or "model.onnx")
+    exporter = export_onnx(net, names, output, example, opset=cfg.get("opset", 18), dynamic=dynamic,
+                           exporter=cfg.get("exporter", "auto"))
+    report = {"output": str(output), "exporter": exporter, "input_size": input_size, "dynamic": dynamic,
+              "size_mb": output.stat().st_size / 2**20, "diffs": {}}
+    print(f"exported {cfg['ckpt_path']} -> {output} ({report['size_mb']:.1f} MB, {exporter} exporter, "
+          f"opset {cfg.get('opset', 18)}, {'dynamic batch/height/width' if dynamic else 'fixed shape'}, "
+          f"traced at {input_size} px)", flush=True)
+    if not cfg.get("check", True):
+        return report
+    batches = check_batches(input_size, module.codec.stride, dynamic)
+    stats = compare_with_onnxruntime(net, names, output, batches)
+    report["diffs"] = {name: s["max_abs_diff"] for name, s in stats.items()}
+    shapes = ", ".join("x".join(map(str, b.shape)) for b in batches)
+    print(f"onnxruntime (CPU) vs PyTorch on sample inputs {shapes}, max |diff|: "
+          + " ".join(f"{name}={diff:.2e}" for name, diff in report["diffs"].items()), flush=True)
+    tolerance = float(cfg.get("tolerance", 1e-3))
+    bad = {name: s for name, s in stats.items() if s["max_abs_diff"] > tolerance * max(1.0, s["max_abs"])}
+    if bad:
+        details = ", ".join(f"{name} {s['max_abs_diff']:.3g} (outputs up to {s['max_abs']:.3g})"
+                            for name, s in bad.items())
+        raise ExportError(f"{output} was written but differs from PyTorch beyond tolerance {tolerance:g} "
+                          f"(relative to max(1, max |output|)): {details}. Try another opset or "
+                          f"exporter=torchscript / exporter=dynamo.")
+    return report
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="export")
+def main(cfg: DictConfig) -> None:
+    for name in ("onnx_ir", "onnxscript"):  # Hydra's INFO root logger would print every graph-pass step
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        if OmegaConf.is_missing(cfg, "ckpt_path"):
+            raise ExportError("which checkpoint? python -m strongpose.export ckpt_path=CKPT output=model.onnx")
+        run(cfg)
+    except (CheckpointError, ExportError) as err:
+        print(f"strongpose.export: {err}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

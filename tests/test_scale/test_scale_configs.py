@@ -1,0 +1,99 @@
+"""Trainer presets, the SLURM launcher config (down to the sbatch script it writes) and the meaning of
+batch size and learning rate across devices, nodes and gradient accumulation."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import pytest
+import submitit
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch import Trainer
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.strategies import DDPStrategy
+from omegaconf import OmegaConf
+
+from strongpose.codec import StrongPoseCodec
+from strongpose.lit_module import StrongPoseModule, global_batch_size, scaled_lr
+from strongpose.models.backbone import ResNetBackbone
+
+
+def test_ddp_preset_builds_a_cpu_ddp_trainer_when_told_to(train_config, tmp_path):
+    cfg = train_config(["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"], output_dir=tmp_path)
+    assert cfg.trainer.strategy == "ddp" and cfg.trainer.sync_batchnorm is False  # SyncBatchNorm is CUDA-only
+    trainer = instantiate(cfg.trainer, logger=False)  # nothing is launched before fit
+    assert isinstance(trainer.strategy, DDPStrategy) and trainer.world_size == 2
+
+
+def test_gpu_presets_use_bf16_and_ddp_multinode_lets_slurm_start_and_requeue(train_config, tmp_path):
+    gpu = train_config(["trainer=gpu"], output_dir=tmp_path).trainer
+    assert gpu.accelerator == "gpu" and gpu.precision == "bf16-mixed"
+    multi = train_config(["trainer=ddp_multinode", "trainer.num_nodes=4"], output_dir=tmp_path).trainer
+    assert multi.num_nodes == 4 and multi.strategy == "ddp" and multi.precision == "bf16-mixed"
+    (environment,) = [instantiate(plugin) for plugin in multi.plugins]
+    assert isinstance(environment, SLURMEnvironment) and environment.auto_requeue
+
+
+def _fake_slurm_client(tmp_path, monkeypatch) -> None:
+    """An ``srun`` on PATH: submitit's SLURM executor refuses to start without one."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_slurm_launcher_asks_for_one_task_per_gpu_and_lightnings_requeue_signal(train_config, tmp_path, monkeypatch):
+    cfg = train_config(["hydra/launcher=slurm", "trainer=ddp_multinode", "trainer.num_nodes=3",
+                        "hydra.launcher.gpus_per_node=4", "hydra.launcher.partition=gpu",
+                        f"hydra.sweep.dir={tmp_path / 'sweep'}"], output_dir=tmp_path, return_hydra_config=True)
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert launcher["nodes"] == 3 and launcher["tasks_per_node"] == launcher["gpus_per_node"] == 4
+    assert launcher["max_num_timeout"] == 0  # submitit's own requeue off: Lightning's only
+
+    # the launcher's real launch(), stopped where submitit would call sbatch
+    _fake_slurm_client(tmp_path, monkeypatch)
+    scripts, jobs = [], []
+
+    class DryRunExecutor(submitit.AutoExecutor):
+        def map_array(self, fn, *iterables):
+            jobs.append(len(list(zip(*iterables))))
+            scripts.append(self._executor._make_submission_file_text("COMMAND", "uid"))
+            return []
+
+    monkeypatch.setattr(submitit, "AutoExecutor", DryRunExecutor)
+    slurm = instantiate(cfg.hydra.launcher)
+    slurm.setup(hydra_context=None, task_function=None, config=cfg)
+    slurm.launch([["backbone=resnet101"], ["backbone=resnet152"]], initial_job_idx=0)
+    (script,) = scripts
+    lines = set(script.splitlines())
+    assert {"#SBATCH --nodes=3", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4", "#SBATCH --partition=gpu",
+            "#SBATCH --signal=USR1@90", "#SBATCH --requeue"} <= lines, script
+    assert jobs == [2]  # one SLURM (array) job per run
+    assert "USR2" not in script  # submitit's signal replaced, not added: SLURM keeps one --signal
+    assert any(line.startswith("srun ") and "COMMAND" in line for line in lines)  # srun starts the tasks
+
+
+def test_global_batch_and_lr_scale_with_devices_nodes_and_accumulation():
+    assert global_batch_size(8) == 8
+    assert global_batch_size(8, world_size=2, accumulate_grad_batches=2) == 32
+    assert global_batch_size(16, world_size=2 * 8, accumulate_grad_batches=1) == 256  # 2 nodes x 8 GPUs
+    assert scaled_lr(1e-3, 32, ref_batch=16) == pytest.approx(2e-3)
+    assert scaled_lr(1e-3, 16, ref_batch=16) == pytest.approx(1e-3)
+
+
+@pytest.mark.parametrize(("devices", "num_nodes", "accumulate", "expected_batch"), [(1, 1, 1, 4), (2, 1, 2, 16),
+                                                                                      (2, 2, 1, 16), (2, 2, 2, 32)])
+def test_the_module_reads_world_size_and_accumulation_from_the_trainer(devices, num_nodes, accumulate, expected_batch):
+    codec = StrongPoseCodec(stride=8)
+    module = StrongPoseModule(codec, ResNetBackbone("resnet18", output_stride=8, neck_channels=16),
+                              optimizer=functools.partial(torch.optim.SGD), lr=0.1, lr_ref_batch=16, batch_size=4)
+    # world size = devices x nodes, as Lightning counts it; nothing is launched before fit
+    module.trainer = Trainer(accelerator="cpu", devices=devices, num_nodes=num_nodes,
+                             strategy="ddp" if devices * num_nodes > 1 else "auto",
+                             accumulate_grad_batches=accumulate, logger=False, enable_checkpointing=False)
+    assert module.trainer.world_size == devices * num_nodes
+    optimizer = module.configure_optimizers()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * expected_batch / 16)
