@@ -4,9 +4,9 @@ mapping back) for ResNet-18 and ResNet-50 at 512 px, batch 1 and 8, and the shar
 Which model produces the maps matters for decoding, and only for decoding:
   * decoding time depends on the maps, not on the backbone that produced them, and a random-init network's
     maps are not what a trained one gives: its SKHM probabilities hover around the heads' 0.01 prior
-    (0.005-0.024 measured), so about half of all cells cross the 0.01 vote threshold (a Hough stage far
-    heavier than a trained model's) while no peak reaches the peak threshold (no linking, no grouping,
-    0 people found);
+    (0.005-0.024 measured), so about half of all cells cross the 0.01 vote threshold while no peak reaches
+    the peak threshold: no linking, no grouping, 0 people found; its decoding time is that of the dense
+    stages alone;
   * so decoding is timed on the maps of a model that finds people imperfectly: ``--ckpt CKPT`` (any
     StrongPose checkpoint), otherwise a ResNet-18 overfit for a short while on 8 embedded-sample images at
     256 px (``experiments/overfit_checkpoint.py``: 100 steps, AP 0.59 on those images; built once and cached

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import nbformat
-import pytest
 from nbclient import NotebookClient
 
 NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
@@ -17,8 +16,8 @@ def test_there_is_a_quickstart_and_it_is_committed_without_outputs():
         assert all(not c.outputs and c.execution_count is None for c in code), f"{path.name}: clear its outputs"
 
 
-@pytest.mark.slow  # a kernel, a tiny training run and a prediction: about 30-60 s on 2 cores
 def test_quickstart_runs_trains_predicts_and_draws(tmp_path):
+    """A kernel, a tiny training run and a prediction: 12 s on the idle 2-core VM."""
     nb = nbformat.read(NOTEBOOKS[[p.name for p in NOTEBOOKS].index("quickstart.ipynb")], as_version=4)
     # a CellExecutionError (with the failing cell and its traceback) fails the test
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
