@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 # before anything imports wandb or albumentations
 os.environ["WANDB_MODE"] = "disabled"
@@ -65,10 +67,30 @@ def synthetic_batch(codec: StrongPoseCodec, batch_size: int = 2, size: int = 64,
     return default_collate(items)
 
 
-@pytest.fixture
+def run_train_cli(args: Sequence[str], cwd: str | Path, timeout: int = 400,
+                  importable: Sequence[str | Path] = ()) -> subprocess.CompletedProcess:
+    """``python -m strongpose.train ARGS`` in ``cwd``: W&B off, one thread per process unless OMP_NUM_THREADS
+    says otherwise, the ``importable`` folders on PYTHONPATH (test callbacks named in ``+callbacks...``
+    overrides, also for Lightning's DDP children); fails the test with the output's tail."""
+    env = {"OMP_NUM_THREADS": "1", **os.environ, "WANDB_MODE": "disabled",
+           "PYTHONPATH": os.pathsep.join(filter(None, [*map(str, importable), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-m", "strongpose.train", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)  # a hang ends here
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    return done
+
+
+@pytest.fixture(scope="session")
+def train_cli():
+    """:func:`run_train_cli` as a fixture (session-scoped: module-scoped fixtures use it too)."""
+    return run_train_cli
+
+
+@pytest.fixture(scope="session")
 def train_config():
-    """:func:`compose_train` as a fixture: test modules cannot rely on ``import conftest`` (every
-    conftest.py outside a package is module "conftest", so another folder's may shadow this one)."""
+    """:func:`compose_train` as a fixture (session-scoped: module-scoped fixtures use it too): test modules
+    cannot rely on ``import conftest`` (every conftest.py outside a package is module "conftest", so
+    another folder's may shadow this one)."""
     return compose_train
 
 

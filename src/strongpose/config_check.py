@@ -36,9 +36,9 @@ def _members(annotation: Any) -> list[Any] | None:
         return None if any(m is None for m in members) else [x for m in members for x in m]
     if origin is typing.Literal or annotation in SCALARS:
         return [annotation]
-    if origin in (list, tuple) or annotation in (list, tuple) or origin is Sequence:
+    if origin in (list, tuple, Sequence) or annotation in (list, tuple):
         return [list]
-    if origin in (dict, Mapping) or annotation in (dict, Mapping) or origin is typing.Mapping:
+    if origin in (dict, Mapping) or annotation in (dict, Mapping):  # typing.Mapping[...]'s origin is Mapping
         return [dict]
     return None
 
@@ -83,7 +83,6 @@ def type_errors(node: DictConfig, path: str = "") -> list[str]:
     errors: list[str] = []
     target = node.get("_target_") if "_target_" in node and not OmegaConf.is_interpolation(node, "_target_") else None
     hints = _signature_types(target) if isinstance(target, str) else {}
-    raw = OmegaConf.to_container(node, resolve=False)  # to name where an interpolated value came from
     for key in node:
         key = str(key)
         where = f"{path}.{key}" if path else key
@@ -101,7 +100,9 @@ def type_errors(node: DictConfig, path: str = "") -> list[str]:
         plain = OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
         members = _members(hints[key])
         if members is not None and not any(_fits(plain, m) for m in members):
-            source = f" from {raw[key]}" if OmegaConf.is_interpolation(node, key) else ""
+            # name where an interpolated value came from
+            source = (f" from {OmegaConf.to_container(node, resolve=False)[key]}"
+                      if OmegaConf.is_interpolation(node, key) else "")
             errors.append(f"{where}={plain!r} ({type(plain).__name__}{source}): expected {_describe(members)} "
                           f"(argument {key!r} of {target})")
     return errors

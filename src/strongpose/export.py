@@ -133,9 +133,9 @@ def compare_with_onnxruntime(net: nn.Module, names: list[str], path: str | Path,
     return result
 
 
-def check_batches(input_size: int, stride: int, dynamic: bool) -> list[torch.Tensor]:
-    """One sample image at S x S; with dynamic shapes also two images cropped to a non-square size."""
-    images = sample_images(input_size, 2)
+def check_batches(images: torch.Tensor, stride: int, dynamic: bool) -> list[torch.Tensor]:
+    """One of the (B, 3, S, S) sample ``images``; with dynamic shapes also two cropped to a non-square size."""
+    input_size = images.shape[-1]
     batches = [images[:1]]
     if dynamic and len(images) > 1:
         width = input_size // 2 + stride // 2  # not a multiple of the stride: maps round up
@@ -153,7 +153,8 @@ def run(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     names = list(module.codec.channels)
     input_size = int(cfg.get("input_size") or run_cfg.get("data", {}).get("input_size") or 512)
     dynamic = bool(cfg.get("dynamic", True))
-    example = sample_images(input_size, 2 if dynamic else 1)  # batch 2: torch.export specialises size 1
+    images = sample_images(input_size, 2)  # read once: the traced example and the check's inputs
+    example = images if dynamic else images[:1]  # batch 2 when dynamic: torch.export specialises size 1
     output = Path(cfg.get("output") or "model.onnx")
     exporter = export_onnx(net, names, output, example, opset=cfg.get("opset", 18), dynamic=dynamic,
                            exporter=cfg.get("exporter", "auto"))
@@ -164,7 +165,7 @@ def run(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
           f"traced at {input_size} px)", flush=True)
     if not cfg.get("check", True):
         return report
-    batches = check_batches(input_size, module.codec.stride, dynamic)
+    batches = check_batches(images, module.codec.stride, dynamic)
     stats = compare_with_onnxruntime(net, names, output, batches)
     report["diffs"] = {name: s["max_abs_diff"] for name, s in stats.items()}
     shapes = ", ".join("x".join(map(str, b.shape)) for b in batches)

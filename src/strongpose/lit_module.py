@@ -13,7 +13,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from strongpose.checkpoint import CONFIG_KEY, CheckpointError, spec_mismatch
 from strongpose.codec import StrongPoseCodec
-from strongpose.faults import NonFiniteLossGuard, restore_buffers
+from strongpose.faults import BufferSnapshot, NonFiniteLossGuard
 from strongpose.models.losses import strongpose_losses
 from strongpose.models.network import StrongPoseNet, to_probabilities
 from strongpose.structures import Poses
@@ -111,8 +111,11 @@ class StrongPoseModule(L.LightningModule):
         self.loss_weights = {**DEFAULT_LOSS_WEIGHTS, **loss.pop("weights", {})}
         self.loss_options = loss
         self.nonfinite = NonFiniteLossGuard(max_nonfinite_steps)
-        self._skipping = False  # this step's loss was not finite (on some rank)
-        self._buffers_before: list[torch.Tensor] = []
+        self._buffers_before = BufferSnapshot()
+        self._restore_buffers = False  # this micro-batch's loss was not finite (on some rank)
+        # some micro-batch since the last optimiser step was not finite: its NaN gradients are summed into
+        # .grad with the others' (trainer.accumulate_grad_batches > 1), so the whole step is dropped
+        self._drop_gradients = False
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Raw outputs (heat-map logits, offsets in input pixels), in training and evaluation alike."""
@@ -138,23 +141,24 @@ class StrongPoseModule(L.LightningModule):
         return losses["total"], outputs
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        self._buffers_before = [b.detach().clone() for b in self.buffers()]  # BatchNorm statistics: KBs
+        self._buffers_before.take(self)
         loss = self._step(batch, "train")[0]
         # a non-finite loss: the step is skipped. Backward still runs (not `return None`, which Lightning
         # refuses under DDP, where every rank must take part in the gradient all-reduce); then the BatchNorm
         # statistics, which a NaN batch makes NaN for good, are put back and the gradients dropped
-        self._skipping = self.nonfinite.skip(loss, batch, self._trainer)
+        self._restore_buffers = self.nonfinite.skip(loss, batch, self._trainer)
+        self._drop_gradients |= self._restore_buffers
         self.log(NONFINITE, float(self.nonfinite.total), on_step=True, batch_size=len(batch["image"]))
         return loss
 
     def on_after_backward(self) -> None:
-        if self._skipping:  # not before backward: autograd checks that BatchNorm's inputs are unchanged
-            restore_buffers(self, self._buffers_before)
+        if self._restore_buffers:  # not before backward: autograd checks that BatchNorm's inputs are unchanged
+            self._buffers_before.restore()
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self._skipping:  # no gradient: the optimiser leaves every weight and its momentum alone
+        if self._drop_gradients:  # no gradient: the optimiser leaves every weight and its momentum alone
             optimizer.zero_grad(set_to_none=True)
-            self._skipping = False
+            self._drop_gradients = False
 
     def validation_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor | dict[str, torch.Tensor]]:
         """``{"loss": total loss, "outputs": raw outputs}``; Lightning hands it to callbacks'

@@ -110,12 +110,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if source.is_dir() and out.resolve() == source.resolve() and cfg.draw:
         raise ValueError(f"output {out} is the input folder: the drawn images would replace the originals")
     out.mkdir(parents=True, exist_ok=True)
+    is_video = source.is_file() and suffix in VIDEO_SUFFIXES
     predictor = predictor_from_config(cfg, cfg.input_size)
     totals: dict[str, float] = {}
     skipped: list[dict] = []
     drawn: Path | None = out if cfg.draw else None
     start = time.perf_counter()
-    if source.is_file() and suffix in VIDEO_SUFFIXES:
+    if is_video:
         results, drawn, done = predict_video(predictor, source, out, cfg, totals)
     else:
         paths = list_images(source) if source.is_dir() else [source]
@@ -137,7 +138,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "drawn": str(drawn) if drawn is not None else None,
     }
     write_json(out / "summary.json", summary)
-    unit = "frames" if suffix in VIDEO_SUFFIXES and source.is_file() else "images"
+    unit = "frames" if is_video else "images"
     print(f"Predicted {len(results)} people in {done} {unit} ({len(skipped)} skipped); results {results_path}"
           + (f", drawn in {drawn}" if drawn else ""))
     return summary

@@ -132,7 +132,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
                                      plugins=with_atomic_checkpoints(instantiate(cfg.trainer.get("plugins"))))
     for logger in loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.log_hyperparams(model.run_config)
 
     ckpt_path = checkpoint_to_resume(cfg.get("ckpt_path"), cfg.get("resume"), trainer)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)

@@ -14,7 +14,7 @@ from torchvision.utils import draw_keypoints
 
 from strongpose.data.coco import IMAGENET_MEAN, IMAGENET_STD
 from strongpose.skeleton import Skeleton
-from strongpose.structures import Poses
+from strongpose.structures import Poses, map_to_input
 
 LIMB_COLOR = (255, 255, 255)
 
@@ -145,7 +145,7 @@ def _arrows(canvas: np.ndarray, where: torch.Tensor, offsets: torch.Tensor, colo
     channel, v, u = where.nonzero(as_tuple=True)
     if len(channel) == 0:
         return
-    start = torch.stack((u, v), 1).float() * stride + (stride - 1) / 2.0  # map_to_input of the cell centres
+    start = map_to_input(torch.stack((u, v), 1).float(), stride)  # the cell centres
     end = start + torch.stack((offsets[channel, 0, v, u], offsets[channel, 1, v, u]), 1)
     length = (end - start).norm(dim=1).clamp(min=1e-6)
     tips = (6.0 / length).clamp(max=0.4).tolist()  # heads of about 6 px whatever the length

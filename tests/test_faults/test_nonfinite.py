@@ -98,3 +98,25 @@ def test_a_run_skips_nonfinite_steps_then_stops_naming_the_images(train_config, 
     rows = list(csv.DictReader(open(next(tmp_path.glob("csv/version_*/metrics.csv")))))
     counts = [float(r["train/nonfinite_steps"]) for r in rows if r.get("train/nonfinite_steps")]
     assert counts == [0, 1, 1, 2]  # the stopping step raises before it is logged
+
+
+def test_a_nan_micro_batch_drops_the_whole_accumulated_step(codec, batch):
+    # trainer.accumulate_grad_batches=2: Lightning calls on_before_optimizer_step after the second micro-batch
+    # only; the first one's NaN gradients are in .grad by then, so a finite second one must not un-skip the step
+    torch.manual_seed(0)
+    backbone = ResNetBackbone("resnet18", output_stride=codec.stride, neck_channels=32)
+    module = StrongPoseModule(codec, backbone, functools.partial(torch.optim.AdamW), heads={"width": 32})
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3)
+    weights = [p.detach().clone() for p in module.parameters()]
+    poisoned = {**batch, "image": batch["image"].clone()}
+    poisoned["image"][0, 0, 0, 0] = float("nan")
+    module.training_step(poisoned, 0).backward()
+    module.on_after_backward()
+    buffers = [b.clone() for b in module.buffers()]  # the NaN micro-batch's statistics are put back
+    module.training_step(batch, 1).backward()  # finite: its BatchNorm update stays
+    module.on_after_backward()
+    assert all(torch.isfinite(b).all() for b in module.buffers())
+    assert not all(torch.equal(a, b) for a, b in zip(buffers, module.buffers(), strict=True))
+    module.on_before_optimizer_step(optimizer)
+    optimizer.step()
+    assert all(torch.equal(a, b) for a, b in zip(weights, module.parameters(), strict=True))

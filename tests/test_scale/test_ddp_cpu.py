@@ -17,16 +17,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from strongpose.train import CONFIG_DIR, train
+from strongpose.train import train
 
 HERE = Path(__file__).parent
 BASE_LR = 0.1
@@ -40,38 +36,26 @@ COMMON = [
 ]
 
 
-def run_cli(args: list[str], cwd: Path, timeout: int = 400) -> subprocess.CompletedProcess:
-    """``python -m strongpose.train ARGS`` in ``cwd``, with this folder importable by the DDP children."""
-    env = {**os.environ, "WANDB_MODE": "disabled",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, "-m", "strongpose.train", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
-
-
 @pytest.mark.slow
-def test_the_documented_ddp_command_runs_on_two_cpu_processes(tmp_path):
-    done = run_cli(["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.fast_dev_run=true",
-                    "logger=none", "data.input_size=64", "data.batch_size=1", "data.max_train_images=2",
-                    "data.max_val_images=2", "hydra.run.dir=run"], tmp_path)
+def test_the_documented_ddp_command_runs_on_two_cpu_processes(tmp_path, train_cli):
+    done = train_cli(["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.fast_dev_run=true",
+                      "logger=none", "data.input_size=64", "data.batch_size=1", "data.max_train_images=2",
+                      "data.max_val_images=2", "hydra.run.dir=run"], tmp_path, importable=[HERE])
     assert "Starting with 2 processes" in done.stdout + done.stderr
     assert "distributed_backend=gloo" in done.stdout + done.stderr
     assert sum(line.startswith("Done:") for line in done.stdout.splitlines()) == 1  # rank 0 speaks
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
+def runs(tmp_path_factory, train_cli, train_config) -> dict[str, Path]:
     """The 2-process run (command line, as a user starts it) and the 1-process run (in this process)."""
     root = tmp_path_factory.mktemp("ddp")
-    run_cli([*COMMON, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "data.batch_size=2",
-             "hydra.run.dir=ddp", "+callbacks.record.out=ddp/record", "+callbacks.coco_eval.record_to=ddp/record"], root)
+    train_cli([*COMMON, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "data.batch_size=2",
+               "hydra.run.dir=ddp", "+callbacks.record.out=ddp/record", "+callbacks.coco_eval.record_to=ddp/record"],
+              root, importable=[HERE])  # scale_recorder, for the DDP children too
     one = root / "one"
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[*COMMON, "trainer=cpu", "data.batch_size=4", f"paths.output_dir={one}",
-                                          f"+callbacks.record.out={one}/record",
-                                          f"+callbacks.coco_eval.record_to={one}/record"])
-    train(cfg)
+    train(train_config([*COMMON, "trainer=cpu", "data.batch_size=4", f"+callbacks.record.out={one}/record",
+                        f"+callbacks.coco_eval.record_to={one}/record"], output_dir=one, tiny=False))
     return {"ddp": root / "ddp", "one": one}
 
 
@@ -140,13 +124,13 @@ def test_checkpoints_are_written_once(runs):
 
 
 @pytest.mark.slow
-def test_submitit_local_multirun_runs_one_job_per_run(tmp_path):
+def test_submitit_local_multirun_runs_one_job_per_run(tmp_path, train_cli):
     """The launcher path of hydra/launcher=slurm (hydra-submitit-launcher: pickled job, one process per task,
     one folder per run), on this machine with submitit's local executor."""
-    run_cli(["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "trainer=cpu", "logger=none",
-             "data.input_size=64", "data.batch_size=1", "data.max_train_images=1", "data.max_val_images=1",
-             "trainer.fast_dev_run=true", "callbacks.coco_eval=null", "backbone=resnet18,resnet34",
-             "hydra.sweep.dir=sweep"], tmp_path)
+    train_cli(["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "trainer=cpu", "logger=none",
+               "data.input_size=64", "data.batch_size=1", "data.max_train_images=1", "data.max_val_images=1",
+               "trainer.fast_dev_run=true", "callbacks.coco_eval=null", "backbone=resnet18,resnet34",
+               "hydra.sweep.dir=sweep"], tmp_path, importable=[HERE])
     sweep = tmp_path / "sweep"
     for job, backbone in enumerate(("resnet18", "resnet34")):
         assert f"backbone={backbone}" in (sweep / str(job) / ".hydra" / "overrides.yaml").read_text()

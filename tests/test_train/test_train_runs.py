@@ -1,8 +1,5 @@
 """End-to-end training runs on the embedded sample (tiny inputs, CPU, no logger)."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -47,11 +44,11 @@ def test_resume_from_last_checkpoint_continues_the_step_count(train_config, tmp_
     assert second["trainer"].current_epoch == 2
 
 
-def test_cli_runs_from_any_folder_and_says_where_the_checkpoint_is(tmp_path):
+def test_cli_runs_from_any_folder_and_says_where_the_checkpoint_is(tmp_path, train_cli):
     args = ["logger=csv", "trainer=cpu", "data.input_size=64", "data.batch_size=2", "data.max_train_images=2",
             "data.max_val_images=2", "trainer.max_epochs=1", "trainer.check_val_every_n_epoch=1",
             "trainer.enable_model_summary=false", "hydra.run.dir=run"]
-    done = run_train_cli(args, tmp_path)
+    done = train_cli(args, tmp_path)
     run = tmp_path / "run"
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert (run / ".hydra" / "config.yaml").is_file()
@@ -61,19 +58,11 @@ def test_cli_runs_from_any_folder_and_says_where_the_checkpoint_is(tmp_path):
 
 
 @pytest.mark.slow
-def test_multirun_gives_each_job_its_own_folder(tmp_path):
+def test_multirun_gives_each_job_its_own_folder(tmp_path, train_cli):
     args = ["-m", "logger=none", "trainer=cpu", "data.input_size=64", "data.batch_size=2",
             "data.max_train_images=2", "data.max_val_images=2", "trainer.fast_dev_run=true",
             "backbone=resnet18,resnet34", "hydra.sweep.dir=sweep"]
-    run_train_cli(args, tmp_path, timeout=600)
+    train_cli(args, tmp_path, timeout=600)
     jobs = sorted(p.parent.parent.name for p in (tmp_path / "sweep").glob("*/.hydra/overrides.yaml"))
     assert jobs == ["0", "1"]
 
-
-def run_train_cli(args: list[str], cwd, timeout: int = 300) -> subprocess.CompletedProcess:
-    """``python -m strongpose.train ARGS`` in ``cwd`` with W&B off; fails the test with stderr's tail."""
-    env = {**os.environ, "WANDB_MODE": "disabled"}
-    done = subprocess.run([sys.executable, "-m", "strongpose.train", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done

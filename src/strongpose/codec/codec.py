@@ -9,7 +9,7 @@ import torch
 
 from strongpose.codec.encode import encode_targets, out_edge_table
 from strongpose.codec.grouping import group_image, link_candidates
-from strongpose.codec.hough import cell_index, find_peaks, gaussian_blur, hough_vote, smooth_votes
+from strongpose.codec.hough import find_peaks, gaussian_blur, hough_vote, smooth_votes
 from strongpose.skeleton import COCO_PERSON, Skeleton, get_skeleton
 from strongpose.structures import Poses, map_size
 
@@ -210,7 +210,7 @@ class StrongPoseCodec:
         for key in ("skhm", "short", "mid"):
             if key not in outputs:
                 raise KeyError(f"decode needs {key!r} in outputs, got {sorted(outputs)}")
-        b, k, h, w = outputs["skhm"].shape
+        b = outputs["skhm"].shape[0]
         expect = {"skhm": self.num_keypoints, "short": 2 * self.num_keypoints, "mid": 2 * self.num_edges}
         for key, ch in expect.items():
             if outputs[key].shape[1] != ch:
@@ -229,14 +229,12 @@ class StrongPoseCodec:
             # as many peak slots as the busiest (image, type) needs
             pos, peak_scores, valid = find_peaks(scores, short, self.stride, self.decode_max_peaks,
                                                  self.decode_peak_threshold, self.decode_refine)
-            num = pos.shape[2]
             t1 = time.perf_counter()
+            # the body-map probability under each detection scales the person scores
+            bhm = outputs["bhm"].float() if ("bhm" in outputs and self.decode_bhm_weight > 0) else None
             links = link_candidates(pos, valid, short, mid, long, self.edges.to(skhm.device), self.stride,
                                     self.decode_topn, self.decode_mid_refine, mid_valid=outputs.get("mid_valid"),
-                                    long_valid=outputs.get("long_valid") if long is not None else None)
-            if "bhm" in outputs and self.decode_bhm_weight > 0:  # body-map probability under each detection
-                cells = cell_index(pos, self.stride, (h, w)).reshape(b, k * num)
-                links["bhm_at"] = outputs["bhm"].float().reshape(b, h * w).gather(1, cells).reshape(b, k, num)
+                                    long_valid=outputs.get("long_valid"), bhm=bhm)
             host = {key: v.cpu().numpy() for key, v in links.items()}
             pos_np, score_np, valid_np = pos.cpu().numpy(), peak_scores.cpu().numpy(), valid.cpu().numpy()
         t2 = time.perf_counter()

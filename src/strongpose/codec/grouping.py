@@ -53,6 +53,7 @@ def link_candidates(
     mid_refine: bool = True,
     mid_valid: torch.Tensor | None = None,
     long_valid: torch.Tensor | None = None,
+    bhm: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Batched link computation.
 
@@ -60,7 +61,8 @@ def link_candidates(
     long (B, 2K, h, w) or None; edges (E, 2) directed (src, dst). ``mid_valid`` (B, E, h, w) and
     ``long_valid`` (B, K, h, w), when given (decoding targets), drop links read where no offset is defined.
     Returns mid_dist / mid_idx (B, E, L, T) and, with long, long_dist / long_idx (B, K, L, K, T) and
-    long_pred (B, K, L, K, 2): where each detected keypoint says every type of its person is.
+    long_pred (B, K, L, K, 2): where each detected keypoint says every type of its person is; with
+    ``bhm`` (B, 1, h, w), bhm_at (B, K, L): the body map under each detection.
     The tensors are tiny, so the op count is what costs: each map is read with one flat gather.
     """
     b, k, num, _ = pos.shape
@@ -69,7 +71,7 @@ def link_candidates(
     plan = _link_plan(tuple(edges.flatten().tolist()), k, pos.device)
     image = torch.arange(b, device=pos.device).view(b, 1, 1, 1) if b > 1 else None
 
-    def read(maps: torch.Tensor, channels: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+    def read(maps: torch.Tensor, channels: torch.Tensor | int, cells: torch.Tensor) -> torch.Tensor:
         """``maps`` (B, C, h, w) at ``channels`` (X, 1, c) and flat ``cells`` (B, X, L, 1) -> (B, X, L, c)."""
         index = channels * hw + cells
         if image is not None:  # image i's maps start at i * C * hw
@@ -86,6 +88,8 @@ def link_candidates(
     if mid_valid is not None:  # decoding targets: an offset is only defined where its mask says so
         mid_dist = torch.where(read(mid_valid, plan["edge"], src_cells), mid_dist, float("inf"))
     out = {"mid_dist": mid_dist, "mid_idx": mid_idx}
+    if bhm is not None:
+        out["bhm_at"] = read(bhm, 0, cells[..., None]).view(b, k, num)
     if long is not None:
         at = cells.view(b, k * num, 1, 1)  # one row per source keypoint, then the dst types
         long_pred = centres.view(b, k * num, 1, 2) + read(long, plan["long"], at)  # (B, K*L, K, 2)

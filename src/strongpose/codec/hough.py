@@ -58,9 +58,14 @@ def _unring(h: int, w: int, device: torch.device) -> torch.Tensor:
     return F.pad(cells, (1, 1, 1, 1), value=-1).reshape(-1).to(device)
 
 
+def _blur_radius(sigma: float) -> int:
+    """Half-width of the Gaussian kernels: truncated at 2.5 sigma."""
+    return max(1, math.ceil(2.5 * sigma))
+
+
 def _gaussian_taps(sigma: float) -> torch.Tensor:
-    """Normalised 1-D Gaussian truncated at radius ceil(2.5 sigma) (float64, 2r + 1 taps)."""
-    radius = max(1, math.ceil(2.5 * sigma))
+    """Normalised 1-D Gaussian truncated at :func:`_blur_radius` (float64, 2r + 1 taps)."""
+    radius = _blur_radius(sigma)
     taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float64) / sigma) ** 2)
     return taps / taps.sum()
 
@@ -152,7 +157,7 @@ def scatter_blur(flat: torch.Tensor, cells: torch.Tensor, shape: torch.Size, sig
     """:func:`gaussian_blur` of the (B, C, h, w) maps whose only nonzero values are ``flat[cells]``:
     each one's 2-D Gaussian footprint is scattered into a zero map."""
     b, c, h, w = shape
-    radius = max(1, math.ceil(2.5 * sigma))
+    radius = _blur_radius(sigma)
     hp, wp = h + 2 * radius, w + 2 * radius
     offsets, kernel = _gaussian_footprint(float(sigma), wp, flat.device, flat.dtype)
     channel, rest = _divmod(cells, h * w)

@@ -55,6 +55,11 @@ def is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def is_number(value: object) -> bool:
+    """A JSON number (``true``/``false`` are not)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 # the integer fields pycocotools indexes by (and the data module puts image ids into tensors)
 INDEX_KEYS = {"images": ("id",), "annotations": ("id", "image_id", "category_id"), "categories": ("id",)}
 
@@ -85,14 +90,21 @@ def excerpt(value: object, limit: int = 80) -> str:
 
 def person_category(coco: COCO, num_keypoints: int, source: str | Path) -> int:
     """Id of the category with keypoints (``person`` preferred); its keypoint count must match the skeleton."""
-    cats = [c for c in coco.dataset["categories"] if isinstance(c.get("keypoints"), list) and c["keypoints"]]
-    cats.sort(key=lambda c: c.get("name") != "person")
-    if not cats:
+    cat = keypoint_category(coco.dataset["categories"])
+    if cat is None:
         raise ValueError(f"{source}: no category has keypoints; is this a keypoint annotation file?")
-    if len(cats[0]["keypoints"]) != num_keypoints:
-        raise ValueError(f"{source}: category {cats[0].get('name')!r} has {len(cats[0]['keypoints'])} keypoints, "
+    if len(cat["keypoints"]) != num_keypoints:
+        raise ValueError(f"{source}: category {cat.get('name')!r} has {len(cat['keypoints'])} keypoints, "
                          f"the skeleton has {num_keypoints}")
-    return int(cats[0]["id"])
+    return cat["id"]
+
+
+def keypoint_category(categories: list) -> dict | None:
+    """The category the keypoints belong to: the first with an integer id and keypoint names, ``person``
+    preferred; None when there is none (the loader and the validator pick it the same way)."""
+    cats = [c for c in categories if isinstance(c, dict) and is_int(c.get("id"))
+            and isinstance(c.get("keypoints"), list) and c["keypoints"]]
+    return min(cats, key=lambda c: c.get("name") != "person", default=None)  # min keeps the first of ties
 
 
 @dataclass
@@ -135,8 +147,7 @@ def segmentation_error(seg: object, height: int, width: int) -> str | None:
         return None  # no mask: the codec falls back to the box
     if isinstance(seg, list):
         for i, poly in enumerate(seg):
-            if not isinstance(poly, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                     for v in poly):
+            if not isinstance(poly, list) or not all(is_number(v) for v in poly):
                 return f"polygon {i} is not a list of numbers"
             if len(poly) % 2:
                 return f"polygon {i} has an odd number of coordinates ({len(poly)})"
@@ -164,6 +175,43 @@ def segmentation_error(seg: object, height: int, width: int) -> str | None:
     if sum(counts) != height * width:
         return f"RLE counts cover {sum(counts)} pixels, the image has {height * width}"
     return None
+
+
+# training reads float32: a finite JSON number beyond its range would become infinite there
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def keypoint_array(kps: object, num_keypoints: int) -> np.ndarray:
+    """(K, 3) float64 x, y, v of an annotation's ``keypoints`` (None or [], nothing labelled: zeros). NaN,
+    infinite and beyond-float32 values come back non-finite, for the caller to refuse or report. Raises
+    ValueError when ``kps`` is not a list of 3 x K numbers."""
+    if kps is None or kps == []:
+        return np.zeros((num_keypoints, 3))
+    if not (isinstance(kps, list) and all(is_number(v) for v in kps)):
+        raise ValueError(f"keypoints is not a list of numbers: {excerpt(kps)}")
+    if len(kps) != 3 * num_keypoints:
+        raise ValueError(f"{len(kps)} keypoint values, expected {3 * num_keypoints} "
+                         f"({num_keypoints} keypoints x (x, y, v))")
+    return _float_array(kps).reshape(num_keypoints, 3)
+
+
+def box_array(box: object) -> np.ndarray:
+    """(4,) float64 COCO xywh of an annotation's ``bbox`` (None, no box: zeros), non-finite values as in
+    :func:`keypoint_array`. Raises ValueError when ``box`` is not 4 numbers."""
+    if box is None:
+        return np.zeros(4)
+    if not (isinstance(box, list) and len(box) == 4 and all(is_number(v) for v in box)):
+        raise ValueError(f"bbox must be [x, y, width, height] numbers, got {excerpt(box)}")
+    return _float_array(box)
+
+
+def _float_array(values: list) -> np.ndarray:
+    try:
+        array = np.array(values, np.float64)
+    except OverflowError:  # a JSON integer beyond float64's range
+        array = np.array([v if isinstance(v, float) or abs(v) <= FLOAT32_MAX else math.inf if v > 0 else -math.inf
+                          for v in values], np.float64)
+    return np.where(np.abs(array) > FLOAT32_MAX, np.copysign(np.inf, array), array)
 
 
 def rle_string_counts(text: str) -> list[int]:
@@ -220,16 +268,14 @@ def image_annotations(coco: COCO, image_id: int, category_id: int, num_keypoints
             if ann.get("iscrowd"):
                 crowd |= mask
                 continue
-            kp = np.asarray(ann.get("keypoints") or [0.0] * (3 * num_keypoints), dtype=np.float32)
-            if kp.size != 3 * num_keypoints:
-                raise ValueError(f"{kp.size} keypoint values, expected {3 * num_keypoints}")
-            box = np.asarray(ann.get("bbox", [0.0, 0.0, 0.0, 0.0]), dtype=np.float32)
-            if box.shape != (4,) or not (np.isfinite(box).all() and np.isfinite(kp).all()):
-                raise ValueError(f"bad bbox {ann.get('bbox')!r} or non-finite keypoints")
+            # the validator's structural checks; it reports more (visibility, boxes outside) that training tolerates
+            kp, box = keypoint_array(ann.get("keypoints"), num_keypoints), box_array(ann.get("bbox"))
+            if not (np.isfinite(box).all() and np.isfinite(kp).all()):
+                raise ValueError(f"NaN or infinite values in bbox {excerpt(ann.get('bbox'))} or keypoints")
         except Exception as err:  # pycocotools raises assorted types on malformed segmentations
             raise BadSample(file_name, f"malformed annotation: {err}", ann.get("id")) from err
-        keypoints.append(kp.reshape(num_keypoints, 3))
-        boxes.append(box)
+        keypoints.append(kp.astype(np.float32))
+        boxes.append(box.astype(np.float32))
         masks.append(mask)
     return ImageAnnotations(
         keypoints=np.stack(keypoints) if keypoints else np.zeros((0, num_keypoints, 3), np.float32),

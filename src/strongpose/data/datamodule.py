@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from strongpose.codec import StrongPoseCodec
 from strongpose.data.coco import COCOKeypointDataset, empty_sample
 from strongpose.data.collate import SkipBadCollate, SkippedSample
-from strongpose.data.resumable import ResumableDataLoader
+from strongpose.data.resumable import ResumableDataLoader, position_state
 from strongpose.data.sample import sample_paths
 from strongpose.data.sampling import SeededSampler, init_worker
 from strongpose.data.transforms import AugmentConfig
@@ -144,8 +144,8 @@ class COCOKeypointDataModule(L.LightningDataModule):
 
     def state_dict(self) -> dict[str, Any]:
         """Saved in checkpoints: where training is in its epoch (see :class:`ResumableDataLoader`)."""
-        position = self._train_position()
-        return {} if position is None else {"train_position": {"epoch": position[0], "batches": position[1]}}
+        state = position_state(self._train_position())
+        return {"train_position": state} if state else {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Lightning restores the loader's own state only if it builds the loader after restoring the loops,

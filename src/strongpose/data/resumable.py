@@ -34,11 +34,7 @@ class ResumableDataLoader(DataLoader):
         self.position = position
 
     def state_dict(self) -> dict[str, int]:
-        position = self.position() if self.position is not None else None
-        if position is None:
-            return {}
-        epoch, batches = position
-        return {"epoch": int(epoch), "batches": int(batches)}
+        return position_state(self.position() if self.position is not None else None)
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if not state:
@@ -50,3 +46,12 @@ class ResumableDataLoader(DataLoader):
         # every consumed batch was full (only an epoch's last one can be short); under DDP each rank skips
         # as many keys of its own shard, since all ranks step together
         resume(state["epoch"], state["batches"] * self.batch_size)
+
+
+def position_state(position: tuple[int, int] | None) -> dict[str, int]:
+    """The saved form of an ``(epoch, batches)`` position (what :meth:`ResumableDataLoader.load_state_dict`
+    takes); empty when it is unknown."""
+    if position is None:
+        return {}
+    epoch, batches = position
+    return {"epoch": int(epoch), "batches": int(batches)}

@@ -16,8 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from strongpose.data.annotations import (BadSample, decode_image, excerpt, image_entry, is_int, read_coco_json,
-                                         segmentation_error)
+import numpy as np
+
+from strongpose.data.annotations import (INDEX_KEYS, BadSample, box_array, decode_image, excerpt, image_entry, is_int,
+                                         keypoint_array, keypoint_category, read_coco_json, segmentation_error)
 from strongpose.skeleton import COCO_PERSON, Skeleton
 
 ERROR, WARNING = "error", "warning"
@@ -162,22 +164,20 @@ def _keypoint_category(categories: list, skeleton: Skeleton, source: str,
                        problems: list[Problem]) -> tuple[int, list[str]] | None:
     """(id, keypoint names) of the keypoint category (``person`` preferred, as the dataset picks it), or None.
     Annotations are checked against its keypoint count: a skeleton mismatch is one problem, not one each."""
-    cats = [c for c in categories if isinstance(c, dict) and is_int(c.get("id"))
-            and isinstance(c.get("keypoints"), list) and c["keypoints"]]
-    cats.sort(key=lambda c: c.get("name") != "person")
-    if not cats:
+    cat = keypoint_category(categories)
+    if cat is None:
         problems.append(Problem(source, None, None, "category", "no category with an integer id has keypoints"))
         return None
-    if len(cats[0]["keypoints"]) != skeleton.num_keypoints:
+    if len(cat["keypoints"]) != skeleton.num_keypoints:
         problems.append(Problem(source, None, None, "category",
-                                f"category {excerpt(cats[0].get('name'))} has {len(cats[0]['keypoints'])} "
+                                f"category {excerpt(cat.get('name'))} has {len(cat['keypoints'])} "
                                 f"keypoints, the {skeleton.name} skeleton has {skeleton.num_keypoints}"))
-    return int(cats[0]["id"]), [str(name) for name in cats[0]["keypoints"]]
+    return cat["id"], [str(name) for name in cat["keypoints"]]
 
 
 def _check_annotation(i: int, ann: object, images: dict, known: set[int], category: tuple[int, list[str]] | None,
                       seen_ids: set[int], source: str) -> Iterator[Problem]:
-    if not isinstance(ann, dict) or not all(is_int(ann.get(k)) for k in ("id", "image_id", "category_id")):
+    if not isinstance(ann, dict) or not all(is_int(ann.get(k)) for k in INDEX_KEYS["annotations"]):
         ids = [ann.get(k) if isinstance(ann, dict) and is_int(ann.get(k)) else None for k in ("image_id", "id")]
         yield Problem(source, *ids, "annotation_entry",
                       f"annotations[{i}] is not an object with integer id, image_id, category_id: {excerpt(ann)}")
@@ -209,20 +209,16 @@ def _check_keypoints(ann: dict, height: int, width: int, names: list[str], probl
     kps = ann.get("keypoints")
     if kps is None or kps == []:
         return  # the data module treats the person as unlabelled
-    expected = 3 * len(names)
-    if not (isinstance(kps, list) and all(_is_number(v) for v in kps)):
-        yield problem("keypoints_length", f"keypoints is not a list of numbers: {excerpt(kps)}")
+    try:  # the loader's own check: what it refuses is reported here
+        values = keypoint_array(kps, len(names))
+    except ValueError as err:
+        yield problem("keypoints_length", str(err))
         return
-    if len(kps) != expected:
-        yield problem("keypoints_length", f"{len(kps)} keypoint values, expected {expected} "
-                                          f"({len(names)} keypoints x (x, y, v))")
-        return
-    values = [_as_float(v) for v in kps]
-    nonfinite = [names[j // 3] for j, v in enumerate(values) if not math.isfinite(v)]
+    nonfinite = [names[k] for k in np.flatnonzero(~np.isfinite(values).all(axis=1))]
     if nonfinite:
         yield problem("keypoints_nonfinite", f"NaN or infinite values at {_names(nonfinite)}")
         return
-    xs, ys, vs = values[0::3], values[1::3], values[2::3]
+    xs, ys, vs = values.T.tolist()
     bad_v = [f"{names[k]}={_number(v)}" for k, v in enumerate(vs) if v not in (0.0, 1.0, 2.0)]
     if bad_v:
         yield problem("visibility", f"visibility flags must be 0, 1 or 2: {_names(bad_v)}")
@@ -244,10 +240,11 @@ def _check_box(ann: dict, height: int, width: int, problem) -> Iterator[Problem]
     if box is None:
         yield problem("bbox", "no bbox", WARNING)
         return
-    if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
-        yield problem("bbox", f"bbox must be [x, y, width, height] numbers, got {excerpt(box)}")
+    try:  # the loader's own check, as for keypoints
+        x, y, w, h = box_array(box).tolist()
+    except ValueError as err:
+        yield problem("bbox", str(err))
         return
-    x, y, w, h = (_as_float(v) for v in box)
     if not all(math.isfinite(v) for v in (x, y, w, h)):
         yield problem("bbox", f"bbox has NaN or infinite values: {excerpt(box)}")
     elif w <= 0 or h <= 0:
@@ -284,17 +281,6 @@ def _check_image_file(images_dir: Path, image_id: int, file_name: str, height: i
         found.append(Problem(file_name, image_id, None, "image_format",
                              f"the file is a {content} but named {path.suffix}", WARNING))
     return found
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _as_float(value: int | float) -> float:
-    try:
-        return float(value)
-    except OverflowError:  # a JSON integer beyond float range
-        return math.inf
 
 
 def _number(value: float) -> str:

@@ -15,6 +15,13 @@ from strongpose.structures import Poses
 
 # names of COCOeval's first six keypoint statistics, in order (logged as val/AP, val/AP50, ...)
 STAT_NAMES = ("AP", "AP50", "AP75", "APM", "APL", "AR")
+BACKENDS = ("pycocotools", "faster_coco_eval")
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
 
 
 def poses_to_coco(poses: Sequence[Poses], meta: Mapping, category_id: int = 1) -> list[dict]:
@@ -36,8 +43,7 @@ def coco_keypoint_stats(coco: COCO, results: list[dict], image_ids: Iterable[int
     ``backend="faster_coco_eval"`` runs faster-coco-eval's C++ COCOeval on the same ground truth
     (``coco.dataset``) instead of pycocotools' (the reference); the numbers are the same.
     """
-    if backend not in ("pycocotools", "faster_coco_eval"):
-        raise ValueError(f"backend must be 'pycocotools' or 'faster_coco_eval', got {backend!r}")
+    check_backend(backend)
     image_ids = sorted(set(int(i) for i in image_ids))
     if not results:
         return {name: 0.0 for name in STAT_NAMES}

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 import torch
 from pycocotools.coco import COCO
 
+from strongpose.evaluation.coco_eval import coco_keypoint_stats
 from strongpose.evaluation.metric import COCOKeypointAP
 
 
@@ -36,8 +37,8 @@ def evaluate_loader(module: torch.nn.Module, loader: Iterable[Mapping], coco: CO
         net_t += t1 - t0
         metric.update(poses, batch["meta"])
     module.train(was_training)
-    results, image_ids = metric.results()
-    stats = {name: float(v) for name, v in metric.compute().items()}
+    results, image_ids = metric.results()  # what metric.compute() evaluates; the counts come from it too
+    stats = coco_keypoint_stats(coco, results, image_ids, metric.sigmas)
     if verbose:
         print(" ".join(f"{name}={value:.3f}" for name, value in stats.items()))
     n = max(len(image_ids), 1)

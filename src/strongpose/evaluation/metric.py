@@ -17,8 +17,6 @@ gives the same predictions). Every rank computes the same COCOeval statistics fr
 
 from __future__ import annotations
 
-import contextlib
-import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -27,8 +25,9 @@ import torch
 from pycocotools.coco import COCO
 from torchmetrics import Metric
 
+from strongpose.data.annotations import load_coco
 from strongpose.data.transforms import to_original
-from strongpose.evaluation.coco_eval import STAT_NAMES, coco_keypoint_stats
+from strongpose.evaluation.coco_eval import STAT_NAMES, check_backend, coco_keypoint_stats
 from strongpose.structures import Poses
 
 _STATES = ("image_ids", "num_people", "keypoints", "scores")
@@ -55,12 +54,10 @@ class COCOKeypointAP(Metric):
     def __init__(self, annotations: COCO | str | Path, sigmas: Sequence[float] | None = None,
                  category_id: int = 1, backend: str = "pycocotools", **kwargs) -> None:
         super().__init__(**kwargs)
-        if backend not in ("pycocotools", "faster_coco_eval"):
-            raise ValueError(f"backend must be 'pycocotools' or 'faster_coco_eval', got {backend!r}")
-        self.coco = annotations if isinstance(annotations, COCO) else _load_coco(annotations)
+        self.backend = check_backend(backend)  # fail at construction, not at the first epoch's end
+        self.coco = annotations if isinstance(annotations, COCO) else load_coco(annotations)
         self.sigmas = None if sigmas is None else [float(s) for s in sigmas]
         self.category_id = int(category_id)
-        self.backend = backend
         if self.sigmas is not None:
             self.num_keypoints = len(self.sigmas)
         else:  # COCOeval's default sigmas are COCO's 17 keypoints
@@ -95,9 +92,9 @@ class COCOKeypointAP(Metric):
         device = self.device
         self.image_ids.append(image_ids.to(device=device, dtype=torch.float64))
         self.num_people.append(torch.tensor(counts, dtype=torch.float64, device=device))
-        empty = torch.zeros(0, dtype=torch.float64)
-        self.keypoints.append(torch.cat([empty, *[k.cpu() for k in keypoints]]).to(device))
-        self.scores.append(torch.cat([empty, *[s.cpu() for s in scores]]).to(device))
+        empty = torch.zeros(0, dtype=torch.float64, device=device)  # a batch without people still appends
+        self.keypoints.append(torch.cat([empty, *[k.to(device) for k in keypoints]]))
+        self.scores.append(torch.cat([empty, *[s.to(device) for s in scores]]))
 
     def results(self) -> tuple[list[dict], list[int]]:
         """COCO results and the ids of the images evaluated, from the (already synced) states; duplicates dropped."""
@@ -129,8 +126,3 @@ def _cat(tensors: list[torch.Tensor] | torch.Tensor) -> np.ndarray:
     if isinstance(tensors, torch.Tensor):
         return tensors.detach().cpu().reshape(-1).numpy()
     return torch.cat([t.detach().cpu().reshape(-1) for t in tensors]).numpy() if tensors else np.zeros(0)
-
-
-def _load_coco(path: str | Path) -> COCO:
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
-        return COCO(str(path))

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from strongpose.codec import StrongPoseCodec
-from strongpose.structures import Poses, map_to_input
+from strongpose.structures import Poses, input_to_map, map_to_input
 
 OFFSET_KEYS = ("short", "mid", "long")
 
@@ -55,7 +55,7 @@ def reference_grid(affine: torch.Tensor, ref_affine: torch.Tensor, map_hw: tuple
     yy, xx = torch.meshgrid(ys, xs, indexing="ij")
     points = torch.stack([xx, yy, torch.ones_like(xx)], -1).reshape(1, -1, 3)
     src = (points @ ref_to_src.transpose(1, 2))[..., :2]  # (B, h*w, 2) in this scale's input pixels
-    cells = (src - (stride - 1) / 2.0) / stride
+    cells = input_to_map(src, stride)
     last = torch.tensor([map_hw[1] - 1, map_hw[0] - 1], dtype=torch.float64, device=device)
     clamped = torch.minimum(cells.clamp(min=0), last)
     beyond = ((cells - clamped) * stride).reshape(b, h, w, 2).permute(0, 3, 1, 2)
