@@ -121,8 +121,17 @@ class StrongPoseModule(L.LightningModule):
         """Raw outputs (heat-map logits, offsets in input pixels), in training and evaluation alike."""
         return self.net(images)
 
-    def losses(self, outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return strongpose_losses(outputs, targets, self.loss_weights, self.codec.disk_radius, **self.loss_options)
+    def losses(self, outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
+               global_batch: bool = False) -> dict[str, torch.Tensor]:
+        """Loss terms. ``global_batch`` (training): normalise by the counts of all processes' batches, so that
+        DDP's gradient average is the global batch's gradient (see :func:`strongpose_losses`)."""
+        trainer = self._trainer
+        mean = None
+        if global_batch and trainer is not None and trainer.world_size > 1:
+            def mean(counts: torch.Tensor) -> torch.Tensor:
+                return trainer.strategy.reduce(counts, reduce_op="mean")
+        return strongpose_losses(outputs, targets, self.loss_weights, self.codec.disk_radius,
+                                 mean_over_processes=mean, **self.loss_options)
 
     def decode(self, outputs: dict[str, torch.Tensor]) -> list[Poses]:
         """Raw outputs -> people per image (keypoints in input pixels)."""
@@ -132,8 +141,9 @@ class StrongPoseModule(L.LightningModule):
         # a batch whose samples were all bad has size 0: it goes through with zero loss and zero gradients
         # rather than being skipped, so that every DDP rank still takes part in each step
         outputs = self(batch["image"])
-        losses = self.losses(outputs, batch["targets"])
         train = stage == "train"
+        # validation keeps per-process counts: its batches need not line up across ranks (no all-reduce)
+        losses = self.losses(outputs, batch["targets"], global_batch=train)
         # per step in training, per epoch (averaged over ranks) in validation
         options = {"on_step": train, "on_epoch": not train, "sync_dist": not train, "batch_size": len(batch["image"])}
         self.log_dict({f"{stage}/{LOSS}_{name}": value for name, value in losses.items() if name != "total"}, **options)

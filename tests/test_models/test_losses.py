@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from strongpose.models.losses import heatmap_loss, offset_loss, strongpose_losses
+from conftest import synthetic_batch
 
 WEIGHTS = {"skhm": 4.0, "bhm": 2.0, "short": 1.0, "mid": 0.4, "long": 0.1}
 
@@ -73,3 +74,38 @@ def test_all_terms_and_weighted_total(batch, codec):
     assert "long" not in strongpose_losses(without_long, t, WEIGHTS, codec.disk_radius)
     with pytest.raises(KeyError, match="no loss weight"):
         strongpose_losses(out, t, {k: v for k, v in WEIGHTS.items() if k != "mid"}, codec.disk_radius)
+
+
+def _chunk_gradients(outputs, targets, codec, mean_over_processes):
+    """Gradient of the chunk's loss w.r.t. float64 copies of its outputs."""
+    leaves = {k: v.detach().double().requires_grad_() for k, v in outputs.items()}
+    strongpose_losses(leaves, targets, WEIGHTS, codec.disk_radius, mean_over_processes=mean_over_processes)["total"].backward()
+    return {k: v.grad for k, v in leaves.items()}
+
+
+@pytest.mark.parametrize("global_counts", [True, False])
+def test_two_processes_with_mean_counts_have_the_gradient_of_the_global_batch(codec, global_counts):
+    """What DDP computes (the mean of each process's gradient) equals the one-process gradient of the whole
+    batch when each process divides by the mean of the processes' counts, and not with its own counts
+    (the two halves hold different numbers of people, hence different counts)."""
+    halves = [synthetic_batch(codec, batch_size=2, people=p, seed=p) for p in (1, 3)]
+    targets = {k: torch.cat([h["targets"][k] for h in halves]).double() if halves[0]["targets"][k].is_floating_point()
+               else torch.cat([h["targets"][k] for h in halves]) for k in halves[0]["targets"]}
+    outputs = _outputs_like(targets)
+    one = _chunk_gradients(outputs, targets, codec, None)
+
+    def part(k, t):
+        return {name: v[2 * k: 2 * k + 2] for name, v in t.items()}
+
+    counts = []  # each half's own counts, as the all-reduce would see them
+    for k in range(2):
+        strongpose_losses(part(k, outputs), part(k, targets), WEIGHTS, codec.disk_radius,
+                          mean_over_processes=lambda c: counts.append(c) or c)
+    assert not torch.equal(counts[0], counts[1])
+    mean = (lambda c: (counts[0] + counts[1]) / 2) if global_counts else None
+    halves_grads = [_chunk_gradients(part(k, outputs), part(k, targets), codec, mean) for k in range(2)]
+    ddp = {name: torch.cat([g[name] for g in halves_grads]) / 2 for name in one}  # DDP: the processes' mean
+    same = {name: torch.allclose(ddp[name], one[name], rtol=1e-9, atol=1e-15) for name in one}
+    # own counts: the offset terms (valid cells depend on the people) go wrong; the heat maps' weight sums
+    # (all cells but the crowd region) are equal in both halves here
+    assert all(same.values()) if global_counts else not any(same[name] for name in ("short", "mid", "long"))

@@ -5,7 +5,7 @@ Shapes: B batch, C channels, h x w map. Targets are the codec's (see ``StrongPos
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +13,24 @@ import torch.nn.functional as F
 from strongpose.models.heads import HEATMAP_HEADS
 
 HEATMAP_LOSSES = ("bce", "focal")
+
+
+def _heatmap_sum(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, kind: str,
+                 focal_gamma: float, focal_alpha: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weighted sum of the per-cell losses, sum of the weights): :func:`heatmap_loss` before the division."""
+    if kind not in HEATMAP_LOSSES:
+        raise ValueError(f"heat-map loss must be one of {HEATMAP_LOSSES}, got {kind!r}")
+    logits = logits.float()
+    loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    if kind == "focal":
+        p = logits.sigmoid()
+        p_true = p * target + (1 - p) * (1 - target)
+        loss = loss * (1 - p_true) ** focal_gamma
+        if focal_alpha is not None:
+            loss = loss * (focal_alpha * target + (1 - focal_alpha) * (1 - target))
+    weight = weight.expand_as(loss)
+    # where(), not a product, so that nothing at all (not even a NaN) passes from ignored cells
+    return torch.where(weight > 0, loss * weight, 0.0).sum(), weight.sum()
 
 
 def heatmap_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, kind: str = "bce",
@@ -26,19 +44,15 @@ def heatmap_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
         kind: ``bce`` or ``focal`` (sigmoid focal loss, Lin et al. 2017; ``focal_alpha`` None = no class
             balancing).
     """
-    if kind not in HEATMAP_LOSSES:
-        raise ValueError(f"heat-map loss must be one of {HEATMAP_LOSSES}, got {kind!r}")
-    logits = logits.float()
-    loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    if kind == "focal":
-        p = logits.sigmoid()
-        p_true = p * target + (1 - p) * (1 - target)
-        loss = loss * (1 - p_true) ** focal_gamma
-        if focal_alpha is not None:
-            loss = loss * (focal_alpha * target + (1 - focal_alpha) * (1 - target))
-    weight = weight.expand_as(loss)
-    # where(), not a product, so that nothing at all (not even a NaN) passes from ignored cells
-    return torch.where(weight > 0, loss * weight, 0.0).sum() / weight.sum().clamp(min=1.0)
+    total, count = _heatmap_sum(logits, target, weight, kind, focal_gamma, focal_alpha)
+    return total / count.clamp(min=1.0)
+
+
+def _offset_sum(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum over valid (map, cell) pairs of |dx| + |dy|, number of valid pairs)."""
+    b, c2, h, w = pred.shape
+    err = (pred.float() - target).abs().view(b, c2 // 2, 2, h, w).sum(2)
+    return torch.where(valid, err, 0.0).sum(), valid.sum().float()
 
 
 def offset_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, disk_radius: float) -> torch.Tensor:
@@ -50,27 +64,40 @@ def offset_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, d
 
     Returns the mean over valid (map, cell) pairs of (|dx| + |dy|) / R; 0 when nothing is valid.
     """
-    b, c2, h, w = pred.shape
-    err = (pred.float() - target).abs().view(b, c2 // 2, 2, h, w).sum(2)
-    return torch.where(valid, err, 0.0).sum() / (disk_radius * valid.sum().clamp(min=1))
+    total, count = _offset_sum(pred, target, valid)
+    return total / (disk_radius * count.clamp(min=1))
 
 
 def strongpose_losses(outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor],
                       weights: Mapping[str, float], disk_radius: float, heatmap: str = "bce",
-                      focal_gamma: float = 2.0, focal_alpha: float | None = None) -> dict[str, torch.Tensor]:
+                      focal_gamma: float = 2.0, focal_alpha: float | None = None,
+                      mean_over_processes: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                      ) -> dict[str, torch.Tensor]:
     """Every term the network's outputs have, plus ``total`` = sum of ``weights[name] * term``.
 
     ``outputs`` are the network's raw outputs (heat-map logits, offsets in input pixels); terms are
     returned unweighted so that runs with different weights can be compared.
+
+    ``mean_over_processes`` (data-parallel training): averages a tensor over the processes (an all-reduce).
+    Each term's normaliser (heat-map weight sum, valid offset cells) is then the processes' mean rather than
+    this process's own count, so that the average of the processes' gradients, which DDP takes, is the
+    gradient of the global batch's loss: P processes x batch b train as one process x batch P*b. With
+    per-process counts, a process whose images hold few people would weigh its cells more.
     """
-    terms: dict[str, torch.Tensor] = {}
+    sums: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for name, pred in outputs.items():
         if name in HEATMAP_HEADS:
-            terms[name] = heatmap_loss(pred, targets[name], targets["weight"], heatmap, focal_gamma, focal_alpha)
+            sums[name] = _heatmap_sum(pred, targets[name], targets["weight"], heatmap, focal_gamma, focal_alpha)
         else:
-            terms[name] = offset_loss(pred, targets[name], targets[f"{name}_valid"], disk_radius)
-    missing = set(terms) - set(weights)
+            total, count = _offset_sum(pred, targets[name], targets[f"{name}_valid"])
+            sums[name] = total, count * disk_radius
+    missing = set(sums) - set(weights)
     if missing:
         raise KeyError(f"no loss weight for {sorted(missing)} (weights: {dict(weights)})")
+    counts = torch.stack([count for _, count in sums.values()]).detach()
+    if mean_over_processes is not None:  # one all-reduce for all terms
+        counts = mean_over_processes(counts)
+    # clamp: a term with nothing to learn (no valid cell) is 0, not 0 / 0
+    terms = {name: total / count for (name, (total, _)), count in zip(sums.items(), counts.clamp(min=1.0).unbind())}
     terms["total"] = sum(weights[name] * term for name, term in terms.items())
     return terms
