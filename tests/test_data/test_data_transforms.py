@@ -8,7 +8,7 @@ import torch
 
 from strongpose.data import AugmentConfig, COCOKeypointDataset, TrainTransform, ValTransform, to_original
 from strongpose.data.annotations import ImageAnnotations
-from strongpose.data.transforms import pack_masks, unpack_masks
+from strongpose.data.transforms import AugmentParams, augment_matrix, pack_masks, sample_params, unpack_masks
 from strongpose.skeleton import COCO_PERSON
 
 S = 128
@@ -129,7 +129,7 @@ def test_masks_pack_round_trip() -> None:
     masks = (rng.random((17, 9, 11)) > 0.5).astype(np.uint8)
     crowd = (rng.random((9, 11)) > 0.5).astype(np.uint8)
     packed = pack_masks(masks, crowd)
-    assert packed.shape == (9, 11, 3)
+    assert packed.shape == (3, 9, 11)
     unpacked = unpack_masks(packed, 18)
     np.testing.assert_array_equal(unpacked[:17], masks.astype(bool))
     np.testing.assert_array_equal(unpacked[17], crowd.astype(bool))
@@ -146,3 +146,135 @@ def test_val_transform_is_deterministic(sample, codec) -> None:
     a, b = ds.transformed(2), ds.transformed(2)
     np.testing.assert_array_equal(a.image, b.image)
     assert isinstance(ds.transform, ValTransform)
+
+
+def _blob_image(hw: tuple[int, int], x: float, y: float, sigma: float = 3.0) -> np.ndarray:
+    yy, xx = np.mgrid[: hw[0], : hw[1]]
+    blob = 255 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2))
+    return np.repeat(blob.astype(np.uint8)[..., None], 3, axis=2)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_one_warp_puts_a_keypoint_on_its_pixel(seed: int) -> None:
+    """The bright dot drawn at a (sub-pixel) keypoint ends up at the moved keypoint, to 0.5 px, under random
+    zoom, rotation, shift and flip from a non-square image; the mask disc drawn there too stays on it."""
+    hw = (120, 170)
+    rng = np.random.default_rng(100 + seed)
+    x, y = float(rng.uniform(50, 120)), float(rng.uniform(40, 80))
+    kp = np.zeros((1, K, 3), np.float32)
+    kp[0, 0] = (x, y, 2)
+    people = _people(kp, hw)
+    yy, xx = np.mgrid[: hw[0], : hw[1]]
+    people.masks[0] = (xx - x) ** 2 + (yy - y) ** 2 <= 8**2
+    transform = TrainTransform(S, COCO_PERSON, {"color_jitter": 0.0, "rotation": 45.0, "scale_range": (0.6, 1.4),
+                                                "flip_prob": 0.5})
+    out = transform(_blob_image(hw, x, y), people, rng)
+    moved = out.keypoints[0, 0 if out.keypoints[0, 0, 2] else COCO_PERSON.flip_index[0]]  # the nose keeps its name
+    assert moved[2] == 2
+    weight = out.image[..., 0].astype(float)
+    weight[weight < 20] = 0  # the blob, not the interpolation dust
+    oy, ox = np.mgrid[:S, :S]
+    centre = np.array([(weight * ox).sum(), (weight * oy).sum()]) / weight.sum()
+    assert np.hypot(*(centre - moved[:2])) < 0.5
+    ys, xs = np.nonzero(out.masks[0])
+    assert np.hypot(xs.mean() - moved[0], ys.mean() - moved[1]) < 0.5
+    np.testing.assert_allclose(to_original(moved[None, :2], out.affine)[0], (x, y), atol=1e-3)
+
+
+@pytest.mark.parametrize("fortran", [False, True])
+def test_masks_and_crowd_stay_aligned_with_the_image(fortran: bool) -> None:
+    """A square drawn into the image, a person mask and the crowd mask covers the same pixels after the warp
+    (nearest-neighbour masks against the bilinear image: they differ on the boundary only), with the masks in
+    C order and in the loader's Fortran order."""
+    hw = (100, 140)
+    image = np.zeros(hw + (3,), np.uint8)
+    image[30:70, 40:90] = 255
+    people = _people(_person_facing_camera(), hw)
+    if fortran:
+        people.masks = np.zeros((1, hw[1], hw[0]), np.uint8).transpose(0, 2, 1)
+        people.crowd = np.zeros(hw, np.uint8, order="F")
+    people.masks[0, 30:70, 40:90] = 1
+    people.crowd[30:70, 40:90] = 1
+    out = TrainTransform(S, COCO_PERSON, {"color_jitter": 0.0, "rotation": 30.0})(image, people,
+                                                                                  np.random.default_rng(3))
+    bright = out.image[..., 0] > 127
+    for mask in (out.masks[0], out.crowd):
+        assert (bright & mask).sum() / (bright | mask).sum() > 0.95
+
+
+def test_many_people_masks_survive_the_bit_planes() -> None:
+    """More than 8 people: several bit planes, each mask comes back as its own."""
+    hw = (64, 64)
+    kp = np.tile(_person_facing_camera(), (11, 1, 1))
+    people = _people(kp, hw)
+    for i in range(11):
+        people.masks[i, 5 * i: 5 * i + 4, 2: 60] = 1
+    people.crowd[60:, :] = 1
+    out = TrainTransform(64, COCO_PERSON, {**NO_RANDOM, "flip_prob": 0.0})(np.zeros(hw + (3,), np.uint8), people,
+                                                                          np.random.default_rng(0))
+    np.testing.assert_array_equal(out.masks, people.masks.astype(bool))  # identity warp: exact
+    np.testing.assert_array_equal(out.crowd, people.crowd.astype(bool))
+
+
+def test_a_fixed_rng_fixes_the_sample(sample, codec) -> None:
+    ds = COCOKeypointDataset(*sample, codec=codec, input_size=128, train=True)
+    a, b, other = ds.transformed(4, epoch=2), ds.transformed(4, epoch=2), ds.transformed(4, epoch=3)
+    for field in ("image", "keypoints", "masks", "crowd", "boxes", "affine"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+    assert not np.array_equal(a.affine, other.affine)
+
+
+def test_parameters_cover_the_configured_ranges() -> None:
+    cfg = AugmentConfig(scale_range=(0.7, 1.3), rotation=25.0, translate=0.1, flip_prob=0.3)
+    rng = np.random.default_rng(0)
+    draws = [sample_params(cfg, 500, rng) for _ in range(4000)]
+    scale = np.array([d.scale for d in draws])
+    rotate = np.array([d.rotate for d in draws])
+    shift = np.array([d.shift for d in draws])
+    assert 0.7 <= scale.min() < 0.705 and 1.295 < scale.max() <= 1.3
+    assert -25 <= rotate.min() < -24.9 and 24.9 < rotate.max() <= 25
+    assert abs(np.mean(rotate)) < 1.0 and abs(np.mean(scale) - 1.0) < 0.02  # uniform, centred
+    assert shift.min() == -49 and shift.max() == 49  # int(fraction * S), as albumentations' Affine truncates
+    assert abs(np.mean([d.flip for d in draws]) - 0.3) < 0.03
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_one_warp_matches_the_albumentations_chain(seed: int) -> None:
+    """The matrix of the one warp is the composition of LongestMaxSize, PadIfNeeded(center), Affine and
+    HorizontalFlip with the same parameters: albumentations moves points where the matrix puts them."""
+    import albumentations as A
+    import cv2
+
+    hw, size = (90, 150), 96
+    chain = A.Compose([A.LongestMaxSize(max_size=size), A.PadIfNeeded(size, size, position="center",
+                                                                      border_mode=cv2.BORDER_CONSTANT),
+                       A.Affine(scale=(0.7, 1.3), rotate=(-40, 40), translate_percent=(-0.1, 0.1), keep_ratio=True,
+                                p=1.0),
+                       A.HorizontalFlip(p=0.5)],
+                      keypoint_params=A.KeypointParams(format="xy", remove_invisible=False),
+                      save_applied_params=True, seed=seed)
+    points = np.array([[10.0, 20.0], [75.3, 44.1], [140.0, 80.0]])
+    scale = size / max(hw)  # albumentations resizes points about corners: feed them pre-shifted, as before
+    resize = np.array([round(hw[1] * scale) / hw[1], round(hw[0] * scale) / hw[0]])
+    out = chain(image=np.zeros(hw + (3,), np.uint8), keypoints=((points + 0.5) * resize - 0.5) / scale)
+    applied = dict(out["applied_transforms"])
+    affine = applied["Affine"]
+    rs = affine["matrix"][:2, :2]
+    centre = np.full(2, size / 2 - 0.5)
+    shift = affine["matrix"][:2, 2] - (centre - rs @ centre)  # the integer shift it drew
+    params = AugmentParams(scale=affine["scale"]["x"], rotate=affine["rotate"],
+                           shift=(int(round(shift[0])), int(round(shift[1]))),
+                           flip="HorizontalFlip" in applied)
+    np.testing.assert_allclose(shift, params.shift, atol=1e-9)
+    m = augment_matrix(params, hw, size)
+    np.testing.assert_allclose(points @ m[:2, :2].T + m[:2, 2], out["keypoints"], atol=1e-3)
+
+
+def test_val_image_only_is_the_full_transform(sample, codec) -> None:
+    ds = COCOKeypointDataset(*sample, codec=codec, input_size=160, train=False)
+    for index in (0, 3):
+        image, _ = ds.load(index)
+        full = ds.transformed(index)
+        resized, affine = ds.transform.image_only(image)
+        np.testing.assert_array_equal(resized, full.image)
+        np.testing.assert_array_equal(affine, full.affine)

@@ -1,8 +1,10 @@
-"""Albumentations pipelines that move an image, its keypoints, person masks and crowd mask together.
+"""Pipelines that move an image, its keypoints, person masks and crowd mask together.
 
-Both pipelines return a :class:`PoseSample` at the square input size S and the (2, 3) affine matrix
-mapping input-pixel coordinates back to the original image (pixel convention of
-:mod:`strongpose.structures`: the centre of pixel i is coordinate i). :func:`to_original` applies it.
+Training warps the original image once, straight to S x S, under one matrix that also moves the points
+and the masks (as bit planes); validation resizes and pads with albumentations. Both pipelines return a
+:class:`PoseSample` at the square input size S and the (2, 3) affine matrix mapping input-pixel
+coordinates back to the original image (pixel convention of :mod:`strongpose.structures`: the centre of
+pixel i is coordinate i). :func:`to_original` applies it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
 import albumentations as A
+import albumentations.augmentations.geometric.functional as fgeometric
 import cv2
 import numpy as np
 import torch
@@ -89,39 +92,59 @@ def _resize_matrix(hw: tuple[int, int], new_hw: tuple[int, int]) -> np.ndarray:
     return np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
 
 
-def _pre_resize_points(points: np.ndarray, hw: tuple[int, int], size: int) -> np.ndarray:
-    """Undo in advance albumentations' keypoint resize (x * s, corner convention) so that the points land
-    where cv2 puts the pixels (x' = (x + 0.5) * s - 0.5); without this they drift by 0.5 * |1 - s| px."""
-    m = _resize_matrix(hw, _resized_shape(hw, size))
-    return (points @ m[:2, :2].T + m[:2, 2]) / (size / max(hw))
+def _translation(x: float, y: float) -> np.ndarray:
+    return np.array([[1.0, 0.0, x], [0.0, 1.0, y], [0.0, 0.0, 1.0]])
 
 
 def pack_masks(masks: np.ndarray, crowd: np.ndarray) -> np.ndarray:
-    """(M, H, W) 0/1 masks and the (H, W) crowd mask -> (H, W, C) uint8 bit planes, C = ceil((M + 1) / 8).
+    """(M, H, W) 0/1 masks and the (H, W) 0/1 crowd mask -> (C, H, W) uint8 bit planes, C = ceil((M + 1) / 8).
 
-    Nearest-neighbour resizing, padding, warping and flipping copy whole pixel values, so the bits come
-    through exactly; one multi-channel mask costs albumentations a few warps instead of M + 1.
+    Nearest-neighbour warping copies whole pixel values, so the bits come through exactly; one plane
+    costs one warp instead of up to 8. The planes keep the layers' memory order (pycocotools decodes in
+    Fortran order; copying to C order would cost more than the packing), :func:`warp_planes` takes both.
     """
     layers = list(masks) + [crowd]
-    # work in the layers' own memory order (pycocotools gives Fortran) and transpose once at the end
-    order = "F" if all(layer.flags.f_contiguous for layer in layers) else "C"
-    planes = [np.zeros(crowd.shape, np.uint8, order=order) for _ in range((len(layers) + 7) // 8)]
-    shifted = np.empty(crowd.shape, np.uint8, order=order)
+    fortran = all(layer.flags.f_contiguous for layer in layers)
+    h, w = crowd.shape
+    # (C, W, H) C-order transposed = (C, H, W) with Fortran-order planes
+    planes = np.zeros(((len(layers) + 7) // 8, w, h), np.uint8).transpose(0, 2, 1) if fortran else \
+        np.zeros(((len(layers) + 7) // 8, h, w), np.uint8)
+    shifted = np.empty_like(planes[0])
     for i, layer in enumerate(layers):
-        np.left_shift(layer, np.uint8(i % 8), out=shifted)
-        np.bitwise_or(planes[i // 8], shifted, out=planes[i // 8])
-    packed = np.empty(crowd.shape + (len(planes),), np.uint8)
+        # 0/1 layers set disjoint bits, so multiply-add is the bitwise or (numpy's uint8 shift is ~5x slower)
+        np.multiply(layer, np.uint8(1 << (i % 8)), out=shifted)
+        np.add(planes[i // 8], shifted, out=planes[i // 8])
+    return planes
+
+
+def unpack_masks(planes: np.ndarray, count: int) -> np.ndarray:
+    """(C, S, S) bit planes -> (count, S, S) bool (inverse of :func:`pack_masks`)."""
+    out = np.empty((count,) + planes.shape[1:], np.uint8)
+    # shift and mask straight into the output: fancy-indexing the planes first costs 2-20x more
+    for i, layer in enumerate(out):
+        np.right_shift(planes[i // 8], np.uint8(i % 8), out=layer)
+        np.bitwise_and(layer, np.uint8(1), out=layer)
+    return out.view(bool)
+
+
+_SWAP_XY = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+
+
+def warp_image(image: np.ndarray, to_input: np.ndarray, size: int) -> np.ndarray:
+    """(H, W, 3) image -> (S, S, 3) under the 3x3 original -> input matrix; bilinear, black outside."""
+    return cv2.warpAffine(image, to_input[:2], (size, size), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def warp_planes(planes: np.ndarray, to_input: np.ndarray, size: int) -> np.ndarray:
+    """(C, H, W) mask bit planes -> (C, S, S), nearest neighbour, 0 (no person) outside."""
+    out = np.empty((len(planes), size, size), np.uint8)
     for c, plane in enumerate(planes):
-        packed[..., c] = plane
-    return packed
-
-
-def unpack_masks(packed: np.ndarray, count: int) -> np.ndarray:
-    """(S, S, C) bit planes -> (count, S, S) bool (inverse of :func:`pack_masks`)."""
-    planes = np.ascontiguousarray(np.asarray(packed).reshape(packed.shape[0], packed.shape[1], -1).transpose(2, 0, 1))
-    index = np.arange(count)
-    bits = np.left_shift(1, index % 8).astype(np.uint8)
-    return (planes[index // 8] & bits[:, None, None]) != 0
+        # a Fortran-order plane is its C-order transpose: warp that with x and y swapped, no copy
+        src, m = (plane.T, to_input @ _SWAP_XY) if not plane.flags.c_contiguous else (plane, to_input)
+        cv2.warpAffine(src, m[:2], (size, size), dst=out[c], flags=cv2.INTER_NEAREST,
+                       borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return out
 
 
 def _box_corners(boxes: np.ndarray) -> np.ndarray:
@@ -143,92 +166,131 @@ def _inside(xy: np.ndarray, size: int) -> np.ndarray:
     return ((xy >= -0.5) & (xy < size - 0.5)).all(-1)
 
 
-class _Pipeline:
-    """Shared run: points and masks through one albumentations Compose, then unpacking."""
-
-    def __init__(self, size: int, transforms: list[A.BasicTransform]) -> None:
-        self.size = int(size)
-        self.compose = A.Compose(transforms, keypoint_params=A.KeypointParams(format="xy", remove_invisible=False),
-                                 save_applied_params=True, seed=0)
-
-    def _run(self, image: np.ndarray, people: ImageAnnotations) -> tuple[dict, np.ndarray, int]:
-        n, k = people.keypoints.shape[:2]
-        hw = image.shape[:2]
-        points = np.concatenate([people.keypoints[..., :2].reshape(-1, 2), _box_corners(people.boxes)])
-        points = _pre_resize_points(points.astype(np.float64), hw, self.size)
-        packed = pack_masks(people.masks, people.crowd)  # crowd rides along as the last bit
-        out = self.compose(image=image, keypoints=points, mask=packed)
-        return out, np.asarray(out["keypoints"], dtype=np.float32).reshape(-1, 2), n * k
-
-    def _finish(self, out: dict, people: ImageAnnotations, points: np.ndarray, nk: int,
-                to_input: np.ndarray, flip: bool, flip_index: np.ndarray | None) -> PoseSample:
-        n, k = people.keypoints.shape[:2]
-        xy = points[:nk].reshape(n, k, 2)
-        vis = people.keypoints[..., 2].copy()
-        if flip:  # albumentations mirrors positions but not names: keypoint j of the flipped person
-            xy, vis = xy[:, flip_index], vis[:, flip_index]  # is keypoint flip_index[j] of the original
-        vis[~_inside(xy, self.size)] = 0  # left the image: unlabelled
-        masks = unpack_masks(out["mask"], n + 1)
-        return PoseSample(
-            image=out["image"],
-            keypoints=np.concatenate([xy, vis[..., None]], -1).astype(np.float32),
-            masks=masks[:n], crowd=masks[n],
-            boxes=_corners_to_boxes(points[nk:]),
-            affine=np.linalg.inv(to_input)[:2],
-        )
+def _sample(image: np.ndarray, people: ImageAnnotations, to_input: np.ndarray, size: int,
+            masks: np.ndarray, crowd: np.ndarray, flip_index: np.ndarray | None = None) -> PoseSample:
+    """PoseSample of ``image`` (already at S x S) and the people moved by the 3x3 ``to_input`` matrix;
+    ``flip_index``: the matrix mirrors, keypoint j of a moved person is keypoint flip_index[j]."""
+    n, k = people.keypoints.shape[:2]
+    points = np.concatenate([people.keypoints[..., :2].reshape(-1, 2), _box_corners(people.boxes)]).astype(np.float64)
+    points = (points @ to_input[:2, :2].T + to_input[:2, 2]).astype(np.float32)
+    xy = points[:n * k].reshape(n, k, 2)
+    vis = people.keypoints[..., 2].copy()
+    if flip_index is not None:  # the mirror moves positions, not names
+        xy, vis = xy[:, flip_index], vis[:, flip_index]
+    vis[~_inside(xy, size)] = 0  # left the image: unlabelled
+    return PoseSample(image=image, keypoints=np.concatenate([xy, vis[..., None]], -1).astype(np.float32),
+                      masks=masks, crowd=crowd, boxes=_corners_to_boxes(points[n * k:]),
+                      affine=np.linalg.inv(to_input)[:2])
 
 
-class ValTransform(_Pipeline):
-    """Deterministic: resize keeping the aspect ratio so the longer side is S, pad right/bottom to S x S."""
+def _warp_masks(people: ImageAnnotations, to_input: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(N, S, S) bool person masks and (S, S) bool crowd mask under ``to_input``."""
+    n = len(people.masks)
+    if n == 0 and not people.crowd.any():  # nothing to move (images without people, inference)
+        return np.zeros((0, size, size), bool), np.zeros((size, size), bool)
+    masks = unpack_masks(warp_planes(pack_masks(people.masks, people.crowd), to_input, size), n + 1)
+    return masks[:n], masks[n]
+
+
+class ValTransform:
+    """Deterministic: resize keeping the aspect ratio so the longer side is S, pad right/bottom to S x S.
+
+    The image goes through albumentations (``LongestMaxSize`` + ``PadIfNeeded``), image only; the people
+    move by the same matrix (:meth:`to_input`), masks as nearest-neighbour bit planes. :meth:`image_only`
+    is the image half alone, for inference (no people to move).
+    """
 
     def __init__(self, input_size: int) -> None:
-        super().__init__(input_size, _fit_and_pad(input_size, "top_left"))
+        self.size = int(input_size)
+        self.compose = A.Compose(_fit_and_pad(self.size, "top_left"), seed=0)
+
+    def to_input(self, hw: tuple[int, int]) -> np.ndarray:
+        """3x3 original -> input matrix for an image of shape ``hw`` (top-left padding adds no shift)."""
+        return _resize_matrix(hw, _resized_shape(hw, self.size))
+
+    def image_only(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(S, S, 3) image and the (2, 3) float64 input -> original affine, as :meth:`__call__` gives them."""
+        return self.compose(image=image)["image"], np.linalg.inv(self.to_input(image.shape[:2]))[:2]
 
     def __call__(self, image: np.ndarray, people: ImageAnnotations,
                  rng: np.random.Generator | None = None) -> PoseSample:
-        out, points, nk = self._run(image, people)
-        hw = image.shape[:2]
-        to_input = _resize_matrix(hw, _resized_shape(hw, self.size))  # top-left padding adds no shift
-        return self._finish(out, people, points, nk, to_input, False, None)
+        resized, _ = self.image_only(image)
+        to_input = self.to_input(image.shape[:2])
+        masks, crowd = _warp_masks(people, to_input, self.size)
+        return _sample(resized, people, to_input, self.size, masks, crowd)
 
 
-class TrainTransform(_Pipeline):
+@dataclass(frozen=True)
+class AugmentParams:
+    """One draw of the geometric augmentation: zoom, rotation (degrees), shift (whole pixels), flip."""
+
+    scale: float
+    rotate: float
+    shift: tuple[int, int]
+    flip: bool
+
+
+def sample_params(cfg: AugmentConfig, size: int, rng: np.random.Generator) -> AugmentParams:
+    """Draw as ``A.Affine(scale=scale_range, rotate=(-r, r), translate_percent=(-t, t), keep_ratio=True)`` and
+    ``A.HorizontalFlip(p=flip_prob)`` do: uniform scale, rotation and shift, the shift truncated to whole
+    pixels (``int(fraction * S)``)."""
+    tx, ty = rng.uniform(-cfg.translate, cfg.translate, 2)
+    scale, rotate = rng.uniform(*cfg.scale_range), rng.uniform(-cfg.rotation, cfg.rotation)
+    return AugmentParams(scale=float(scale), rotate=float(rotate), shift=(int(tx * size), int(ty * size)),
+                         flip=bool(rng.random() < cfg.flip_prob))
+
+
+def augment_matrix(params: AugmentParams, hw: tuple[int, int], size: int) -> np.ndarray:
+    """3x3 original -> input matrix: fit the longer side to S and centre (``LongestMaxSize`` +
+    ``PadIfNeeded(position="center")``), then zoom / rotate about the centre and shift (albumentations'
+    own ``Affine`` matrix), then mirror x -> S - 1 - x when flipping."""
+    new_h, new_w = _resized_shape(hw, size)
+    fit = _translation((size - new_w) // 2, (size - new_h) // 2) @ _resize_matrix(hw, (new_h, new_w))
+    affine = fgeometric.create_affine_transformation_matrix(
+        translate={"x": params.shift[0], "y": params.shift[1]}, shear={"x": 0.0, "y": 0.0},
+        scale={"x": params.scale, "y": params.scale}, rotate=params.rotate, shift=fgeometric.center((size, size)))
+    m = affine @ fit
+    if params.flip:
+        m = np.array([[-1.0, 0.0, size - 1], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]) @ m
+    return m
+
+
+class TrainTransform:
     """Random scale, rotation, translation, crop/pad to S x S, horizontal flip (with the left/right swap)
-    and colour jitter, in one albumentations Compose."""
+    and colour jitter.
+
+    The geometry is one warp from the original image straight to S x S (image bilinear, mask bit planes
+    nearest, points by the same matrix): albumentations' ``LongestMaxSize`` + ``PadIfNeeded`` + ``Affine``
+    + ``HorizontalFlip`` resample the image four times, through a Compose with keypoint bookkeeping: the
+    augment stage of ``experiments/bench_data.py`` (512 px) went from 8.5-10 to 5-6.5 ms with the one warp
+    (and cheaper mask packing); no albumentations transform warps to a fixed output size with a matrix it
+    is given. The parameters are drawn as those transforms draw them (:func:`sample_params`) and
+    the rotation / zoom matrix is albumentations' own. Colour jitter is albumentations' ``ColorJitter``.
+    """
 
     def __init__(self, input_size: int, skeleton: Skeleton, augment: AugmentConfig | Mapping | None = None) -> None:
-        cfg = AugmentConfig.from_dict(augment)
-        self.config = cfg
+        self.size = int(input_size)
+        self.config = cfg = AugmentConfig.from_dict(augment)
         self.flip_index = np.asarray(skeleton.flip_index)
-        transforms = _fit_and_pad(input_size, "center") + [
-            # rotation / zoom about the centre; pixels pushed outside S x S are cropped away
-            A.Affine(scale=cfg.scale_range, rotate=(-cfg.rotation, cfg.rotation),
-                     translate_percent=(-cfg.translate, cfg.translate), keep_ratio=True,
-                     interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST,
-                     border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=1.0),
-            A.HorizontalFlip(p=cfg.flip_prob),
-        ]
+        self.rng = np.random.default_rng(0)  # the stream of calls without their own rng
+        self.jitter = None
         if cfg.color_jitter > 0 or cfg.hue > 0:
             c = cfg.color_jitter
-            transforms.append(A.ColorJitter(brightness=c, contrast=c, saturation=c, hue=cfg.hue, p=1.0))
-        super().__init__(input_size, transforms)
+            self.jitter = A.ColorJitter(brightness=c, contrast=c, saturation=c, hue=cfg.hue, p=1.0)
 
     def __call__(self, image: np.ndarray, people: ImageAnnotations,
                  rng: np.random.Generator | None = None) -> PoseSample:
-        """``rng`` fixes every random choice of this call (None: continue the pipeline's own stream)."""
-        if rng is not None:  # one shared stream for all transforms (per-transform seeds would correlate them)
-            self.compose.set_random_state(rng, random.Random(int(rng.integers(2**63))))
-        out, points, nk = self._run(image, people)
-        applied = dict(out["applied_transforms"])
-        flip = "HorizontalFlip" in applied
-        hw = image.shape[:2]
-        pad = applied["PadIfNeeded"]
-        to_input = np.array([[1.0, 0, pad["pad_left"]], [0, 1.0, pad["pad_top"]], [0, 0, 1.0]]) @ \
-            _resize_matrix(hw, _resized_shape(hw, self.size))
-        to_input = applied["Affine"]["matrix"] @ to_input
-        if flip:  # x -> S - 1 - x
-            to_input = np.array([[-1.0, 0, self.size - 1], [0, 1.0, 0], [0, 0, 1.0]]) @ to_input
-        return self._finish(out, people, points, nk, to_input, flip, self.flip_index)
+        """``rng`` fixes every random choice of this call (None: continue the transform's own stream)."""
+        rng = self.rng if rng is None else rng
+        params = sample_params(self.config, self.size, rng)
+        to_input = augment_matrix(params, image.shape[:2], self.size)
+        warped = warp_image(image, to_input, self.size)
+        if self.jitter is not None:  # the same stream drives the jitter (its own seed would correlate samples)
+            self.jitter.set_random_state(rng, random.Random(int(rng.integers(2**63))))
+            warped = self.jitter(image=warped)["image"]
+        masks, crowd = _warp_masks(people, to_input, self.size)
+        return _sample(warped, people, to_input, self.size, masks, crowd,
+                       self.flip_index if params.flip else None)
 
 
 def to_original(keypoints_xy: torch.Tensor | np.ndarray, meta: Mapping | torch.Tensor | np.ndarray):

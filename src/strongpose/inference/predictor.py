@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 
 from strongpose.codec import StrongPoseCodec
-from strongpose.data.annotations import ImageAnnotations
 from strongpose.data.coco import IMAGENET_MEAN, IMAGENET_STD, normalise
 from strongpose.data.transforms import ValTransform, to_original
 from strongpose.inference.images import ImageLike, as_rgb_array
@@ -101,13 +100,9 @@ class Predictor:
         transform = self._transforms[size]
         tensors, affines = [], []
         for image in images:
-            h, w = image.shape[:2]
-            none = ImageAnnotations(np.zeros((0, self.codec.num_keypoints, 3), np.float32),
-                                    np.zeros((0, 4), np.float32), np.zeros((0, h, w), np.uint8),
-                                    np.zeros((h, w), np.uint8))
-            sample = transform(image, none)  # the validation transform itself, not a copy of it
-            tensors.append(normalise(sample.image))
-            affines.append(torch.from_numpy(sample.affine))
+            resized, affine = transform.image_only(image)  # the validation transform itself, not a copy of it
+            tensors.append(normalise(resized))
+            affines.append(torch.from_numpy(affine))
         batch = torch.stack(tensors).to(self.device, non_blocking=True)
         stride = self.codec.stride
         extra = -size % stride
