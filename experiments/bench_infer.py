@@ -12,15 +12,17 @@ Which model produces the maps matters for decoding, and only for decoding:
     256 px (``experiments/overfit_checkpoint.py``: 100 steps, AP 0.59 on those images; built once and cached
     at ``--cache``). Run on whole images at 512 px, such a model sees people twice the size it learned and
     finds almost nothing (measured: 30 people decoded, none scoring above 0.1). So, when the checkpoint was
-    trained at S <= input / 2, it gets k x k mosaics (k = input // S) of sample images, each at S, on a
-    canvas of the input size: 64 x 64 maps as at 512 px, with people at the scale it knows (mosaics of 4:
-    155 people decoded in 13 pictures, 55 above 0.1). A mosaic holds the people of 4 images: this errs on
-    the slow side;
+    trained at S <= input / 2, it gets k x k mosaics (k = input // S) of sample images, each tile being an
+    image's validation view at S (:class:`ValTransform`, as the Predictor and training preprocess), which
+    the Predictor fits to the input size: 64 x 64 maps as at 512 px, with people at the scale it knows
+    (mosaics of 4: 155 people decoded in 13 pictures, 55 above 0.1). A mosaic holds the people of 4
+    images: this errs on the slow side;
   * the network (and preprocessing) is timed with the packaged config's network of each ``--backbones``
     entry (random init: weights do not change CPU time), through a Predictor on the whole images.
 Both predictors see as many pictures with the same batch size, alternating, ``--repeats`` passes after
 a warm-up; the fastest pass of each is kept (least disturbed by other jobs). Images are the embedded
-sample's 13 (all of them, people or not), decoded from JPEG beforehand (file reading is not inference).
+sample's 13 (all of them, people or not; ``--images N``: the first N), decoded from JPEG beforehand (file
+reading is not inference); every resize and pad is the Predictor's own.
 One line per configuration, the last being the summary:
 
     backbone=resnet18 batch=8 img_per_s=X network_ms=N decode_ms=D preprocess_ms=P decode_share=Y
@@ -40,15 +42,13 @@ from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 
 import strongpose  # noqa: E402
-from strongpose.data import load_coco, sample_paths  # noqa: E402
-from strongpose.data.annotations import read_image  # noqa: E402
+from strongpose.data import COCOKeypointDataset, sample_paths  # noqa: E402
 from strongpose.inference import Predictor  # noqa: E402
 from strongpose.train import CONFIG_DIR  # noqa: E402
 
@@ -70,27 +70,26 @@ def overfit_checkpoint(path: Path, steps: int) -> Path:
     return path
 
 
-def fit(image: np.ndarray, size: int) -> np.ndarray:
-    """Longer side to ``size``, padded to a size x size square (what the validation transform does)."""
-    h, w = image.shape[:2]
-    scale = size / max(h, w)
-    small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    out = np.zeros((size, size, 3), np.uint8)
-    out[: small.shape[0], : small.shape[1]] = small
-    return out
-
-
-def mosaics(images: list[np.ndarray], k: int, size: int) -> list[np.ndarray]:
-    """One size x size picture per image: k x k tiles, image i and the next k*k - 1 (cyclically)."""
-    if k == 1:
-        return images
-    tile = size // k
+def mosaics(tiles: list[np.ndarray], k: int) -> list[np.ndarray]:
+    """One (k S) x (k S) picture per S x S tile: k x k tiles, tile i and the next k*k - 1 (cyclically)."""
     out = []
-    for i in range(len(images)):
-        tiles = [fit(images[(i + j) % len(images)], tile) for j in range(k * k)]
-        rows = [np.concatenate(tiles[r * k:(r + 1) * k], 1) for r in range(k)]
-        out.append(fit(np.concatenate(rows, 0), size))
+    for i in range(len(tiles)):
+        grid = [tiles[(i + j) % len(tiles)] for j in range(k * k)]
+        out.append(np.concatenate([np.concatenate(grid[r * k:(r + 1) * k], 1) for r in range(k)], 0))
     return out
+
+
+def sample_pictures(predictor: Predictor, trained_at: int, count: int | None) -> tuple[list, list, int]:
+    """The first ``count`` sample images (all: None) as RGB arrays, what ``predictor`` decodes (the images,
+    or mosaics of their validation views at ``trained_at`` when it fits k = input // trained_at > 1 of them
+    across), and k."""
+    k = max(1, predictor.input_size // trained_at)
+    data = COCOKeypointDataset(*sample_paths(), predictor.codec, input_size=predictor.input_size // k,
+                               max_images=count)
+    images = [data.load(i)[0] for i in range(len(data))]
+    if k == 1:
+        return images, images, k
+    return images, mosaics([data.transformed(i).image for i in range(len(data))], k), k
 
 
 def config_predictor(backbone: str, input_size: int) -> Predictor:
@@ -116,6 +115,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
     p.add_argument("--backbones", default="resnet18,resnet50")
     p.add_argument("--batches", default="1,8")
     p.add_argument("--input", type=int, default=512)
+    p.add_argument("--images", type=int, default=None, help="the first N sample images (default: all 13)")
     p.add_argument("--repeats", type=int, default=2, help="timed passes per configuration (the fastest is kept)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = p.parse_args(argv)
@@ -124,12 +124,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
 
     checkpoint = args.ckpt or overfit_checkpoint(args.cache, args.overfit_steps)
     realistic = strongpose.load(checkpoint, device="cpu", input_size=args.input)
-    images_dir, annotations = sample_paths()
-    coco = load_coco(annotations)
-    images = [read_image(images_dir / coco.imgs[i]["file_name"]) for i in sorted(coco.imgs)]
     trained_at = int((realistic.run_config.get("data") or {}).get("input_size") or args.input)
-    k = max(1, args.input // trained_at)
-    pictures = mosaics(images, k, args.input)  # what the realistic model decodes
+    images, pictures, k = sample_pictures(realistic, trained_at, args.images)
     print(f"{len(images)} sample images at {args.input} px, torch threads {torch.get_num_threads()}; decoding "
           f"timed on the maps of {checkpoint} ({realistic.module.net.backbone.arch}, trained at {trained_at} px"
           + (f", fed {k} x {k} mosaics of sample images" if k > 1 else "") + ")", flush=True)

@@ -4,7 +4,8 @@ Trains on the validation view (resize-and-pad, no augmentation) of the first ``-
 that hold people, so that the network can memorise exactly what it is evaluated on; then decodes its
 outputs (Hough voting + Pose Plot) and evaluates with COCOeval. A working model must exceed AP 0.5.
 Prints each loss term at the start and the end, the wall time, and, last:
-``AP=... AP50=... loss_start=... loss_end=... steps=N wall_s=T``.
+``AP=... AP50=... loss_start=... loss_end=... steps=N wall_s=T``. ``main`` returns an :class:`OverfitRun`
+(statistics, trained module, input size): experiments/overfit_checkpoint.py saves its module.
 
     python experiments/overfit.py                      # CPU, ResNet-18, 256 px
     python experiments/overfit.py --device cuda --input 512 --backbone resnet50
@@ -17,6 +18,7 @@ import functools
 import itertools
 import os
 import time
+from typing import NamedTuple
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -32,7 +34,15 @@ from strongpose.lit_module import StrongPoseModule  # noqa: E402
 from strongpose.models.backbone import ResNetBackbone  # noqa: E402
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
+class OverfitRun(NamedTuple):  # not a dataclass: scripts are loaded from their path, outside sys.modules
+    """What :func:`main` leaves: the statistics of its last line, the trained module, its input size."""
+
+    stats: dict[str, float]
+    module: StrongPoseModule
+    input_size: int
+
+
+def main(argv: list[str] | None = None) -> OverfitRun:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=8)
     p.add_argument("--steps", type=int, default=300)
@@ -93,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"AP={stats['AP']:.3f} AP50={stats['AP50']:.3f} AR={stats['AR']:.3f} loss_start={first['total']:.4f} "
           f"loss_end={last['total']:.4f} steps={args.steps} wall_s={wall:.1f} net_ms={stats['net_ms']:.1f} "
           f"decode_ms={stats['decode_ms']:.1f}")
-    return stats
+    return OverfitRun(stats, module, args.input)
 
 
 if __name__ == "__main__":

@@ -38,22 +38,13 @@ def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=False)
     p.add_argument("--out", required=True, help="checkpoint to write")
     args, rest = p.parse_known_args(argv)
-    overfit = _load_overfit()
-    trained = {}
-    evaluate = overfit.evaluate_loader
-
-    def capture(module, *a, **kw):  # overfit.py keeps its module local: take it where it is evaluated
-        trained["module"] = module
-        return evaluate(module, *a, **kw)
-
-    overfit.evaluate_loader = capture
-    stats = overfit.main(rest)
-    module = trained["module"]
+    run = _load_overfit().main(rest)
+    module = run.module
     # overfit.py builds ResNetBackbone(arch, stride) with its defaults (neck 128) and default heads
     backbone = module.net.backbone
     overrides = [f"backbone={backbone.arch}", f"backbone.neck_channels={backbone.out_channels}",
                  f"codec.stride={module.codec.stride}", f"codec.disk_radius={module.codec.disk_radius}",
-                 f"data.input_size={overfit_input_size(rest)}", "logger=none", "paths.output_dir=null"]
+                 f"data.input_size={run.input_size}", "logger=none", "paths.output_dir=null"]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = resolved_config(compose("train", overrides=overrides))
     out = Path(args.out)
@@ -61,14 +52,8 @@ def main(argv: list[str] | None = None) -> Path:
     # the layout Lightning writes (state_dict, hyper_parameters) plus the run config
     torch.save({"state_dict": {k: v.cpu() for k, v in module.state_dict().items()},
                 "hyper_parameters": dict(module.hparams), CONFIG_KEY: cfg}, out)
-    print(f"checkpoint={out} AP={stats['AP']:.3f}")
+    print(f"checkpoint={out} AP={run.stats['AP']:.3f}")
     return out
-
-
-def overfit_input_size(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--input", type=int, default=256)
-    return p.parse_known_args(argv)[0].input
 
 
 if __name__ == "__main__":

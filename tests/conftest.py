@@ -67,23 +67,36 @@ def synthetic_batch(codec: StrongPoseCodec, batch_size: int = 2, size: int = 64,
     return default_collate(items)
 
 
-def run_train_cli(args: Sequence[str], cwd: str | Path, timeout: int = 400,
-                  importable: Sequence[str | Path] = ()) -> subprocess.CompletedProcess:
-    """``python -m strongpose.train ARGS`` in ``cwd``: W&B off, one thread per process unless OMP_NUM_THREADS
-    says otherwise, the ``importable`` folders on PYTHONPATH (test callbacks named in ``+callbacks...``
-    overrides, also for Lightning's DDP children); fails the test with the output's tail."""
+def run_cli(module: str, args: Sequence[str], cwd: str | Path, timeout: int = 400,
+            importable: Sequence[str | Path] = (), check: bool = True) -> subprocess.CompletedProcess:
+    """``python -m MODULE ARGS`` in ``cwd``: W&B off, one thread per process unless OMP_NUM_THREADS says
+    otherwise, the ``importable`` folders on PYTHONPATH (test callbacks named in ``+callbacks...``
+    overrides, also for Lightning's DDP children); with ``check``, fails the test with the output's tail
+    unless it succeeds."""
     env = {"OMP_NUM_THREADS": "1", **os.environ, "WANDB_MODE": "disabled",
            "PYTHONPATH": os.pathsep.join(filter(None, [*map(str, importable), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, "-m", "strongpose.train", *args], cwd=cwd, env=env,
+    done = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)  # a hang ends here
-    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert not check or done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     return done
+
+
+def run_train_cli(args: Sequence[str], cwd: str | Path, timeout: int = 400,
+                  importable: Sequence[str | Path] = ()) -> subprocess.CompletedProcess:
+    """:func:`run_cli` of ``strongpose.train``, which must succeed."""
+    return run_cli("strongpose.train", args, cwd, timeout, importable)
 
 
 @pytest.fixture(scope="session")
 def train_cli():
     """:func:`run_train_cli` as a fixture (session-scoped: module-scoped fixtures use it too)."""
     return run_train_cli
+
+
+@pytest.fixture(scope="session")
+def cli():
+    """:func:`run_cli` as a fixture: ``cli("strongpose.evaluate", args, cwd, check=False)``."""
+    return run_cli
 
 
 @pytest.fixture(scope="session")
@@ -97,6 +110,12 @@ def train_config():
 @pytest.fixture
 def codec() -> StrongPoseCodec:
     return StrongPoseCodec(stride=8, disk_radius=12.0)
+
+
+@pytest.fixture
+def make_batch():
+    """:func:`synthetic_batch` itself, for tests that need batches of other shapes."""
+    return synthetic_batch
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from strongpose import export
 from strongpose.checkpoint import CONFIG_KEY, CheckpointError, module_from_checkpoint
 from strongpose.export import ExportError, run
 from strongpose.train import resolved_config
@@ -68,6 +69,30 @@ def test_falls_back_to_the_torchscript_exporter_and_says_so(tiny_checkpoint, tmp
         run({"ckpt_path": str(tiny_checkpoint), "output": str(tmp_path / "m.onnx"), "exporter": "dynamo"})
 
 
+def test_the_traced_size_is_said_and_can_be_set(tiny_checkpoint, tmp_path, monkeypatch, caplog, capsys):
+    saved = torch.load(tiny_checkpoint, weights_only=True)
+    del saved[CONFIG_KEY]["data"]["input_size"]
+    sizeless = tmp_path / "sizeless.ckpt"
+    torch.save(saved, sizeless)
+    traced = []
+
+    def fake_export(net, names, output, example, **kwargs):  # the size it is given is what matters here
+        traced.append(example.shape[-1])
+        output.write_bytes(b"onnx")
+        return "dynamo"
+
+    monkeypatch.setattr(export, "export_onnx", fake_export)
+    args = {"ckpt_path": str(sizeless), "output": str(tmp_path / "m.onnx"), "check": False}
+    report = run(args)
+    assert traced == [512] and report["input_size"] == 512
+    assert "has no data.input_size: tracing and checking at 512 px; set input_size=N" in caplog.text
+    assert "traced at 512 px: the default: the checkpoint has no data.input_size" in capsys.readouterr().out
+    caplog.clear()
+    assert run({**args, "input_size": 96})["input_size_source"] == "input_size=96" and traced[-1] == 96
+    assert run({**args, "ckpt_path": str(tiny_checkpoint)})["input_size_source"] == "the checkpoint's data.input_size"
+    assert traced[-1] == 64 and "tracing" not in caplog.text  # no warning when the size is known
+
+
 def test_missing_onnxruntime_says_what_to_install(tiny_checkpoint, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
     with pytest.raises(ExportError, match=r"onnxruntime is missing.*pip install 'strongpose\[export\]'"):
@@ -87,3 +112,10 @@ def test_cli_reports_a_wrong_checkpoint_in_one_line_and_writes_nothing(tmp_path)
     assert done.returncode == 1
     assert done.stderr.strip() == "strongpose.export: checkpoint missing.ckpt does not exist"
     assert list(tmp_path.iterdir()) == []  # no outputs/ folder, no log, no model
+
+
+def test_cli_lists_the_keys_for_a_typo(cli, tmp_path):
+    done = cli("strongpose.export", ["ckpt_path=missing.ckpt", "opsett=17"], tmp_path, timeout=120, check=False)
+    assert done.returncode != 0 and "is not in struct" in done.stderr
+    assert "the config has no key 'opsett' (did you mean 'opset'?); its keys: check, ckpt_path" in done.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -13,12 +13,16 @@ from __future__ import annotations
 import difflib
 import inspect
 import pathlib
+import sys
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+
+# the packaged configs of every entry point (``strongpose/conf``)
+CONFIG_DIR = pathlib.Path(__file__).parent / "conf"
 
 SCALARS = (bool, int, float, str, type(None), pathlib.Path, pathlib.PurePath)
 
@@ -115,7 +119,8 @@ def check_types(cfg: DictConfig) -> None:
         raise ConfigError("wrong type in the config:\n  " + "\n  ".join(errors))
 
 
-def unknown_key_hint(args: Sequence[str], config_dir: str | pathlib.Path, config_name: str = "train") -> str | None:
+def unknown_key_hint(args: Sequence[str], config_dir: str | pathlib.Path = CONFIG_DIR,
+                     config_name: str = "train") -> str | None:
     """For command-line overrides ``a.b=c`` whose key does not exist, the keys that do (and the closest),
     e.g. ``model.lr_typo=1`` -> "model has no key 'lr_typo' (did you mean 'lr'?); its keys: ..."."""
     from hydra import compose, initialize_config_dir
@@ -151,3 +156,16 @@ def unknown_key_hint(args: Sequence[str], config_dir: str | pathlib.Path, config
                          + f"; its keys: {', '.join(keys)}")
             break
     return "\n".join(hints) or None
+
+
+def run_with_key_hints(main: Callable[[], Any], config_name: str, config_dir: str | pathlib.Path = CONFIG_DIR) -> None:
+    """Run an entry point's ``@hydra.main`` function; when Hydra refuses an override because its key does
+    not exist ("Key 'lr_typo' is not in struct"), also print the keys that do (and the closest one)."""
+    try:
+        main()
+    except SystemExit as exit:
+        if exit.code not in (0, None):  # a run that started had only existing keys: no hint then
+            hint = unknown_key_hint(sys.argv[1:], config_dir, config_name)
+            if hint:
+                print(hint, file=sys.stderr)
+        raise

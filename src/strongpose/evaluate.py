@@ -18,7 +18,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from strongpose.data.annotations import read_image
+from strongpose.config_check import run_with_key_hints
 from strongpose.data.coco import COCOKeypointDataset
 from strongpose.data.sample import sample_paths
 from strongpose.evaluation.coco_eval import coco_keypoint_stats
@@ -28,14 +28,15 @@ from strongpose.structures import Poses
 
 
 class DatasetImage:
-    """``index -> RGB image`` of a dataset, checked against its annotated size (picklable, for workers)."""
+    """``index -> RGB image`` of a dataset (picklable, for workers), read by :meth:`COCOKeypointDataset.load`:
+    an image that is missing, undecodable or not its annotated size, or whose annotations are malformed,
+    is skipped here as the validation loop of training skips it, so that both score the same images."""
 
     def __init__(self, dataset: COCOKeypointDataset) -> None:
         self.dataset = dataset
 
     def __call__(self, index: int) -> np.ndarray:
-        info = self.dataset.coco.imgs[self.dataset.image_ids[index]]
-        return read_image(self.dataset.images_dir / info["file_name"], (info["height"], info["width"]))
+        return self.dataset.load(index)[0]
 
 
 def files_head(files: ImageFiles, count: int) -> list[dict]:
@@ -103,5 +104,10 @@ def main(cfg: DictConfig) -> float:
     return run(cfg)["stats"]["AP"]
 
 
+def cli() -> None:
+    """``python -m strongpose.evaluate``: Hydra's ``main``, with the valid keys listed for an unknown one."""
+    run_with_key_hints(main, "evaluate")
+
+
 if __name__ == "__main__":
-    main()
+    cli()

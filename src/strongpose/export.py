@@ -23,12 +23,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from strongpose.checkpoint import CheckpointError, module_from_checkpoint
+from strongpose.config_check import run_with_key_hints
 
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "images"
 EXPORTERS = ("auto", "dynamo", "torchscript")
 INSTALL_HINT = "pip install 'strongpose[export]'"
+DEFAULT_INPUT_SIZE = 512  # traced size when neither the config nor the checkpoint's run config gives one
 
 
 class ExportError(RuntimeError):
@@ -143,26 +145,41 @@ def check_batches(images: torch.Tensor, stride: int, dynamic: bool) -> list[torc
     return batches
 
 
+def export_input_size(requested: int | None, run_cfg: dict[str, Any]) -> tuple[int, str]:
+    """The size to trace and check at, and where it comes from: ``input_size`` when set, else the
+    checkpoint's ``data.input_size``, else :data:`DEFAULT_INPUT_SIZE` (with a warning saying how to choose)."""
+    if requested:
+        return int(requested), f"input_size={int(requested)}"
+    trained = (run_cfg.get("data") or {}).get("input_size")
+    if trained:
+        return int(trained), "the checkpoint's data.input_size"
+    log.warning("the checkpoint's run config has no data.input_size: tracing and checking at %d px; "
+                "set input_size=N to choose the size", DEFAULT_INPUT_SIZE)
+    return DEFAULT_INPUT_SIZE, "the default: the checkpoint has no data.input_size"
+
+
 def run(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     """Export the checkpoint's network as ``cfg`` says (see ``conf/export.yaml``) and check it; returns a
-    report: ``output``, ``exporter``, ``input_size``, ``diffs`` ({output: max abs diff}), ``size_mb``."""
+    report: ``output``, ``exporter``, ``input_size`` and ``input_size_source`` (where it came from), ``diffs``
+    ({output: max abs diff}), ``size_mb``."""
     cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     require_onnx()  # before the (slow) model build
     module, run_cfg = module_from_checkpoint(cfg["ckpt_path"], map_location="cpu")
     net = module.net.eval()
     names = list(module.codec.channels)
-    input_size = int(cfg.get("input_size") or run_cfg.get("data", {}).get("input_size") or 512)
+    input_size, size_source = export_input_size(cfg.get("input_size"), run_cfg)
     dynamic = bool(cfg.get("dynamic", True))
     images = sample_images(input_size, 2)  # read once: the traced example and the check's inputs
     example = images if dynamic else images[:1]  # batch 2 when dynamic: torch.export specialises size 1
     output = Path(cfg.get("output") or "model.onnx")
     exporter = export_onnx(net, names, output, example, opset=cfg.get("opset", 18), dynamic=dynamic,
                            exporter=cfg.get("exporter", "auto"))
-    report = {"output": str(output), "exporter": exporter, "input_size": input_size, "dynamic": dynamic,
+    report = {"output": str(output), "exporter": exporter, "input_size": input_size,
+              "input_size_source": size_source, "dynamic": dynamic,
               "size_mb": output.stat().st_size / 2**20, "diffs": {}}
     print(f"exported {cfg['ckpt_path']} -> {output} ({report['size_mb']:.1f} MB, {exporter} exporter, "
           f"opset {cfg.get('opset', 18)}, {'dynamic batch/height/width' if dynamic else 'fixed shape'}, "
-          f"traced at {input_size} px)", flush=True)
+          f"traced at {input_size} px: {size_source})", flush=True)
     if not cfg.get("check", True):
         return report
     batches = check_batches(images, module.codec.stride, dynamic)
@@ -195,5 +212,10 @@ def main(cfg: DictConfig) -> None:
         sys.exit(1)
 
 
+def cli() -> None:
+    """``python -m strongpose.export``: Hydra's ``main``, with the valid keys listed for an unknown one."""
+    run_with_key_hints(main, "export")
+
+
 if __name__ == "__main__":
-    main()
+    cli()

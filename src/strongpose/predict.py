@@ -23,6 +23,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from strongpose.config_check import run_with_key_hints
 from strongpose.inference import Predictor
 from strongpose.inference.cli import add_timing, predictor_from_config, timing_summary, write_json
 from strongpose.inference.images import (IMAGE_SUFFIXES, VIDEO_SUFFIXES, ImageFiles, VideoFrames, image_batches,
@@ -149,5 +150,10 @@ def main(cfg: DictConfig) -> None:
     run(cfg)
 
 
+def cli() -> None:
+    """``python -m strongpose.predict``: Hydra's ``main``, with the valid keys listed for an unknown one."""
+    run_with_key_hints(main, "predict")
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import netrc
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +23,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from strongpose.checkpoint_io import AtomicCheckpointIO
-from strongpose.config_check import check_types, unknown_key_hint
+from strongpose.config_check import CONFIG_DIR, check_types, run_with_key_hints
 
 log = logging.getLogger(__name__)
-
-CONFIG_DIR = Path(__file__).parent / "conf"
 
 
 @rank_zero_only
@@ -147,7 +144,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     return metrics, objects
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Returns ``optimized_metric`` so that Hydra sweepers can minimise it."""
     metrics, _ = train(cfg)
@@ -155,16 +152,8 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def cli() -> None:
-    """``python -m strongpose.train``: Hydra's ``main``; when Hydra refuses an override because its key does
-    not exist ("Key 'lr_typo' is not in struct"), it also prints the keys that do (and the closest one)."""
-    try:
-        main()
-    except SystemExit as exit:
-        if exit.code not in (0, None):  # a run that started had only existing keys: no hint then
-            hint = unknown_key_hint(sys.argv[1:], CONFIG_DIR)
-            if hint:
-                print(hint, file=sys.stderr)
-        raise
+    """``python -m strongpose.train``: Hydra's ``main``, with the valid keys listed for an unknown one."""
+    run_with_key_hints(main, "train")
 
 
 if __name__ == "__main__":

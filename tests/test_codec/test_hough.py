@@ -9,7 +9,7 @@ from helpers import as_tensor, person
 from strongpose.codec import StrongPoseCodec
 from strongpose.codec.grouping import _long_links
 from strongpose.codec.hough import (
-    cell_index, find_peaks, gaussian_blur, hough_vote, nearest_cells, nonzero_above, scatter_blur, smooth_votes,
+    find_peaks, gaussian_blur, hough_vote, nearest_cells, nonzero_above, scatter_blur, smooth_votes,
 )
 from strongpose.structures import map_to_input
 
@@ -103,7 +103,7 @@ def test_find_peaks_matches_max_pool_and_topk(fraction, max_peaks):
     assert (ordered[..., :-1] >= ordered[..., 1:]).all()  # strongest first
     refined, _, _ = find_peaks(hough, short, 8, max_peaks, 0.05, refine=True)
     i, t, slot = valid.nonzero()[0].tolist()
-    cell = cell_index(pos[i, t, slot], 8, (12, 14))
+    cell = nearest_cells(pos[i, t, slot], 8, (12, 14))[0]
     offset = short[i, 2 * t:2 * t + 2].flatten(1)[:, cell]
     assert torch.allclose(refined[i, t, slot] - pos[i, t, slot], offset, atol=1e-4)
 

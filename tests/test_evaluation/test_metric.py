@@ -26,6 +26,7 @@ from pycocotools.cocoeval import COCOeval
 from strongpose.codec import StrongPoseCodec
 from strongpose.data import COCOKeypointDataModule, sample_paths
 from strongpose.evaluation import STAT_NAMES, COCOEvalCallback, COCOKeypointAP, coco_keypoint_stats
+from strongpose.evaluation.coco_eval import _faster_cocoeval
 from strongpose.structures import Poses
 
 from ground_truth_module import GroundTruthModule
@@ -163,6 +164,21 @@ def test_faster_coco_eval_backend_matches_pycocotools():
     with pytest.raises(ValueError):
         COCOKeypointAP(ANNOTATIONS, backend="nope")
 
+
+
+def test_faster_coco_eval_shares_the_ground_truth_and_leaves_the_results_alone():
+    coco = _coco()
+    results = _as_results(_predictions(perturbed=True, seed=2))
+    before = copy.deepcopy(results)
+    ids = coco.getImgIds()
+    ev = _faster_cocoeval(coco, results)
+    assert all(ev.cocoGt.anns[i] is coco.anns[i] for i in coco.anns)  # not a copy per compute
+    assert results == before  # loadRes writes id, area and bbox into copies of the entries
+    # one COCO object shared by both backends, in turn: the numbers do not move
+    faster = coco_keypoint_stats(coco, results, ids, backend="faster_coco_eval")
+    assert results == before
+    assert coco_keypoint_stats(coco, copy.deepcopy(results), ids) == faster  # pycocotools' loadRes writes
+    assert coco_keypoint_stats(coco, results, ids, backend="faster_coco_eval") == faster
 
 def _free_port() -> int:
     with socket.socket() as s:

@@ -21,10 +21,12 @@ def last_line_keys(capsys) -> dict[str, str]:
 
 
 def test_overfit_runs_and_reports(capsys):
-    stats = load("overfit").main(["--images", "2", "--steps", "2", "--input", "128", "--device", "cpu"])
+    run = load("overfit").main(["--images", "2", "--steps", "2", "--input", "128", "--device", "cpu"])
     keys = last_line_keys(capsys)
     assert {"AP", "AP50", "loss_start", "loss_end", "steps", "wall_s"} <= keys.keys()
-    assert keys["steps"] == "2" and 0.0 <= stats["AP"] <= 1.0
+    assert keys["steps"] == "2" and 0.0 <= run.stats["AP"] <= 1.0
+    assert float(keys["AP"]) == pytest.approx(run.stats["AP"], abs=5e-4)
+    assert run.input_size == 128 and run.module.codec.stride == 8  # what overfit_checkpoint.py saves
 
 
 def test_bench_train_runs_and_reports(capsys):

@@ -54,6 +54,21 @@ def test_evaluate_writes_results_and_summary(tiny_checkpoint, tmp_path, capsys):
     assert max(max(r["keypoints"][0::3]) for r in results) > 64
 
 
+
+def test_evaluate_skips_an_image_with_a_malformed_annotation_as_training_does(tiny_checkpoint, tmp_path, capsys):
+    images_dir, annotations = sample_paths()
+    coco = json.loads(annotations.read_text())
+    first = min(image["id"] for image in coco["images"])
+    bad = next(a for a in coco["annotations"] if a["image_id"] == first and not a.get("iscrowd"))
+    bad["keypoints"] = bad["keypoints"][:-3]  # 16 keypoints: its image cannot be scored against it
+    (tmp_path / "bad.json").write_text(json.dumps(coco))
+    summary = evaluate.run(config("evaluate", [
+        f"ckpt_path={tiny_checkpoint}", f"paths.output_dir={tmp_path}", f"data.val_images={images_dir}",
+        f"data.val_annotations={tmp_path / 'bad.json'}", "data.max_val_images=2", "warmup=false"]))
+    assert summary["images"] == 1 and [s["image_id"] for s in summary["skipped"]] == [first]
+    assert f"(annotation id {bad['id']}): malformed annotation: 48 keypoint values" in summary["skipped"][0]["reason"]
+    assert f"skipped image {first}" in capsys.readouterr().out
+
 @pytest.mark.slow
 def test_evaluate_cli(tiny_checkpoint, tmp_path):
     env = {**os.environ, "WANDB_MODE": "disabled"}
@@ -123,3 +138,16 @@ def test_predict_refuses_bad_inputs(tiny_checkpoint, image_folder, tmp_path):
         predict.run(config("predict", [f"ckpt_path={tiny_checkpoint}", f"input={folder}", f"output={folder}"]))
     with pytest.raises(ValueError, match="unknown file type"):
         predict.run(config("predict", [f"ckpt_path={tiny_checkpoint}", f"input={folder / 'notes.txt'}"]))
+
+
+@pytest.mark.parametrize("module, args, hint", [
+    ("strongpose.evaluate", ["ckpt_path=x.ckpt", "test.flipp=true"],
+     "test has no key 'flipp' (did you mean 'flip'?); its keys: flip, keypoint_threshold"),
+    ("strongpose.predict", ["ckpt_path=x.ckpt", "input=.", "batch_sise=2"],
+     "the config has no key 'batch_sise' (did you mean 'batch_size'?); its keys: batch_size, ckpt_path"),
+])
+def test_a_typo_in_a_key_lists_the_keys_and_fails(cli, tmp_path, module, args, hint):
+    done = cli(module, [*args, "hydra.run.dir=run"], tmp_path, timeout=120, check=False)
+    assert done.returncode != 0
+    assert "is not in struct" in done.stderr and hint in done.stderr  # Hydra's message, then ours
+    assert not (tmp_path / "run").exists()  # refused before the run started

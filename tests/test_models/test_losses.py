@@ -2,7 +2,6 @@ import pytest
 import torch
 
 from strongpose.models.losses import heatmap_loss, offset_loss, strongpose_losses
-from conftest import synthetic_batch
 
 WEIGHTS = {"skhm": 4.0, "bhm": 2.0, "short": 1.0, "mid": 0.4, "long": 0.1}
 
@@ -84,11 +83,11 @@ def _chunk_gradients(outputs, targets, codec, mean_over_processes):
 
 
 @pytest.mark.parametrize("global_counts", [True, False])
-def test_two_processes_with_mean_counts_have_the_gradient_of_the_global_batch(codec, global_counts):
+def test_two_processes_with_mean_counts_have_the_gradient_of_the_global_batch(codec, make_batch, global_counts):
     """What DDP computes (the mean of each process's gradient) equals the one-process gradient of the whole
     batch when each process divides by the mean of the processes' counts, and not with its own counts
     (the two halves hold different numbers of people, hence different counts)."""
-    halves = [synthetic_batch(codec, batch_size=2, people=p, seed=p) for p in (1, 3)]
+    halves = [make_batch(codec, batch_size=2, people=p, seed=p) for p in (1, 3)]
     targets = {k: torch.cat([h["targets"][k] for h in halves]).double() if halves[0]["targets"][k].is_floating_point()
                else torch.cat([h["targets"][k] for h in halves]) for k in halves[0]["targets"]}
     outputs = _outputs_like(targets)

@@ -274,8 +274,3 @@ def nearest_cells(pos: torch.Tensor, stride: int, hw: tuple[int, int]) -> tuple[
                                                    max=_const((w - 1.0, h - 1.0), dev, dtype))
     cells = (uv @ _const((1.0, float(w)), dev, dtype)).long()  # u + v * w, exact below 2^24
     return cells, map_to_input(uv, stride)
-
-
-def cell_index(pos: torch.Tensor, stride: int, hw: tuple[int, int]) -> torch.Tensor:
-    """(..., 2) input coordinates -> (...) flat index of the nearest map cell (clamped to the map)."""
-    return nearest_cells(pos, stride, hw)[0]
