@@ -16,14 +16,18 @@ def test_there_is_a_quickstart_and_it_is_committed_without_outputs():
         assert all(not c.outputs and c.execution_count is None for c in code), f"{path.name}: clear its outputs"
 
 
-def test_quickstart_runs_trains_predicts_and_draws(tmp_path):
+def test_quickstart_runs_trains_predicts_and_draws(tmp_path, monkeypatch):
     """A kernel, a tiny training run and a prediction: 12 s on the idle 2-core VM."""
     nb = nbformat.read(NOTEBOOKS[[p.name for p in NOTEBOOKS].index("quickstart.ipynb")], as_version=4)
+    workdir, tmpdir = tmp_path / "cwd", tmp_path / "tmp"
+    workdir.mkdir(), tmpdir.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmpdir))  # the kernel inherits it: the run's checkpoint lands in tmp_path
     # a CellExecutionError (with the failing cell and its traceback) fails the test
-    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "people found" in text and "checkpoint:" in text and "steps, last train loss" in text
     pictures = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(pictures) == 3  # targets, predicted people, predicted maps
-    assert not list(tmp_path.iterdir())  # the run went to a temporary folder, not the working directory
+    assert not list(workdir.iterdir())  # the run went to a temporary folder, not the working directory
+    assert [p.name[:len("strongpose_quickstart_")] for p in tmpdir.iterdir()] == ["strongpose_quickstart_"]
