@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from strongpose.config_check import run_with_key_hints
 from strongpose.data.coco import COCOKeypointDataset
 from strongpose.data.sample import sample_paths
-from strongpose.evaluation.coco_eval import coco_keypoint_stats
+from strongpose.evaluation.coco_eval import check_backend, coco_keypoint_stats
 from strongpose.inference.cli import add_timing, predictor_from_config, timing_summary, write_json
 from strongpose.inference.images import ImageFiles, image_batches
 from strongpose.structures import Poses
@@ -45,6 +45,7 @@ def files_head(files: ImageFiles, count: int) -> list[dict]:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate as ``cfg`` says; returns the summary (also written to ``summary.json``)."""
+    check_backend(cfg.backend)  # before predicting every image, not after
     data = cfg.data
     if (data.val_images is None) != (data.val_annotations is None):
         raise ValueError("give both data.val_images and data.val_annotations, or neither (= embedded sample)")

@@ -73,7 +73,7 @@ def short_keypoints(images: Path, data: dict):
 def nan_keypoint(images: Path, data: dict):
     ann = _person(data)
     ann["keypoints"][0] = math.nan  # json.dumps writes NaN, which json.loads (and COCO tools) read back
-    return _image(data, ann["image_id"]), ann, "keypoints_nonfinite", ERROR, "NaN or infinite values at nose"
+    return _image(data, ann["image_id"]), ann, "keypoints_nonfinite", ERROR, "NaN, infinite or beyond-float32 values at nose"
 
 
 def negative_keypoint(images: Path, data: dict):

@@ -52,6 +52,19 @@ def test_malformed_annotation_names_its_id(sample_copy, codec) -> None:
     assert isinstance(item, SkippedSample) and f"annotation id {ann['id']}" in item.reason
 
 
+@pytest.mark.parametrize("field, index, value", [("keypoints", 0, 1e39), ("bbox", 2, float("inf")),
+                                                ("keypoints", 1, 10**400)])
+def test_a_non_finite_or_float32_overflowing_value_names_its_field(sample_copy, codec, field, index, value) -> None:
+    images, annotations, data = sample_copy
+    ann = next(a for a in data["annotations"] if a["num_keypoints"] > 0)
+    ann[field][index] = value  # 1e39 is finite in the JSON but not in float32; 10**400 not even in float64
+    annotations.write_text(json.dumps(data))
+    item = COCOKeypointDataset(images, annotations, codec=codec, input_size=S)[data["images"].index(
+        next(i for i in data["images"] if i["id"] == ann["image_id"]))]
+    assert isinstance(item, SkippedSample)
+    assert f"annotation id {ann['id']}" in item.reason and f"beyond-float32 values in {field}" in item.reason
+
+
 def test_all_bad_batch_has_size_zero_and_the_usual_keys(sample, codec) -> None:
     ds = COCOKeypointDataset(*sample, codec=codec, input_size=S)
     from functools import partial

@@ -54,32 +54,6 @@ def test_no_flip_keeps_order() -> None:
     np.testing.assert_allclose(out.keypoints, kp, atol=1e-3)
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_bright_spot_mask_and_keypoint_move_together(seed: int) -> None:
-    """A bright blob, a mask square and a keypoint at the same place stay together through random
-    scale / rotation / translation / flip / resize from a non-square image."""
-    hw = (90, 150)
-    rng = np.random.default_rng(seed)
-    x, y = float(rng.uniform(40, 110)), float(rng.uniform(30, 60))
-    yy, xx = np.mgrid[: hw[0], : hw[1]]
-    blob = np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 2.0**2))
-    image = np.repeat((blob * 255).astype(np.uint8)[..., None], 3, axis=2)
-    kp = np.zeros((1, K, 3), np.float32)
-    kp[0, 0] = (x, y, 2)
-    people = _people(kp, hw)
-    people.masks[0, int(y) - 6: int(y) + 7, int(x) - 6: int(x) + 7] = 1
-    transform = TrainTransform(S, COCO_PERSON, {"color_jitter": 0.0, "flip_prob": 0.5, "rotation": 40.0})
-    out = transform(image, people, rng)
-    if out.keypoints[0, 0, 2] == 0:
-        pytest.skip("augmentation moved the keypoint off the image")
-    peak = np.unravel_index(np.argmax(out.image[..., 0].astype(float)), (S, S))
-    assert np.hypot(peak[1] - out.keypoints[0, 0, 0], peak[0] - out.keypoints[0, 0, 1]) <= 1.0
-    ys, xs = np.nonzero(out.masks[0])
-    assert abs(xs.mean() - out.keypoints[0, 0, 0]) < 1.5 and abs(ys.mean() - out.keypoints[0, 0, 1]) < 1.5
-    back = to_original(out.keypoints, out.affine)
-    np.testing.assert_allclose(back[0, 0, :2], (x, y), atol=1e-3)
-
-
 def test_train_affine_maps_sample_keypoints_back(sample, codec) -> None:
     ds = COCOKeypointDataset(*sample, codec=codec, input_size=256, train=True, augment={"flip_prob": 0.5})
     flip = np.array(codec.skeleton.flip_index)
@@ -181,11 +155,13 @@ def test_one_warp_puts_a_keypoint_on_its_pixel(seed: int) -> None:
     np.testing.assert_allclose(to_original(moved[None, :2], out.affine)[0], (x, y), atol=1e-3)
 
 
+@pytest.mark.parametrize("train", [True, False])
 @pytest.mark.parametrize("fortran", [False, True])
-def test_masks_and_crowd_stay_aligned_with_the_image(fortran: bool) -> None:
+def test_masks_and_crowd_stay_aligned_with_the_image(fortran: bool, train: bool) -> None:
     """A square drawn into the image, a person mask and the crowd mask covers the same pixels after the warp
     (nearest-neighbour masks against the bilinear image: they differ on the boundary only), with the masks in
-    C order and in the loader's Fortran order."""
+    C order and in the loader's Fortran order, through the training warp and the validation resize (whose
+    image goes through albumentations and masks through the matrix)."""
     hw = (100, 140)
     image = np.zeros(hw + (3,), np.uint8)
     image[30:70, 40:90] = 255
@@ -195,8 +171,9 @@ def test_masks_and_crowd_stay_aligned_with_the_image(fortran: bool) -> None:
         people.crowd = np.zeros(hw, np.uint8, order="F")
     people.masks[0, 30:70, 40:90] = 1
     people.crowd[30:70, 40:90] = 1
-    out = TrainTransform(S, COCO_PERSON, {"color_jitter": 0.0, "rotation": 30.0})(image, people,
-                                                                                  np.random.default_rng(3))
+    transform = (TrainTransform(S, COCO_PERSON, {"color_jitter": 0.0, "rotation": 30.0}) if train
+                 else ValTransform(S))
+    out = transform(image, people, np.random.default_rng(3))
     bright = out.image[..., 0] > 127
     for mask in (out.masks[0], out.crowd):
         assert (bright & mask).sum() / (bright | mask).sum() > 0.95

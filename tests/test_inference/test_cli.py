@@ -52,7 +52,13 @@ def test_evaluate_writes_results_and_summary(tiny_checkpoint, tmp_path, capsys):
     for r in results:  # original pixels: x up to the image width, not the 64 px input
         assert max(r["keypoints"][0::3]) <= sizes[r["image_id"]][0] + 16
     assert max(max(r["keypoints"][0::3]) for r in results) > 64
+    # COCO results as written, nothing the evaluator adds (pycocotools' loadRes writes id, area, bbox)
+    assert all(set(r) == {"image_id", "category_id", "keypoints", "score"} for r in results)
 
+
+def test_evaluate_refuses_an_unknown_backend_before_predicting(tmp_path):
+    with pytest.raises(ValueError, match="nope"):
+        evaluate.run(config("evaluate", ["ckpt_path=missing.ckpt", f"paths.output_dir={tmp_path}", "backend=nope"]))
 
 
 def test_evaluate_skips_an_image_with_a_malformed_annotation_as_training_does(tiny_checkpoint, tmp_path, capsys):

@@ -207,11 +207,9 @@ def box_array(box: object) -> np.ndarray:
 
 
 def _float_array(values: list) -> np.ndarray:
-    try:
-        array = np.array(values, np.float64)
-    except OverflowError:  # a JSON integer beyond float64's range
-        array = np.array([v if isinstance(v, float) or abs(v) <= FLOAT32_MAX else math.inf if v > 0 else -math.inf
-                          for v in values], np.float64)
+    # a JSON integer beyond float64's range would overflow np.array: infinite, as a float beyond float32 becomes
+    values = [(math.inf if v > 0 else -math.inf) if isinstance(v, int) and abs(v) > FLOAT32_MAX else v for v in values]
+    array = np.array(values, np.float64)
     return np.where(np.abs(array) > FLOAT32_MAX, np.copysign(np.inf, array), array)
 
 
@@ -246,10 +244,9 @@ def _rle(coco: COCO, ann: dict, height: int, width: int) -> dict:
     codec falls back to the box."""
     if not ann.get("segmentation"):
         return mask_utils.frPyObjects({"size": [height, width], "counts": [height * width]}, height, width)
-    rle = coco.annToRLE(ann)
-    if list(rle["size"]) != [height, width]:
-        raise ValueError(f"mask is {tuple(rle['size'])}, image is {(height, width)}")
-    return rle
+    # the size matches the image's: segmentation_error checked an RLE's size, and annToRLE sizes polygons by
+    # the same image entry
+    return coco.annToRLE(ann)
 
 
 def _decode(rles: list[dict], height: int, width: int) -> np.ndarray:
@@ -283,8 +280,10 @@ def image_annotations(coco: COCO, image_id: int, category_id: int, num_keypoints
                 continue
             # the validator's structural checks; it reports more (visibility, boxes outside) that training tolerates
             kp, box = keypoint_array(ann.get("keypoints"), num_keypoints), box_array(ann.get("bbox"))
-            if not (np.isfinite(box).all() and np.isfinite(kp).all()):
-                raise ValueError(f"NaN or infinite values in bbox {excerpt(ann.get('bbox'))} or keypoints")
+            nonfinite = [name for name, values in (("bbox", box), ("keypoints", kp)) if not np.isfinite(values).all()]
+            if nonfinite:
+                raise ValueError(f"NaN, infinite or beyond-float32 values in {' and '.join(nonfinite)}"
+                                 + (f" {excerpt(ann.get('bbox'))}" if nonfinite[0] == "bbox" else ""))
         except Exception as err:  # pycocotools raises assorted types on malformed segmentations
             raise BadSample(file_name, f"malformed annotation: {err}", ann.get("id")) from err
         keypoints.append(kp.astype(np.float32))

@@ -74,12 +74,6 @@ class PoseSample:
     affine: np.ndarray
 
 
-def _fit_and_pad(size: int, position: str) -> list[A.BasicTransform]:
-    # longer side -> S, then pad to S x S with zeros (image) and "no person" (masks)
-    return [A.LongestMaxSize(max_size=size, interpolation=cv2.INTER_LINEAR),
-            A.PadIfNeeded(size, size, position=position, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0)]
-
-
 def _resized_shape(hw: tuple[int, int], size: int) -> tuple[int, int]:
     """Shape after ``LongestMaxSize`` (it rounds the same way)."""
     scale = size / max(hw)
@@ -202,19 +196,27 @@ class ValTransform:
 
     def __init__(self, input_size: int) -> None:
         self.size = int(input_size)
-        self.compose = A.Compose(_fit_and_pad(self.size, "top_left"), seed=0)
+        # longer side -> S, then pad right/bottom to S x S with black
+        self.compose = A.Compose([
+            A.LongestMaxSize(max_size=self.size, interpolation=cv2.INTER_LINEAR),
+            A.PadIfNeeded(self.size, self.size, position="top_left", border_mode=cv2.BORDER_CONSTANT, fill=0),
+        ], seed=0)
 
     def to_input(self, hw: tuple[int, int]) -> np.ndarray:
         """3x3 original -> input matrix for an image of shape ``hw`` (top-left padding adds no shift)."""
         return _resize_matrix(hw, _resized_shape(hw, self.size))
 
+    def from_input(self, hw: tuple[int, int]) -> np.ndarray:
+        """(2, 3) float64 input -> original affine for an image of shape ``hw``."""
+        return np.linalg.inv(self.to_input(hw))[:2]
+
     def image_only(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(S, S, 3) image and the (2, 3) float64 input -> original affine, as :meth:`__call__` gives them."""
-        return self.compose(image=image)["image"], np.linalg.inv(self.to_input(image.shape[:2]))[:2]
+        """(S, S, 3) image and its :meth:`from_input` affine, as :meth:`__call__` gives them."""
+        return self.compose(image=image)["image"], self.from_input(image.shape[:2])
 
     def __call__(self, image: np.ndarray, people: ImageAnnotations,
                  rng: np.random.Generator | None = None) -> PoseSample:
-        resized, _ = self.image_only(image)
+        resized = self.compose(image=image)["image"]
         to_input = self.to_input(image.shape[:2])
         masks, crowd = _warp_masks(people, to_input, self.size)
         return _sample(resized, people, to_input, self.size, masks, crowd)

@@ -35,7 +35,7 @@ KINDS = {
     "duplicate_annotation_id": "two annotations with the same id",
     "orphan_annotation": "an annotation whose image_id has no images[] entry",
     "keypoints_length": "keypoints is not a list of 3 x K numbers",
-    "keypoints_nonfinite": "NaN or infinite keypoint values",
+    "keypoints_nonfinite": "NaN, infinite or beyond-float32 keypoint values",
     "keypoints_negative": "a labelled keypoint (v > 0) with a negative coordinate",
     "keypoints_outside": "(warning) a labelled keypoint beyond the image's right or bottom border",
     "visibility": "a visibility flag other than 0, 1 or 2",
@@ -216,7 +216,7 @@ def _check_keypoints(ann: dict, height: int, width: int, names: list[str], probl
         return
     nonfinite = [names[k] for k in np.flatnonzero(~np.isfinite(values).all(axis=1))]
     if nonfinite:
-        yield problem("keypoints_nonfinite", f"NaN or infinite values at {_names(nonfinite)}")
+        yield problem("keypoints_nonfinite", f"NaN, infinite or beyond-float32 values at {_names(nonfinite)}")
         return
     xs, ys, vs = values.T.tolist()
     bad_v = [f"{names[k]}={_number(v)}" for k, v in enumerate(vs) if v not in (0.0, 1.0, 2.0)]
@@ -246,7 +246,7 @@ def _check_box(ann: dict, height: int, width: int, problem) -> Iterator[Problem]
         yield problem("bbox", str(err))
         return
     if not all(math.isfinite(v) for v in (x, y, w, h)):
-        yield problem("bbox", f"bbox has NaN or infinite values: {excerpt(box)}")
+        yield problem("bbox", f"bbox has NaN, infinite or beyond-float32 values: {excerpt(box)}")
     elif w <= 0 or h <= 0:
         yield problem("bbox", f"bbox width and height must be positive, got {excerpt(box)}")
     elif x >= width or y >= height or x + w <= 0 or y + h <= 0:

@@ -9,7 +9,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from strongpose.evaluation.coco_eval import STAT_NAMES
+from strongpose.evaluation.coco_eval import STAT_NAMES, check_backend
 from strongpose.evaluation.metric import COCOKeypointAP
 from strongpose.viz import draw_batch
 
@@ -41,7 +41,7 @@ class COCOEvalCallback(Callback):
                  log_images: int = 4) -> None:
         self.annotations = annotations
         self.sigmas = sigmas
-        self.backend = backend
+        self.backend = check_backend(backend)  # a typo fails at start-up, not at the first validation epoch
         self.prefix = prefix
         self.verbose = verbose
         self.log_images = int(log_images)

@@ -51,7 +51,8 @@ def coco_keypoint_stats(coco: COCO, results: list[dict], image_ids: Iterable[int
         if backend == "faster_coco_eval":
             ev = _faster_cocoeval(coco, results)
         else:
-            ev = COCOeval(coco, coco.loadRes(results), "keypoints")
+            # copies: loadRes writes id, area and bbox into each result (the caller's list is left as it was)
+            ev = COCOeval(coco, coco.loadRes([dict(r) for r in results]), "keypoints")
         ev.params.imgIds = image_ids
         if sigmas is not None:
             ev.params.kpt_oks_sigmas = np.asarray(sigmas, dtype=np.float64)

@@ -92,9 +92,11 @@ class COCOKeypointAP(Metric):
         device = self.device
         self.image_ids.append(image_ids.to(device=device, dtype=torch.float64))
         self.num_people.append(torch.tensor(counts, dtype=torch.float64, device=device))
-        empty = torch.zeros(0, dtype=torch.float64, device=device)  # a batch without people still appends
-        self.keypoints.append(torch.cat([empty, *[k.to(device) for k in keypoints]]))
-        self.scores.append(torch.cat([empty, *[s.to(device) for s in scores]]))
+        # one copy per state and batch: concatenated where the poses are, then moved
+        where = keypoints[0].device if keypoints else device
+        empty = torch.zeros(0, dtype=torch.float64, device=where)  # a batch without people still appends
+        self.keypoints.append(torch.cat([empty, *[k.to(where) for k in keypoints]]).to(device))
+        self.scores.append(torch.cat([empty, *[s.to(where) for s in scores]]).to(device))
 
     def results(self) -> tuple[list[dict], list[int]]:
         """COCO results and the ids of the images evaluated, from the (already synced) states; duplicates dropped."""

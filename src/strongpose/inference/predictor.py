@@ -152,7 +152,8 @@ class Predictor:
     def _reference_affines(self, arrays: list[np.ndarray], per_scale: list) -> torch.Tensor:
         if self.input_size in self.sizes:
             return per_scale[self.sizes.index(self.input_size)][1]
-        return self.preprocess(arrays, self.input_size)[1]
+        transform = self._transforms[self.input_size]  # the affines alone: no resize of the whole batch
+        return torch.stack([torch.from_numpy(transform.from_input(a.shape[:2])) for a in arrays])
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
