@@ -1,10 +1,13 @@
 """Faults during training that must lose nothing and explain themselves: non-finite losses (skipped and
-counted, then a stop naming the images) and Ctrl-C / SIGTERM (a checkpoint, and where it is)."""
+counted, then a stop naming the images), Ctrl-C / SIGTERM (a checkpoint, and where it is) and SLURM's
+time-limit warning (a checkpoint, then a requeue)."""
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import subprocess
 import threading
 from pathlib import Path
 from typing import Any
@@ -111,13 +114,28 @@ class InterruptCheckpoint(Callback):
 
     A SIGTERM (e.g. a cluster's preemption warning) makes Lightning raise ``SIGTERMException`` at the
     end of the step: that state is sound too, and is saved the same way.
+
+    ``requeue_signal`` (default SIGUSR1, what ``hydra/launcher=slurm`` asks SLURM to send 90 s before the
+    time limit): the same save at the end of the step in progress, then rank 0 requeues the SLURM job
+    (``scontrol requeue``) and the run stops; the requeued job resumes from that checkpoint (``resume=auto``).
+    This is the project's one requeue mechanism. Lightning's own (``SLURMEnvironment(auto_requeue=True)``)
+    saves inside the signal handler, i.e. at any point of a step, during validation with the EMA weights
+    swapped in, and with a barrier that can pair with another rank's per-step all-reduce; it stands aside
+    because a handler is already installed when it would install its own. ``null`` leaves the signal alone.
     """
 
-    def __init__(self, dirpath: str | Path | None = None, filename: str = "interrupted") -> None:
+    def __init__(self, dirpath: str | Path | None = None, filename: str = "interrupted",
+                 requeue_signal: str | None = "SIGUSR1") -> None:
         super().__init__()
         self.dirpath = dirpath
         self.filename = filename
-        self._requested = False  # Ctrl-C seen: save after this step
+        try:
+            self.requeue_signal = signal.Signals[requeue_signal] if requeue_signal else None
+        except KeyError:
+            raise ValueError(f"requeue_signal: unknown signal {requeue_signal!r} (e.g. SIGUSR1, SIGUSR2)") from None
+        self._requested = False  # Ctrl-C or the requeue signal seen: save after this step
+        self._requeue = False  # ... and then requeue the SLURM job
+        self._previous_requeue_handler: Any = None
         self._saved = False
         self._training = False  # between on_train_start and on_train_end: a Ctrl-C can wait for the step
         self._global_zero = True
@@ -138,11 +156,20 @@ class InterruptCheckpoint(Callback):
             print("\nCtrl-C: saving a checkpoint after this training step (Ctrl-C again to stop without saving)",
                   flush=True)
 
+    def _on_requeue_signal(self, signum: int, frame: Any) -> None:
+        self._requested = self._requeue = True
+        if self._global_zero:
+            print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this training step, then requeueing",
+                  flush=True)
+
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._global_zero = trainer.is_global_zero
-        # signal handlers can only be set from the main thread (not, e.g., in a notebook's worker thread)
+        # signal handlers can only be set from the main thread (not, e.g., in a notebook's worker thread);
+        # setup runs before Lightning installs its handlers, which then leave SIGUSR1 to this one
         if stage == "fit" and threading.current_thread() is threading.main_thread():
             self._previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
+            if self.requeue_signal is not None:
+                self._previous_requeue_handler = signal.signal(self.requeue_signal, self._on_requeue_signal)
         # callbacks run in list order, Lightning's Checkpoint subclasses last: run after all of them, so that
         # the step's EMA update and ModelCheckpoint are done when this saves. (Subclassing Checkpoint would
         # make this the trainer's checkpoint_callback and clash with trainer.enable_checkpointing=false.)
@@ -155,6 +182,9 @@ class InterruptCheckpoint(Callback):
         if self._previous_handler is not None:
             signal.signal(signal.SIGINT, self._previous_handler)
             self._previous_handler = None
+        if self._previous_requeue_handler is not None:
+            signal.signal(self.requeue_signal, self._previous_requeue_handler)
+            self._previous_requeue_handler = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._training = True
@@ -170,7 +200,12 @@ class InterruptCheckpoint(Callback):
         if trainer.world_size > 1:
             requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
         if requested:
-            self._save(trainer, "Interrupted")
+            requeue = self._requeue
+            if trainer.world_size > 1:  # only on the step that stops: no extra collective per step
+                requeue = trainer.strategy.reduce_boolean_decision(requeue, all=False)
+            self._save(trainer, f"{self.requeue_signal.name} (time limit)" if requeue else "Interrupted")
+            if requeue and trainer.is_global_zero:
+                requeue_slurm_job()
             raise KeyboardInterrupt  # Lightning's graceful shutdown: on_exception hooks, teardown, exit 1
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
@@ -194,6 +229,27 @@ class InterruptCheckpoint(Callback):
         self._saved, self._training = True, False
         _say(trainer, f"{why}: checkpoint saved to {path} (step {trainer.global_step}); "
                       f"resume with ckpt_path={path}")
+
+
+def requeue_slurm_job() -> bool:
+    """``scontrol requeue`` this SLURM job (array tasks included); False, with a message, when not under SLURM
+    or when scontrol fails."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
+        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    if not job:
+        print("not a SLURM job (no SLURM_JOB_ID): not requeued", flush=True)
+        return False
+    try:
+        done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        print(f"requeueing SLURM job {job} failed: {err}", flush=True)
+        return False
+    if done.returncode != 0:
+        print(f"requeueing SLURM job {job} failed (scontrol exit {done.returncode}): {done.stderr.strip()}", flush=True)
+        return False
+    print(f"requeued SLURM job {job}: it resumes from this checkpoint (resume=auto)", flush=True)
+    return True
 
 
 def _say(trainer: L.Trainer, message: str) -> None:

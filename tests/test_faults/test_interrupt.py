@@ -1,12 +1,15 @@
 """Ctrl-C finishes the step in progress, then saves checkpoints/interrupted.ckpt and says how to resume;
-SIGTERM (a cluster's preemption warning) saves the same way."""
+SIGTERM (a cluster's preemption warning) saves the same way; SIGUSR1 (SLURM's time-limit warning) saves,
+then requeues the job."""
 
 import os
 import signal
 
 import pytest
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from strongpose.checkpoint import read_checkpoint
+from strongpose.faults import InterruptCheckpoint
 from strongpose.lit_module import StrongPoseModule
 from strongpose.train import train
 
@@ -17,7 +20,7 @@ QUICK = ["trainer.max_epochs=10", "trainer.limit_val_batches=0", "callbacks.coco
 @pytest.fixture
 def signal_during_second_step(monkeypatch):
     """``send(signum, times)``: the process signals itself in the middle of its second training step."""
-    previous = signal.getsignal(signal.SIGINT)
+    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGUSR1)
     real_step = StrongPoseModule.training_step
     calls = []
 
@@ -33,7 +36,8 @@ def signal_during_second_step(monkeypatch):
         return calls
 
     yield send
-    signal.signal(signal.SIGINT, previous)  # Lightning leaves Ctrl-C ignored after a KeyboardInterrupt
+    signal.signal(signal.SIGINT, previous[0])  # Lightning leaves Ctrl-C ignored after a KeyboardInterrupt
+    signal.signal(signal.SIGUSR1, previous[1])
 
 
 @pytest.mark.parametrize(("signum", "exit_code", "said"), [
@@ -58,3 +62,43 @@ def test_a_second_ctrl_c_stops_at_once_without_saving(train_config, tmp_path, si
     assert len(calls) == 2 and not (tmp_path / "checkpoints" / "interrupted.ckpt").exists()
     out = capsys.readouterr().out
     assert "Ctrl-C: saving a checkpoint after this training step" in out and "Stopped without saving" in out
+
+
+@pytest.mark.parametrize("under_slurm", [False, True], ids=["job-id-only", "lightning-detects-slurm"])
+def test_the_requeue_signal_saves_after_the_step_then_requeues_the_slurm_job(train_config, tmp_path,
+                                                                            signal_during_second_step, capsys,
+                                                                            monkeypatch, under_slurm):
+    """With SLURM's variables set, Lightning picks SLURMEnvironment(auto_requeue=True) by itself: it must
+    leave the signal to the callback (no hpc_ckpt_N.ckpt saved mid-step, one requeue)."""
+    if under_slurm:
+        for name, value in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "train", "SLURM_NODELIST": "localhost",
+                            "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}.items():
+            monkeypatch.setenv(name, value)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" > {tmp_path / "scontrol_args"}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    calls = signal_during_second_step(signal.SIGUSR1)
+    with pytest.raises(SystemExit) as stopped:
+        train(train_config(QUICK, output_dir=tmp_path / "run"))
+    assert stopped.value.code == 1 and len(calls) == 2
+    saved = tmp_path / "run" / "checkpoints" / "interrupted.ckpt"
+    assert read_checkpoint(saved)["global_step"] == 2
+    assert (tmp_path / "scontrol_args").read_text().split() == ["requeue", "4242"]
+    assert not list((tmp_path / "run").rglob("hpc_ckpt_*.ckpt"))
+    out = capsys.readouterr().out
+    assert "SIGUSR1: saving a checkpoint after this training step, then requeueing" in out
+    assert f"SIGUSR1 (time limit): checkpoint saved to {saved} (step 2)" in out and "requeued SLURM job 4242" in out
+    # the requeued job, started again in the same folder, goes on from there (resume=auto)
+    _, again = train(train_config(["trainer.max_steps=3", *QUICK], output_dir=tmp_path / "run"))
+    assert again["trainer"].global_step == 3 and f"Resuming from {saved}" in capsys.readouterr().out
+    environment = again["trainer"]._accelerator_connector.cluster_environment
+    assert isinstance(environment, SLURMEnvironment) == under_slurm and (not under_slurm or environment.auto_requeue)
+
+
+def test_an_unknown_requeue_signal_is_refused():
+    with pytest.raises(ValueError, match="SIGUSR3"):
+        InterruptCheckpoint(requeue_signal="SIGUSR3")

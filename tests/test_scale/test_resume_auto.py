@@ -28,7 +28,7 @@ def test_picks_the_newest_checkpoint_of_the_run_folder(tmp_path):
     last = _touch(tmp_path / "checkpoints" / "last.ckpt", 1000)
     _touch(tmp_path / "checkpoints" / "epoch001-step000010.ckpt", 1000)  # same moment: last.ckpt wins
     assert checkpoint_to_resume(None, "auto", trainer) == str(last)
-    # Lightning's SLURM requeue handler saves hpc_ckpt_N.ckpt in the run folder, after the last epoch's end
+    # Lightning's own SLURM requeue (when a user turns it on) saves hpc_ckpt_N.ckpt in the run folder
     hpc = _touch(tmp_path / "hpc_ckpt_1.ckpt", 2000)
     assert checkpoint_to_resume(None, "auto", trainer) == str(hpc)
     _touch(tmp_path / "checkpoints" / "last.ckpt", 3000)  # the requeued job went on and saved again

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 
 import pytest
 import submitit
@@ -33,7 +34,10 @@ def test_gpu_presets_use_bf16_and_ddp_multinode_lets_slurm_start_and_requeue(tra
     multi = train_config(["trainer=ddp_multinode", "trainer.num_nodes=4"], output_dir=tmp_path).trainer
     assert multi.num_nodes == 4 and multi.strategy == "ddp" and multi.precision == "bf16-mixed"
     (environment,) = [instantiate(plugin) for plugin in multi.plugins]
-    assert isinstance(environment, SLURMEnvironment) and environment.auto_requeue
+    # one requeue mechanism: callbacks.interrupt's, on SIGUSR1 (Lightning's saves inside the signal handler)
+    assert isinstance(environment, SLURMEnvironment) and not environment.auto_requeue
+    interrupt = instantiate(train_config(["trainer=ddp_multinode"], output_dir=tmp_path).callbacks.interrupt)
+    assert interrupt.requeue_signal == signal.SIGUSR1
 
 
 def _fake_slurm_client(tmp_path, monkeypatch) -> None:
@@ -45,13 +49,13 @@ def _fake_slurm_client(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
 
 
-def test_slurm_launcher_asks_for_one_task_per_gpu_and_lightnings_requeue_signal(train_config, tmp_path, monkeypatch):
+def test_slurm_launcher_asks_for_one_task_per_gpu_and_the_requeue_signal(train_config, tmp_path, monkeypatch):
     cfg = train_config(["hydra/launcher=slurm", "trainer=ddp_multinode", "trainer.num_nodes=3",
                         "hydra.launcher.gpus_per_node=4", "hydra.launcher.partition=gpu",
                         f"hydra.sweep.dir={tmp_path / 'sweep'}"], output_dir=tmp_path, return_hydra_config=True)
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     assert launcher["nodes"] == 3 and launcher["tasks_per_node"] == launcher["gpus_per_node"] == 4
-    assert launcher["max_num_timeout"] == 0  # submitit's own requeue off: Lightning's only
+    assert launcher["max_num_timeout"] == 0  # submitit's own requeue off: callbacks.interrupt's only
 
     # the launcher's real launch(), stopped where submitit would call sbatch
     _fake_slurm_client(tmp_path, monkeypatch)
