@@ -129,7 +129,11 @@ class StrongPoseModule(L.LightningModule):
         mean = None
         if global_batch and trainer is not None and trainer.world_size > 1:
             def mean(counts: torch.Tensor) -> torch.Tensor:
-                return trainer.strategy.reduce(counts, reduce_op="mean")
+                # a plain all-reduce, queued with the step's kernels: Lightning's strategy.reduce adds a
+                # barrier, which on NCCL also makes the host wait for the forward pass mid-step
+                counts = counts.clone()
+                torch.distributed.all_reduce(counts)
+                return counts / trainer.world_size
         return strongpose_losses(outputs, targets, self.loss_weights, self.codec.disk_radius,
                                  mean_over_processes=mean, **self.loss_options)
 

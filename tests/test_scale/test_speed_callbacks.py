@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from strongpose.callbacks import ChannelsLast, Compile
+from strongpose.callbacks import EMA, ChannelsLast, Compile
 from strongpose.codec import StrongPoseCodec
 from strongpose.lit_module import StrongPoseModule
 from strongpose.models.backbone import ResNetBackbone
@@ -57,6 +57,11 @@ def test_a_training_run_with_channels_last(train_config, tmp_path):
     assert objects["trainer"].global_step == 1
     stem = next(m for m in objects["model"].modules() if isinstance(m, nn.Conv2d))
     assert stem.weight.is_contiguous(memory_format=NHWC)
+    # the EMA copy has the live weights' layout (converted before the copy): fused updates, no transposes
+    (ema,) = [c for c in objects["trainer"].callbacks if isinstance(c, EMA)]
+    live = dict(objects["model"].named_parameters())
+    for name, averaged in ema._average_model.module.named_parameters():  # noqa: SLF001
+        assert averaged.stride() == live[name].stride(), name
 
 
 def test_compile_is_in_place_and_gives_the_eager_numbers(batch):
