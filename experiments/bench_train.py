@@ -9,9 +9,10 @@ The two alternate in blocks and each block's images/s is kept; the medians are r
 Every combination of ``--backbone``, ``--precision`` and ``--batch`` is measured in turn (a fresh model
 and data loader each), one line each: ``device=... backbone=... input=... batch=... precision=...
 workers=... full_ips=X bare_ips=Y ratio=Z peak_mem_gb=M bare_peak_mem_gb=B`` (peaks: CUDA memory
-allocated during the timed full / bare steps; nan on a CPU). ``--max-batch`` then looks for the largest
-batch whose full step fits in GPU memory, per backbone and precision (``... max_batch=N peak_mem_gb=M``;
-skipped on a CPU).
+allocated during the timed full / bare steps, nan on a CPU; both models' weights, gradients and AdamW
+states stay resident throughout, so each peak includes the other model's state: ~1 GB for ResNet-152 in
+fp32). ``--max-batch`` then looks for the largest batch whose full step fits in GPU memory, per backbone
+and precision, with the full model alone (``... max_batch=N peak_mem_gb=M``; skipped on a CPU).
 
     python experiments/bench_train.py --backbone resnet18 --input 256 --batch 8
     python experiments/bench_train.py --backbone resnet50 resnet152 --input 512 --batch 8 16 32 \\
@@ -198,7 +199,9 @@ def max_batch(backbone: str, precision: str, start: int, args: argparse.Namespac
     data = COCOKeypointDataModule(codec, input_size=args.input, batch_size=4, num_workers=0)
     data.setup("fit")
     seed = next(iter(data.train_dataloader()))
-    module, _, optimizer, _ = build_models(backbone, args, codec, device)
+    module, bare, optimizer, bare_optimizer = build_models(backbone, args, codec, device)
+    del bare, bare_optimizer  # only the full step's memory counts here
+    release(device)
 
     def fits(n: int) -> float | None:
         tile = torch.arange(n) % len(seed["image"])

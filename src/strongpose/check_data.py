@@ -10,18 +10,16 @@ from __future__ import annotations
 import sys
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from strongpose.config_check import CONFIG_DIR, unknown_key_hint
 from strongpose.data.validate import Report, validate_coco
 from strongpose.skeleton import get_skeleton
 
 CLEAN, PROBLEMS, UNREADABLE = 0, 1, 2
 USAGE = "usage: python -m strongpose.check_data annotations=FILE [images=DIR] [workers=N] [max_problems_shown=N]"
-# absolute: a relative config_path resolves differently under `python -m` and when main() is called in-process
-CONFIG_DIR = Path(__file__).parent / "conf"
 
 
 def check(annotations: str, images: str | None = None, skeleton: str = "coco", workers: int = 4,
@@ -77,6 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _Finished as done:
         return int(done.code)
     except SystemExit as err:  # Hydra: bad override (code 1) or --help (code 0)
+        if err.code:
+            hint = unknown_key_hint(sys.argv[1:], CONFIG_DIR, "check_data")  # before sys.argv is restored
+            if hint:
+                print(hint, file=sys.stderr)
         return UNREADABLE if err.code else CLEAN
     finally:
         sys.argv = saved

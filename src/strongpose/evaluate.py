@@ -18,7 +18,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from strongpose.config_check import run_with_key_hints
+from strongpose.config_check import CONFIG_DIR, run_with_key_hints
 from strongpose.data.coco import COCOKeypointDataset
 from strongpose.data.sample import sample_paths
 from strongpose.evaluation.coco_eval import check_backend, coco_keypoint_stats
@@ -99,7 +99,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")
 def main(cfg: DictConfig) -> float:
     """Returns AP, so that a Hydra sweep over test options can maximise it."""
     return run(cfg)["stats"]["AP"]

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from strongpose.checkpoint import CheckpointError, module_from_checkpoint
-from strongpose.config_check import run_with_key_hints
+from strongpose.config_check import CONFIG_DIR, run_with_key_hints
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ def run(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     return report
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="export")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="export")
 def main(cfg: DictConfig) -> None:
     for name in ("onnx_ir", "onnxscript"):  # Hydra's INFO root logger would print every graph-pass step
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -23,7 +23,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from strongpose.config_check import run_with_key_hints
+from strongpose.config_check import CONFIG_DIR, run_with_key_hints
 from strongpose.inference import Predictor
 from strongpose.inference.cli import add_timing, predictor_from_config, timing_summary, write_json
 from strongpose.inference.images import (IMAGE_SUFFIXES, VIDEO_SUFFIXES, ImageFiles, VideoFrames, image_batches,
@@ -145,7 +145,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")
 def main(cfg: DictConfig) -> None:
     run(cfg)
 

@@ -263,7 +263,8 @@ def test_missing_annotation_file_and_bad_arguments_exit_2(tmp_path, cwd, capsys)
     assert f"not found: {tmp_path / 'nope.json'}" in capsys.readouterr().err
     assert main([]) == 2
     assert "usage: python -m strongpose.check_data annotations=FILE" in capsys.readouterr().err
-    assert main(["annotation=typo.json"]) == 2  # Hydra refuses unknown keys
+    assert main(["annotation=typo.json"]) == 2  # Hydra refuses unknown keys; the hint names the right one
+    assert "the config has no key 'annotation' (did you mean 'annotations'?)" in capsys.readouterr().err
     assert main([f"annotations={tmp_path / 'nope.json'}", "skeleton=horse"]) == 2
     assert "unknown skeleton 'horse'" in capsys.readouterr().err
     assert list(cwd.iterdir()) == []
