@@ -10,8 +10,6 @@ evaluates the decoded people with pycocotools' COCOeval (keypoints). The last pr
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import os
 import sys
 import time
@@ -22,49 +20,20 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from pycocotools.coco import COCO  # noqa: E402
-from pycocotools.cocoeval import COCOeval  # noqa: E402
 
 from strongpose.codec import StrongPoseCodec  # noqa: E402
+from strongpose.data.annotations import image_annotations, load_coco, person_category  # noqa: E402
+from strongpose.evaluation import STAT_NAMES, coco_keypoint_stats  # noqa: E402
 
-STAT_NAMES = ("AP", "AP50", "AP75", "APM", "APL", "AR")
 
-
-def image_people(coco: COCO, image_id: int, num_keypoints: int):
-    """Ground truth of one image as codec inputs: keypoints, masks, crowd mask, boxes."""
+def image_people(coco: COCO, image_id: int, category_id: int, num_keypoints: int):
+    """Ground truth of one image as codec inputs (keypoints, masks, crowd mask, boxes), read as training
+    reads it (:func:`strongpose.data.annotations.image_annotations`)."""
     info = coco.imgs[image_id]
-    height, width = info["height"], info["width"]
-    anns = coco.loadAnns(coco.getAnnIds(imgIds=image_id, iscrowd=None))
-    people = [a for a in anns if not a.get("iscrowd", 0)]
-    kps = np.zeros((len(people), num_keypoints, 3), np.float32)
-    masks = np.zeros((len(people), height, width), np.bool_)
-    boxes = np.zeros((len(people), 4), np.float32)
-    for i, ann in enumerate(people):
-        kps[i] = np.asarray(ann["keypoints"], np.float32).reshape(num_keypoints, 3)
-        boxes[i] = ann["bbox"]
-        if ann.get("segmentation"):
-            masks[i] = coco.annToMask(ann).astype(bool)
-    crowd = np.zeros((height, width), np.bool_)
-    for ann in anns:
-        if ann.get("iscrowd", 0):
-            crowd |= coco.annToMask(ann).astype(bool)
-    return (height, width), torch.from_numpy(kps), torch.from_numpy(masks), torch.from_numpy(crowd), torch.from_numpy(boxes)
-
-
-def evaluate(coco: COCO, results: list[dict], image_ids: list[int], quiet: bool = False) -> dict[str, float]:
-    """COCO keypoint evaluation; returns the first stats by name."""
-    if not results:
-        return {name: 0.0 for name in STAT_NAMES}
-    with contextlib.redirect_stdout(io.StringIO()) as buf:
-        dets = coco.loadRes(results)
-        ev = COCOeval(coco, dets, "keypoints")
-        ev.params.imgIds = image_ids
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    if not quiet:
-        print(buf.getvalue(), end="")
-    stats = ev.stats
-    return {"AP": stats[0], "AP50": stats[1], "AP75": stats[2], "APM": stats[3], "APL": stats[4], "AR": stats[5]}
+    people = image_annotations(coco, image_id, category_id, num_keypoints)
+    return ((info["height"], info["width"]), torch.from_numpy(people.keypoints),
+            torch.from_numpy(people.masks.astype(bool)), torch.from_numpy(people.crowd.astype(bool)),
+            torch.from_numpy(people.boxes))
 
 
 def pad_and_stack(maps: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -78,11 +47,10 @@ def pad_and_stack(maps: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor
 def run(ann: str, stride: int = 8, disk_radius: float = 32.0, long_range: bool = True, device: str = "cpu",
         max_images: int | None = None, quiet: bool = False, batch: int = 1, **decode_kwargs) -> dict[str, float]:
     """Encode and decode every image; ``batch`` > 1 decodes that many (padded) images at a time."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco = COCO(ann)
+    coco = load_coco(ann)
     codec = StrongPoseCodec(stride=stride, disk_radius=disk_radius, long_range=long_range, **decode_kwargs)
-    cat_ids = coco.getCatIds(catNms=["person"]) or coco.getCatIds()
-    image_ids = sorted(coco.getImgIds(catIds=cat_ids))[:max_images]
+    category_id = person_category(coco, codec.num_keypoints, ann)
+    image_ids = sorted(coco.getImgIds(catIds=[category_id]))[:max_images]
     # batches of same-sized images (aspect-ratio bucketing), so that padding does not inflate the maps
     order = sorted(image_ids, key=lambda i: (coco.imgs[i]["height"], coco.imgs[i]["width"], i)) if batch > 1 else image_ids
     results, enc_t, dec_t = [], [], []
@@ -96,11 +64,11 @@ def run(ann: str, stride: int = 8, disk_radius: float = 32.0, long_range: bool =
         poses = codec.decode(maps)
         dec_t.append(time.perf_counter() - t0)
         for (image_id, _), p in zip(pending, poses):
-            results.extend(p.to_coco(image_id, cat_ids[0]))
+            results.extend(p.to_coco(image_id, category_id))
         pending.clear()
 
     for image_id in order:
-        size, kps, masks, crowd, boxes = image_people(coco, image_id, codec.num_keypoints)
+        size, kps, masks, crowd, boxes = image_people(coco, image_id, category_id, codec.num_keypoints)
         kps, masks, crowd, boxes = kps.to(device), masks.to(device), crowd.to(device), boxes.to(device)
         t0 = time.perf_counter()
         targets = codec.encode(kps, size, masks=masks, ignore_mask=crowd, boxes=boxes)
@@ -112,7 +80,7 @@ def run(ann: str, stride: int = 8, disk_radius: float = 32.0, long_range: bool =
             decode_pending()
     if pending:
         decode_pending()
-    stats = evaluate(coco, results, image_ids, quiet=quiet)
+    stats = coco_keypoint_stats(coco, results, image_ids, verbose=not quiet)
     stats["encode_ms"] = 1e3 * float(np.mean(enc_t))
     stats["decode_ms"] = 1e3 * float(np.sum(dec_t)) / len(image_ids)
     stats["images"] = len(image_ids)
