@@ -15,7 +15,7 @@ Which model produces the maps matters for decoding, and only for decoding:
     trained at S <= input / 2, it gets k x k mosaics (k = input // S) of sample images, each tile being an
     image's validation view at S (:class:`ValTransform`, as the Predictor and training preprocess), which
     the Predictor fits to the input size: 64 x 64 maps as at 512 px, with people at the scale it knows
-    (mosaics of 4: 155 people decoded in 13 pictures, 55 above 0.1). A mosaic holds the people of 4
+    (mosaics of 4: 175 people decoded in 13 pictures, 67 above 0.1, 2026-11-26). A mosaic holds the people of 4
     images: this errs on the slow side;
   * the network (and preprocessing) is timed with the packaged config's network of each ``--backbones``
     entry (random init: weights do not change CPU time), through a Predictor on the whole images.
