@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> OverfitRun:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--input", type=int, default=256)
     p.add_argument("--backbone", default="resnet18")
+    p.add_argument("--neck-channels", type=int, default=128, help="the backbone's neck width")
     p.add_argument("--stride", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> OverfitRun:
     # the whole set is one batch: every step sees every image
     loader = DataLoader(data, batch_size=len(data), shuffle=False, collate_fn=SkipBadCollate(functools.partial(empty_sample, codec, args.input)))
     batch = move_data_to_device(next(iter(loader)), device)
-    module = StrongPoseModule(codec, ResNetBackbone(args.backbone, args.stride),
+    module = StrongPoseModule(codec, ResNetBackbone(args.backbone, args.stride, neck_channels=args.neck_channels),
                               optimizer=functools.partial(torch.optim.AdamW), batch_size=len(data)).to(device)
     optimizer = torch.optim.AdamW(module.parameters(), lr=args.lr)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> OverfitRun:
         if step % 50 == 0:
             print(f"step {step:4d} loss {float(losses['total'].detach()):.4f}", flush=True)
     wall = time.perf_counter() - t0
-    print(f"{len(data)} images, {args.steps} steps, {args.backbone} at {args.input} px on {device}: {wall:.1f} s")
+    print(f"{len(data)} images, {args.steps} steps, {args.backbone} (neck {args.neck_channels}) at {args.input} px on {device}: {wall:.1f} s")
     for name in first:
         print(f"  loss_{name:6s} start {first[name]:.4f}  end {last[name]:.4f}")
     evaluate_loader(module, [batch], data.coco, device)  # warm-up: lazy CUDA / cuBLAS initialisation

@@ -1,6 +1,9 @@
 """The benchmark scripts under experiments/ run end to end (tiny settings) and print their summary line."""
 
 import importlib.util
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,3 +46,21 @@ def test_bench_data_runs_and_reports(capsys):
     keys = last_line_keys(capsys)
     assert {"images_per_s", "ms_per_image", "load_ms", "augment_ms", "encode_ms"} <= keys.keys()
     assert result["ms_per_image"] >= result["encode_ms"] > 0
+
+
+def test_overfit_builds_the_neck_width_it_is_given():
+    run = load("overfit").main(["--images", "1", "--steps", "1", "--input", "64", "--device", "cpu",
+                                "--neck-channels", "32"])
+    assert run.module.net.backbone.out_channels == 32
+
+
+@pytest.mark.slow
+def test_the_gpu_session_script_runs_every_step_in_its_quick_form(tmp_path):
+    """QUICK=1 on the CPU: each step of the prepared device script runs and logs (the GPU session's check)."""
+    env = {**os.environ, "QUICK": "1", "PYTHON": sys.executable, "OUT": str(tmp_path)}
+    done = subprocess.run(["bash", str(EXPERIMENTS / "gpu_session.sh")], cwd=EXPERIMENTS.parent, env=env,
+                          capture_output=True, text=True, timeout=600)
+    log = (tmp_path / "gpu_session.log").read_text()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert log.count("full_ips=") == 2 and "max_batch=skipped" in log and "images_per_s=" in log
+    assert "(neck 128)" in log and "(neck 256)" in log and log.count("loss_start=") == 2

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Issue 6's GPU measurements in one command, sized for one device call (~8-9 min on an H100):
+#   1. bench_train's grid: ResNet-50 / ResNet-152 x fp32 / bf16 x batch 8 / 16 / 32 at 512 px (+ peak memory);
+#   2. the largest ResNet-152 bf16 batch at 512 px (bench_train --max-batch);
+#   3. bench_data per worker on that machine's cores;
+#   4. ResNet-50 neck 128 (the config's) vs 256: overfit AP on the 11 sample images at 512 px, bf16, 600 steps
+#      (a capacity check, not COCO val AP).
+# Every line goes to $OUT/gpu_session.log (the device tool brings $OUT back) or ./gpu_session.log.
+#
+# The device image lacks hydra-core, omegaconf, albumentations, pycocotools & co: carry them as wheels in .whl/
+# (git-ignored; see /work/.library/device/README.md), e.g. here:
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+#     hydra-core omegaconf antlr4-python3-runtime==4.9.3 albumentations==2.0.8 albucore pycocotools \
+#     faster-coco-eval pydantic pydantic-core annotated-types typing-inspection simsimd stringzilla
+# (versions as pyproject.toml admits; one version of each)
+# then, in one device call with carry [".whl"] and timeout_s=600 (the steps stop at 270+120+40+2x60 s):
+#   bash experiments/gpu_session.sh
+# QUICK=1 runs a tiny version of every step (CPU smoke test: bash experiments/gpu_session.sh with QUICK=1).
+set -u
+LOG="${OUT:-.}/gpu_session.log"
+PY="${PYTHON:-python3}"
+if ! $PY -c "import hydra, albumentations, pycocotools" 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    >/dev/null 2>&1 || { echo "wheel install failed" | tee "$LOG"; exit 1; }
+  export PYTHONPATH="/tmp/site:$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+else
+  export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export NO_ALBUMENTATIONS_UPDATE=1 WANDB_MODE=disabled PYTHONUNBUFFERED=1
+if [ "${QUICK:-0}" = 1 ]; then
+  GRID=(--backbone resnet18 --input 128 --batch 2 --precision 32 --steps 1 --rounds 1 --workers 0)
+  MAXB=(--backbone resnet18 --input 128 --precision 32 --batch 2 --max-batch --steps 1 --rounds 1 --workers 0)
+  DATA=(--images 8); FIT=(--input 128 --steps 3 --images 2 --precision 32); WORKERS=0
+else
+  W=$(( $(nproc) > 2 ? $(nproc) - 2 : 1 ))
+  GRID=(--backbone resnet50 resnet152 --input 512 --batch 8 16 32 --precision 32 bf16 --steps 4 --rounds 3 --workers "$W")
+  MAXB=(--backbone resnet152 --input 512 --precision bf16 --batch 32 --max-batch --steps 1 --rounds 1 --workers 2)
+  DATA=(--images 200); FIT=(--input 512 --steps 600 --images 11 --precision bf16); WORKERS=$W
+fi
+{
+  date -u; nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/null || echo "no nvidia-smi"
+  $PY -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__, 'cuda', torch.cuda.is_available())"
+  echo "== bench_train grid (workers $WORKERS)"; timeout 270 $PY experiments/bench_train.py "${GRID[@]}" 2>&1 | grep "^device="
+  echo "== largest batch";  timeout 120 $PY experiments/bench_train.py "${MAXB[@]}" 2>&1 | grep -E "^device=|max_batch|skipp"
+  echo "== bench_data";     timeout 40 $PY experiments/bench_data.py "${DATA[@]}" 2>&1 | tail -2
+  for neck in 128 256; do
+    echo "== overfit resnet50 neck $neck"
+    timeout 60 $PY experiments/overfit.py --backbone resnet50 --neck-channels "$neck" "${FIT[@]}" 2>&1 | grep -E "images, .* steps|^AP=.*loss_start"
+  done
+  date -u
+} 2>&1 | tee "$LOG"
