@@ -24,6 +24,16 @@ class NonFiniteLossError(RuntimeError):
     """Too many training steps in a row had a NaN or infinite loss."""
 
 
+def any_rank(flag: bool, trainer: L.Trainer | None) -> bool:
+    """``flag`` of any process: one all-reduce of one number. (Lightning's ``reduce_boolean_decision`` puts a
+    barrier before it, on NCCL a second collective and a host wait, every training step.)"""
+    if trainer is None or trainer.world_size <= 1:
+        return bool(flag)
+    value = torch.tensor(float(flag), device=trainer.strategy.root_device)
+    torch.distributed.all_reduce(value)
+    return bool(value.item() > 0)
+
+
 def batch_image_ids(batch: dict) -> list:
     """The ``meta.image_id`` of each image of a collated batch (a tensor after default_collate)."""
     ids = (batch.get("meta") or {}).get("image_id", [])
@@ -53,9 +63,7 @@ class NonFiniteLossGuard:
     def skip(self, loss: torch.Tensor, batch: dict, trainer: L.Trainer | None = None) -> bool:
         """True when this step must be skipped; raises :class:`NonFiniteLossError` past the limit."""
         local = not bool(torch.isfinite(loss.detach()).all())
-        bad = local
-        if trainer is not None and trainer.world_size > 1:
-            bad = trainer.strategy.reduce_boolean_decision(local, all=False)
+        bad = any_rank(local, trainer)
         if not bad:
             self.in_a_row = 0
             return False
@@ -196,13 +204,8 @@ class InterruptCheckpoint(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
-        requested = self._requested
-        if trainer.world_size > 1:
-            requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
-        if requested:
-            requeue = self._requeue
-            if trainer.world_size > 1:  # only on the step that stops: no extra collective per step
-                requeue = trainer.strategy.reduce_boolean_decision(requeue, all=False)
+        if any_rank(self._requested, trainer):
+            requeue = any_rank(self._requeue, trainer)  # only on the step that stops: no extra collective per step
             self._save(trainer, f"{self.requeue_signal.name} (time limit)" if requeue else "Interrupted")
             if requeue and trainer.is_global_zero:
                 requeue_slurm_job()

@@ -1,5 +1,9 @@
-"""Test-only callback, importable by training subprocesses (PYTHONPATH=tests/test_faults): poisons the
-batch of chosen steps on one DDP rank with NaN, so that only that rank's loss is non-finite."""
+"""Test-only callbacks, importable by training subprocesses (PYTHONPATH=tests/test_faults): one poisons the
+batch of chosen steps on one DDP rank with NaN, so that only that rank's loss is non-finite; one signals
+one rank."""
+
+import os
+import signal
 
 import lightning as L
 
@@ -11,3 +15,15 @@ class NaNBatchOnRank(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_rank == self.rank and trainer.global_step in self.steps:
             batch["image"].fill_(float("nan"))  # the same tensor training_step gets next
+
+
+class SignalOnRank(L.Callback):
+    """Sends ``signum`` to this process on one rank at the start of training step ``step`` (the signal a
+    scheduler would send; the other ranks never see it)."""
+
+    def __init__(self, rank: int = 1, step: int = 1, signum: str = "SIGUSR1") -> None:
+        self.rank, self.step, self.signum = int(rank), int(step), signal.Signals[signum]
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_rank == self.rank and trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
