@@ -2,7 +2,6 @@
 others waiting in the gradient all-reduce), and a requeue signal on one rank makes every rank save at the
 same step: two CPU processes (gloo) through the real command line."""
 
-import os
 from pathlib import Path
 
 import pytest
@@ -30,13 +29,7 @@ def test_a_nan_on_one_rank_is_skipped_by_all_ranks(tmp_path, train_cli):
 
 
 @pytest.mark.slow
-def test_a_requeue_signal_on_one_rank_saves_every_rank_at_the_same_step(tmp_path, cli, monkeypatch):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol_args"}\n')
-    (bin_dir / "scontrol").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("SLURM_JOB_ID", "77")
+def test_a_requeue_signal_on_one_rank_saves_every_rank_at_the_same_step(tmp_path, cli, fake_scontrol):
     args = [*DDP, "+callbacks.sig._target_=fault_injection.SignalOnRank", "+callbacks.sig.rank=1",
             "+callbacks.sig.step=1"]
     done = cli("strongpose.train", args, tmp_path, importable=[HERE], check=False)
@@ -44,4 +37,4 @@ def test_a_requeue_signal_on_one_rank_saves_every_rank_at_the_same_step(tmp_path
     saved = tmp_path / "run" / "checkpoints" / "interrupted.ckpt"
     assert done.returncode != 0 and f"SIGUSR1 (time limit): checkpoint saved to {saved} (step 2)" in log, log[-3000:]
     assert read_checkpoint(saved)["global_step"] == 2  # rank 1's signalled step finished on both ranks
-    assert (tmp_path / "scontrol_args").read_text().split() == ["requeue", "77"]  # once, by rank 0
+    assert fake_scontrol.read_text().splitlines() == ["requeue 4242"]  # once, by rank 0

@@ -67,27 +67,20 @@ def test_a_second_ctrl_c_stops_at_once_without_saving(train_config, tmp_path, si
 @pytest.mark.parametrize("under_slurm", [False, True], ids=["job-id-only", "lightning-detects-slurm"])
 def test_the_requeue_signal_saves_after_the_step_then_requeues_the_slurm_job(train_config, tmp_path,
                                                                             signal_during_second_step, capsys,
-                                                                            monkeypatch, under_slurm):
+                                                                            monkeypatch, fake_scontrol, under_slurm):
     """With SLURM's variables set, Lightning picks SLURMEnvironment(auto_requeue=True) by itself: it must
     leave the signal to the callback (no hpc_ckpt_N.ckpt saved mid-step, one requeue)."""
     if under_slurm:
         for name, value in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "train", "SLURM_NODELIST": "localhost",
                             "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}.items():
             monkeypatch.setenv(name, value)
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" > {tmp_path / "scontrol_args"}\n')
-    (bin_dir / "scontrol").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("SLURM_JOB_ID", "4242")
-    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
     calls = signal_during_second_step(signal.SIGUSR1)
     with pytest.raises(SystemExit) as stopped:
         train(train_config(QUICK, output_dir=tmp_path / "run"))
     assert stopped.value.code == 1 and len(calls) == 2
     saved = tmp_path / "run" / "checkpoints" / "interrupted.ckpt"
     assert read_checkpoint(saved)["global_step"] == 2
-    assert (tmp_path / "scontrol_args").read_text().split() == ["requeue", "4242"]
+    assert fake_scontrol.read_text().splitlines() == ["requeue 4242"]
     assert not list((tmp_path / "run").rglob("hpc_ckpt_*.ckpt"))
     out = capsys.readouterr().out
     assert "SIGUSR1: saving a checkpoint after this training step, then requeueing" in out
