@@ -105,7 +105,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-batch", action="store_true",
                    help="also find the largest batch whose full step fits in GPU memory (CUDA only); "
                         "the search starts from the largest --batch")
-    return p.parse_args(argv)
+    p.add_argument("--only-max-batch", action="store_true", help="--max-batch without the throughput grid")
+    args = p.parse_args(argv)
+    args.max_batch |= args.only_max_batch
+    return args
 
 
 def device_name(device: torch.device) -> str:
@@ -252,6 +255,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     """Every (backbone, precision, batch) measurement, then the largest batches if asked."""
     results = []
     for backbone, precision, batch in itertools.product(args.backbone, args.precision, args.batch):
+        if args.only_max_batch:
+            break
         results.append({"backbone": backbone, "precision": precision, "batch": batch,
                         **measure(backbone, precision, batch, args)})
     if args.max_batch:
@@ -264,8 +269,9 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    """Runs the benchmark; returns the numbers of the last configuration measured."""
-    return run(parse_args(argv))[-1]
+    """Runs the benchmark; returns the numbers of the last configuration measured ({} with --only-max-batch)."""
+    results = run(parse_args(argv))
+    return results[-1] if results else {}
 
 
 if __name__ == "__main__":

@@ -30,13 +30,13 @@ fi
 export NO_ALBUMENTATIONS_UPDATE=1 WANDB_MODE=disabled PYTHONUNBUFFERED=1
 if [ "${QUICK:-0}" = 1 ]; then
   GRID=(--backbone resnet18 --input 128 --batch 2 --precision 32 --steps 1 --rounds 1 --workers 0)
-  MAXB=(--backbone resnet18 --input 128 --precision 32 --batch 2 --max-batch --steps 1 --rounds 1 --workers 0)
+  MAXB=(--backbone resnet18 --input 128 --precision 32 --batch 2 --only-max-batch)
   DATA=(--images 8); FIT=(--input 128 --steps 3 --images 2 --precision 32); WORKERS=0
   TG=300 TM=300 TD=300 TF=300  # a loaded CPU: time limits that only stop a hang
 else
   W=$(( $(nproc) > 2 ? $(nproc) - 2 : 1 ))
   GRID=(--backbone resnet50 resnet152 --input 512 --batch 8 16 32 --precision 32 bf16 --steps 4 --rounds 3 --workers "$W")
-  MAXB=(--backbone resnet152 --input 512 --precision bf16 --batch 32 --max-batch --steps 1 --rounds 1 --workers 2)
+  MAXB=(--backbone resnet152 --input 512 --precision bf16 --batch 32 --only-max-batch)
   DATA=(--images 200); FIT=(--input 512 --steps 600 --images 11 --precision bf16); WORKERS=$W
   TG=270 TM=120 TD=40 TF=60  # seconds per step: together within one 600-s device command
 fi
@@ -44,7 +44,7 @@ fi
   date -u; nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/null || echo "no nvidia-smi"
   $PY -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__, 'cuda', torch.cuda.is_available())"
   echo "== bench_train grid (workers $WORKERS)"; timeout $TG $PY experiments/bench_train.py "${GRID[@]}" 2>&1 | grep "^device="
-  echo "== largest batch";  timeout $TM $PY experiments/bench_train.py "${MAXB[@]}" 2>&1 | grep -E "^device=|max_batch|skipp"
+  echo "== largest batch";  timeout $TM $PY experiments/bench_train.py "${MAXB[@]}" 2>&1 | grep "max_batch="
   echo "== bench_data";     timeout $TD $PY experiments/bench_data.py "${DATA[@]}" 2>&1 | tail -2
   for neck in 128 256; do
     echo "== overfit resnet50 neck $neck"

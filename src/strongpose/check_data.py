@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from strongpose.config_check import CONFIG_DIR, unknown_key_hint
+from strongpose.config_check import CONFIG_DIR, print_key_hint
 from strongpose.data.validate import Report, validate_coco
 from strongpose.skeleton import get_skeleton
 
@@ -76,9 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(done.code)
     except SystemExit as err:  # Hydra: bad override (code 1) or --help (code 0)
         if err.code:
-            hint = unknown_key_hint(sys.argv[1:], CONFIG_DIR, "check_data")  # before sys.argv is restored
-            if hint:
-                print(hint, file=sys.stderr)
+            print_key_hint("check_data")  # before sys.argv is restored
         return UNREADABLE if err.code else CLEAN
     finally:
         sys.argv = saved

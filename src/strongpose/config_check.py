@@ -158,6 +158,13 @@ def unknown_key_hint(args: Sequence[str], config_dir: str | pathlib.Path = CONFI
     return "\n".join(hints) or None
 
 
+def print_key_hint(config_name: str) -> None:
+    """After Hydra refused the command line (``sys.argv``): the :func:`unknown_key_hint`, if any, on stderr."""
+    hint = unknown_key_hint(sys.argv[1:], CONFIG_DIR, config_name)
+    if hint:
+        print(hint, file=sys.stderr)
+
+
 def run_with_key_hints(main: Callable[[], Any], config_name: str) -> None:
     """Run an entry point's ``@hydra.main`` function; when Hydra refuses an override because its key does
     not exist ("Key 'lr_typo' is not in struct"), also print the keys that do (and the closest one)."""
@@ -165,7 +172,5 @@ def run_with_key_hints(main: Callable[[], Any], config_name: str) -> None:
         main()
     except SystemExit as exit:
         if exit.code not in (0, None):  # a run that started had only existing keys: no hint then
-            hint = unknown_key_hint(sys.argv[1:], CONFIG_DIR, config_name)
-            if hint:
-                print(hint, file=sys.stderr)
+            print_key_hint(config_name)
         raise

@@ -17,21 +17,13 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from strongpose.collectives import any_rank
+
 log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
     """Too many training steps in a row had a NaN or infinite loss."""
-
-
-def any_rank(flag: bool, trainer: L.Trainer | None) -> bool:
-    """``flag`` of any process: one all-reduce of one number. (Lightning's ``reduce_boolean_decision`` puts a
-    barrier before it, on NCCL a second collective and a host wait, every training step.)"""
-    if trainer is None or trainer.world_size <= 1:
-        return bool(flag)
-    value = torch.tensor(float(flag), device=trainer.strategy.root_device)
-    torch.distributed.all_reduce(value)
-    return bool(value.item() > 0)
 
 
 def batch_image_ids(batch: dict) -> list:

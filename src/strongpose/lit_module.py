@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -13,6 +14,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from strongpose.checkpoint import CONFIG_KEY, CheckpointError, spec_mismatch
 from strongpose.codec import StrongPoseCodec
+from strongpose.collectives import mean_over_ranks
 from strongpose.faults import BufferSnapshot, NonFiniteLossGuard
 from strongpose.models.losses import strongpose_losses
 from strongpose.models.network import StrongPoseNet, to_probabilities
@@ -128,12 +130,7 @@ class StrongPoseModule(L.LightningModule):
         trainer = self._trainer
         mean = None
         if global_batch and trainer is not None and trainer.world_size > 1:
-            def mean(counts: torch.Tensor) -> torch.Tensor:
-                # a plain all-reduce, queued with the step's kernels: Lightning's strategy.reduce adds a
-                # barrier, which on NCCL also makes the host wait for the forward pass mid-step
-                counts = counts.clone()
-                torch.distributed.all_reduce(counts)
-                return counts / trainer.world_size
+            mean = functools.partial(mean_over_ranks, world_size=trainer.world_size)
         return strongpose_losses(outputs, targets, self.loss_weights, self.codec.disk_radius,
                                  mean_over_processes=mean, **self.loss_options)
 

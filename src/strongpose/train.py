@@ -86,8 +86,8 @@ def resolved_config(cfg: DictConfig) -> dict[str, Any]:
 def checkpoint_to_resume(ckpt_path: str | None, resume: str | None, trainer: L.Trainer) -> str | None:
     """What ``trainer.fit`` resumes from: ``ckpt_path`` when given; else, with ``resume="auto"``, the newest
     checkpoint already in this run's folder (``checkpoints/*.ckpt``: ``interrupted.ckpt`` of a requeued SLURM
-    job among them; or an ``hpc_ckpt_N.ckpt`` of Lightning's own requeue, when turned on), so that a job requeued into the same folder continues rather than
-    starting over; None (start afresh) when there is none or ``resume`` is null. Every DDP rank decides
+    job among them; or an ``hpc_ckpt_N.ckpt`` of Lightning's own requeue, when turned on), so that a job
+    requeued into the same folder continues rather than starting over; None (start afresh) when there is none or ``resume`` is null. Every DDP rank decides
     alike: nothing is written before they all start."""
     if ckpt_path is not None:
         return str(ckpt_path)

@@ -39,3 +39,9 @@ def test_max_batch_mode_is_skipped_on_a_cpu(bench, capsys):
                                 "--device", "cpu", "--max-batch"]))
     lines = capsys.readouterr().out.strip().splitlines()
     assert "full_ips=" in lines[-2] and lines[-1].startswith("max_batch=skipped")
+
+
+def test_only_max_batch_measures_nothing_else(bench, capsys):
+    assert bench.run(bench.parse_args(["--batch", "1", "--device", "cpu", "--only-max-batch"])) == []
+    assert capsys.readouterr().out.strip().splitlines() == [
+        "max_batch=skipped (needs a CUDA device: CPU memory is not the limit being searched)"]
