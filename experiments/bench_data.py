@@ -4,9 +4,15 @@ Runs the training dataset in this process, single-threaded (torch and OpenCV), a
 does, and splits the time per stage. The last line is
 ``images_per_s=X ms_per_image=Y load_ms=... augment_ms=... encode_ms=...``.
 
+``--loader-workers W`` first measures what the training loop receives: the data module's own DataLoader
+with W workers (its collate, shared-memory batches, ``--pin-memory``) delivering ``--batches`` batches of
+``--batch`` (after one warm-up batch per worker), printed as ``loader workers=W batch=B images_per_s=X
+per_worker=Y mb_per_image=Z`` (Z: the collated batch's bytes per image: image and targets).
+
     python experiments/bench_data.py --input 512 --images 200
     python experiments/bench_data.py --ann ../shared/data/coco-mini/annotations/person_keypoints_train2017.json \\
         --img-dir ../shared/data/coco-mini/train2017
+    python experiments/bench_data.py --loader-workers 1 --batch 32 --batches 10
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -23,7 +30,9 @@ import torch  # noqa: E402
 
 from strongpose.codec import StrongPoseCodec  # noqa: E402
 from strongpose.data import COCOKeypointDataset, sample_paths  # noqa: E402
-from strongpose.data.coco import normalise  # noqa: E402
+from strongpose.data.coco import to_chw  # noqa: E402
+from strongpose.data.datamodule import COCOKeypointDataModule  # noqa: E402
+from strongpose.data.sampling import EndlessSampler  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -33,10 +42,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--input", type=int, default=512)
     p.add_argument("--stride", type=int, default=8)
     p.add_argument("--images", type=int, default=200, help="samples to time (the dataset is cycled)")
+    p.add_argument("--loader-workers", type=int, default=0, help="also time the DataLoader with this many workers")
+    p.add_argument("--batch", type=int, default=32, help="loader batch size")
+    p.add_argument("--batches", type=int, default=10, help="loader batches to time")
+    p.add_argument("--pin-memory", action="store_true", help="loader pin_memory (as on a GPU)")
     args = p.parse_args(argv)
+    images, annotations = (args.img_dir, args.ann) if args.ann else sample_paths()
+    if args.loader_workers > 0:
+        measure_loader(images, annotations, args)
     torch.set_num_threads(1)
     cv2.setNumThreads(0)
-    images, annotations = (args.img_dir, args.ann) if args.ann else sample_paths()
     data = COCOKeypointDataset(images, annotations, StrongPoseCodec(stride=args.stride), input_size=args.input,
                                train=True)
     rng = np.random.default_rng(0)
@@ -49,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         image, people = data.load(index)
         t1 = time.perf_counter()
         sample = data.transform(image, people, rng)
-        chw = normalise(sample.image)
+        chw = to_chw(sample.image)
         t2 = time.perf_counter()
         targets = data.encode(sample)
         t3 = time.perf_counter()
@@ -60,6 +75,27 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     result = {"images_per_s": n / total, "ms_per_image": 1e3 * total / n, "load_ms": 1e3 * load / n,
               "augment_ms": 1e3 * augment / n, "encode_ms": 1e3 * encode / n}
     print(" ".join(f"{k}={v:.2f}" for k, v in result.items()))
+    return result
+
+
+def measure_loader(images: str | Path, annotations: str | Path, args: argparse.Namespace) -> dict[str, float]:
+    """Images/s that the data module's DataLoader delivers to this process with ``args.loader_workers`` workers."""
+    codec = StrongPoseCodec(stride=args.stride)
+    data = COCOKeypointDataModule(codec, train_images=images, train_annotations=annotations,
+                                  input_size=args.input, batch_size=args.batch, num_workers=args.loader_workers,
+                                  pin_memory=args.pin_memory, persistent_workers=True)
+    data.setup("fit")
+    batches = iter(data._loader(data.train_dataset, args.batch, EndlessSampler(len(data.train_dataset))))
+    for _ in range(args.loader_workers):  # warm-up: every worker started and delivered once
+        batch = next(batches)
+    size = sum(t.nbytes for t in [batch["image"], *batch["targets"].values()]) / len(batch["image"])
+    t0 = time.perf_counter()
+    count = sum(len(next(batches)["image"]) for _ in range(args.batches))
+    rate = count / (time.perf_counter() - t0)
+    result = {"images_per_s": rate, "per_worker": rate / args.loader_workers, "mb_per_image": size / 1e6}
+    print(f"loader workers={args.loader_workers} batch={args.batch} "
+          + " ".join(f"{k}={v:.2f}" for k, v in result.items()), flush=True)
+    del batches
     return result
 
 

@@ -44,26 +44,13 @@ import torchvision  # noqa: E402
 
 from strongpose.codec import StrongPoseCodec  # noqa: E402
 from strongpose.data.datamodule import COCOKeypointDataModule  # noqa: E402
+from strongpose.data.sampling import EndlessSampler  # noqa: E402
 from strongpose.lit_module import StrongPoseModule  # noqa: E402
+from strongpose.models.network import PixelNormalize  # noqa: E402
 from strongpose.train import CONFIG_DIR  # noqa: E402
 
 BACKBONES = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 MAX_BATCH_LIMIT = 4096  # the search stops doubling here
-
-
-class EndlessSampler(torch.utils.data.Sampler):
-    """Shuffled (index, epoch) pairs over a small dataset, forever (the dataset's augmentation seed)."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-
-    def __len__(self) -> int:
-        return 2**31 - 1
-
-    def __iter__(self):
-        for epoch in itertools.count():
-            for i in torch.randperm(self.size, generator=torch.Generator().manual_seed(epoch)).tolist():
-                yield i, epoch
 
 
 def sync(device: torch.device) -> None:
@@ -157,7 +144,7 @@ def measure(backbone: str, precision: str, batch_size: int, args: argparse.Names
     module, bare, opt_full, opt_bare = build_models(backbone, args, codec, device)
     full_step = full_step_fn(module, opt_full, lambda: next(batches), device, precision)
 
-    fixed = next(batches)["image"].to(device)
+    fixed = PixelNormalize().to(device)(next(batches)["image"].to(device))  # the trunk's usual float input
     if args.channels_last:
         fixed = fixed.contiguous(memory_format=torch.channels_last)
 

@@ -2,7 +2,8 @@
 # Issue 6's GPU measurements in one command, sized for one device call (~8-9 min on an H100):
 #   1. bench_train's grid: ResNet-50 / ResNet-152 x fp32 / bf16 x batch 8 / 16 / 32 at 512 px (+ peak memory);
 #   2. the largest ResNet-152 bf16 batch at 512 px (bench_train --max-batch);
-#   3. bench_data per worker on that machine's cores;
+#   3. bench_data per worker on that machine's cores, and what the data module's loader delivers with
+#      nproc - 2 workers, batch 32, pinned memory (bench_data --loader-workers);
 #   4. ResNet-50 neck 128 (the config's) vs 256: overfit AP on the 11 sample images at 512 px, bf16, 600 steps
 #      (a capacity check, not COCO val AP).
 # Every line goes to $OUT/gpu_session.log (the device tool brings $OUT back) or ./gpu_session.log.
@@ -31,13 +32,13 @@ export NO_ALBUMENTATIONS_UPDATE=1 WANDB_MODE=disabled PYTHONUNBUFFERED=1
 if [ "${QUICK:-0}" = 1 ]; then
   GRID=(--backbone resnet18 --input 128 --batch 2 --precision 32 --steps 1 --rounds 1 --workers 0)
   MAXB=(--backbone resnet18 --input 128 --precision 32 --batch 2 --only-max-batch)
-  DATA=(--images 8); FIT=(--input 128 --steps 3 --images 2 --precision 32); WORKERS=0
+  DATA=(--images 8 --loader-workers 1 --batch 2 --batches 2); FIT=(--input 128 --steps 3 --images 2 --precision 32); WORKERS=0
   TG=300 TM=300 TD=300 TF=300  # a loaded CPU: time limits that only stop a hang
 else
   W=$(( $(nproc) > 2 ? $(nproc) - 2 : 1 ))
   GRID=(--backbone resnet50 resnet152 --input 512 --batch 8 16 32 --precision 32 bf16 --steps 4 --rounds 3 --workers "$W")
   MAXB=(--backbone resnet152 --input 512 --precision bf16 --batch 32 --only-max-batch)
-  DATA=(--images 200); FIT=(--input 512 --steps 600 --images 11 --precision bf16); WORKERS=$W
+  DATA=(--images 200 --loader-workers "$W" --batch 32 --batches 20 --pin-memory); FIT=(--input 512 --steps 600 --images 11 --precision bf16); WORKERS=$W
   TG=270 TM=120 TD=40 TF=60  # seconds per step: together within one 600-s device command
 fi
 {

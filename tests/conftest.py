@@ -20,6 +20,7 @@ from omegaconf import DictConfig  # noqa: E402
 from torch.utils.data import default_collate  # noqa: E402
 
 from strongpose.codec import StrongPoseCodec  # noqa: E402
+from strongpose.data.coco import OFFSET_DTYPE  # noqa: E402
 from strongpose.train import CONFIG_DIR  # noqa: E402
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -50,7 +51,8 @@ def compose_train(overrides: Sequence[str] = (), output_dir: str | Path | None =
 
 def synthetic_batch(codec: StrongPoseCodec, batch_size: int = 2, size: int = 64, people: int = 2,
                     seed: int = 0) -> dict:
-    """A batch shaped like the data module's: random images, random people encoded by ``codec``."""
+    """A batch shaped like the data module's: random uint8 images, random people encoded by ``codec`` (with
+    the dataset's float16 offsets)."""
     g = torch.Generator().manual_seed(seed)
     items = []
     for i in range(batch_size):
@@ -60,8 +62,8 @@ def synthetic_batch(codec: StrongPoseCodec, batch_size: int = 2, size: int = 64,
         kp[0, :3, 2] = 0.0  # a few unlabelled keypoints
         ignore = torch.zeros(size, size, dtype=torch.bool)
         ignore[: size // 4, : size // 4] = True
-        items.append({"image": torch.randn(3, size, size, generator=g),
-                      "targets": codec.encode(kp, (size, size), ignore_mask=ignore),
+        items.append({"image": torch.randint(0, 256, (3, size, size), generator=g, dtype=torch.uint8),
+                      "targets": codec.encode(kp, (size, size), ignore_mask=ignore, offset_dtype=OFFSET_DTYPE),
                       "meta": {"image_id": i, "orig_size": torch.tensor([size, size]),
                                "affine": torch.eye(2, 3)}})
     return default_collate(items)

@@ -1,8 +1,10 @@
 """ONNX export: ``python -m strongpose.export ckpt_path=CKPT output=model.onnx [input_size=512] [opset=18]
 [dynamic=true]`` (Hydra, config ``strongpose/conf/export.yaml``).
 
-Only the network is exported: one input ``images`` (B, 3, H, W), ImageNet-normalised as in validation,
-and the raw outputs ``skhm``, ``bhm`` (logits), ``short``, ``mid``, ``long`` (offsets in input pixels).
+Only the network is exported: one input ``images`` (B, 3, H, W) float32 RGB pixel values 0..255, resized
+and padded as in validation (the network normalises them itself; float rather than uint8 input, which not
+every runtime takes), and the raw outputs ``skhm``, ``bhm`` (logits), ``short``, ``mid``, ``long``
+(offsets in input pixels).
 Decoding (Hough voting, grouping) stays in Python: ``codec.decode(to_probabilities(outputs))``.
 The exported file is then run with onnxruntime (CPU) on embedded-sample images and compared with PyTorch;
 a missing dependency or a difference above the tolerance fails with a message saying what to do.
@@ -101,16 +103,16 @@ def export_onnx(net: nn.Module, names: list[str], output: str | Path, example: t
 
 
 def sample_images(input_size: int, count: int) -> torch.Tensor:
-    """(count, 3, S, S) embedded-sample images with people, preprocessed as in validation."""
+    """(count, 3, S, S) float32 embedded-sample images with people, resized and padded as in validation."""
     from strongpose.codec import StrongPoseCodec
     from strongpose.data import COCOKeypointDataset, sample_paths
-    from strongpose.data.coco import normalise
+    from strongpose.data.coco import to_chw
 
     images_dir, annotations = sample_paths()
     # the codec is unused here (no targets are encoded); the dataset only needs one to exist
     data = COCOKeypointDataset(images_dir, annotations, StrongPoseCodec(), input_size=input_size, train=False,
                                skip_empty=True, max_images=count)
-    return torch.stack([normalise(data.transformed(i).image) for i in range(len(data))])
+    return torch.stack([to_chw(data.transformed(i).image) for i in range(len(data))]).float()
 
 
 def compare_with_onnxruntime(net: nn.Module, names: list[str], path: str | Path,

@@ -12,18 +12,10 @@ import numpy as np
 import torch
 from torchvision.utils import draw_keypoints
 
-from strongpose.data.coco import IMAGENET_MEAN, IMAGENET_STD
 from strongpose.skeleton import Skeleton
 from strongpose.structures import Poses, map_to_input
 
 LIMB_COLOR = (255, 255, 255)
-
-
-def denormalise(image: torch.Tensor) -> torch.Tensor:
-    """(3, H, W) ImageNet-normalised float image (the data module's) -> (3, H, W) uint8."""
-    mean = torch.as_tensor(IMAGENET_MEAN, device=image.device)[:, None, None]
-    std = torch.as_tensor(IMAGENET_STD, device=image.device)[:, None, None]
-    return (image.float() * std + mean).clamp(0, 255).round().to(torch.uint8)
 
 
 def draw_poses(image: torch.Tensor, poses: Poses, skeleton: Skeleton, score_threshold: float = 0.1,
@@ -53,8 +45,8 @@ def draw_poses(image: torch.Tensor, poses: Poses, skeleton: Skeleton, score_thre
 
 
 def draw_batch(images: torch.Tensor, poses: list[Poses], skeleton: Skeleton, **kwargs) -> list[np.ndarray]:
-    """Normalised (B, 3, H, W) batch + decoded poses -> list of (H, W, 3) uint8 arrays (for loggers)."""
-    return [draw_poses(denormalise(img.cpu()), p, skeleton, **kwargs).permute(1, 2, 0).numpy()
+    """(B, 3, H, W) uint8 batch (the data module's) + decoded poses -> (H, W, 3) uint8 arrays (for loggers)."""
+    return [draw_poses(img.cpu(), p, skeleton, **kwargs).permute(1, 2, 0).numpy()
             for img, p in zip(images, poses)]
 
 

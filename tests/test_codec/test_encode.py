@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from helpers import as_tensor, person
-from strongpose.codec import StrongPoseCodec
+from strongpose.codec import OFFSET_MAPS, StrongPoseCodec
 from strongpose.structures import map_to_input
 
 
@@ -27,6 +27,18 @@ def test_shapes_and_dtypes(codec):
         assert v.dtype == (torch.bool if key.endswith("_valid") else torch.float32), key
     assert codec.channels == {"skhm": k, "bhm": 1, "short": 2 * k, "mid": 2 * e, "long": 2 * k}
     assert "long" not in StrongPoseCodec(long_range=False).encode(kp, (250, 410))
+
+
+def test_offsets_in_another_dtype_are_the_float32_ones_rounded(codec):
+    kp = as_tensor([person(100, 40, 200), person(300, 60, 150)])
+    kp[..., :2] += torch.rand(kp[..., :2].shape, generator=torch.Generator().manual_seed(0))  # off the grid
+    exact, half = codec.encode(kp, (250, 410)), codec.encode(kp, (250, 410), offset_dtype=torch.float16)
+    for key, value in exact.items():
+        if key in OFFSET_MAPS:
+            assert half[key].dtype == torch.float16 and torch.equal(half[key], value.half()), key
+            assert not torch.equal(half[key].float(), value), key  # the rounding happened
+        else:
+            assert torch.equal(half[key], value), key
 
 
 def test_disk_and_short_offsets_point_at_the_keypoint(codec):

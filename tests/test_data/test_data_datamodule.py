@@ -86,7 +86,8 @@ class _Tiny(L.LightningModule):
         self.epochs_seen: list[int] = []
 
     def training_step(self, batch, batch_idx):
-        pred = torch.nn.functional.avg_pool2d(self.conv(batch["image"]), 8)
+        assert batch["image"].dtype == torch.uint8  # pixels; the network normalises them
+        pred = torch.nn.functional.avg_pool2d(self.conv(batch["image"].float() / 255), 8)
         return ((pred - batch["targets"]["bhm"]) ** 2 * batch["targets"]["weight"]).mean()
 
     def validation_step(self, batch, batch_idx):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from strongpose.codec import OFFSET_MAPS
 from strongpose.data import COCOKeypointDataset
 
 S = 128
@@ -12,8 +13,9 @@ S = 128
 def test_train_item_layout(sample, codec) -> None:
     ds = COCOKeypointDataset(*sample, codec=codec, input_size=S, train=True)
     item = ds[(0, 0)]
-    assert item["image"].shape == (3, S, S) and item["image"].dtype == torch.float32
-    assert -3 < float(item["image"].mean()) < 3  # ImageNet-normalised, not 0..255
+    # uint8 RGB pixels, the transformed image's channels first (the network normalises on the device)
+    assert item["image"].shape == (3, S, S) and item["image"].dtype == torch.uint8
+    assert torch.equal(item["image"], torch.from_numpy(ds.transformed(0, 0).image).permute(2, 0, 1))
     h = w = S // codec.stride
     for key, channels in codec.channels.items():
         assert item["targets"][key].shape == (channels, h, w), key
@@ -47,3 +49,21 @@ def test_image_selection(sample, codec) -> None:
     assert 0 < len(train) < len(val)  # training skips images without people
     assert all(train.coco.imgToAnns[i] for i in train.image_ids)
     assert len(COCOKeypointDataset(*sample, codec=codec, input_size=S, max_images=3)) == 3
+
+
+def test_offsets_travel_as_float16_within_rounding(sample, codec) -> None:
+    """The dataset's targets are the codec's, offsets rounded to float16 (half the bytes the workers put
+    through shared memory): each offset within 2**-11 of itself, everything else exact."""
+    ds = COCOKeypointDataset(*sample, codec=codec, input_size=S, train=True)
+    item = ds[(0, 0)]
+    s = ds.transformed(0, 0)
+    exact = codec.encode(torch.from_numpy(s.keypoints), (S, S), masks=torch.from_numpy(s.masks),
+                         ignore_mask=torch.from_numpy(s.crowd), boxes=torch.from_numpy(s.boxes))
+    assert set(item["targets"]) == set(exact)
+    for key, value in exact.items():
+        got = item["targets"][key]
+        if key in OFFSET_MAPS:
+            assert got.dtype == torch.float16 and value.abs().max() > 1  # real offsets, not all zero
+            assert ((got.float() - value).abs() <= value.abs() * 2**-11 + 1e-6).all(), key
+        else:
+            assert got.dtype == value.dtype and torch.equal(got, value), key

@@ -48,6 +48,16 @@ def test_bench_data_runs_and_reports(capsys):
     assert result["ms_per_image"] >= result["encode_ms"] > 0
 
 
+def test_bench_data_measures_the_loader_it_is_asked_for(capsys):
+    load("bench_data").main(["--input", "64", "--images", "1", "--loader-workers", "1", "--batch", "3",
+                             "--batches", "2"])
+    loader = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("loader "))
+    keys = dict(part.split("=") for part in loader.split()[1:])
+    assert keys["workers"] == "1" and keys["batch"] == "3" and float(keys["images_per_s"]) > 0
+    # uint8 image (3 x 64 x 64) + the codec's float32 targets at stride 8 (~0.05 MB), per image
+    assert 0.01 < float(keys["mb_per_image"]) < 0.1
+
+
 def test_overfit_builds_the_neck_width_it_is_given():
     run = load("overfit").main(["--images", "1", "--steps", "1", "--input", "64", "--device", "cpu",
                                 "--neck-channels", "32"])
@@ -62,5 +72,6 @@ def test_the_gpu_session_script_runs_every_step_in_its_quick_form(tmp_path):
                           capture_output=True, text=True, timeout=600)
     log = (tmp_path / "gpu_session.log").read_text()
     assert done.returncode == 0, done.stdout + done.stderr
-    assert log.count("full_ips=") == 1 and "max_batch=skipped" in log  # the search does not re-measure and "images_per_s=" in log
+    assert log.count("full_ips=") == 1 and "max_batch=skipped" in log  # the search does not re-measure
+    assert "loader workers=1 batch=2 images_per_s=" in log and "\nimages_per_s=" in log  # both data lines
     assert "(neck 128)" in log and "(neck 256)" in log and log.count("loss_start=") == 2

@@ -6,6 +6,7 @@ import os
 import signal
 
 import lightning as L
+import torch
 
 
 class NaNBatchOnRank(L.Callback):
@@ -14,7 +15,8 @@ class NaNBatchOnRank(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_rank == self.rank and trainer.global_step in self.steps:
-            batch["image"].fill_(float("nan"))  # the same tensor training_step gets next
+            # the same dict training_step gets next; float pixels (the network takes them) that are NaN
+            batch["image"] = torch.full(batch["image"].shape, float("nan"), device=batch["image"].device)
 
 
 class SignalOnRank(L.Callback):

@@ -47,7 +47,7 @@ def test_a_nan_batch_leaves_batchnorm_statistics_and_weights_alone(codec, batch)
     optimizer.step()  # a finite step first: AdamW then has momentum that would move the weights again
     state = {k: v.clone() for k, v in module.state_dict().items()}
     moments = [m.clone() for p in module.parameters() for m in optimizer.state[p].values()]
-    poisoned = {**batch, "image": batch["image"].clone()}
+    poisoned = {**batch, "image": batch["image"].float()}  # float pixels (the network takes them) can be NaN
     poisoned["image"][0, 0, 0, 0] = float("nan")  # spreads to every BatchNorm statistic in the forward
     loss = module.training_step(poisoned, 1)
     assert not torch.isfinite(loss) and module.nonfinite.total == 1
@@ -108,7 +108,7 @@ def test_a_nan_micro_batch_drops_the_whole_accumulated_step(codec, batch):
     module = StrongPoseModule(codec, backbone, functools.partial(torch.optim.AdamW), heads={"width": 32})
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3)
     weights = [p.detach().clone() for p in module.parameters()]
-    poisoned = {**batch, "image": batch["image"].clone()}
+    poisoned = {**batch, "image": batch["image"].float()}  # float pixels (the network takes them) can be NaN
     poisoned["image"][0, 0, 0, 0] = float("nan")
     module.training_step(poisoned, 0).backward()
     module.on_after_backward()

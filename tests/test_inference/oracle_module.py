@@ -70,7 +70,7 @@ class OracleModule(torch.nn.Module):
         for image in images:
             kp = self.people_in_input(self.padded.get(size, size))
             # the bright half is on the left unless the input was mirrored
-            flipped = bool(image[:, :, 0].mean() < image[:, :, -1].mean())
+            flipped = bool(image[:, :, 0].float().mean() < image[:, :, -1].float().mean())
             self.flipped.append(flipped)
             if flipped:
                 kp = kp[:, list(self.codec.skeleton.flip_index)]

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from strongpose.codec import OFFSET_MAPS
 from strongpose.models.losses import heatmap_loss, offset_loss, strongpose_losses
 
 WEIGHTS = {"skhm": 4.0, "bhm": 2.0, "short": 1.0, "mid": 0.4, "long": 0.1}
@@ -108,3 +109,19 @@ def test_two_processes_with_mean_counts_have_the_gradient_of_the_global_batch(co
     # own counts: the offset terms (valid cells depend on the people) go wrong; the heat maps' weight sums
     # (all cells but the crowd region) are equal in both halves here
     assert all(same.values()) if global_counts else not any(same[name] for name in ("short", "mid", "long"))
+
+
+def test_float16_offset_targets_give_the_float32_loss(codec):
+    """The data module's offsets arrive as float16: the loss computes in float32 and differs from the
+    float32 targets' only by their rounding."""
+    kp = 16 + torch.rand(3, codec.num_keypoints, 3, generator=torch.Generator().manual_seed(0)) * 47
+    kp[..., 2] = 2
+    exact = {k: v[None] for k, v in codec.encode(kp, (64, 64)).items()}  # float32, off float16's grid
+    half = {k: v.half() if k in OFFSET_MAPS else v for k, v in exact.items()}
+    out = _outputs_like(exact)
+    a = strongpose_losses(out, exact, WEIGHTS, codec.disk_radius)
+    b = strongpose_losses(out, half, WEIGHTS, codec.disk_radius)
+    assert any((half[k].float() != exact[k]).any() for k in OFFSET_MAPS)  # the rounding is there
+    assert all(b[k].dtype == torch.float32 for k in a)
+    for k in a:
+        assert float(b[k]) == pytest.approx(float(a[k]), rel=1e-3), k

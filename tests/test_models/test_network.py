@@ -43,3 +43,31 @@ def test_heatmaps_start_at_the_prior():
 def test_stride_mismatch_fails():
     with pytest.raises(ValueError, match="stride"):
         StrongPoseNet(ResNetBackbone(output_stride=16), StrongPoseCodec(stride=8))
+
+
+def test_the_network_normalises_uint8_pixels_itself():
+    """uint8 pixels in (what the data module and the Predictor give): the trunk sees ImageNet-normalised
+    floats, the same as for float pixels; nothing of it enters the state dict (checkpoints keep their keys)."""
+    codec = StrongPoseCodec(stride=8)
+    net = _net(codec)
+    pixels = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    mean = torch.tensor([0.485, 0.456, 0.406])[None, :, None, None]
+    std = torch.tensor([0.229, 0.224, 0.225])[None, :, None, None]
+    expected = (pixels.float() / 255 - mean) / std
+    assert torch.allclose(net.normalize(pixels), expected, atol=1e-5)
+    with torch.no_grad():
+        from_uint8, from_float = net(pixels), net(pixels.float())
+        trunk = net.heads(net.backbone(expected))
+    for name in codec.channels:
+        assert torch.allclose(from_uint8[name], from_float[name])
+    assert torch.allclose(from_uint8["skhm"], trunk["skhm"], atol=1e-4)
+    assert not any(key.startswith("normalize") for key in net.state_dict())
+
+
+def test_normalising_keeps_channels_last_and_rejects_other_shapes():
+    codec = StrongPoseCodec(stride=8)
+    net = _net(codec)
+    pixels = torch.zeros(1, 3, 16, 16, dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    assert net.normalize(pixels).is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        net.normalize(torch.zeros(3, 16, 16, dtype=torch.uint8))

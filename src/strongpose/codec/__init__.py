@@ -1,5 +1,5 @@
 """The StrongPose codec: targets <-> poses."""
 
-from strongpose.codec.codec import StrongPoseCodec
+from strongpose.codec.codec import HEATMAP_MAPS, OFFSET_MAPS, StrongPoseCodec
 
-__all__ = ["StrongPoseCodec"]
+__all__ = ["HEATMAP_MAPS", "OFFSET_MAPS", "StrongPoseCodec"]

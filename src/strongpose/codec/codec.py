@@ -13,6 +13,10 @@ from strongpose.codec.hough import find_peaks, gaussian_blur, hough_vote, smooth
 from strongpose.skeleton import COCO_PERSON, Skeleton, get_skeleton
 from strongpose.structures import Poses, map_size
 
+# the codec's maps by kind: probabilities of binary maps (logits at the network's output) and (dx, dy)
+# offsets in input pixels; heads, losses, test-time fusion and the data's transport all key on these
+HEATMAP_MAPS = ("skhm", "bhm")
+OFFSET_MAPS = ("short", "mid", "long")
 
 class StrongPoseCodec:
     """Encode COCO people into StrongPose targets and decode (predicted) maps back into people.
@@ -119,6 +123,7 @@ class StrongPoseCodec:
         masks: torch.Tensor | None = None,
         ignore_mask: torch.Tensor | None = None,
         boxes: torch.Tensor | None = None,
+        offset_dtype: torch.dtype = torch.float32,
     ) -> dict[str, torch.Tensor]:
         """Targets for one image of size (H, W), at map size (h, w) = ceil((H, W) / stride).
 
@@ -130,8 +135,10 @@ class StrongPoseCodec:
                 None) falls back to its box, else to the box around its keypoints grown by R / 2.
             ignore_mask: optional (H, W) crowd regions (``iscrowd``) and any other area to ignore.
             boxes: optional (N, 4) COCO xywh boxes, used by the fallback.
+            offset_dtype: dtype of the offset maps (computed in float32, rounded when written); the data
+                module's float16 halves what its workers send.
 
-        Returns a dict of tensors (float32 maps, bool validity):
+        Returns a dict of tensors (float32 maps, offsets in ``offset_dtype``, bool validity):
             ``skhm`` (K, h, w) keypoint disks, each cell owned by the nearest person;
             ``bhm`` (1, h, w) body map; ``weight`` (1, h, w) 0 in ignored regions, 1 elsewhere;
             ``short`` (2K, h, w) cell -> own keypoint (dx, dy per type), ``short_valid`` (K, h, w);
@@ -147,8 +154,8 @@ class StrongPoseCodec:
         if height < 1 or width < 1:
             raise ValueError(f"image_size must be positive, got {image_size}")
         return encode_targets(kp, (height, width), stride=self.stride, disk_radius=self.disk_radius,
-                              directed_edges=self.edges, out_edges=self._out_edges, long_range=self.long_range, masks=masks,
-                              ignore_mask=ignore_mask, boxes=boxes)
+                              directed_edges=self.edges, out_edges=self._out_edges, long_range=self.long_range,
+                              masks=masks, ignore_mask=ignore_mask, boxes=boxes, offset_dtype=offset_dtype)
 
     # ------------------------------------------------------------------ flip
     def flip_maps(self, maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

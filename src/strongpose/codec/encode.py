@@ -108,6 +108,7 @@ def encode_targets(
     masks: torch.Tensor | None = None,
     ignore_mask: torch.Tensor | None = None,
     boxes: torch.Tensor | None = None,
+    offset_dtype: torch.dtype = torch.float32,
 ) -> dict[str, torch.Tensor]:
     """Encode the people of one image. See :meth:`strongpose.codec.StrongPoseCodec.encode`."""
     h, w = map_size(image_size, stride)
@@ -150,9 +151,9 @@ def encode_targets(
     o_cell, o_k, o_p = cell[own], ek[own], ep[own]
     skhm = torch.zeros(k * hw, device=device)
     skhm[flat[own]] = 1.0
-    short = torch.zeros(2 * k * hw, device=device)
-    short[2 * o_k * hw + o_cell] = edx[own]
-    short[(2 * o_k + 1) * hw + o_cell] = edy[own]
+    short = torch.zeros(2 * k * hw, device=device, dtype=offset_dtype)
+    short[2 * o_k * hw + o_cell] = edx[own].to(offset_dtype)
+    short[(2 * o_k + 1) * hw + o_cell] = edy[own].to(offset_dtype)
     out = {"skhm": skhm.view(k, h, w), "short": short.view(2 * k, h, w), "short_valid": skhm.view(k, h, w) > 0}
 
     # mid-range: from a cell in keypoint a's disk to keypoint b of the same person, along each edge a->b
@@ -163,9 +164,9 @@ def encode_targets(
     ok = (e_ids >= 0) & labelled[o_p[:, None], dst]
     row, col = ok.nonzero(as_tuple=True)
     e_sel, c_sel = e_ids[row, col], o_cell[row]
-    mid = torch.zeros(2 * num_edges * hw, device=device)
-    mid[2 * e_sel * hw + c_sel] = kx[o_p[row], dst[row, col]] - o_cx[row]
-    mid[(2 * e_sel + 1) * hw + c_sel] = ky[o_p[row], dst[row, col]] - o_cy[row]
+    mid = torch.zeros(2 * num_edges * hw, device=device, dtype=offset_dtype)
+    mid[2 * e_sel * hw + c_sel] = (kx[o_p[row], dst[row, col]] - o_cx[row]).to(offset_dtype)
+    mid[(2 * e_sel + 1) * hw + c_sel] = (ky[o_p[row], dst[row, col]] - o_cy[row]).to(offset_dtype)
     mid_valid = torch.zeros(num_edges * hw, dtype=torch.bool, device=device)
     mid_valid[e_sel * hw + c_sel] = True
     out["mid"] = mid.view(2 * num_edges, h, w)
@@ -181,12 +182,12 @@ def encode_targets(
         a_cx = kx[a_p, ek[win_any]] - edx[win_any]
         a_cy = ky[a_p, ek[win_any]] - edy[win_any]
         types = torch.arange(k, device=device)
-        long = torch.zeros(2 * k * hw, device=device)
+        long = torch.zeros(2 * k * hw, device=device, dtype=offset_dtype)
         long_valid = torch.zeros(k * hw, dtype=torch.bool, device=device)
         lv = labelled[a_p]  # (n, K)
         r, t = lv.nonzero(as_tuple=True)
-        long[2 * types[t] * hw + a_cell[r]] = kx[a_p[r], t] - a_cx[r]
-        long[(2 * types[t] + 1) * hw + a_cell[r]] = ky[a_p[r], t] - a_cy[r]
+        long[2 * types[t] * hw + a_cell[r]] = (kx[a_p[r], t] - a_cx[r]).to(offset_dtype)
+        long[(2 * types[t] + 1) * hw + a_cell[r]] = (ky[a_p[r], t] - a_cy[r]).to(offset_dtype)
         long_valid[t * hw + a_cell[r]] = True
         out["long"] = long.view(2 * k, h, w)
         out["long_valid"] = long_valid.view(k, h, w)

@@ -12,7 +12,7 @@ _WHERE = {
     "SkipBadCollate": "collate",
     "COCOKeypointDataModule": "datamodule",
     "sample_paths": "sample",
-    "SeededSampler": "sampling", "init_worker": "sampling",
+    "SeededSampler": "sampling", "EndlessSampler": "sampling", "init_worker": "sampling",
     "AugmentConfig": "transforms", "TrainTransform": "transforms", "ValTransform": "transforms",
     "to_original": "transforms",
 }

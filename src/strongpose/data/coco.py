@@ -19,19 +19,18 @@ from strongpose.data.transforms import AugmentConfig, PoseSample, TrainTransform
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255
-_SCALE, _SHIFT = (1.0 / IMAGENET_STD).tolist(), (-IMAGENET_MEAN / IMAGENET_STD).tolist()
+# Offset targets travel from the workers as float16: the collated batch goes through shared memory, where
+# each MB per image costs a worker ~1.2-1.5 ms on the 2-core VM (fresh pages; experiments/RESULTS.md), and
+# the float32 offsets were 2.4 of a sample's 6.2 MB. Rounding moves an offset by at most 2**-11 of itself
+# (0.03 px at 64 px, 0.25 px at 512 px), far below what the L1 loss sees; the loss computes in float32.
+OFFSET_DTYPE = torch.float16
 
 
-def normalise(image: np.ndarray) -> torch.Tensor:
-    """(S, S, 3) uint8 RGB -> (3, S, S) float32 ImageNet-normalised."""
-    chw = np.empty((3,) + image.shape[:2], np.float32)
-    # x * (1 / std) - mean / std in one OpenCV pass per channel: ~0.4 ms (40 %) less than numpy's
-    # transpose-convert, subtract and multiply passes at 512 px
-    for c, channel in enumerate(cv2.split(image)):
-        cv2.addWeighted(channel, _SCALE[c], channel, 0.0, _SHIFT[c], dst=chw[c], dtype=cv2.CV_32F)
-    return torch.from_numpy(chw)
+def to_chw(image: np.ndarray) -> torch.Tensor:
+    """(S, S, 3) uint8 RGB -> (3, S, S) uint8 tensor. Pixels stay uint8 up to the device, where the network
+    normalises them (:class:`strongpose.models.network.PixelNormalize`)."""
+    # OpenCV's split + one stack: ~0.13 ms at 512 px, 2.5x faster than numpy's strided transpose copy
+    return torch.from_numpy(np.stack(cv2.split(image)))
 
 
 class COCOKeypointDataset(Dataset):
@@ -50,11 +49,12 @@ class COCOKeypointDataset(Dataset):
 
     Items are ``dataset[index]`` or ``dataset[(index, epoch)]`` (what :class:`SeededSampler` yields): the
     augmentation of a sample depends only on (seed, epoch, index), not on the worker that draws it.
-    ``__getitem__`` returns ``{"image": (3, S, S) float32, "targets": codec.encode(...), "meta":
-    {"image_id": int, "orig_size": (2,) long (H, W), "affine": (2, 3) float32 input -> original}}``, or
-    a :class:`SkippedSample` (image id, file, reason) for a bad sample (missing, empty, truncated or
-    undecodable image, wrong image size, malformed annotation); the data module names it in the main
-    process (log and the run's ``bad_samples.tsv``), where logging works with any worker start method.
+    ``__getitem__`` returns ``{"image": (3, S, S) uint8 RGB, "targets": codec.encode(...) with float16
+    offsets, "meta": {"image_id": int, "orig_size": (2,) long (H, W), "affine": (2, 3) float32 input ->
+    original}}``, or a :class:`SkippedSample` (image id, file, reason) for a bad sample (missing, empty,
+    truncated or undecodable image, wrong image size, malformed annotation); the data module names it in
+    the main process (log and the run's ``bad_samples.tsv``), where logging works with any worker start
+    method.
     """
 
     def __init__(
@@ -123,7 +123,7 @@ class COCOKeypointDataset(Dataset):
             return SkippedSample(int(image_id), err.file_name, where + err.reason)
         info = self.coco.imgs[image_id]
         return {
-            "image": normalise(sample.image),
+            "image": to_chw(sample.image),
             "targets": self.encode(sample),
             "meta": {"image_id": int(image_id),
                      "orig_size": torch.tensor([info["height"], info["width"]], dtype=torch.long),
@@ -137,7 +137,7 @@ def empty_sample(codec: StrongPoseCodec, input_size: int) -> dict:
     blank = PoseSample(image=np.zeros((s, s, 3), np.uint8), keypoints=np.zeros((0, codec.num_keypoints, 3), np.float32),
                        masks=np.zeros((0, s, s), bool), crowd=np.zeros((s, s), bool),
                        boxes=np.zeros((0, 4), np.float32), affine=np.eye(3)[:2])
-    return {"image": normalise(blank.image), "targets": _encode(codec, blank, s),
+    return {"image": to_chw(blank.image), "targets": _encode(codec, blank, s),
             "meta": {"image_id": -1, "orig_size": torch.tensor([s, s]),
                      "affine": torch.from_numpy(blank.affine.astype(np.float32))}}
 
@@ -145,4 +145,4 @@ def empty_sample(codec: StrongPoseCodec, input_size: int) -> dict:
 def _encode(codec: StrongPoseCodec, sample: PoseSample, input_size: int) -> dict[str, torch.Tensor]:
     return codec.encode(torch.from_numpy(sample.keypoints), (input_size, input_size),
                         masks=torch.from_numpy(sample.masks), ignore_mask=torch.from_numpy(sample.crowd),
-                        boxes=torch.from_numpy(sample.boxes))
+                        boxes=torch.from_numpy(sample.boxes), offset_dtype=OFFSET_DTYPE)

@@ -56,9 +56,10 @@ class COCOKeypointDataModule(L.LightningDataModule):
     (both in the main process, naming the path). A bad sample (unreadable image, malformed annotation)
     is skipped, named once in the log (image file, image id, reason) and listed in ``bad_samples_file``.
 
-    Batches are dicts: ``image`` (B, 3, S, S) float32; ``targets`` the codec's maps with a batch dim;
-    ``meta`` with ``image_id`` (B,), ``orig_size`` (B, 2) as (H, W), ``affine`` (B, 2, 3); and
-    ``num_skipped`` (int, bad samples dropped from this batch; B may be 0 when all were bad).
+    Batches are dicts: ``image`` (B, 3, S, S) uint8 RGB (the network normalises it on the device);
+    ``targets`` the codec's maps with a batch dim (offsets float16); ``meta`` with ``image_id`` (B,),
+    ``orig_size`` (B, 2) as (H, W), ``affine`` (B, 2, 3); and ``num_skipped`` (int, bad samples dropped
+    from this batch; B may be 0 when all were bad).
     The val dataset's pycocotools COCO object is ``datamodule.val_dataset.coco``.
     """
 

@@ -8,6 +8,7 @@ that one shuffle itself, so that the data order does not depend on the number of
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections.abc import Iterator
@@ -78,6 +79,28 @@ class SeededSampler(DistributedSampler):
             self._skip = None
             keys = keys[skip:] if skip_epoch == epoch else keys
         return iter([(i, epoch) for i in keys])
+
+
+class EndlessSampler(torch.utils.data.Sampler):
+    """Shuffled ``(index, epoch)`` keys over ``range(size)``, epoch after epoch, forever (one process).
+
+    For throughput benchmarks on a small dataset (the embedded sample has 11 training images): batches of
+    any size are full and workers never wait at an epoch boundary, while each key still seeds its own
+    augmentation as :class:`SeededSampler`'s do.
+    """
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError(f"EndlessSampler needs a non-empty dataset, got size {size}")
+        self.size = int(size)
+
+    def __len__(self) -> int:
+        return 2**31 - 1  # a DataLoader asks for a length; the iterator never ends
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for epoch in itertools.count():
+            for i in torch.randperm(self.size, generator=torch.Generator().manual_seed(epoch)).tolist():
+                yield i, epoch
 
 
 def init_worker(worker_id: int) -> None:

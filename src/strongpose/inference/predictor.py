@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from strongpose.codec import StrongPoseCodec
-from strongpose.data.coco import IMAGENET_MEAN, IMAGENET_STD, normalise
+from strongpose.data.coco import to_chw
 from strongpose.data.transforms import ValTransform, to_original
 from strongpose.inference.images import ImageLike, as_rgb_array
 from strongpose.inference.test_time import flip_average, fuse_scales, scale_sizes, threshold_poses
@@ -95,25 +95,23 @@ class Predictor:
 
     # ------------------------------------------------------------------ steps
     def preprocess(self, images: list[np.ndarray], size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 3, S', S') normalised batch on the device (S' = ``size``, padded up to a multiple of the stride
+        """(B, 3, S', S') uint8 batch on the device (S' = ``size``, padded up to a multiple of the stride
         when flipping, so that the mirror is exact) and the (B, 2, 3) input -> original affines."""
         transform = self._transforms[size]
         tensors, affines = [], []
         for image in images:
             resized, affine = transform.image_only(image)  # the validation transform itself, not a copy of it
-            tensors.append(normalise(resized))
+            tensors.append(to_chw(resized))
             affines.append(torch.from_numpy(affine))
         batch = torch.stack(tensors).to(self.device, non_blocking=True)
         stride = self.codec.stride
         extra = -size % stride
         if self.flip and extra:
-            # pad with what a black pixel normalises to, as the transform pads
-            fill = torch.as_tensor(-IMAGENET_MEAN / IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
-            batch = F.pad(batch - fill, (0, extra, 0, extra)) + fill
+            batch = F.pad(batch, (0, extra, 0, extra))  # black, as the transform pads
         return batch, torch.stack(affines)
 
     def network(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Decode-ready maps (probabilities, offsets) of a normalised batch, flip-averaged when flipping."""
+        """Decode-ready maps (probabilities, offsets) of a uint8 batch, flip-averaged when flipping."""
         if not self.flip:
             return to_probabilities(self.module(batch))
         both = to_probabilities(self.module(torch.cat([batch, batch.flip(-1)])))

@@ -11,10 +11,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from strongpose.codec import StrongPoseCodec
+from strongpose.codec import OFFSET_MAPS, StrongPoseCodec
 from strongpose.structures import Poses, input_to_map, map_to_input
-
-OFFSET_KEYS = ("short", "mid", "long")
 
 
 def flip_average(outputs: dict[str, torch.Tensor], flipped: dict[str, torch.Tensor],
@@ -76,7 +74,7 @@ def resample(maps: dict[str, torch.Tensor], grid: torch.Tensor, beyond: torch.Te
     out = {}
     for key, m in maps.items():
         r = F.grid_sample(m.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
-        if key in OFFSET_KEYS:  # (B, 2C, h, w) as C (dx, dy) pairs
+        if key in OFFSET_MAPS:  # (B, 2C, h, w) as C (dx, dy) pairs
             pairs = r.unflatten(1, (r.shape[1] // 2, 2)) - beyond[:, None]
             r = torch.einsum("bij,bcjhw->bcihw", to_ref, pairs).flatten(1, 2)
         out[key] = r

@@ -6,8 +6,9 @@ import math
 
 from torch import nn
 
-# heads whose outputs are logits of binary maps (the rest are offsets)
-HEATMAP_HEADS = ("skhm", "bhm")
+from strongpose.codec import HEATMAP_MAPS
+
+HEATMAP_HEADS = HEATMAP_MAPS  # heads whose outputs are logits of binary maps (the rest are offsets)
 
 
 def conv_head(in_channels: int, out_channels: int, num_convs: int = 1, channels: int = 128,

@@ -9,8 +9,41 @@ from strongpose.codec import StrongPoseCodec
 from strongpose.models.heads import HEATMAP_HEADS, Heads
 
 
+# ImageNet statistics of torchvision's pretrained ResNets, in 0..255 pixel units (RGB)
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
+
+class PixelNormalize(nn.Module):
+    """(B, 3, H, W) RGB pixel values 0..255 (uint8 or float) -> float32 ImageNet-normalised.
+
+    Part of the network, as in detectron2 and torchvision's detection models, so that images travel as
+    uint8 from the data workers to the device (a quarter of float32's bytes through shared memory,
+    pinned memory and the host-to-device copy) and every caller (training, Predictor, ONNX) feeds the
+    same pixels. Written out rather than torchvision's ``Normalize`` transform, which needs float input
+    and makes its mean and std tensors anew (a host-to-device copy) at every call; these are buffers
+    that follow ``.to(device)``. Not persistent: checkpoints hold no statistics and keep their keys.
+    """
+
+    def __init__(self, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> None:
+        super().__init__()
+        std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.register_buffer("scale", 1.0 / std_t, persistent=False)
+        self.register_buffer("shift", -torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) / std_t,
+                             persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dim() != 4 or images.shape[1] != self.scale.shape[1]:
+            raise ValueError(f"images must be (B, {self.scale.shape[1]}, H, W) RGB pixel values, "
+                             f"got shape {tuple(images.shape)}")
+        return torch.addcmul(self.shift, images.to(self.scale.dtype), self.scale)
+
+
 class StrongPoseNet(nn.Module):
     """``forward(images) -> dict`` of raw outputs, the same in training and evaluation.
+
+    ``images``: (B, 3, H, W) RGB pixel values 0..255, uint8 (as the data module and the Predictor give
+    them) or float; the network normalises them itself (:class:`PixelNormalize`).
 
     ``skhm`` (B, K, h, w) and ``bhm`` (B, 1, h, w) are logits; ``short``, ``mid``, ``long`` are offsets in
     input pixels: the heads predict them in units of the disk radius R (values of order 1 whatever R
@@ -26,12 +59,13 @@ class StrongPoseNet(nn.Module):
         super().__init__()
         if backbone.output_stride != codec.stride:
             raise ValueError(f"backbone output stride {backbone.output_stride} != codec stride {codec.stride}")
+        self.normalize = PixelNormalize()
         self.backbone = backbone
         self.heads = Heads(backbone.out_channels, codec.channels, **dict(heads or {}))
         self.disk_radius = float(codec.disk_radius)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        raw = self.heads(self.backbone(images))
+        raw = self.heads(self.backbone(self.normalize(images)))
         return {name: out if name in HEATMAP_HEADS else out * self.disk_radius for name, out in raw.items()}
 
 
