@@ -1,5 +1,5 @@
 """Predictor: images in, people in original-image pixels out, batched on the device; ``load`` builds it from a
-checkpoint alone. The spec shared with the export / notebook code is ``notes/inference_api.md``."""
+checkpoint alone (README: Evaluation and prediction)."""
 
 from __future__ import annotations
 
