@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 
 from strongpose import export
 from strongpose.checkpoint import CONFIG_KEY, CheckpointError, module_from_checkpoint
-from strongpose.export import ExportError, run
+from strongpose.export import INPUT_CONTRACT, ExportError, run
 from strongpose.train import resolved_config
 
 
@@ -44,7 +44,9 @@ def test_export_matches_pytorch_for_any_batch_and_size(tiny_checkpoint, tmp_path
     module, _ = module_from_checkpoint(tiny_checkpoint)
     session = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"])
     assert [o.name for o in session.get_outputs()] == list(module.codec.channels)
-    images = torch.randn(3, 3, 72, 40)  # another batch size, a non-square size off the stride grid
+    assert session.get_modelmeta().custom_metadata_map == INPUT_CONTRACT  # says the input is 0..255 pixels
+    # pixels of another batch size and a non-square size off the stride grid
+    images = torch.randint(0, 256, (3, 3, 72, 40), generator=torch.Generator().manual_seed(0)).float()
     got = dict(zip(list(module.codec.channels), session.run(None, {"images": images.numpy()})))
     with torch.no_grad():
         expected = module(images)

@@ -30,6 +30,11 @@ from strongpose.config_check import CONFIG_DIR, run_with_key_hints
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "images"
+INPUT_CONTRACT = {  # written into every exported file (describe_input)
+    "strongpose.input": "images: (B, 3, H, W) float32 RGB pixel values 0..255, resized and padded as in "
+                        "validation; the ImageNet normalisation is inside the graph",
+    "strongpose.outputs": "skhm, bhm: logits; short, mid, long: offsets in input pixels",
+}
 EXPORTERS = ("auto", "dynamo", "torchscript")
 INSTALL_HINT = "pip install 'strongpose[export]'"
 DEFAULT_INPUT_SIZE = 512  # traced size when neither the config nor the checkpoint's run config gives one
@@ -64,7 +69,8 @@ class OutputTuple(nn.Module):
 
 def export_onnx(net: nn.Module, names: list[str], output: str | Path, example: torch.Tensor, opset: int = 18,
                 dynamic: bool = True, exporter: str = "auto") -> str:
-    """Write ``net`` (images -> dict of maps) to ``output``; returns the exporter used (dynamo / torchscript).
+    """Write ``net`` (images -> dict of maps) to ``output`` with :data:`INPUT_CONTRACT` in its metadata;
+    returns the exporter used (dynamo / torchscript).
 
     ``example`` is the traced input; with ``dynamic`` its batch should be > 1 (torch.export specialises
     dimensions of size 1). ``exporter="auto"`` tries the torch.export-based exporter and falls back to the
@@ -86,6 +92,7 @@ def export_onnx(net: nn.Module, names: list[str], output: str | Path, example: t
             # external_data=False: one self-contained file (the weights are far below ONNX's 2 GB limit)
             torch.onnx.export(model, (example,), str(output), dynamo=True, dynamic_shapes=shapes,
                               external_data=False, **common)
+            describe_input(output)
             return "dynamo"
         except Exception as err:  # noqa: BLE001 - torch.export raises many error types
             if exporter == "dynamo":
@@ -99,7 +106,21 @@ def export_onnx(net: nn.Module, names: list[str], output: str | Path, example: t
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter's deprecation notice
         torch.onnx.export(model, (example,), str(output), dynamo=False, dynamic_axes=axes, **common)
+    describe_input(output)
     return "torchscript"
+
+
+def describe_input(path: str | Path) -> None:
+    """Write :data:`INPUT_CONTRACT` into the file's ``metadata_props``: the tensor types alone do not say
+    whether ``images`` are pixels or normalised values (files exported before the network normalised
+    itself took normalised ones)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for key, value in INPUT_CONTRACT.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
 
 
 def sample_images(input_size: int, count: int) -> torch.Tensor:

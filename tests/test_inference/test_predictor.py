@@ -110,6 +110,18 @@ def test_flip_test_pads_the_input_to_a_multiple_of_the_stride(flip):
     torch.testing.assert_close(found[..., :2], gt[..., :2], rtol=0, atol=0.02)
 
 
+def test_the_flip_padding_is_black_uint8_as_the_transform_pads():
+    """The network gets uint8 pixels; the extra rows and columns of the flip test are 0, the value the
+    validation transform pads with (the network normalises both alike)."""
+    module = OracleModule(StrongPoseCodec(stride=8), people([(60, 10, 80)]), (100, 120))
+    predictor = Predictor(module, 124, "cpu", flip=True)
+    image = np.full((100, 120, 3), 200, np.uint8)
+    batch, _ = predictor.preprocess([image], 124)
+    assert batch.dtype == torch.uint8 and batch.shape == (1, 3, 128, 128)
+    assert (batch[..., 124:] == 0).all() and (batch[..., 124:, :] == 0).all()
+    assert (batch[..., :103, :124] == 200).all()  # the resized image (124 x 103) keeps its pixels
+
+
 def test_bad_inputs_say_what_is_wrong(predictor, tmp_path):
     with pytest.raises(ValueError, match="uint8"):
         predictor.predict(np.zeros((32, 32, 3), np.float32))

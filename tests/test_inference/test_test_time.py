@@ -47,7 +47,7 @@ def test_averaging_with_the_exact_mirror_output_changes_nothing(codec):
 def test_flip_test_of_a_symmetric_input_is_symmetric(codec):
     torch.manual_seed(0)
     net = StrongPoseNet(ResNetBackbone("resnet18", 8, neck_channels=16), codec).eval()
-    half = torch.randn(1, 3, 64, 32)
+    half = torch.randint(0, 256, (1, 3, 64, 32), dtype=torch.uint8)  # pixels, as the Predictor sends
     image = torch.cat([half, half.flip(-1)], -1)  # width 64: a multiple of the stride
     with torch.no_grad():
         plain = to_probabilities(net(image))

@@ -14,9 +14,10 @@ from strongpose.skeleton import COCO_PERSON, Skeleton, get_skeleton
 from strongpose.structures import Poses, map_size
 
 # the codec's maps by kind: probabilities of binary maps (logits at the network's output) and (dx, dy)
-# offsets in input pixels; heads, losses, test-time fusion and the data's transport all key on these
+# offsets in input pixels; the heads, losses, test-time fusion and encode's offset dtype go by these
 HEATMAP_MAPS = ("skhm", "bhm")
 OFFSET_MAPS = ("short", "mid", "long")
+
 
 class StrongPoseCodec:
     """Encode COCO people into StrongPose targets and decode (predicted) maps back into people.

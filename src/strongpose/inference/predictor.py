@@ -34,7 +34,8 @@ class Predictor:
 
     Args:
         module: a :class:`~strongpose.lit_module.StrongPoseModule` (or anything with ``codec`` and a
-            ``forward(images) -> raw outputs``, heat-map logits and offsets in input pixels).
+            ``forward(images) -> raw outputs``, heat-map logits and offsets in input pixels; ``images``
+            are (B, 3, H, W) uint8 RGB pixels, which the module normalises itself).
         input_size: square input size S (the longer image side is resized to S, the rest padded).
         device: where the network and decoding run (None: CUDA when available).
         flip: flip test: also run the mirrored image and average the maps mapped back.

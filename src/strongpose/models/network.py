@@ -22,7 +22,12 @@ class PixelNormalize(nn.Module):
     pinned memory and the host-to-device copy) and every caller (training, Predictor, ONNX) feeds the
     same pixels. Written out rather than torchvision's ``Normalize`` transform, which needs float input
     and makes its mean and std tensors anew (a host-to-device copy) at every call; these are buffers
-    that follow ``.to(device)``. Not persistent: checkpoints hold no statistics and keep their keys.
+    that follow ``.to(device)``. Not persistent: checkpoints hold no statistics and keep their keys (and
+    ``load_state_dict`` never sets them: a module built on the meta device must be re-created, not
+    ``to_empty()``-ed).
+
+    Floats are taken as pixel values too: ImageNet-normalised input (the contract before this layer)
+    gives wrong maps without an error.
     """
 
     def __init__(self, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> None:
@@ -33,7 +38,8 @@ class PixelNormalize(nn.Module):
                              persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if images.dim() != 4 or images.shape[1] != self.scale.shape[1]:
+        # not while tracing (the TorchScript ONNX exporter): a Python check on shapes there only warns
+        if not torch.jit.is_tracing() and (images.dim() != 4 or images.shape[1] != self.scale.shape[1]):
             raise ValueError(f"images must be (B, {self.scale.shape[1]}, H, W) RGB pixel values, "
                              f"got shape {tuple(images.shape)}")
         return torch.addcmul(self.shift, images.to(self.scale.dtype), self.scale)
