@@ -23,7 +23,6 @@ import torch  # noqa: E402
 
 import strongpose  # noqa: E402
 from strongpose.data import COCOKeypointDataset, sample_paths  # noqa: E402
-from strongpose.evaluate import DatasetImage  # noqa: E402
 from strongpose.evaluation.coco_eval import coco_keypoint_stats  # noqa: E402
 from strongpose.inference import Predictor  # noqa: E402
 
@@ -55,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     base = strongpose.load(args.ckpt, device=args.device)
     images_dir, annotations = sample_paths()
     data = COCOKeypointDataset(images_dir, annotations, base.codec, input_size=base.input_size, max_images=args.images)
-    read = DatasetImage(data)
+    read = data.load_image
     images = [read(i) for i in range(len(data))]  # decoded once: file reading is not what is timed
     names = args.options.split(",")
     predictors = {name: Predictor(base.module, base.input_size, base.device, **OPTIONS[name]) for name in names}

@@ -19,6 +19,7 @@ from pathlib import Path
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 
 from strongpose.codec import StrongPoseCodec  # noqa: E402
 from strongpose.data import COCOKeypointDataset, sample_paths  # noqa: E402
@@ -47,8 +48,11 @@ def main(argv: list[str] | None = None) -> Path:
                            short_step=args.short_step,
                            mid_edge=tuple(args.mid_edge.split(",")) if args.mid_edge else None)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    rows, cols = sample.image.any(2).nonzero()  # crop the padding away (validation pads right / bottom)
-    rgb = picture.permute(1, 2, 0).numpy()[: rows.max() + 1, : cols.max() + 1]
+    # crop the padding away (validation pads right / bottom): the resized image ends where the original's
+    # far pixel edge (W - 0.5, H - 0.5 in pixel-centre coordinates) lands, whatever colour its last rows hold
+    h, w = data.coco.imgs[data.image_ids[args.image]]["height"], data.coco.imgs[data.image_ids[args.image]]["width"]
+    edge = data.transform.to_input((h, w)) @ np.array([w - 0.5, h - 0.5, 1.0])
+    rgb = picture.permute(1, 2, 0).numpy()[: round(edge[1] + 0.5), : round(edge[0] + 0.5)]
     if not cv2.imwrite(str(args.out), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9]):
         raise SystemExit(f"could not write {args.out} (unknown extension or folder not writable)")
     print(f"wrote {args.out} ({rgb.shape[1]} x {rgb.shape[0]}, {args.out.stat().st_size // 1024} KB)")

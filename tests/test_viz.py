@@ -103,4 +103,10 @@ def test_draw_targets_script_writes_a_png(tmp_path, capsys):
     out = module.main(["--out", str(tmp_path / "t.png"), "--image", "2", "--input", "128"])
     picture = cv2.imread(str(out))
     assert picture.shape[2] == 3 and max(picture.shape[:2]) == 128  # padding cropped: the longer side stays
+    data = module.COCOKeypointDataset(*module.sample_paths(), module.StrongPoseCodec(), train=False,
+                                      skip_empty=True)
+    info = data.coco.imgs[data.image_ids[2]]
+    # cropped at the resized image's edge, not where its last dark rows end
+    assert picture.shape[:2] == tuple(round(v * 128 / max(info["height"], info["width"]))
+                                      for v in (info["height"], info["width"]))
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith(f"wrote {out} (")

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import numpy as np
 from omegaconf import DictConfig
 
 from strongpose.config_check import CONFIG_DIR, run_with_key_hints
@@ -25,18 +24,6 @@ from strongpose.evaluation.coco_eval import check_backend, coco_keypoint_stats
 from strongpose.inference.cli import add_timing, predictor_from_config, timing_summary, write_json
 from strongpose.inference.images import ImageFiles, image_batches
 from strongpose.structures import Poses
-
-
-class DatasetImage:
-    """``index -> RGB image`` of a dataset (picklable, for workers), read by :meth:`COCOKeypointDataset.load`:
-    an image that is missing, undecodable or not its annotated size, or whose annotations are malformed,
-    is skipped here as the validation loop of training skips it, so that both score the same images."""
-
-    def __init__(self, dataset: COCOKeypointDataset) -> None:
-        self.dataset = dataset
-
-    def __call__(self, index: int) -> np.ndarray:
-        return self.dataset.load(index)[0]
 
 
 def files_head(files: ImageFiles, count: int) -> list[dict]:
@@ -54,7 +41,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     predictor = predictor_from_config(cfg, data.input_size)
     dataset = COCOKeypointDataset(images_dir, annotations, predictor.codec, input_size=predictor.input_size,
                                   train=False, max_images=data.max_val_images)
-    files = ImageFiles(range(len(dataset)), read=DatasetImage(dataset))
+    # load_image skips an image as training's validation loop does (unreadable, wrong size, malformed
+    # annotations), so that both score the same images; a bound method pickles for the workers
+    files = ImageFiles(range(len(dataset)), read=dataset.load_image)
     batch_size = int(data.val_batch_size or data.batch_size)
     results, evaluated, skipped, totals = [], [], [], {}
     if cfg.warmup:  # first calls set things up (allocations, kernels): time the steady state

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from strongpose.codec import OFFSET_MAPS
@@ -67,3 +68,23 @@ def test_offsets_travel_as_float16_within_rounding(sample, codec) -> None:
             assert ((got.float() - value).abs() <= value.abs() * 2**-11 + 1e-6).all(), key
         else:
             assert got.dtype == value.dtype and torch.equal(got, value), key
+
+
+def test_load_image_reads_in_workers_and_reports_bad_files(tmp_path, sample, codec) -> None:
+    """``evaluate`` hands ``dataset.load_image`` (a bound method) to DataLoader workers: it must pickle,
+    give the RGB image, and let a bad file come back as an error rather than end the loop."""
+    import shutil
+
+    from strongpose.inference.images import ImageFiles, image_batches
+
+    images = tmp_path / "images"
+    shutil.copytree(sample[0], images)
+    ds = COCOKeypointDataset(images, sample[1], codec=codec, input_size=S, train=False, max_images=3)
+    (images / ds.coco.imgs[ds.image_ids[1]]["file_name"]).write_bytes(b"not a jpeg")
+    items = [item for batch in image_batches(ImageFiles(range(3), read=ds.load_image), 2, num_workers=1)
+             for item in batch]
+    assert [item["key"] for item in items] == [0, 1, 2]
+    assert items[1]["image"] is None and "decode" in items[1]["error"]
+    for i in (0, 2):
+        assert items[i]["image"].dtype == np.uint8 and items[i]["image"].shape[2] == 3
+        assert np.array_equal(items[i]["image"], ds.load(i)[0])

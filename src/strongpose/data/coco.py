@@ -102,6 +102,11 @@ class COCOKeypointDataset(Dataset):
         image = read_image(self.images_dir / info["file_name"], (info["height"], info["width"]))
         return image, people
 
+    def load_image(self, index: int) -> np.ndarray:
+        """The original RGB image alone, checked as :meth:`load` checks it (its annotations included:
+        raises :class:`BadSample` for a sample that training would skip)."""
+        return self.load(index)[0]
+
     def transformed(self, index: int, epoch: int = 0) -> PoseSample:
         """The sample after the pipeline, before encoding (for inspection, tests and drawing)."""
         image, people = self.load(index)
