@@ -14,7 +14,7 @@ def _net(codec, **heads):
 def test_one_output_per_codec_channel_at_map_size(long_range):
     codec = StrongPoseCodec(stride=8, long_range=long_range)
     with torch.no_grad():
-        out = _net(codec)(torch.randn(2, 3, 64, 80))
+        out = _net(codec)(torch.rand(2, 3, 64, 80) * 255)
     assert {name: o.shape[1] for name, o in out.items()} == codec.channels
     assert all(o.shape[-2:] == codec.map_size((64, 80)) and o.shape[0] == 2 for o in out.values())
 
@@ -26,7 +26,7 @@ def test_offsets_come_out_in_input_pixels():
         torch.nn.init.zeros_(head[-1].weight)
         torch.nn.init.constant_(head[-1].bias, 1.5)
     with torch.no_grad():
-        out = net(torch.randn(1, 3, 32, 32))
+        out = net(torch.rand(1, 3, 32, 32) * 255)
     for name, o in out.items():
         expected = 1.5 if name in HEATMAP_HEADS else 1.5 * codec.disk_radius
         assert torch.allclose(o, torch.full_like(o, expected))
@@ -35,7 +35,7 @@ def test_offsets_come_out_in_input_pixels():
 def test_heatmaps_start_at_the_prior():
     codec = StrongPoseCodec(stride=8)
     with torch.no_grad():
-        probs = to_probabilities(_net(codec, heatmap_prior=0.01)(torch.randn(1, 3, 64, 64)))
+        probs = to_probabilities(_net(codec, heatmap_prior=0.01)(torch.rand(1, 3, 64, 64) * 255))
     assert 0.002 < probs["skhm"].mean() < 0.05
     assert probs["short"].abs().mean() < 1.0  # offsets start near zero and are not squashed
 
@@ -71,3 +71,16 @@ def test_normalising_keeps_channels_last_and_rejects_other_shapes():
     assert net.normalize(pixels).is_contiguous(memory_format=torch.channels_last)
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         net.normalize(torch.zeros(3, 16, 16, dtype=torch.uint8))
+
+
+def test_imagenet_normalised_input_is_refused_with_the_reason():
+    """The network used to take ImageNet-normalised floats; such input (negative values) now fails loudly
+    instead of giving maps of a nearly blank image. Pixels as floats and NaN (the non-finite guard's case)
+    pass."""
+    net = _net(StrongPoseCodec(stride=8))
+    pixels = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
+    with pytest.raises(ValueError, match="ImageNet-normalised"):
+        net(net.normalize(pixels))
+    with torch.no_grad():
+        assert torch.isnan(net.normalize(torch.full((1, 3, 8, 8), float("nan")))).all()
+        net(pixels.float())

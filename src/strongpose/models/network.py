@@ -26,8 +26,10 @@ class PixelNormalize(nn.Module):
     ``load_state_dict`` never sets them: a module built on the meta device must be re-created, not
     ``to_empty()``-ed).
 
-    Floats are taken as pixel values too: ImageNet-normalised input (the contract before this layer)
-    gives wrong maps without an error.
+    Floats are taken as pixel values too. Float input with negative values, which pixels never have, is
+    refused (most likely ImageNet-normalised images, what the network took before this layer): one
+    reduction and host sync per float batch, none for uint8 (training, Predictor), skipped while tracing,
+    compiling or exporting, where it cannot run.
     """
 
     def __init__(self, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> None:
@@ -38,11 +40,19 @@ class PixelNormalize(nn.Module):
                              persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        # not while tracing (the TorchScript ONNX exporter): a Python check on shapes there only warns
-        if not torch.jit.is_tracing() and (images.dim() != 4 or images.shape[1] != self.scale.shape[1]):
+        # not while tracing (the TorchScript ONNX exporter warns about Python checks on shapes)
+        if not _tracing() and (images.dim() != 4 or images.shape[1] != self.scale.shape[1]):
             raise ValueError(f"images must be (B, {self.scale.shape[1]}, H, W) RGB pixel values, "
                              f"got shape {tuple(images.shape)}")
+        if images.is_floating_point() and not _tracing() and bool((images < 0).any()):
+            raise ValueError("images have negative values: the network takes RGB pixel values 0..255 (uint8 or "
+                             "float) and normalises them itself; do not pass ImageNet-normalised images")
         return torch.addcmul(self.shift, images.to(self.scale.dtype), self.scale)
+
+
+def _tracing() -> bool:
+    """Tracing (TorchScript), compiling or exporting: no data-dependent Python checks there."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
 
 
 class StrongPoseNet(nn.Module):
