@@ -133,7 +133,8 @@ def sample_images(input_size: int, count: int) -> torch.Tensor:
     # the codec is unused here (no targets are encoded); the dataset only needs one to exist
     data = COCOKeypointDataset(images_dir, annotations, StrongPoseCodec(), input_size=input_size, train=False,
                                skip_empty=True, max_images=count)
-    return torch.stack([to_chw(data.transformed(i).image) for i in range(len(data))]).float()
+    # the validation transform's image half alone: the people's masks are not needed here
+    return torch.stack([to_chw(data.transform.image_only(data.load_image(i))[0]) for i in range(len(data))]).float()
 
 
 def compare_with_onnxruntime(net: nn.Module, names: list[str], path: str | Path,

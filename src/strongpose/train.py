@@ -87,8 +87,8 @@ def checkpoint_to_resume(ckpt_path: str | None, resume: str | None, trainer: L.T
     """What ``trainer.fit`` resumes from: ``ckpt_path`` when given; else, with ``resume="auto"``, the newest
     checkpoint already in this run's folder (``checkpoints/*.ckpt``: ``interrupted.ckpt`` of a requeued SLURM
     job among them; or an ``hpc_ckpt_N.ckpt`` of Lightning's own requeue, when turned on), so that a job
-    requeued into the same folder continues rather than starting over; None (start afresh) when there is none or ``resume`` is null. Every DDP rank decides
-    alike: nothing is written before they all start."""
+    requeued into the same folder continues rather than starting over; None (start afresh) when there is
+    none or ``resume`` is null. Every DDP rank decides alike: nothing is written before they all start."""
     if ckpt_path is not None:
         return str(ckpt_path)
     if resume is None or resume is False:  # YAML null or false

@@ -40,13 +40,13 @@ class PixelNormalize(nn.Module):
                              persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        # not while tracing (the TorchScript ONNX exporter warns about Python checks on shapes)
-        if not _tracing() and (images.dim() != 4 or images.shape[1] != self.scale.shape[1]):
-            raise ValueError(f"images must be (B, {self.scale.shape[1]}, H, W) RGB pixel values, "
-                             f"got shape {tuple(images.shape)}")
-        if images.is_floating_point() and not _tracing() and bool((images < 0).any()):
-            raise ValueError("images have negative values: the network takes RGB pixel values 0..255 (uint8 or "
-                             "float) and normalises them itself; do not pass ImageNet-normalised images")
+        if not _tracing():  # checks in Python: the TorchScript exporter warns, torch.export cannot branch on data
+            if images.dim() != 4 or images.shape[1] != self.scale.shape[1]:
+                raise ValueError(f"images must be (B, {self.scale.shape[1]}, H, W) RGB pixel values, "
+                                 f"got shape {tuple(images.shape)}")
+            if images.is_floating_point() and bool((images < 0).any()):
+                raise ValueError("images have negative values: the network takes RGB pixel values 0..255 (uint8 "
+                                 "or float) and normalises them itself; do not pass ImageNet-normalised images")
         return torch.addcmul(self.shift, images.to(self.scale.dtype), self.scale)
 
 
