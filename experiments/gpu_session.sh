@@ -5,7 +5,10 @@
 #   3. bench_data per worker on that machine's cores, and what the data module's loader delivers with
 #      nproc - 2 workers, batch 32, pinned memory (bench_data --loader-workers);
 #   4. ResNet-50 neck 128 (the config's) vs 256: overfit AP on the 11 sample images at 512 px, bf16, 600 steps
-#      (a capacity check, not COCO val AP).
+#      (a capacity check, not COCO val AP);
+#   5. if time is left (the steps above stop at their limits): `strongpose.train trainer=gpu` fast_dev_run (the
+#      packaged GPU config end to end: uint8 batches, bf16-mixed, COCO-AP callback) and the decode tests with
+#      their GPU = CPU case.
 # Every line goes to $OUT/gpu_session.log (the device tool brings $OUT back) or ./gpu_session.log.
 #
 # The device image lacks hydra-core, omegaconf, albumentations, pycocotools & co: carry them as wheels in .whl/
@@ -34,12 +37,14 @@ if [ "${QUICK:-0}" = 1 ]; then
   MAXB=(--backbone resnet18 --input 128 --precision 32 --batch 2 --only-max-batch)
   DATA=(--images 8 --loader-workers 1 --batch 2 --batches 2); FIT=(--input 128 --steps 3 --images 2 --precision 32); WORKERS=0
   TG=300 TM=300 TD=300 TF=300  # a loaded CPU: time limits that only stop a hang
+  TRAINER=default END=100000
 else
   W=$(( $(nproc) > 2 ? $(nproc) - 2 : 1 ))
   GRID=(--backbone resnet50 resnet152 --input 512 --batch 8 16 32 --precision 32 bf16 --steps 4 --rounds 3 --workers "$W")
   MAXB=(--backbone resnet152 --input 512 --precision bf16 --batch 32 --only-max-batch)
   DATA=(--images 200 --loader-workers "$W" --batch 32 --batches 20 --pin-memory); FIT=(--input 512 --steps 600 --images 11 --precision bf16); WORKERS=$W
   TG=270 TM=120 TD=40 TF=60  # seconds per step: together within one 600-s device command
+  TRAINER=gpu END=560         # step 5 runs only in what is left before END seconds
 fi
 {
   date -u; nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/null || echo "no nvidia-smi"
@@ -51,5 +56,14 @@ fi
     echo "== overfit resnet50 neck $neck"
     timeout $TF $PY experiments/overfit.py --backbone resnet50 --neck-channels "$neck" "${FIT[@]}" 2>&1 | grep -E "images, .* steps|^AP=.*loss_start"
   done
+  if (( END - SECONDS > 45 )); then
+    echo "== train trainer=$TRAINER fast_dev_run"
+    timeout $(( END - SECONDS < 90 ? END - SECONDS : 90 )) $PY -m strongpose.train trainer=$TRAINER logger=none \
+      trainer.fast_dev_run=true resume=null hydra.run.dir="$(mktemp -d)" 2>&1 | tr '\r' '\n' | grep -E "val/AP=|^Done:|Error" | tail -3
+  fi
+  if (( END - SECONDS > 20 )); then
+    echo "== decode tests"
+    timeout $(( END - SECONDS < 60 ? END - SECONDS : 60 )) $PY -m pytest tests/test_codec/test_decode.py -q -p no:cacheprovider 2>&1 | tail -1
+  fi
   date -u
 } 2>&1 | tee "$LOG"

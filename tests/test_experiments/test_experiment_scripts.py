@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -68,7 +69,7 @@ def test_overfit_builds_the_neck_width_it_is_given():
 @pytest.mark.slow
 def test_the_gpu_session_script_runs_every_step_in_its_quick_form(tmp_path):
     """QUICK=1 on the CPU: each step of the prepared device script runs and logs (the GPU session's check)."""
-    env = {**os.environ, "QUICK": "1", "PYTHON": sys.executable, "OUT": str(tmp_path)}
+    env = {**os.environ, "QUICK": "1", "PYTHON": sys.executable, "OUT": str(tmp_path), "TMPDIR": str(tmp_path)}
     done = subprocess.run(["bash", str(EXPERIMENTS / "gpu_session.sh")], cwd=EXPERIMENTS.parent, env=env,
                           capture_output=True, text=True, timeout=600)
     log = (tmp_path / "gpu_session.log").read_text()
@@ -76,3 +77,5 @@ def test_the_gpu_session_script_runs_every_step_in_its_quick_form(tmp_path):
     assert log.count("full_ips=") == 1 and "max_batch=skipped" in log  # the search does not re-measure
     assert "loader workers=1 batch=2 images_per_s=" in log and "\nimages_per_s=" in log  # both data lines
     assert "(neck 128)" in log and "(neck 256)" in log and log.count("loss_start=") == 2
+    assert "val/AP=" in log and "\nDone: checkpoint" in log  # the packaged trainer config, end to end
+    assert re.search(r"\n\d+ passed", log)  # the decode tests
