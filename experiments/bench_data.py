@@ -6,7 +6,7 @@ does, and splits the time per stage. The last line is
 
 ``--loader-workers W`` first measures what the training loop receives: the data module's own DataLoader
 with W workers (its collate, shared-memory batches, ``--pin-memory``) delivering ``--batches`` batches of
-``--batch`` (after one warm-up batch per worker), printed as ``loader workers=W batch=B images_per_s=X
+``--batch`` (after one warm-up batch per worker and the batches the workers made ahead), printed as ``loader workers=W batch=B images_per_s=X
 per_worker=Y mb_per_image=Z`` (Z: the collated batch's bytes per image: image and targets).
 
     python experiments/bench_data.py --input 512 --images 200
@@ -88,6 +88,8 @@ def measure_loader(images: str | Path, annotations: str | Path, args: argparse.N
     batches = iter(data._loader(data.train_dataset, args.batch, EndlessSampler(len(data.train_dataset))))
     for _ in range(args.loader_workers):  # warm-up: every worker started and delivered once
         batch = next(batches)
+    for _ in range(2 * args.loader_workers):  # and the batches made ahead meanwhile (prefetch_factor 2 each):
+        next(batches)  # without this, 14 workers hand over 28 ready batches and the rate is their stock's
     size = sum(t.nbytes for t in [batch["image"], *batch["targets"].values()]) / len(batch["image"])
     t0 = time.perf_counter()
     count = sum(len(next(batches)["image"]) for _ in range(args.batches))

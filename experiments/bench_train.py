@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import gc
 import itertools
 import os
@@ -77,6 +76,14 @@ def timed_block(step, steps: int, images: int, device: torch.device) -> tuple[fl
     return rate, torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
 
 
+def drain_prefetched(batches, workers: int, prefetch_factor: int = 2) -> None:
+    """Take the batches the loader's workers made ahead (up to ``prefetch_factor`` each), untimed, so that a
+    timed block measures the rate batches are produced at, not a stock built while nothing consumed them
+    (14 workers hold 28 batches: more than a 20-step block of a fast step uses)."""
+    for _ in range(workers * prefetch_factor):
+        next(batches)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--backbone", nargs="+", default=["resnet18"], choices=BACKBONES)
@@ -105,18 +112,19 @@ def device_name(device: torch.device) -> str:
 
 def build_models(backbone: str, args: argparse.Namespace, codec: StrongPoseCodec, device: torch.device):
     """The training module (backbone, neck width and heads as the training config builds them) and the bare
-    torchvision trunk to C5 (no pooling, no classifier), each with its AdamW."""
+    torchvision trunk to C5 (no pooling, no classifier), each with the config's optimiser (AdamW, fused)."""
     torch.manual_seed(0)
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[f"backbone={backbone}", f"codec.stride={args.stride}"])
-    module = StrongPoseModule(codec, instantiate(cfg.backbone), optimizer=functools.partial(torch.optim.AdamW),
+    optimizer = instantiate(cfg.model.optimizer)  # the training config's (AdamW, fused), for both steps
+    module = StrongPoseModule(codec, instantiate(cfg.backbone), optimizer=optimizer,
                               heads=OmegaConf.to_container(cfg.model.heads)).to(device)
     bare = torch.nn.Sequential(*list(torchvision.models.get_model(backbone).children())[:-2]).to(device)
     if args.channels_last:
         module, bare = module.to(memory_format=torch.channels_last), bare.to(memory_format=torch.channels_last)
     module.train()
     bare.train()
-    return module, bare, torch.optim.AdamW(module.parameters(), lr=1e-4), torch.optim.AdamW(bare.parameters(), lr=1e-4)
+    return module, bare, optimizer(module.parameters(), lr=1e-4), optimizer(bare.parameters(), lr=1e-4)
 
 
 def full_step_fn(module, optimizer, next_batch: Callable[[], dict], device: torch.device, precision: str):
@@ -131,16 +139,21 @@ def full_step_fn(module, optimizer, next_batch: Callable[[], dict], device: torc
     return step
 
 
+def endless_batches(codec: StrongPoseCodec, batch_size: int, args: argparse.Namespace, device: torch.device):
+    """Training batches of the embedded sample from the data module's loader (``args.workers`` workers,
+    pinned memory on CUDA). The sample holds 11 training images: (index, epoch) pairs are drawn endlessly, so
+    that batches of any size are full and the workers never wait for an epoch boundary."""
+    data = COCOKeypointDataModule(codec, input_size=args.input, batch_size=batch_size, num_workers=args.workers,
+                                  pin_memory=device.type == "cuda", persistent_workers=args.workers > 0)
+    data.setup("fit")
+    return iter(data._loader(data.train_dataset, batch_size, EndlessSampler(len(data.train_dataset))))
+
+
 def measure(backbone: str, precision: str, batch_size: int, args: argparse.Namespace) -> dict[str, float]:
     """Full vs bare step images/s (medians of ``args.rounds`` alternating blocks) and their peak memory."""
     device = torch.device(args.device)
     codec = StrongPoseCodec(stride=args.stride)
-    data = COCOKeypointDataModule(codec, input_size=args.input, batch_size=batch_size, num_workers=args.workers,
-                                  pin_memory=device.type == "cuda", persistent_workers=args.workers > 0)
-    data.setup("fit")
-    # the embedded sample holds 11 training images: draw (index, epoch) pairs endlessly, so that batches
-    # of any size are full and the workers never wait for an epoch boundary
-    batches = iter(data._loader(data.train_dataset, batch_size, EndlessSampler(len(data.train_dataset))))
+    batches = endless_batches(codec, batch_size, args, device)
     module, bare, opt_full, opt_bare = build_models(backbone, args, codec, device)
     full_step = full_step_fn(module, opt_full, lambda: next(batches), device, precision)
 
@@ -160,6 +173,7 @@ def measure(backbone: str, precision: str, batch_size: int, args: argparse.Names
         step()
     full, bare_blocks = [], []
     for _ in range(args.rounds):
+        drain_prefetched(batches, args.workers)  # the bare block gave the workers time to fill their queues
         full.append(timed_block(full_step, args.steps, batch_size, device))
         bare_blocks.append(timed_block(bare_step, args.steps, batch_size, device))
     result = {"full_ips": statistics.median(r for r, _ in full), "bare_ips": statistics.median(r for r, _ in bare_blocks),

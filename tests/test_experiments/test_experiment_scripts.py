@@ -78,4 +78,26 @@ def test_the_gpu_session_script_runs_every_step_in_its_quick_form(tmp_path):
     assert "loader workers=1 batch=2 images_per_s=" in log and "\nimages_per_s=" in log  # both data lines
     assert "(neck 128)" in log and "(neck 256)" in log and log.count("loss_start=") == 2
     assert "val/AP=" in log and "\nDone: checkpoint" in log  # the packaged trainer config, end to end
+    assert log.count("wait_ms=") == 1  # bench_step_parts
     assert re.search(r"\n\d+ passed", log)  # the decode tests
+
+
+def test_bench_step_parts_runs_and_reports(capsys):
+    result = load("bench_step_parts").main(["--backbone", "resnet18", "--input", "64", "--batch", "2",
+                                            "--precision", "32", "--steps", "1", "--rounds", "1", "--workers", "1",
+                                            "--device", "cpu"])
+    keys = last_line_keys(capsys)
+    parts = ("bare_ms", "net_ms", "fused_ms", "issue_ms", "loader_ms", "full_ms", "wait_ms")
+    assert set(parts) <= keys.keys() and keys["workers"] == "1"
+    assert all(result[name] > 0 for name in parts)
+    assert result["full_ms"] >= result["wait_ms"]  # the wait is part of the full step
+    assert float(keys["full_ms"]) == pytest.approx(result["full_ms"], abs=0.05)
+
+
+def test_probe_loader_gil_counts_batches_under_each_main_thread_load(capsys):
+    probe = load("probe_loader_gil")
+    for main in ("idle", "python"):
+        result = probe.main(["--main", main, "--input", "64", "--batch", "2", "--seconds", "1"])
+        keys = last_line_keys(capsys)
+        assert keys["main"] == main and keys["sharing"] == "file_descriptor"
+        assert result["batches_per_s"] > 0 and float(keys["batches_per_s"]) == pytest.approx(result["batches_per_s"], abs=0.01)

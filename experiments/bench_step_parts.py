@@ -1,0 +1,155 @@
+"""Where a training step's time goes beyond the bare backbone: milliseconds per step of its parts, in one run.
+
+bench_train.py compares the full step with the bare trunk; this splits the difference, per configuration:
+
+  bare_ms       the torchvision trunk alone: forward + backward + AdamW (torch's default: foreach on CUDA)
+                on a batch already on the device
+  net_ms        StrongPose's network + losses + backward + AdamW (the same) on a fixed batch already on the
+                device (no data loading): what the neck, the heads and the losses add to bare_ms
+  fused_ms      net_ms with AdamW(fused=True), the training config's optimiser: the optimiser's share
+  issue_ms      host time to queue one net step (no synchronisation; a CUDA device only runs ahead of the
+                host when issue_ms < net_ms; issue_ms ~ net_ms means the step is launch-bound)
+  loader_ms     the data module's loader alone in this process (workers, pinned memory, host-to-device
+                copy): next batch + copy, nothing computed
+  full_ms       loader + network + losses + backward + fused AdamW: bench_train's full step
+  wait_ms       of full_ms, the host time spent getting the batch (blocked on the loader, or copying)
+
+The loader and full blocks start after the batches the workers made ahead are taken (untimed): they time
+the rate batches are produced at while the step runs.
+
+Blocks of ``--steps`` steps, ``--rounds`` rounds alternating the parts, medians reported; one line per
+configuration, the last being the last configuration's:
+
+    device=... backbone=resnet50 input=512 batch=8 precision=bf16 workers=14 bare_ms=.. net_ms=.. fused_ms=..
+    issue_ms=.. loader_ms=.. full_ms=.. wait_ms=..
+
+    python experiments/bench_step_parts.py --backbone resnet50 --input 512 --batch 8 16 --precision bf16 \\
+        --workers 14 --steps 20 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import itertools
+import os
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import torch  # noqa: E402
+from lightning.fabric.utilities.apply_func import move_data_to_device  # noqa: E402
+
+from strongpose.codec import StrongPoseCodec  # noqa: E402
+
+
+def _bench_train():
+    """bench_train.py's model builders and timers (experiments/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("bench_train", Path(__file__).with_name("bench_train.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bt = _bench_train()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--backbone", nargs="+", default=["resnet50"], choices=bt.BACKBONES)
+    p.add_argument("--input", type=int, default=512)
+    p.add_argument("--batch", type=int, nargs="+", default=[8])
+    p.add_argument("--precision", nargs="+", default=["bf16"], choices=["32", "bf16"])
+    p.add_argument("--stride", type=int, default=8)
+    p.add_argument("--steps", type=int, default=20, help="steps per timed block")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--channels-last", action="store_true")
+    return p.parse_args(argv)
+
+
+def ms_per_step(step, steps: int, device: torch.device) -> float:
+    return 1000.0 * steps / bt.timed_block(step, steps, steps, device)[0]
+
+
+def issue_ms(step, steps: int, device: torch.device) -> float:
+    """Median host time of one call of ``step`` with no synchronisation inside the timed call."""
+    times = []
+    for _ in range(steps):
+        bt.sync(device)  # an empty queue: the call's own launches only
+        t0 = time.perf_counter()
+        step()
+        times.append(1000.0 * (time.perf_counter() - t0))
+    bt.sync(device)
+    return statistics.median(times)
+
+
+def measure(backbone: str, precision: str, batch_size: int, args: argparse.Namespace) -> dict[str, float]:
+    device = torch.device(args.device)
+    codec = StrongPoseCodec(stride=args.stride)
+    batches = bt.endless_batches(codec, batch_size, args, device)
+    module, bare, fused_optimizer, bare_optimizer = bt.build_models(backbone, args, codec, device)  # fused
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4, fused=False)  # torch's default: foreach on CUDA
+    bare_optimizer = torch.optim.AdamW(bare.parameters(), lr=1e-4, fused=False)  # bare as bench_train had it
+    fixed = move_data_to_device(next(batches), device)
+
+    waited = [0.0]  # host seconds spent in load() (blocked on the loader, or copying)
+
+    def load() -> dict:
+        t0 = time.perf_counter()
+        batch = move_data_to_device(next(batches), device)
+        waited[0] += time.perf_counter() - t0
+        return batch
+
+    full = bt.full_step_fn(module, fused_optimizer, load, device, precision)
+    net = bt.full_step_fn(module, optimizer, lambda: fixed, device, precision)
+    fused = bt.full_step_fn(module, fused_optimizer, lambda: fixed, device, precision)
+    trunk_input = bt.PixelNormalize().to(device)(fixed["image"])
+
+    def bare_step() -> None:
+        with bt.autocast(device, precision):
+            out = bare(trunk_input)
+        bare_optimizer.zero_grad(set_to_none=True)
+        out.float().mean().backward()
+        bare_optimizer.step()
+
+    parts = {"bare": bare_step, "net": net, "fused": fused, "loader": load, "full": full}
+    for step in parts.values():  # warm-up: workers start, kernels are chosen, memory is allocated
+        step()
+        step()
+    times: dict[str, list[float]] = {name: [] for name in parts}
+    issue, wait = [], []
+    for _ in range(args.rounds):
+        for name, step in parts.items():
+            if name in ("loader", "full"):  # steady state: not the stock made while other parts ran
+                bt.drain_prefetched(batches, args.workers)
+            waited[0] = 0.0
+            times[name].append(ms_per_step(step, args.steps, device))
+            if name == "full":
+                wait.append(1000.0 * waited[0] / args.steps)
+        issue.append(issue_ms(net, args.steps, device))
+    result = {f"{name}_ms": statistics.median(values) for name, values in times.items()}
+    result["issue_ms"] = statistics.median(issue)
+    result["wait_ms"] = statistics.median(wait)
+    print(f"device={bt.device_name(device)} backbone={backbone} input={args.input} batch={batch_size} "
+          f"precision={precision} workers={args.workers} "
+          + " ".join(f"{key}={result[key]:.1f}" for key in
+                     ("bare_ms", "net_ms", "fused_ms", "issue_ms", "loader_ms", "full_ms", "wait_ms")), flush=True)
+    del batches, module, bare, optimizer, bare_optimizer, fused_optimizer, parts, full, net, fused, fixed
+    bt.release(device)
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    args = parse_args(argv)
+    result: dict[str, float] = {}
+    for backbone, precision, batch in itertools.product(args.backbone, args.precision, args.batch):
+        result = measure(backbone, precision, batch, args)
+    return result
+
+
+if __name__ == "__main__":
+    main()
