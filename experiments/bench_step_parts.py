@@ -15,13 +15,15 @@ bench_train.py compares the full step with the bare trunk; this splits the diffe
   wait_ms       of full_ms, the host time spent getting the batch (blocked on the loader, or copying)
 
 The loader and full blocks start after the batches the workers made ahead are taken (untimed): they time
-the rate batches are produced at while the step runs.
+the rate batches are produced at while the step runs. ``--sharing file_descriptor file_system`` compares
+torch.multiprocessing's two ways for workers to hand tensors over (experiments/probe_loader_gil.py: the
+first needs the receiving thread to take the GIL once per tensor, 13 a batch).
 
 Blocks of ``--steps`` steps, ``--rounds`` rounds alternating the parts, medians reported; one line per
 configuration, the last being the last configuration's:
 
-    device=... backbone=resnet50 input=512 batch=8 precision=bf16 workers=14 bare_ms=.. net_ms=.. fused_ms=..
-    issue_ms=.. loader_ms=.. full_ms=.. wait_ms=..
+    device=... backbone=resnet50 input=512 batch=8 precision=bf16 workers=14 sharing=file_descriptor bare_ms=..
+    net_ms=.. fused_ms=.. issue_ms=.. loader_ms=.. full_ms=.. wait_ms=..
 
     python experiments/bench_step_parts.py --backbone resnet50 --input 512 --batch 8 16 --precision bf16 \\
         --workers 14 --steps 20 --rounds 3
@@ -68,6 +70,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--sharing", nargs="+", default=[torch.multiprocessing.get_sharing_strategy()],
+                   choices=sorted(torch.multiprocessing.get_all_sharing_strategies()),
+                   help="how workers hand tensors over (torch.multiprocessing); each is measured in turn")
     return p.parse_args(argv)
 
 
@@ -87,7 +92,9 @@ def issue_ms(step, steps: int, device: torch.device) -> float:
     return statistics.median(times)
 
 
-def measure(backbone: str, precision: str, batch_size: int, args: argparse.Namespace) -> dict[str, float]:
+def measure(backbone: str, precision: str, batch_size: int, sharing: str,
+            args: argparse.Namespace) -> dict[str, float]:
+    torch.multiprocessing.set_sharing_strategy(sharing)  # before this configuration's workers start
     device = torch.device(args.device)
     codec = StrongPoseCodec(stride=args.stride)
     batches = bt.endless_batches(codec, batch_size, args, device)
@@ -135,7 +142,7 @@ def measure(backbone: str, precision: str, batch_size: int, args: argparse.Names
     result["issue_ms"] = statistics.median(issue)
     result["wait_ms"] = statistics.median(wait)
     print(f"device={bt.device_name(device)} backbone={backbone} input={args.input} batch={batch_size} "
-          f"precision={precision} workers={args.workers} "
+          f"precision={precision} workers={args.workers} sharing={sharing} "
           + " ".join(f"{key}={result[key]:.1f}" for key in
                      ("bare_ms", "net_ms", "fused_ms", "issue_ms", "loader_ms", "full_ms", "wait_ms")), flush=True)
     del batches, module, bare, optimizer, bare_optimizer, fused_optimizer, parts, full, net, fused, fixed
@@ -146,8 +153,11 @@ def measure(backbone: str, precision: str, batch_size: int, args: argparse.Names
 def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
     result: dict[str, float] = {}
-    for backbone, precision, batch in itertools.product(args.backbone, args.precision, args.batch):
-        result = measure(backbone, precision, batch, args)
+    default = torch.multiprocessing.get_sharing_strategy()
+    for backbone, precision, batch, sharing in itertools.product(args.backbone, args.precision, args.batch,
+                                                                 args.sharing):
+        result = measure(backbone, precision, batch, sharing, args)
+    torch.multiprocessing.set_sharing_strategy(default)
     return result
 
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
@@ -83,12 +84,14 @@ def test_the_gpu_session_script_runs_every_step_in_its_quick_form(tmp_path):
 
 
 def test_bench_step_parts_runs_and_reports(capsys):
+    default = torch.multiprocessing.get_sharing_strategy()
     result = load("bench_step_parts").main(["--backbone", "resnet18", "--input", "64", "--batch", "2",
                                             "--precision", "32", "--steps", "1", "--rounds", "1", "--workers", "1",
-                                            "--device", "cpu"])
+                                            "--device", "cpu", "--sharing", "file_system"])
     keys = last_line_keys(capsys)
     parts = ("bare_ms", "net_ms", "fused_ms", "issue_ms", "loader_ms", "full_ms", "wait_ms")
-    assert set(parts) <= keys.keys() and keys["workers"] == "1"
+    assert set(parts) <= keys.keys() and keys["workers"] == "1" and keys["sharing"] == "file_system"
+    assert torch.multiprocessing.get_sharing_strategy() == default  # put back for the rest of the process
     assert all(result[name] > 0 for name in parts)
     assert result["full_ms"] >= result["wait_ms"]  # the wait is part of the full step
     assert float(keys["full_ms"]) == pytest.approx(result["full_ms"], abs=0.05)
