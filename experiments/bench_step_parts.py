@@ -15,15 +15,16 @@ bench_train.py compares the full step with the bare trunk; this splits the diffe
   wait_ms       of full_ms, the host time spent getting the batch (blocked on the loader, or copying)
 
 The loader and full blocks start after the batches the workers made ahead are taken (untimed): they time
-the rate batches are produced at while the step runs. ``--sharing file_descriptor file_system`` compares
-torch.multiprocessing's two ways for workers to hand tensors over (experiments/probe_loader_gil.py: the
-first needs the receiving thread to take the GIL once per tensor, 13 a batch).
+the rate batches are produced at while the step runs. ``--collate packed default`` compares the data
+module's batches (3 shared-memory storages) with torch's default_collate (13), ``--sharing file_descriptor
+file_system`` torch.multiprocessing's two ways for workers to hand storages over
+(experiments/probe_loader_gil.py: with file_descriptor the receiving thread takes the GIL per storage).
 
 Blocks of ``--steps`` steps, ``--rounds`` rounds alternating the parts, medians reported; one line per
 configuration, the last being the last configuration's:
 
-    device=... backbone=resnet50 input=512 batch=8 precision=bf16 workers=14 sharing=file_descriptor bare_ms=..
-    net_ms=.. fused_ms=.. issue_ms=.. loader_ms=.. full_ms=.. wait_ms=..
+    device=... backbone=resnet50 input=512 batch=8 precision=bf16 workers=14 sharing=file_descriptor
+    collate=packed bare_ms=.. net_ms=.. fused_ms=.. issue_ms=.. loader_ms=.. full_ms=.. wait_ms=..
 
     python experiments/bench_step_parts.py --backbone resnet50 --input 512 --batch 8 16 --precision bf16 \\
         --workers 14 --steps 20 --rounds 3
@@ -45,6 +46,7 @@ import torch  # noqa: E402
 from lightning.fabric.utilities.apply_func import move_data_to_device  # noqa: E402
 
 from strongpose.codec import StrongPoseCodec  # noqa: E402
+from strongpose.data import collate as collate_module  # noqa: E402
 
 
 def _bench_train():
@@ -56,6 +58,7 @@ def _bench_train():
 
 
 bt = _bench_train()
+PACKED = collate_module.packed_collate
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -73,6 +76,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sharing", nargs="+", default=[torch.multiprocessing.get_sharing_strategy()],
                    choices=sorted(torch.multiprocessing.get_all_sharing_strategies()),
                    help="how workers hand tensors over (torch.multiprocessing); each is measured in turn")
+    p.add_argument("--collate", nargs="+", default=["packed"], choices=["packed", "default"],
+                   help="the data module's packed collate (3 storages a batch) or torch's default_collate (13)")
     return p.parse_args(argv)
 
 
@@ -92,9 +97,11 @@ def issue_ms(step, steps: int, device: torch.device) -> float:
     return statistics.median(times)
 
 
-def measure(backbone: str, precision: str, batch_size: int, sharing: str,
+def measure(backbone: str, precision: str, batch_size: int, sharing: str, collate: str,
             args: argparse.Namespace) -> dict[str, float]:
     torch.multiprocessing.set_sharing_strategy(sharing)  # before this configuration's workers start
+    # SkipBadCollate looks packed_collate up per batch; the workers forked below inherit the choice
+    collate_module.packed_collate = PACKED if collate == "packed" else torch.utils.data.default_collate
     device = torch.device(args.device)
     codec = StrongPoseCodec(stride=args.stride)
     batches = bt.endless_batches(codec, batch_size, args, device)
@@ -142,7 +149,7 @@ def measure(backbone: str, precision: str, batch_size: int, sharing: str,
     result["issue_ms"] = statistics.median(issue)
     result["wait_ms"] = statistics.median(wait)
     print(f"device={bt.device_name(device)} backbone={backbone} input={args.input} batch={batch_size} "
-          f"precision={precision} workers={args.workers} sharing={sharing} "
+          f"precision={precision} workers={args.workers} sharing={sharing} collate={collate} "
           + " ".join(f"{key}={result[key]:.1f}" for key in
                      ("bare_ms", "net_ms", "fused_ms", "issue_ms", "loader_ms", "full_ms", "wait_ms")), flush=True)
     del batches, module, bare, optimizer, bare_optimizer, fused_optimizer, parts, full, net, fused, fixed
@@ -154,10 +161,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
     result: dict[str, float] = {}
     default = torch.multiprocessing.get_sharing_strategy()
-    for backbone, precision, batch, sharing in itertools.product(args.backbone, args.precision, args.batch,
-                                                                 args.sharing):
-        result = measure(backbone, precision, batch, sharing, args)
+    for backbone, precision, batch, sharing, collate in itertools.product(
+            args.backbone, args.precision, args.batch, args.sharing, args.collate):
+        result = measure(backbone, precision, batch, sharing, collate, args)
     torch.multiprocessing.set_sharing_strategy(default)
+    collate_module.packed_collate = PACKED
     return result
 
 

@@ -5,8 +5,8 @@
 #   3. bench_data per worker on that machine's cores, and what the data module's loader delivers with
 #      nproc - 2 workers, batch 32, pinned memory (bench_data --loader-workers);
 #   3b. where ResNet-50 bf16's step time goes beyond the trunk (bench_step_parts: network, AdamW foreach vs fused,
-#      host issue time, the loader alone and inside the step, in steady state), with either tensor-sharing
-#      strategy of the workers (file_descriptor, torch's default on Linux, vs file_system);
+#      host issue time, the loader alone and inside the step, in steady state), with the data module's packed
+#      batches (3 storages) and with torch's default_collate (13);
 #   4. ResNet-50 neck 128 (the config's) vs 256: overfit AP on the 11 sample images at 512 px, bf16, 600 steps
 #      (a capacity check, not COCO val AP);
 #   5. if time is left (the steps above stop at their limits): `strongpose.train trainer=gpu` fast_dev_run (the
@@ -48,7 +48,7 @@ else
   MAXB=(--backbone resnet152 --input 512 --precision bf16 --batch 32 --only-max-batch)
   DATA=(--images 200 --loader-workers "$W" --batch 32 --batches 40 --pin-memory)
   PARTS=(--backbone resnet50 --input 512 --batch 16 32 --precision bf16 --steps 20 --rounds 3 --workers "$W"
-         --sharing file_descriptor file_system); FIT=(--input 512 --steps 600 --images 11 --precision bf16); WORKERS=$W
+         --collate packed default); FIT=(--input 512 --steps 600 --images 11 --precision bf16); WORKERS=$W
   TG=240 TM=90 TD=40 TP=120 TF=50  # seconds per step: together within one 600-s device command
   TRAINER=gpu END=570         # step 5 runs only in what is left before END seconds
 fi

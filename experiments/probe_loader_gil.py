@@ -7,7 +7,8 @@ thread pulls batches from the data module's loader (as the pin-memory thread doe
 the main thread is idle, runs pure Python (holds the GIL), or runs tiny torch ops (which release it at each
 dispatch, as launching does). ``--sharing`` picks torch.multiprocessing's strategy: ``file_descriptor``
 (Linux default: each storage's descriptor travels over a socket) or ``file_system`` (by file name).
-Last line: ``sharing=S main=M batches_per_s=X``.
+``--collate default`` replaces the data module's packed collate (3 storages a batch) by torch's
+default_collate (one storage per tensor, 13). Last line: ``sharing=S collate=C main=M batches_per_s=X``.
 
     python experiments/probe_loader_gil.py --main idle
     python experiments/probe_loader_gil.py --main python --sharing file_descriptor
@@ -26,6 +27,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import torch  # noqa: E402
 
 from strongpose.codec import StrongPoseCodec  # noqa: E402
+from strongpose.data import collate as collate_module  # noqa: E402
 from strongpose.data.datamodule import COCOKeypointDataModule  # noqa: E402
 from strongpose.data.sampling import EndlessSampler  # noqa: E402
 
@@ -45,6 +47,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--main", choices=["idle", "python", "torch"], default="idle")
     p.add_argument("--sharing", choices=["file_descriptor", "file_system"], default="file_descriptor")
+    p.add_argument("--collate", choices=["packed", "default"], default="packed",
+                   help="the data module's (3 storages a batch) or torch's default_collate (13)")
     p.add_argument("--input", type=int, default=256)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--workers", type=int, default=1)
@@ -52,6 +56,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = p.parse_args(argv)
     previous = torch.multiprocessing.get_sharing_strategy()
     torch.multiprocessing.set_sharing_strategy(args.sharing)
+    packed = collate_module.packed_collate
+    if args.collate == "default":  # SkipBadCollate looks the name up per batch; forked workers inherit this
+        collate_module.packed_collate = torch.utils.data.default_collate
     data = COCOKeypointDataModule(StrongPoseCodec(stride=8), input_size=args.input, batch_size=args.batch,
                                   num_workers=args.workers, persistent_workers=True)
     data.setup("fit")
@@ -83,7 +90,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     thread.join(timeout=30)  # it ends after its next batch
     del batches
     torch.multiprocessing.set_sharing_strategy(previous)
-    print(f"sharing={args.sharing} main={args.main} batches_per_s={rate:.2f}", flush=True)
+    collate_module.packed_collate = packed
+    print(f"sharing={args.sharing} collate={args.collate} main={args.main} batches_per_s={rate:.2f}", flush=True)
     return {"batches_per_s": rate}
 
 

@@ -87,11 +87,14 @@ def test_bench_step_parts_runs_and_reports(capsys):
     default = torch.multiprocessing.get_sharing_strategy()
     result = load("bench_step_parts").main(["--backbone", "resnet18", "--input", "64", "--batch", "2",
                                             "--precision", "32", "--steps", "1", "--rounds", "1", "--workers", "1",
-                                            "--device", "cpu", "--sharing", "file_system"])
+                                            "--device", "cpu", "--sharing", "file_system", "--collate", "default"])
     keys = last_line_keys(capsys)
     parts = ("bare_ms", "net_ms", "fused_ms", "issue_ms", "loader_ms", "full_ms", "wait_ms")
     assert set(parts) <= keys.keys() and keys["workers"] == "1" and keys["sharing"] == "file_system"
+    assert keys["collate"] == "default"
     assert torch.multiprocessing.get_sharing_strategy() == default  # put back for the rest of the process
+    from strongpose.data import collate as collate_module
+    assert collate_module.packed_collate is not torch.utils.data.default_collate
     assert all(result[name] > 0 for name in parts)
     assert result["full_ms"] >= result["wait_ms"]  # the wait is part of the full step
     assert float(keys["full_ms"]) == pytest.approx(result["full_ms"], abs=0.05)
@@ -99,8 +102,10 @@ def test_bench_step_parts_runs_and_reports(capsys):
 
 def test_probe_loader_gil_counts_batches_under_each_main_thread_load(capsys):
     probe = load("probe_loader_gil")
-    for main in ("idle", "python"):
-        result = probe.main(["--main", main, "--input", "64", "--batch", "2", "--seconds", "1"])
+    for main, collate in (("idle", "packed"), ("python", "default")):
+        result = probe.main(["--main", main, "--collate", collate, "--input", "64", "--batch", "2", "--seconds", "1"])
         keys = last_line_keys(capsys)
-        assert keys["main"] == main and keys["sharing"] == "file_descriptor"
+        assert keys["main"] == main and keys["sharing"] == "file_descriptor" and keys["collate"] == collate
         assert result["batches_per_s"] > 0 and float(keys["batches_per_s"]) == pytest.approx(result["batches_per_s"], abs=0.01)
+    from strongpose.data import collate as collate_module
+    assert collate_module.packed_collate is not torch.utils.data.default_collate  # put back

@@ -6,7 +6,10 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
-from torch.utils.data import default_collate
+from torch.utils.data import default_collate, get_worker_info
+from torch.utils.data._utils.collate import collate, default_collate_fn_map
+
+_ALIGN = 64  # bytes: every view starts where any dtype (and a cache line) may start
 
 
 class SkippedSample(NamedTuple):
@@ -27,7 +30,7 @@ def _empty_like(batch: Any) -> Any:
 
 
 class SkipBadCollate:
-    """``collate_fn``: default-collate the good samples and add ``num_skipped`` (int) and ``skipped`` (list of
+    """``collate_fn``: collate the good samples (:func:`packed_collate`) and add ``num_skipped`` (int) and ``skipped`` (list of
     :class:`SkippedSample`, the bad samples that said why; a ``None`` item is counted but not named).
 
     When every sample of a batch is bad, returns a batch of size 0 with the usual keys and map shapes
@@ -40,7 +43,80 @@ class SkipBadCollate:
 
     def __call__(self, items: list[dict | SkippedSample | None]) -> dict:
         good = [item for item in items if isinstance(item, dict)]
-        batch = default_collate(good) if good else _empty_like(default_collate([self.make_empty()]))
+        batch = packed_collate(good) if good else _empty_like(default_collate([self.make_empty()]))
         batch["num_skipped"] = len(items) - len(good)
         batch["skipped"] = [item for item in items if isinstance(item, SkippedSample)]
         return batch
+
+
+class _Stack(NamedTuple):
+    """A tensor field of the batch, not stacked yet: the samples' tensors."""
+
+    tensors: list[torch.Tensor]
+
+
+def _defer(batch: list[torch.Tensor], *, collate_fn_map: dict | None = None) -> _Stack:
+    return _Stack(list(batch))
+
+
+def _leaves(tree: Any) -> list:
+    if isinstance(tree, (_Stack, torch.Tensor)):
+        return [tree]
+    if isinstance(tree, dict):
+        return [leaf for value in tree.values() for leaf in _leaves(value)]
+    if isinstance(tree, list):
+        return [leaf for value in tree for leaf in _leaves(value)]
+    return []
+
+
+def _fill(tree: Any, views: dict[int, torch.Tensor]) -> Any:
+    if isinstance(tree, (_Stack, torch.Tensor)):
+        return views[id(tree)]
+    if isinstance(tree, dict):
+        return {key: _fill(value, views) for key, value in tree.items()}
+    if isinstance(tree, list):
+        return [_fill(value, views) for value in tree]
+    return tree
+
+
+def _pack(tree: Any) -> Any:
+    """Every tensor of ``tree`` as a view of one buffer in shared memory, stacked there."""
+    leaves = _leaves(tree)
+    if not leaves:
+        return tree
+    layout, total = [], 0
+    for leaf in leaves:
+        first = leaf.tensors[0] if isinstance(leaf, _Stack) else leaf
+        shape = (len(leaf.tensors), *first.shape) if isinstance(leaf, _Stack) else tuple(leaf.shape)
+        nbytes = first.element_size() * torch.Size(shape).numel()
+        layout.append((leaf, first.dtype, shape, total, nbytes))
+        total += -(-nbytes // _ALIGN) * _ALIGN
+    # as default_collate does in a worker: allocate in shared memory at once rather than copy there when pickled
+    storage = torch.UntypedStorage._new_shared(total)
+    buffer = torch.empty(0, dtype=torch.uint8).set_(storage)
+    views = {}
+    for leaf, dtype, shape, offset, nbytes in layout:
+        view = buffer[offset:offset + nbytes].view(dtype).view(shape)
+        if isinstance(leaf, _Stack):
+            torch.stack(leaf.tensors, out=view)
+        else:
+            view.copy_(leaf)
+        views[id(leaf)] = view
+    return _fill(tree, views)
+
+
+def packed_collate(samples: list[dict]) -> dict:
+    """``default_collate`` of dict samples; in a DataLoader worker, each top-level entry's tensors stacked into
+    views of one shared-memory buffer.
+
+    Why not default_collate: a worker hands each storage of a batch to the main process separately (with
+    torch's default file_descriptor sharing, one socket round trip per storage), and on a GPU the thread
+    that receives them (the pin-memory thread) needs the GIL for each while the training loop holds it
+    (experiments/probe_loader_gil.py: 1.4-1.5 batches/s with default_collate vs 9.8-10.0 packed, against a
+    pure-Python main thread on the CPU). Our batches hold 13 tensors; packed by entry (image, targets, meta) they
+    travel as 3 storages. The meta entry gets its own small buffer, so that keeping an image id alive does not
+    keep the batch's maps alive. Same keys, shapes, dtypes and values as default_collate (tested)."""
+    if get_worker_info() is None:  # no process boundary to cross; one big fresh buffer costs page faults here
+        return default_collate(samples)
+    tree = collate(samples, collate_fn_map={**default_collate_fn_map, torch.Tensor: _defer})
+    return {key: _pack(value) for key, value in tree.items()}
