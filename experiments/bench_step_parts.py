@@ -13,6 +13,9 @@ bench_train.py compares the full step with the bare trunk; this splits the diffe
                 copy): next batch + copy, nothing computed
   full_ms       loader + network + losses + backward + fused AdamW: bench_train's full step
   wait_ms       of full_ms, the host time spent getting the batch (blocked on the loader, or copying)
+  fit_ms        the same training through Lightning's Trainer.fit: the module's own training_step (non-finite
+                guard, BatchNorm snapshot, logging) and the training config's per-step callbacks (progress
+                bar, EMA, images/s meter), after a warm-up; once per configuration, after the other parts
 
 The loader and full blocks start after the batches the workers made ahead are taken (untimed): they time
 the rate batches are produced at while the step runs. ``--collate packed default`` compares the data
@@ -24,7 +27,7 @@ Blocks of ``--steps`` steps, ``--rounds`` rounds alternating the parts, medians 
 configuration, the last being the last configuration's:
 
     device=... backbone=resnet50 input=512 batch=8 precision=bf16 workers=14 sharing=file_descriptor
-    collate=packed bare_ms=.. net_ms=.. fused_ms=.. issue_ms=.. loader_ms=.. full_ms=.. wait_ms=..
+    collate=packed bare_ms=.. net_ms=.. fused_ms=.. issue_ms=.. loader_ms=.. full_ms=.. wait_ms=.. fit_ms=..
 
     python experiments/bench_step_parts.py --backbone resnet50 --input 512 --batch 8 16 --precision bf16 \\
         --workers 14 --steps 20 --rounds 3
@@ -42,6 +45,7 @@ from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+import lightning as L  # noqa: E402
 import torch  # noqa: E402
 from lightning.fabric.utilities.apply_func import move_data_to_device  # noqa: E402
 
@@ -97,6 +101,39 @@ def issue_ms(step, steps: int, device: torch.device) -> float:
     return statistics.median(times)
 
 
+class _StepClock(L.Callback):
+    """Wall time of the training steps after the first ``warmup`` (synchronised at both ends)."""
+
+    def __init__(self, warmup: int, device: torch.device) -> None:
+        self.warmup, self.device, self.t0, self.seconds, self.steps = warmup, device, 0.0, float("nan"), 0
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if trainer.global_step == self.warmup:
+            bt.sync(self.device)
+            self.t0 = time.perf_counter()
+
+    def on_train_end(self, trainer, module) -> None:
+        bt.sync(self.device)
+        self.seconds, self.steps = time.perf_counter() - self.t0, trainer.global_step - self.warmup
+
+
+def fit_ms(module, codec: StrongPoseCodec, batch_size: int, precision: str, args: argparse.Namespace,
+           device: torch.device) -> float:
+    """ms per step of ``Trainer.fit`` on the endless loader with the training config's per-step callbacks."""
+    with bt.initialize_config_dir(str(bt.CONFIG_DIR), version_base="1.3"):
+        cfg = bt.compose("train")
+    callbacks = [bt.instantiate(cfg.callbacks[name]) for name in ("progress_bar", "ema", "images_per_sec")]
+    warmup, steps = 5, args.steps * args.rounds
+    clock = _StepClock(warmup, device)
+    trainer = L.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
+                        precision="bf16-mixed" if precision == "bf16" else "32-true", max_steps=warmup + steps,
+                        limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+                        enable_model_summary=False, callbacks=[*callbacks, clock])
+    loader = bt.endless_loader(codec, batch_size, args, device)
+    trainer.fit(module, train_dataloaders=loader)
+    return 1000.0 * clock.seconds / clock.steps
+
+
 def measure(backbone: str, precision: str, batch_size: int, sharing: str, collate: str,
             args: argparse.Namespace) -> dict[str, float]:
     torch.multiprocessing.set_sharing_strategy(sharing)  # before this configuration's workers start
@@ -146,13 +183,15 @@ def measure(backbone: str, precision: str, batch_size: int, sharing: str, collat
                 wait.append(1000.0 * waited[0] / args.steps)
         issue.append(issue_ms(net, args.steps, device))
     result = {f"{name}_ms": statistics.median(values) for name, values in times.items()}
+    del batches  # its workers; fit starts its own
+    result["fit_ms"] = fit_ms(module, codec, batch_size, precision, args, device)
     result["issue_ms"] = statistics.median(issue)
     result["wait_ms"] = statistics.median(wait)
     print(f"device={bt.device_name(device)} backbone={backbone} input={args.input} batch={batch_size} "
           f"precision={precision} workers={args.workers} sharing={sharing} collate={collate} "
           + " ".join(f"{key}={result[key]:.1f}" for key in
-                     ("bare_ms", "net_ms", "fused_ms", "issue_ms", "loader_ms", "full_ms", "wait_ms")), flush=True)
-    del batches, module, bare, optimizer, bare_optimizer, fused_optimizer, parts, full, net, fused, fixed
+                     ("bare_ms", "net_ms", "fused_ms", "issue_ms", "loader_ms", "full_ms", "wait_ms", "fit_ms")), flush=True)
+    del module, bare, optimizer, bare_optimizer, fused_optimizer, parts, full, net, fused, fixed
     bt.release(device)
     return result
 

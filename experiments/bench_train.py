@@ -139,14 +139,19 @@ def full_step_fn(module, optimizer, next_batch: Callable[[], dict], device: torc
     return step
 
 
-def endless_batches(codec: StrongPoseCodec, batch_size: int, args: argparse.Namespace, device: torch.device):
-    """Training batches of the embedded sample from the data module's loader (``args.workers`` workers,
-    pinned memory on CUDA). The sample holds 11 training images: (index, epoch) pairs are drawn endlessly, so
-    that batches of any size are full and the workers never wait for an epoch boundary."""
+def endless_loader(codec: StrongPoseCodec, batch_size: int, args: argparse.Namespace, device: torch.device):
+    """The data module's training DataLoader over the embedded sample (``args.workers`` workers, pinned memory
+    on CUDA). The sample holds 11 training images: (index, epoch) pairs are drawn endlessly, so that batches
+    of any size are full and the workers never wait for an epoch boundary."""
     data = COCOKeypointDataModule(codec, input_size=args.input, batch_size=batch_size, num_workers=args.workers,
                                   pin_memory=device.type == "cuda", persistent_workers=args.workers > 0)
     data.setup("fit")
-    return iter(data._loader(data.train_dataset, batch_size, EndlessSampler(len(data.train_dataset))))
+    return data._loader(data.train_dataset, batch_size, EndlessSampler(len(data.train_dataset)))
+
+
+def endless_batches(codec: StrongPoseCodec, batch_size: int, args: argparse.Namespace, device: torch.device):
+    """Batches of :func:`endless_loader`, one after another."""
+    return iter(endless_loader(codec, batch_size, args, device))
 
 
 def measure(backbone: str, precision: str, batch_size: int, args: argparse.Namespace) -> dict[str, float]:

@@ -89,7 +89,7 @@ def test_bench_step_parts_runs_and_reports(capsys):
                                             "--precision", "32", "--steps", "1", "--rounds", "1", "--workers", "1",
                                             "--device", "cpu", "--sharing", "file_system", "--collate", "default"])
     keys = last_line_keys(capsys)
-    parts = ("bare_ms", "net_ms", "fused_ms", "issue_ms", "loader_ms", "full_ms", "wait_ms")
+    parts = ("bare_ms", "net_ms", "fused_ms", "issue_ms", "loader_ms", "full_ms", "wait_ms", "fit_ms")
     assert set(parts) <= keys.keys() and keys["workers"] == "1" and keys["sharing"] == "file_system"
     assert keys["collate"] == "default"
     assert torch.multiprocessing.get_sharing_strategy() == default  # put back for the rest of the process
