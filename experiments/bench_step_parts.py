@@ -2,12 +2,12 @@
 
 bench_train.py compares the full step with the bare trunk; this splits the difference, per configuration:
 
-  bare_ms       the torchvision trunk alone: forward + backward + AdamW (torch's default: foreach on CUDA)
-                on a batch already on the device
-  net_ms        StrongPose's network + losses + backward + AdamW (the same) on a fixed batch already on the
-                device (no data loading): what the neck, the heads and the losses add to bare_ms
-  fused_ms      net_ms with AdamW(fused=True), the training config's optimiser: the optimiser's share
-  issue_ms      host time to queue one net step (no synchronisation; a CUDA device only runs ahead of the
+  bare_ms       the torchvision trunk alone: forward + backward + the training config's AdamW (fused) on a
+                batch already on the device (as bench_train's bare step)
+  net_ms        StrongPose's network + losses + backward + torch's default AdamW (foreach on CUDA) on a
+                fixed batch already on the device (no data loading)
+  fused_ms      net_ms with the config's AdamW(fused=True): fused_ms / bare_ms is the network's own ratio
+  issue_ms      host time to queue one fused step (no synchronisation; a CUDA device only runs ahead of the
                 host when issue_ms < net_ms; issue_ms ~ net_ms means the step is launch-bound)
   loader_ms     the data module's loader alone in this process (workers, pinned memory, host-to-device
                 copy): next batch + copy, nothing computed
@@ -123,7 +123,8 @@ def fit_ms(module, codec: StrongPoseCodec, batch_size: int, precision: str, args
     with bt.initialize_config_dir(str(bt.CONFIG_DIR), version_base="1.3"):
         cfg = bt.compose("train")
     callbacks = [bt.instantiate(cfg.callbacks[name]) for name in ("progress_bar", "ema", "images_per_sec")]
-    warmup, steps = 5, args.steps * args.rounds
+    # past the batches the workers make ahead while the trainer starts (as the other parts drain them)
+    warmup, steps = 5 + 2 * args.workers, args.steps * args.rounds
     clock = _StepClock(warmup, device)
     trainer = L.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
                         precision="bf16-mixed" if precision == "bf16" else "32-true", max_steps=warmup + steps,
@@ -144,7 +145,6 @@ def measure(backbone: str, precision: str, batch_size: int, sharing: str, collat
     batches = bt.endless_batches(codec, batch_size, args, device)
     module, bare, fused_optimizer, bare_optimizer = bt.build_models(backbone, args, codec, device)  # fused
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4, fused=False)  # torch's default: foreach on CUDA
-    bare_optimizer = torch.optim.AdamW(bare.parameters(), lr=1e-4, fused=False)  # bare as bench_train had it
     fixed = move_data_to_device(next(batches), device)
 
     waited = [0.0]  # host seconds spent in load() (blocked on the loader, or copying)
@@ -181,7 +181,7 @@ def measure(backbone: str, precision: str, batch_size: int, sharing: str, collat
             times[name].append(ms_per_step(step, args.steps, device))
             if name == "full":
                 wait.append(1000.0 * waited[0] / args.steps)
-        issue.append(issue_ms(net, args.steps, device))
+        issue.append(issue_ms(fused, args.steps, device))
     result = {f"{name}_ms": statistics.median(values) for name, values in times.items()}
     del batches  # its workers; fit starts its own
     result["fit_ms"] = fit_ms(module, codec, batch_size, precision, args, device)
@@ -200,11 +200,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
     result: dict[str, float] = {}
     default = torch.multiprocessing.get_sharing_strategy()
-    for backbone, precision, batch, sharing, collate in itertools.product(
-            args.backbone, args.precision, args.batch, args.sharing, args.collate):
-        result = measure(backbone, precision, batch, sharing, collate, args)
-    torch.multiprocessing.set_sharing_strategy(default)
-    collate_module.packed_collate = PACKED
+    torch.backends.cudnn.benchmark = True  # as trainer=gpu runs
+    try:
+        for backbone, precision, batch, sharing, collate in itertools.product(
+                args.backbone, args.precision, args.batch, args.sharing, args.collate):
+            result = measure(backbone, precision, batch, sharing, collate, args)
+    finally:  # this process's other users (a test session) get torch's and the data module's own back
+        torch.multiprocessing.set_sharing_strategy(default)
+        collate_module.packed_collate = PACKED
     return result
 
 

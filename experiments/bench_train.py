@@ -276,6 +276,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Runs the benchmark; returns the numbers of the last configuration measured ({} with --only-max-batch)."""
+    torch.backends.cudnn.benchmark = True  # as trainer=gpu runs (the H200 table of 2026-11-26 ran without)
     results = run(parse_args(argv))
     return results[-1] if results else {}
 

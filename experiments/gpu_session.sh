@@ -21,7 +21,7 @@
 #     hydra-core omegaconf antlr4-python3-runtime==4.9.3 albumentations==2.0.8 albucore pycocotools \
 #     faster-coco-eval pydantic pydantic-core annotated-types typing-inspection simsimd stringzilla
 # (versions as pyproject.toml admits; one version of each)
-# then, in one device call with carry [".whl"] and timeout_s=600 (the steps stop at 220+90+40+150+2x50 s):
+# then, in one device call with carry [".whl"] and timeout_s=600 (the steps stop at 200+90+40+140+2x50 s):
 #   bash experiments/gpu_session.sh
 # QUICK=1 runs a tiny version of every step (CPU smoke test: bash experiments/gpu_session.sh with QUICK=1).
 set -u
@@ -47,10 +47,10 @@ else
   GRID=(--backbone resnet50 resnet152 --input 512 --batch 8 16 32 --precision 32 bf16 --steps 4 --rounds 3 --workers "$W")
   MAXB=(--backbone resnet152 --input 512 --precision bf16 --batch 32 --only-max-batch)
   DATA=(--images 200 --loader-workers "$W" --batch 32 --batches 40 --pin-memory)
-  PARTS=(--backbone resnet50 --input 512 --batch 16 32 --precision bf16 --steps 20 --rounds 2 --workers "$W"
+  PARTS=(--backbone resnet50 --input 512 --batch 16 32 --precision bf16 --steps 15 --rounds 2 --workers "$W"
          --collate packed default); FIT=(--input 512 --steps 600 --images 11 --precision bf16); WORKERS=$W
-  TG=220 TM=90 TD=40 TP=150 TF=50  # seconds per step: together within one 600-s device command
-  TRAINER=gpu END=570         # step 5 runs only in what is left before END seconds
+  TG=200 TM=90 TD=40 TP=140 TF=50  # seconds per step: together within one 600-s device command
+  TRAINER=gpu END=560         # step 5 runs only in what is left before END seconds
 fi
 {
   date -u; nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/null || echo "no nvidia-smi"

@@ -59,38 +59,40 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     packed = collate_module.packed_collate
     if args.collate == "default":  # SkipBadCollate looks the name up per batch; forked workers inherit this
         collate_module.packed_collate = torch.utils.data.default_collate
-    data = COCOKeypointDataModule(StrongPoseCodec(stride=8), input_size=args.input, batch_size=args.batch,
-                                  num_workers=args.workers, persistent_workers=True)
-    data.setup("fit")
-    batches = iter(data._loader(data.train_dataset, args.batch, EndlessSampler(len(data.train_dataset))))
-    for _ in range(3 * args.workers):  # workers started, their first batches and stock taken
-        next(batches)
-    received: queue.Queue = queue.Queue()
-    stop = threading.Event()
+    try:
+        data = COCOKeypointDataModule(StrongPoseCodec(stride=8), input_size=args.input, batch_size=args.batch,
+                                      num_workers=args.workers, persistent_workers=True)
+        data.setup("fit")
+        batches = iter(data._loader(data.train_dataset, args.batch, EndlessSampler(len(data.train_dataset))))
+        for _ in range(3 * args.workers):  # workers started, their first batches and stock taken
+            next(batches)
+        received: queue.Queue = queue.Queue()
+        stop = threading.Event()
 
-    def pull() -> None:  # the pin-memory thread's receiving half
-        while not stop.is_set():
-            received.put(next(batches))
+        def pull() -> None:  # the pin-memory thread's receiving half
+            while not stop.is_set():
+                received.put(next(batches))
 
-    thread = threading.Thread(target=pull, daemon=True)
-    thread.start()
-    work = {"idle": None, "python": busy_python, "torch": busy_torch}[args.main]
-    count, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < args.seconds:
-        if work is None:
-            received.get()
-            count += 1
-            continue
-        work()
-        while not received.empty():
-            received.get()
-            count += 1
-    rate = count / (time.perf_counter() - t0)
-    stop.set()
-    thread.join(timeout=30)  # it ends after its next batch
-    del batches
-    torch.multiprocessing.set_sharing_strategy(previous)
-    collate_module.packed_collate = packed
+        thread = threading.Thread(target=pull, daemon=True)
+        thread.start()
+        work = {"idle": None, "python": busy_python, "torch": busy_torch}[args.main]
+        count, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < args.seconds:
+            if work is None:
+                received.get(timeout=60)  # a dead pull thread stops the probe rather than hanging it
+                count += 1
+                continue
+            work()
+            while not received.empty():
+                received.get()
+                count += 1
+        rate = count / (time.perf_counter() - t0)
+        stop.set()
+        thread.join(timeout=30)  # it ends after its next batch
+        del batches
+    finally:
+        torch.multiprocessing.set_sharing_strategy(previous)
+        collate_module.packed_collate = packed
     print(f"sharing={args.sharing} collate={args.collate} main={args.main} batches_per_s={rate:.2f}", flush=True)
     return {"batches_per_s": rate}
 

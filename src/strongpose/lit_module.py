@@ -188,7 +188,16 @@ class StrongPoseModule(L.LightningModule):
         if trainer.is_global_zero:
             log.info("learning rate %.3g = %.3g x global batch %d / reference batch %d",
                      lr, self.hparams.lr, batch, self.hparams.lr_ref_batch)
-        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad], lr=lr)
+        extra = {}
+        if str(getattr(trainer, "precision", "")).startswith("16") and \
+                getattr(self.optimizer_factory, "keywords", {}).get("fused"):
+            # float16's gradient scaler: a fused step unscales inside the kernel, so Lightning can neither clip
+            # nor let a skipped (non-finite) step drop the gradients first (scaler.update then finds no
+            # inf checks and fails); the multi-tensor step unscales before, as those need
+            extra["fused"] = False
+            if trainer.is_global_zero:
+                log.info("16-mixed: the optimiser runs unfused (the gradient scaler unscales before its step)")
+        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad], lr=lr, **extra)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer, total_steps=trainer.estimated_stepping_batches)

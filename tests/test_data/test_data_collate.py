@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
+import torch.multiprocessing.reductions as reductions
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from strongpose.data.collate import packed_collate
@@ -32,7 +35,7 @@ def same(a, b) -> None:
         assert a.keys() == b.keys()
         for key in a:
             same(a[key], b[key])
-    elif isinstance(a, list):
+    elif isinstance(a, (list, tuple)):
         assert len(a) == len(b)
         for x, y in zip(a, b):
             same(x, y)
@@ -60,6 +63,40 @@ def test_a_workers_packed_batch_equals_default_collate_with_one_storage_per_entr
         per_entry = [storages(batch[key]) for key in ("image", "targets", "meta", "pairs")]
         assert [len(s) for s in per_entry] == [1, 1, 1, 1]  # each entry: views of one buffer
         assert len(set().union(*per_entry)) == 4  # and the entries do not share one
+
+
+class Box(NamedTuple):
+    corners: torch.Tensor
+    label: int
+
+
+class WithNamedTuple(Mixed):
+    def __getitem__(self, i: int) -> dict:
+        return {**super().__getitem__(i), "box": Box(torch.full((2, 2), float(i)), i),
+                "empty": torch.zeros(0, 4)}
+
+
+def test_containers_it_does_not_walk_get_default_collate_and_empty_fields_pack():
+    data = WithNamedTuple()
+    batch = next(iter(DataLoader(data, batch_size=3, num_workers=1, collate_fn=packed_collate)))
+    same(default_collate([data[i] for i in range(3)]), batch)  # the namedtuple holds tensors, not stacks
+    assert isinstance(batch["box"], Box) and isinstance(batch["box"].corners, torch.Tensor)
+    only_empty = next(iter(DataLoader([{"x": torch.zeros(0)}] * 2, batch_size=2, num_workers=1,
+                                      collate_fn=packed_collate)))
+    assert only_empty["x"].shape == (2, 0)  # a 0-byte entry still gets a (non-empty) buffer
+
+
+def test_a_batch_crosses_the_process_boundary_as_three_storages(codec, monkeypatch):
+    if torch.multiprocessing.get_sharing_strategy() != "file_descriptor":
+        return  # another strategy passes storages by name: nothing to count here
+    data = COCOKeypointDataModule(codec, input_size=64, batch_size=3, num_workers=1)
+    data.setup("fit")
+    batches = iter(data.val_dataloader())  # the worker is forked here, with the real reduction
+    received = []
+    rebuild = reductions.rebuild_storage_fd  # what unpickling calls per storage, in this process
+    monkeypatch.setattr(reductions, "rebuild_storage_fd", lambda *a: received.append(1) or rebuild(*a))
+    next(batches)
+    assert len(received) == 3
 
 
 def test_in_the_main_process_it_is_default_collate():

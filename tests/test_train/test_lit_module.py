@@ -12,10 +12,11 @@ from strongpose.models import ResNetBackbone
 from strongpose.structures import Poses
 
 
-def _module(codec, **kwargs):
+def _module(codec, optimizer=None, **kwargs):
     torch.manual_seed(0)
     backbone = ResNetBackbone("resnet18", output_stride=codec.stride, neck_channels=32)
-    return StrongPoseModule(codec, backbone, functools.partial(torch.optim.AdamW), heads={"width": 32}, **kwargs)
+    return StrongPoseModule(codec, backbone, optimizer or functools.partial(torch.optim.AdamW), heads={"width": 32},
+                            **kwargs)
 
 
 def test_one_optimisation_step_lowers_the_loss_on_a_fixed_batch(codec, batch):
@@ -86,6 +87,15 @@ def test_configure_optimizers_scales_by_devices_nodes_and_accumulation(codec):
     assert base == pytest.approx(1e-3 * 128 / 16)
     assert config["lr_scheduler"]["interval"] == "step"
     assert config["optimizer"].param_groups[0]["lr"] == pytest.approx(base / 10)  # first of 10 warm-up steps
+
+
+@pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed", "32-true"])
+def test_the_fused_optimiser_is_unfused_only_under_float16_scaling(codec, precision):
+    module = _module(codec, optimizer=functools.partial(torch.optim.AdamW, fused=True))
+    module._trainer = SimpleNamespace(world_size=1, accumulate_grad_batches=1, estimated_stepping_batches=10,
+                                      is_global_zero=True, precision=precision)
+    optimizer = module.configure_optimizers()
+    assert optimizer.param_groups[0]["fused"] is (precision != "16-mixed")
 
 
 def _lrs(total, **kwargs):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import torch
@@ -49,10 +49,14 @@ class SkipBadCollate:
         return batch
 
 
-class _Stack(NamedTuple):
-    """A tensor field of the batch, not stacked yet: the samples' tensors."""
+class _Stack:
+    """A tensor field of the batch, not stacked yet: the samples' tensors (a plain class, not a tuple, so that
+    no container walk mistakes it for one)."""
 
-    tensors: list[torch.Tensor]
+    __slots__ = ("tensors",)
+
+    def __init__(self, tensors: list[torch.Tensor]) -> None:
+        self.tensors = tensors
 
 
 def _defer(batch: list[torch.Tensor], *, collate_fn_map: dict | None = None) -> _Stack:
@@ -60,11 +64,12 @@ def _defer(batch: list[torch.Tensor], *, collate_fn_map: dict | None = None) -> 
 
 
 def _leaves(tree: Any) -> list:
+    """The tensors and pending stacks of a plain dict / list tree (other containers are left alone)."""
     if isinstance(tree, (_Stack, torch.Tensor)):
         return [tree]
-    if isinstance(tree, dict):
+    if type(tree) is dict:
         return [leaf for value in tree.values() for leaf in _leaves(value)]
-    if isinstance(tree, list):
+    if type(tree) is list:
         return [leaf for value in tree for leaf in _leaves(value)]
     return []
 
@@ -72,11 +77,22 @@ def _leaves(tree: Any) -> list:
 def _fill(tree: Any, views: dict[int, torch.Tensor]) -> Any:
     if isinstance(tree, (_Stack, torch.Tensor)):
         return views[id(tree)]
-    if isinstance(tree, dict):
+    if type(tree) is dict:
         return {key: _fill(value, views) for key, value in tree.items()}
-    if isinstance(tree, list):
+    if type(tree) is list:
         return [_fill(value, views) for value in tree]
     return tree
+
+
+def _pending(tree: Any) -> bool:
+    """Whether a stack is still unmade anywhere in ``tree`` (inside a container _fill does not walk)."""
+    if isinstance(tree, _Stack):
+        return True
+    if isinstance(tree, Mapping):
+        return any(_pending(value) for value in tree.values())
+    if isinstance(tree, (list, tuple)):
+        return any(_pending(value) for value in tree)
+    return False
 
 
 def _pack(tree: Any) -> Any:
@@ -91,8 +107,9 @@ def _pack(tree: Any) -> Any:
         nbytes = first.element_size() * torch.Size(shape).numel()
         layout.append((leaf, first.dtype, shape, total, nbytes))
         total += -(-nbytes // _ALIGN) * _ALIGN
-    # as default_collate does in a worker: allocate in shared memory at once rather than copy there when pickled
-    storage = torch.UntypedStorage._new_shared(total)
+    # as default_collate does in a worker: allocate in shared memory at once rather than copy there when
+    # pickled; never 0 bytes (an empty mapping cannot be shared)
+    storage = torch.UntypedStorage._new_shared(max(total, _ALIGN))
     buffer = torch.empty(0, dtype=torch.uint8).set_(storage)
     views = {}
     for leaf, dtype, shape, offset, nbytes in layout:
@@ -112,11 +129,17 @@ def packed_collate(samples: list[dict]) -> dict:
     Why not default_collate: a worker hands each storage of a batch to the main process separately (with
     torch's default file_descriptor sharing, one socket round trip per storage), and on a GPU the thread
     that receives them (the pin-memory thread) needs the GIL for each while the training loop holds it
-    (experiments/probe_loader_gil.py: 1.4-1.5 batches/s with default_collate vs 9.8-10.0 packed, against a
-    pure-Python main thread on the CPU). Our batches hold 13 tensors; packed by entry (image, targets, meta) they
+    (experiments/probe_loader_gil.py on the CPU: 1.4-1.5 batches/s with default_collate vs 9.8-10.0 packed
+    against a pure-Python main thread, 10.5 vs 11.9 against one running small torch ops; on a GPU: not yet
+    measured). Our batches hold 13 tensors; packed by entry (image, targets, meta) they
     travel as 3 storages. The meta entry gets its own small buffer, so that keeping an image id alive does not
-    keep the batch's maps alive. Same keys, shapes, dtypes and values as default_collate (tested)."""
-    if get_worker_info() is None:  # no process boundary to cross; one big fresh buffer costs page faults here
-        return default_collate(samples)
+    keep the batch's maps alive (one target map kept alive keeps all of them: ~50 MB at batch 32, 512 px).
+    Same keys, shapes, dtypes and values as default_collate (tested); samples that are not plain dicts, or
+    hold tensors in tuples, get default_collate itself."""
+    if get_worker_info() is None or not all(type(sample) is dict for sample in samples):
+        return default_collate(samples)  # no process boundary to cross (a fresh big buffer costs page faults)
     tree = collate(samples, collate_fn_map={**default_collate_fn_map, torch.Tensor: _defer})
-    return {key: _pack(value) for key, value in tree.items()}
+    batch = {key: _pack(value) for key, value in tree.items()}
+    if _pending(batch):  # a tensor inside a tuple, namedtuple or custom container: torch's way instead
+        return default_collate(samples)
+    return batch
