@@ -206,3 +206,15 @@ def test_valid_datasets_are_clean_and_read_back_exactly(data, scratch) -> None:
             if isinstance(ann["segmentation"], dict):  # the RLE of the box, decoded
                 x, y, w, h = ann["bbox"]
                 assert mask.sum() == w * h and mask[y:y + h, x:x + w].all()
+
+
+def test_an_absurd_image_size_is_refused_not_allocated(scratch) -> None:
+    """A height x width typo (found by the fuzzer: 1 x 25_276_514_281) is a reported problem, not a 23 GiB
+    mask allocation."""
+    data = {"images": [{"id": 0, "file_name": "a.jpg", "height": 1, "width": 25_276_514_281}], "annotations": [],
+            "categories": [{"id": 1, "name": "person", "keypoints": [str(k) for k in range(K)], "skeleton": []}]}
+    path = _write(scratch, data)
+    coco = load_coco(path)
+    with pytest.raises(BadSample, match="exceeds"):
+        image_annotations(coco, 0, person_category(coco, K, path), K)
+    assert any(p.kind == "image_entry" and "exceeds" in p.message for p in validate_coco(path).problems)

@@ -127,6 +127,11 @@ class ImageAnnotations:
     crowd: np.ndarray
 
 
+# 2**28 pixels (16384 x 16384): far beyond any photograph, and the full-size masks of such an image (bytes per
+# pixel per person) would already take gigabytes; a larger height x width is a typo, not an image
+MAX_IMAGE_PIXELS = 2**28
+
+
 def image_entry(info: object) -> tuple[str, int, int]:
     """(file_name, height, width) of an ``images`` entry; raises ValueError when one is missing or invalid."""
     file_name = info.get("file_name") if isinstance(info, dict) else None
@@ -135,6 +140,8 @@ def image_entry(info: object) -> tuple[str, int, int]:
         raise ValueError(f"image entry has no file_name: {excerpt(info)}")
     if not (is_int(height) and is_int(width) and height > 0 and width > 0):
         raise ValueError(f"image height/width must be positive integers, got {height!r} x {width!r}")
+    if height * width > MAX_IMAGE_PIXELS:
+        raise ValueError(f"image height x width {height} x {width} exceeds {MAX_IMAGE_PIXELS} pixels")
     return file_name, height, width
 
 

@@ -27,7 +27,8 @@ ERROR, WARNING = "error", "warning"
 # kind -> what it means; errors make the training pipeline skip the sample or make the file inconsistent,
 # warnings are usable but suspicious (the README's "Checking a dataset" lists the same)
 KINDS = {
-    "image_entry": "an images[] entry without an integer id, a file_name or positive integer height/width",
+    "image_entry": "an images[] entry without an integer id, a file_name or positive integer height/width "
+                   "(at most 2**28 pixels)",
     "duplicate_image_id": "two images[] entries with the same id",
     "duplicate_file_name": "(warning) two images[] entries with the same file_name",
     "category": "no keypoint category, or its keypoint count differs from the skeleton",
