@@ -76,7 +76,7 @@ class WithNamedTuple(Mixed):
                 "empty": torch.zeros(0, 4)}
 
 
-def test_containers_it_does_not_walk_get_default_collate_and_empty_fields_pack():
+def test_namedtuples_pack_too_and_empty_fields_get_a_buffer():
     data = WithNamedTuple()
     batch = next(iter(DataLoader(data, batch_size=3, num_workers=1, collate_fn=packed_collate)))
     same(default_collate([data[i] for i in range(3)]), batch)  # the namedtuple holds tensors, not stacks

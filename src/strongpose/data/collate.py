@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
 from torch.utils.data import default_collate, get_worker_info
+from torch.utils._pytree import tree_flatten, tree_unflatten
 from torch.utils.data._utils.collate import collate, default_collate_fn_map
 
 _ALIGN = 64  # bytes: every view starts where any dtype (and a cache line) may start
@@ -50,8 +51,8 @@ class SkipBadCollate:
 
 
 class _Stack:
-    """A tensor field of the batch, not stacked yet: the samples' tensors (a plain class, not a tuple, so that
-    no container walk mistakes it for one)."""
+    """A tensor field of the batch, not stacked yet: the samples' tensors (a plain class, not a tuple: a leaf
+    to pytree)."""
 
     __slots__ = ("tensors",)
 
@@ -63,63 +64,40 @@ def _defer(batch: list[torch.Tensor], *, collate_fn_map: dict | None = None) -> 
     return _Stack(list(batch))
 
 
-def _leaves(tree: Any) -> list:
-    """The tensors and pending stacks of a plain dict / list tree (other containers are left alone)."""
-    if isinstance(tree, (_Stack, torch.Tensor)):
-        return [tree]
-    if type(tree) is dict:
-        return [leaf for value in tree.values() for leaf in _leaves(value)]
-    if type(tree) is list:
-        return [leaf for value in tree for leaf in _leaves(value)]
-    return []
-
-
-def _fill(tree: Any, views: dict[int, torch.Tensor]) -> Any:
-    if isinstance(tree, (_Stack, torch.Tensor)):
-        return views[id(tree)]
-    if type(tree) is dict:
-        return {key: _fill(value, views) for key, value in tree.items()}
-    if type(tree) is list:
-        return [_fill(value, views) for value in tree]
-    return tree
-
-
-def _pending(tree: Any) -> bool:
-    """Whether a stack is still unmade anywhere in ``tree`` (inside a container _fill does not walk)."""
-    if isinstance(tree, _Stack):
-        return True
-    if isinstance(tree, Mapping):
-        return any(_pending(value) for value in tree.values())
-    if isinstance(tree, (list, tuple)):
-        return any(_pending(value) for value in tree)
-    return False
-
-
 def _pack(tree: Any) -> Any:
-    """Every tensor of ``tree`` as a view of one buffer in shared memory, stacked there."""
-    leaves = _leaves(tree)
-    if not leaves:
-        return tree
+    """Every tensor of ``tree`` as a view of one buffer in shared memory, stacked there (the tree walked by
+    torch's pytree: dicts, lists, tuples and namedtuples keep their types)."""
+    leaves, spec = tree_flatten(tree)
     layout, total = [], 0
-    for leaf in leaves:
+    for i, leaf in enumerate(leaves):
+        if not isinstance(leaf, (_Stack, torch.Tensor)):
+            continue
         first = leaf.tensors[0] if isinstance(leaf, _Stack) else leaf
         shape = (len(leaf.tensors), *first.shape) if isinstance(leaf, _Stack) else tuple(leaf.shape)
         nbytes = first.element_size() * torch.Size(shape).numel()
-        layout.append((leaf, first.dtype, shape, total, nbytes))
+        layout.append((i, first.dtype, shape, total, nbytes))
         total += -(-nbytes // _ALIGN) * _ALIGN
+    if not layout:
+        return tree
     # as default_collate does in a worker: allocate in shared memory at once rather than copy there when
     # pickled; never 0 bytes (an empty mapping cannot be shared)
     storage = torch.UntypedStorage._new_shared(max(total, _ALIGN))
     buffer = torch.empty(0, dtype=torch.uint8).set_(storage)
-    views = {}
-    for leaf, dtype, shape, offset, nbytes in layout:
+    for i, dtype, shape, offset, nbytes in layout:
         view = buffer[offset:offset + nbytes].view(dtype).view(shape)
-        if isinstance(leaf, _Stack):
-            torch.stack(leaf.tensors, out=view)
+        if isinstance(leaves[i], _Stack):
+            torch.stack(leaves[i].tensors, out=view)
         else:
-            view.copy_(leaf)
-        views[id(leaf)] = view
-    return _fill(tree, views)
+            view.copy_(leaves[i])
+        leaves[i] = view
+    return tree_unflatten(leaves, spec)
+
+
+def _opaque(tree: Any) -> bool:
+    """Whether a container pytree does not know (a custom one collate rebuilt) sits among the leaves: its
+    tensors were not stacked."""
+    return any(isinstance(leaf, (Mapping, Sequence)) and not isinstance(leaf, (str, bytes))
+               for leaf in tree_flatten(tree)[0])
 
 
 def packed_collate(samples: list[dict]) -> dict:
@@ -135,11 +113,10 @@ def packed_collate(samples: list[dict]) -> dict:
     travel as 3 storages. The meta entry gets its own small buffer, so that keeping an image id alive does not
     keep the batch's maps alive (one target map kept alive keeps all of them: ~50 MB at batch 32, 512 px).
     Same keys, shapes, dtypes and values as default_collate (tested); samples that are not plain dicts, or
-    hold tensors in tuples, get default_collate itself."""
+    hold containers torch's pytree does not know, get default_collate itself."""
     if get_worker_info() is None or not all(type(sample) is dict for sample in samples):
         return default_collate(samples)  # no process boundary to cross (a fresh big buffer costs page faults)
     tree = collate(samples, collate_fn_map={**default_collate_fn_map, torch.Tensor: _defer})
-    batch = {key: _pack(value) for key, value in tree.items()}
-    if _pending(batch):  # a tensor inside a tuple, namedtuple or custom container: torch's way instead
+    if _opaque(tree):  # torch's way for containers we cannot walk
         return default_collate(samples)
-    return batch
+    return {key: _pack(value) for key, value in tree.items()}
