@@ -10,7 +10,7 @@ bench_train.py compares the full step with the bare trunk; this splits the diffe
   issue_ms      host time to queue one fused step (no synchronisation; a CUDA device only runs ahead of the
                 host when issue_ms < net_ms; issue_ms ~ net_ms means the step is launch-bound)
   loader_ms     the data module's loader alone in this process (workers, pinned memory, host-to-device
-                copy): next batch + copy, nothing computed
+                copy): next batch + copy (+ the device part of the targets with ``--encode-on device``)
   full_ms       loader + network + losses + backward + fused AdamW: bench_train's full step
   wait_ms       of full_ms, the host time spent getting the batch (blocked on the loader, or copying)
   fit_ms        the same training through Lightning's Trainer.fit: the module's own training_step (non-finite
@@ -21,13 +21,14 @@ The loader and full blocks start after the batches the workers made ahead are ta
 the rate batches are produced at while the step runs. ``--collate packed default`` compares the data
 module's batches (3 shared-memory storages) with torch's default_collate (13), ``--sharing file_descriptor
 file_system`` torch.multiprocessing's two ways for workers to hand storages over
-(experiments/probe_loader_gil.py: with file_descriptor the receiving thread takes the GIL per storage).
+(experiments/probe_loader_gil.py: with file_descriptor the receiving thread takes the GIL per storage),
+``--encode-on worker device`` the data module's two places for the keypoint targets.
 
 Blocks of ``--steps`` steps, ``--rounds`` rounds alternating the parts, medians reported; one line per
 configuration, the last being the last configuration's:
 
     device=... backbone=resnet50 input=512 batch=8 precision=bf16 workers=14 sharing=file_descriptor
-    collate=packed bare_ms=.. net_ms=.. fused_ms=.. issue_ms=.. loader_ms=.. full_ms=.. wait_ms=.. fit_ms=..
+    collate=packed encode_on=worker bare_ms=.. net_ms=.. fused_ms=.. issue_ms=.. loader_ms=.. full_ms=.. wait_ms=.. fit_ms=..
 
     python experiments/bench_step_parts.py --backbone resnet50 --input 512 --batch 8 16 --precision bf16 \\
         --workers 14 --steps 20 --rounds 3
@@ -82,6 +83,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="how workers hand tensors over (torch.multiprocessing); each is measured in turn")
     p.add_argument("--collate", nargs="+", default=["packed"], choices=["packed", "default"],
                    help="the data module's packed collate (3 storages a batch) or torch's default_collate (13)")
+    p.add_argument("--encode-on", nargs="+", default=["worker"], choices=["worker", "device"],
+                   help="data.encode_on: keypoint targets encoded in the workers, or on the device after the copy")
     return p.parse_args(argv)
 
 
@@ -118,7 +121,7 @@ class _StepClock(L.Callback):
 
 
 def fit_ms(module, codec: StrongPoseCodec, batch_size: int, precision: str, args: argparse.Namespace,
-           device: torch.device) -> float:
+           device: torch.device, encode_on: str = "worker") -> float:
     """ms per step of ``Trainer.fit`` on the endless loader with the training config's per-step callbacks."""
     with bt.initialize_config_dir(str(bt.CONFIG_DIR), version_base="1.3"):
         cfg = bt.compose("train")
@@ -130,28 +133,29 @@ def fit_ms(module, codec: StrongPoseCodec, batch_size: int, precision: str, args
                         precision="bf16-mixed" if precision == "bf16" else "32-true", max_steps=warmup + steps,
                         limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
                         enable_model_summary=False, callbacks=[*callbacks, clock])
-    loader = bt.endless_loader(codec, batch_size, args, device)
-    trainer.fit(module, train_dataloaders=loader)
+    loader, data = bt.endless_loader(codec, batch_size, args, device, encode_on)
+    data.train_dataloader = lambda: loader  # the data module's hooks (finish_targets) with the endless loader
+    trainer.fit(module, datamodule=data)
     return 1000.0 * clock.seconds / clock.steps
 
 
 def measure(backbone: str, precision: str, batch_size: int, sharing: str, collate: str,
-            args: argparse.Namespace) -> dict[str, float]:
+            args: argparse.Namespace, encode_on: str = "worker") -> dict[str, float]:
     torch.multiprocessing.set_sharing_strategy(sharing)  # before this configuration's workers start
     # SkipBadCollate looks packed_collate up per batch; the workers forked below inherit the choice
     collate_module.packed_collate = PACKED if collate == "packed" else torch.utils.data.default_collate
     device = torch.device(args.device)
     codec = StrongPoseCodec(stride=args.stride)
-    batches = bt.endless_batches(codec, batch_size, args, device)
+    batches, finish = bt.endless_batches(codec, batch_size, args, device, encode_on)
     module, bare, fused_optimizer, bare_optimizer = bt.build_models(backbone, args, codec, device)  # fused
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4, fused=False)  # torch's default: foreach on CUDA
-    fixed = move_data_to_device(next(batches), device)
+    fixed = finish(move_data_to_device(next(batches), device))
 
     waited = [0.0]  # host seconds spent in load() (blocked on the loader, or copying)
 
     def load() -> dict:
         t0 = time.perf_counter()
-        batch = move_data_to_device(next(batches), device)
+        batch = finish(move_data_to_device(next(batches), device))
         waited[0] += time.perf_counter() - t0
         return batch
 
@@ -184,11 +188,11 @@ def measure(backbone: str, precision: str, batch_size: int, sharing: str, collat
         issue.append(issue_ms(fused, args.steps, device))
     result = {f"{name}_ms": statistics.median(values) for name, values in times.items()}
     del batches  # its workers; fit starts its own
-    result["fit_ms"] = fit_ms(module, codec, batch_size, precision, args, device)
+    result["fit_ms"] = fit_ms(module, codec, batch_size, precision, args, device, encode_on)
     result["issue_ms"] = statistics.median(issue)
     result["wait_ms"] = statistics.median(wait)
     print(f"device={bt.device_name(device)} backbone={backbone} input={args.input} batch={batch_size} "
-          f"precision={precision} workers={args.workers} sharing={sharing} collate={collate} "
+          f"precision={precision} workers={args.workers} sharing={sharing} collate={collate} encode_on={encode_on} "
           + " ".join(f"{key}={result[key]:.1f}" for key in
                      ("bare_ms", "net_ms", "fused_ms", "issue_ms", "loader_ms", "full_ms", "wait_ms", "fit_ms")), flush=True)
     del module, bare, optimizer, bare_optimizer, fused_optimizer, parts, full, net, fused, fixed
@@ -202,9 +206,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     default = torch.multiprocessing.get_sharing_strategy()
     torch.backends.cudnn.benchmark = True  # as trainer=gpu runs
     try:
-        for backbone, precision, batch, sharing, collate in itertools.product(
-                args.backbone, args.precision, args.batch, args.sharing, args.collate):
-            result = measure(backbone, precision, batch, sharing, collate, args)
+        for backbone, precision, batch, sharing, collate, encode_on in itertools.product(
+                args.backbone, args.precision, args.batch, args.sharing, args.collate, args.encode_on):
+            result = measure(backbone, precision, batch, sharing, collate, args, encode_on)
     finally:  # this process's other users (a test session) get torch's and the data module's own back
         torch.multiprocessing.set_sharing_strategy(default)
         collate_module.packed_collate = PACKED

@@ -30,11 +30,12 @@ import itertools
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
 from lightning.fabric.utilities.apply_func import move_data_to_device  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
@@ -96,6 +97,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", nargs="+", default=["32"], choices=["32", "bf16"])
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--encode-on", default="worker", choices=["worker", "device"],
+                   help="data.encode_on: keypoint targets encoded in the workers or on the device after the copy")
     p.add_argument("--max-batch", action="store_true",
                    help="also find the largest batch whose full step fits in GPU memory (CUDA only); "
                         "the search starts from the largest --batch")
@@ -127,9 +130,12 @@ def build_models(backbone: str, args: argparse.Namespace, codec: StrongPoseCodec
     return module, bare, optimizer(module.parameters(), lr=1e-4), optimizer(bare.parameters(), lr=1e-4)
 
 
-def full_step_fn(module, optimizer, next_batch: Callable[[], dict], device: torch.device, precision: str):
+def full_step_fn(module, optimizer, next_batch: Callable[[], dict], device: torch.device, precision: str,
+                 finish: Callable[[dict], dict] = lambda batch: batch):
+    """One training step on ``next_batch()``, copied to ``device`` and then ``finish``-ed (the data module's
+    ``finish_targets``, as Lightning's ``on_after_batch_transfer`` runs it)."""
     def step() -> None:
-        batch = move_data_to_device(next_batch(), device)
+        batch = finish(move_data_to_device(next_batch(), device))
         with autocast(device, precision):
             outputs = module(batch["image"])
         losses = module.losses({k: v.float() for k, v in outputs.items()}, batch["targets"])
@@ -139,28 +145,33 @@ def full_step_fn(module, optimizer, next_batch: Callable[[], dict], device: torc
     return step
 
 
-def endless_loader(codec: StrongPoseCodec, batch_size: int, args: argparse.Namespace, device: torch.device):
+def endless_loader(codec: StrongPoseCodec, batch_size: int, args: argparse.Namespace, device: torch.device,
+                   encode_on: str | None = None) -> tuple[DataLoader, COCOKeypointDataModule]:
     """The data module's training DataLoader over the embedded sample (``args.workers`` workers, pinned memory
-    on CUDA). The sample holds 11 training images: (index, epoch) pairs are drawn endlessly, so that batches
-    of any size are full and the workers never wait for an epoch boundary."""
+    on CUDA, ``encode_on`` or ``args.encode_on``), and the data module. The sample holds 11 training images:
+    (index, epoch) pairs are drawn endlessly, so that batches of any size are full and the workers never
+    wait for an epoch boundary."""
     data = COCOKeypointDataModule(codec, input_size=args.input, batch_size=batch_size, num_workers=args.workers,
-                                  pin_memory=device.type == "cuda", persistent_workers=args.workers > 0)
+                                  pin_memory=device.type == "cuda", persistent_workers=args.workers > 0,
+                                  encode_on=encode_on or getattr(args, "encode_on", "worker"))
     data.setup("fit")
-    return data._loader(data.train_dataset, batch_size, EndlessSampler(len(data.train_dataset)))
+    return data._loader(data.train_dataset, batch_size, EndlessSampler(len(data.train_dataset))), data
 
 
-def endless_batches(codec: StrongPoseCodec, batch_size: int, args: argparse.Namespace, device: torch.device):
-    """Batches of :func:`endless_loader`, one after another."""
-    return iter(endless_loader(codec, batch_size, args, device))
+def endless_batches(codec: StrongPoseCodec, batch_size: int, args: argparse.Namespace, device: torch.device,
+                    encode_on: str | None = None) -> tuple[Iterator[dict], Callable[[dict], dict]]:
+    """Batches of :func:`endless_loader`, one after another, and the data module's ``finish_targets``."""
+    loader, data = endless_loader(codec, batch_size, args, device, encode_on)
+    return iter(loader), data.finish_targets
 
 
 def measure(backbone: str, precision: str, batch_size: int, args: argparse.Namespace) -> dict[str, float]:
     """Full vs bare step images/s (medians of ``args.rounds`` alternating blocks) and their peak memory."""
     device = torch.device(args.device)
     codec = StrongPoseCodec(stride=args.stride)
-    batches = endless_batches(codec, batch_size, args, device)
+    batches, finish = endless_batches(codec, batch_size, args, device)
     module, bare, opt_full, opt_bare = build_models(backbone, args, codec, device)
-    full_step = full_step_fn(module, opt_full, lambda: next(batches), device, precision)
+    full_step = full_step_fn(module, opt_full, lambda: next(batches), device, precision, finish)
 
     fixed = PixelNormalize().to(device)(next(batches)["image"].to(device))  # the trunk's usual float input
     if args.channels_last:
@@ -185,7 +196,7 @@ def measure(backbone: str, precision: str, batch_size: int, args: argparse.Names
               "peak_mem_gb": max(m for _, m in full), "bare_peak_mem_gb": max(m for _, m in bare_blocks)}
     result["ratio"] = result["full_ips"] / result["bare_ips"]
     print(f"device={device_name(device)} backbone={backbone} input={args.input} batch={batch_size} "
-          f"precision={precision} workers={args.workers} full_ips={result['full_ips']:.2f} "
+          f"precision={precision} workers={args.workers} encode_on={args.encode_on} full_ips={result['full_ips']:.2f} "
           f"bare_ips={result['bare_ips']:.2f} ratio={result['ratio']:.3f} peak_mem_gb={result['peak_mem_gb']:.2f} "
           f"bare_peak_mem_gb={result['bare_peak_mem_gb']:.2f}", flush=True)
     del batches, module, bare, opt_full, opt_bare, full_step

@@ -173,3 +173,57 @@ def test_flip_consistency(stride):
     mirrored = codec.flip_maps(codec.encode(kp, (height, width), masks=masks, ignore_mask=crowd))
     for key in direct:
         assert torch.allclose(direct[key].float(), mirrored[key].float(), atol=1e-4), key
+
+
+def _batch_of(codec, people: list[torch.Tensor], size):
+    """(B, N, K, 3) zero-padded people and the stacked regions of each image."""
+    most = max([1] + [len(p) for p in people])
+    padded = torch.stack([torch.cat((p, p.new_zeros(most - len(p), 17, 3))) for p in people]) if people else \
+        torch.zeros(0, 1, 17, 3)
+    regions = [codec.encode_regions(p, size) for p in people]
+    stacked = {key: torch.stack([r[key] for r in regions]) if regions else torch.zeros(0, 1, *codec.map_size(size),
+                                                                                        dtype=torch.bool)
+               for key in ("bhm", "ignore")}
+    return padded, stacked
+
+
+@pytest.mark.parametrize("compact", [True, False])
+def test_batch_encoding_equals_encoding_each_image(codec, compact):
+    from strongpose.codec.encode import encode_keypoint_maps
+
+    gen = torch.Generator().manual_seed(1)
+    size = (120, 200)
+    people = [as_tensor([person(60, 10, 100), person(140, 20, 90)]), torch.zeros(0, 17, 3),
+              as_tensor([person(100, 15, 110)])]
+    people[0][1, 3:9, 2] = 0  # unlabelled keypoints
+    people[2][..., :2] += torch.rand(people[2][..., :2].shape, generator=gen)
+    padded, regions = _batch_of(codec, people, size)
+    batch = encode_keypoint_maps(padded, regions, size, stride=codec.stride, disk_radius=codec.disk_radius,
+                                 directed_edges=codec.edges, out_edges=codec._out_edges,
+                                 long_range=codec.long_range, compact=compact)
+    assert torch.equal(batch["short"], codec.encode_batch(padded, regions, size)["short"])
+    for i, p in enumerate(people):
+        alone = codec.encode(p, size)
+        assert list(alone) == list(batch)
+        for key, value in alone.items():
+            assert torch.equal(batch[key][i], value), (i, key)
+    assert batch["skhm"][0].any() and not batch["skhm"][1].any()
+
+
+def test_batch_encoding_of_no_images_and_bad_shapes(codec):
+    padded, regions = _batch_of(codec, [], (64, 64))
+    empty = codec.encode_batch(padded, regions, (64, 64))
+    assert empty["mid"].shape == (0, 2 * codec.num_edges, 8, 8) and empty["weight"].shape == (0, 1, 8, 8)
+    with pytest.raises(ValueError, match=r"\(B, N, K, 3\)"):
+        codec.encode_batch(torch.zeros(2, 17, 3), regions, (64, 64))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_batch_encoding_on_the_gpu_equals_the_cpu(codec):
+    size = (120, 200)
+    people = [as_tensor([person(60, 10, 100), person(140, 20, 90)]), as_tensor([person(100, 15, 110)])]
+    padded, regions = _batch_of(codec, people, size)
+    cpu = codec.encode_batch(padded, regions, size)
+    gpu = codec.encode_batch(padded.cuda(), {key: v.cuda() for key, v in regions.items()}, size)
+    for key, value in cpu.items():
+        assert gpu[key].device.type == "cuda" and torch.equal(gpu[key].cpu(), value), key

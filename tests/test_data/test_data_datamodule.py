@@ -105,3 +105,40 @@ def test_lightning_fit_with_datamodule(codec) -> None:
     trainer.fit(_Tiny(), datamodule=dm)
     assert dm.bad_counts["train"] == [0, 16]
     assert trainer.train_dataloader.sampler.epoch == 2  # Lightning set the epoch before each one
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_encode_on_device_gives_the_workers_targets(codec, num_workers: int) -> None:
+    def module(encode_on: str) -> COCOKeypointDataModule:
+        return COCOKeypointDataModule(codec, input_size=S, batch_size=5, num_workers=num_workers, seed=3,
+                                      encode_on=encode_on)
+
+    worker, device = module("worker"), module("device")
+    pairs = list(zip(_batches(worker.train_dataloader()), _batches(device.train_dataloader())))
+    pairs.append((next(iter(worker.val_dataloader())), next(iter(device.val_dataloader()))))
+    for a, b in pairs:
+        assert "targets" not in b and b["people"].shape[1:] == (b["people"].shape[1], codec.num_keypoints, 3)
+        assert set(b["regions"]) == {"bhm", "ignore"} and b["regions"]["bhm"].dtype == torch.bool
+        sent = sum(t.nbytes for t in (*a["targets"].values(),))
+        assert sum(t.nbytes for t in (b["people"], *b["regions"].values())) < sent / 10
+        done = device.finish_targets(b)
+        assert set(done["targets"]) == set(a["targets"]) and "people" not in done
+        for key, value in a["targets"].items():
+            got = done["targets"][key]
+            # the workers send offsets as float16; on the device they stay float32
+            torch.testing.assert_close(got.to(value.dtype), value, rtol=0, atol=0, msg=key)
+        assert worker.finish_targets(a) is a  # worker batches are complete already
+
+
+def test_encode_on_is_checked(codec) -> None:
+    with pytest.raises(ValueError, match="encode_on"):
+        COCOKeypointDataModule(codec, encode_on="gpu")
+
+
+def test_lightning_fit_encodes_on_the_device(codec) -> None:
+    dm = COCOKeypointDataModule(codec, input_size=64, batch_size=4, encode_on="device")
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, accelerator="cpu",
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    trainer.fit(_Tiny(), datamodule=dm)  # _Tiny reads batch["targets"]: on_after_batch_transfer made them
+    assert dm.bad_counts["train"] == [0, 8]

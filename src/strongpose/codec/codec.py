@@ -7,7 +7,7 @@ import time
 import numpy as np
 import torch
 
-from strongpose.codec.encode import encode_targets, out_edge_table
+from strongpose.codec.encode import encode_keypoint_maps, encode_regions, encode_targets, out_edge_table
 from strongpose.codec.grouping import group_image, link_candidates
 from strongpose.codec.hough import find_peaks, gaussian_blur, hough_vote, smooth_votes
 from strongpose.skeleton import COCO_PERSON, Skeleton, get_skeleton
@@ -147,16 +147,61 @@ class StrongPoseCodec:
             ``long`` (2K, h, w) cell -> every keypoint of its person, ``long_valid`` (K, h, w)
             (only with ``long_range``). Offsets are in input pixels.
         """
+        kp = self._people(keypoints, 3)
+        return encode_targets(kp, self._size(image_size), stride=self.stride, disk_radius=self.disk_radius,
+                              directed_edges=self.edges, out_edges=self._out_edges, long_range=self.long_range,
+                              masks=masks, ignore_mask=ignore_mask, boxes=boxes, offset_dtype=offset_dtype)
+
+    def encode_regions(
+        self,
+        keypoints: torch.Tensor,
+        image_size: tuple[int, int],
+        masks: torch.Tensor | None = None,
+        ignore_mask: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The part of :meth:`encode` that needs full-resolution inputs (masks, crowd regions), for one image:
+        ``bhm`` and ``ignore``, (1, h, w) bool. :meth:`encode_batch` turns them and the keypoints into the
+        targets, e.g. on the training device (the data module's ``encode_on="device"``)."""
+        kp = self._people(keypoints, 3)
+        return encode_regions(kp, self._size(image_size), stride=self.stride, disk_radius=self.disk_radius,
+                              masks=masks, ignore_mask=ignore_mask, boxes=boxes)
+
+    def encode_batch(
+        self,
+        keypoints: torch.Tensor,
+        regions: dict[str, torch.Tensor],
+        image_size: tuple[int, int],
+        offset_dtype: torch.dtype = torch.float32,
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`encode` of a batch, on the keypoints' device, without host synchronisation.
+
+        Args:
+            keypoints: (B, N, K, 3) people of B images of size ``image_size``, padded with unlabelled
+                (v = 0) rows to a common N.
+            regions: :meth:`encode_regions` of each image, stacked: ``bhm`` and ``ignore`` (B, 1, h, w).
+
+        Returns :meth:`encode`'s maps with a batch dim, equal to encoding each image alone (tested).
+        """
+        kp = self._people(keypoints, 4)
+        return encode_keypoint_maps(kp, regions, self._size(image_size), stride=self.stride,
+                                    disk_radius=self.disk_radius, directed_edges=self.edges,
+                                    out_edges=self._out_edges, long_range=self.long_range, offset_dtype=offset_dtype)
+
+    def _people(self, keypoints: torch.Tensor, ndim: int) -> torch.Tensor:
         kp = torch.as_tensor(keypoints, dtype=torch.float32)
-        if kp.ndim != 3 or kp.shape[1:] != (self.num_keypoints, 3):
-            raise ValueError(f"keypoints must be (N, {self.num_keypoints}, 3) for skeleton "
+        if kp.ndim != ndim or kp.shape[-2:] != (self.num_keypoints, 3):
+            expect = "(N, K, 3)" if ndim == 3 else "(B, N, K, 3)"
+            raise ValueError(f"keypoints must be {expect} with K = {self.num_keypoints} for skeleton "
                              f"{self.skeleton.name!r}, got {tuple(kp.shape)}")
+        return kp
+
+    @staticmethod
+    def _size(image_size: tuple[int, int]) -> tuple[int, int]:
         height, width = (int(v) for v in image_size)
         if height < 1 or width < 1:
             raise ValueError(f"image_size must be positive, got {image_size}")
-        return encode_targets(kp, (height, width), stride=self.stride, disk_radius=self.disk_radius,
-                              directed_edges=self.edges, out_edges=self._out_edges, long_range=self.long_range,
-                              masks=masks, ignore_mask=ignore_mask, boxes=boxes, offset_dtype=offset_dtype)
+        return height, width
 
     # ------------------------------------------------------------------ flip
     def flip_maps(self, maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -1,10 +1,18 @@
 """Target generation: COCO people -> StrongPose training targets.
 
-Vectorised over people, keypoints and cells at once: every labelled keypoint visits the cells of a
-window around it (its disk), and scatter-min decides which keypoint owns each cell. Work is
-proportional to the disks' area, not to N x K x h x w.
+Two parts, so that the keypoint part can run where it is cheapest (a data worker, or the training device
+after the batch is copied there):
+- :func:`encode_regions`, per image: body and ignore maps from the full-resolution masks, crowd regions
+  and boxes (the only full-resolution inputs; two (1, h, w) bool maps come out);
+- :func:`encode_keypoint_maps`, per batch: disks, short / mid / long offsets from the keypoints alone.
+  Vectorised over images, people, keypoints and cells at once: every keypoint visits the cells of a
+  window around it (an "entry" each), scatter-min picks the entry that owns each cell, the short and mid
+  offsets are scattered from the winning entries and the long ones gathered by each cell's owner. On a
+  CPU the entries are compacted first (``nonzero``); on a GPU they keep fixed shapes, with the entries
+  that do not count written to a dump slot, so that nothing waits for a host read. Work is proportional
+  to the windows' area plus the maps', not to N x K x h x w.
 
-Shape letters: N people, K keypoint types, E directed edges, H x W input, h x w map.
+Shape letters: B images, N people, K keypoint types, E directed edges, H x W input, h x w map.
 """
 
 from __future__ import annotations
@@ -96,6 +104,181 @@ def _body_and_ignore(kx, ky, labelled, masks, ignore_mask, boxes, image_size, st
     return body, ignore
 
 
+def labelled_keypoints(keypoints: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    """(..., K, 3) keypoints -> (..., K) bool: labelled (v > 0), finite and on the image; the others are
+    unlabelled."""
+    xy = keypoints[..., :2]
+    return (keypoints[..., 2] > 0) & torch.isfinite(xy).all(-1) & inside_image(xy, image_size)
+
+
+def encode_regions(
+    keypoints: torch.Tensor,
+    image_size: tuple[int, int],
+    *,
+    stride: int,
+    disk_radius: float,
+    masks: torch.Tensor | None = None,
+    ignore_mask: torch.Tensor | None = None,
+    boxes: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """One image's (N, K, 3) people -> ``bhm`` (1, h, w) bool body map (cells at least half covered by a
+    labelled person) and ``ignore`` (1, h, w) bool (cells touched by a crowd region or an unlabelled
+    person). See :meth:`strongpose.codec.StrongPoseCodec.encode` for the fallbacks to boxes."""
+    h, w = map_size(image_size, stride)
+    device = keypoints.device
+    labelled = labelled_keypoints(keypoints, image_size)
+    kx = torch.where(labelled, keypoints[..., 0], 0.0)
+    ky = torch.where(labelled, keypoints[..., 1], 0.0)
+    xs = map_to_input(torch.arange(w, device=device, dtype=torch.float32), stride)
+    ys = map_to_input(torch.arange(h, device=device, dtype=torch.float32), stride)
+    body, ignore = _body_and_ignore(kx, ky, labelled, masks, ignore_mask, boxes, image_size, stride,
+                                    disk_radius, xs, ys)
+    return {"bhm": (body >= 0.5)[None], "ignore": (ignore > 0)[None]}
+
+
+def encode_keypoint_maps(
+    keypoints: torch.Tensor,
+    regions: dict[str, torch.Tensor],
+    image_size: tuple[int, int],
+    *,
+    stride: int,
+    disk_radius: float,
+    directed_edges: torch.Tensor,
+    out_edges: torch.Tensor,
+    long_range: bool,
+    offset_dtype: torch.dtype = torch.float32,
+    compact: bool | None = None,
+) -> dict[str, torch.Tensor]:
+    """A batch's targets from its (B, N, K, 3) people (padded with unlabelled rows) and the
+    :func:`encode_regions` maps stacked to (B, 1, h, w); all on one device, where this runs.
+
+    ``compact`` (default: on the CPU) first drops the unlabelled keypoints and the window cells outside the
+    disks (``nonzero``: a host read); without it every entry keeps its place and does not count (fixed
+    shapes, no host read: what a GPU wants). Both give the same maps (tested).
+
+    Returns the maps of :meth:`strongpose.codec.StrongPoseCodec.encode` with a batch dim."""
+    kp = keypoints
+    device = kp.device
+    compact = device.type == "cpu" if compact is None else compact
+    if kp.shape[1] == 0:  # nobody: one unlabelled row, so that the gathers below have something to index
+        kp = kp.new_zeros(kp.shape[0], 1, *kp.shape[2:])
+    b, n, k = kp.shape[:3]
+    h, w = map_size(image_size, stride)
+    hw = h * w
+    num_edges = directed_edges.shape[0]
+    labelled = labelled_keypoints(kp, image_size)  # (B, N, K)
+    kx = torch.where(labelled, kp[..., 0], 0.0)
+    ky = torch.where(labelled, kp[..., 1], 0.0)
+
+    # entries: every keypoint visits the S x S cells of the window holding its disk; unlabelled keypoints
+    # (and padding rows) and cells off the map or outside the disk do not count (`keep`)
+    if compact:
+        eb, ep, ek = labelled.nonzero(as_tuple=True)
+    else:
+        eb, ep, ek = (i.flatten() for i in torch.meshgrid(
+            *(torch.arange(size, device=device) for size in (b, n, k)), indexing="ij"))
+    px, py = kx[eb, ep, ek], ky[eb, ep, ek]
+    reach = math.ceil(disk_radius / stride) + 1
+    win = torch.arange(-reach, reach + 1, device=device)
+    u = input_to_map(px, stride).round().long()[:, None, None] + win  # (M, 1, S)
+    v = input_to_map(py, stride).round().long()[:, None, None] + win[:, None]  # (M, S, 1)
+    cx, cy = map_to_input(u.to(torch.float32), stride), map_to_input(v.to(torch.float32), stride)  # cell centres
+    dx, dy = px[:, None, None] - cx, py[:, None, None] - cy  # cell -> keypoint
+    d2 = dx**2 + dy**2  # (M, S, S)
+    keep = (d2 <= disk_radius**2) & (u >= 0) & (u < w) & (v >= 0) & (v < h) & labelled[eb, ep, ek][:, None, None]
+    if compact:
+        m, wy, wx = keep.nonzero(as_tuple=True)
+        at = (m, wy, wx)
+        keep = None
+    else:
+        at = None
+
+    def entries(t: torch.Tensor) -> torch.Tensor:
+        """(M, S, S)-broadcastable -> one value per entry (1-D)."""
+        t = t.expand(d2.shape)
+        return t[at] if at is not None else t.reshape(-1)
+
+    eb, ep, ek = (entries(t[:, None, None]) for t in (eb, ep, ek))
+    cell = entries(v.clamp(0, h - 1) * w + u.clamp(0, w - 1))
+    cx, cy, dx, dy = entries(cx), entries(cy), entries(dx), entries(dy)
+    # ownership by distance; the person index breaks exact ties deterministically
+    key = entries(d2).double() + ep.double() * 1e-6
+    if keep is not None:
+        keep = keep.reshape(-1)
+        key = torch.where(keep, key, math.inf)
+
+    def slot(index: torch.Tensor, size: int) -> torch.Tensor:
+        """Entries that do not count go to one extra slot at the end (the dump)."""
+        return index if keep is None else torch.where(keep, index, size)
+
+    # per type, a cell belongs to the nearest keypoint of that type
+    type_slot = slot((eb * k + ek) * hw + cell, b * k * hw)
+    won = _winners(type_slot, key, b * k * hw)
+    # short: the winning entries' own (dx, dy); the cells they won are the disks
+    short, skhm = _scatter_offsets(won, type_slot, dx, dy, b, k, (h, w), offset_dtype)
+    out = {"skhm": skhm.to(torch.float32), "short": short, "short_valid": skhm}
+    # mid: along each edge a -> b leaving the winner's type, from the cell's centre to keypoint b of the
+    # same person
+    edge_ids = out_edges.to(device)[ek]  # (entries, D) the edges leaving each entry's type, -1 padded
+    dst = directed_edges.to(device)[edge_ids.clamp(min=0), 1]
+    mid_won = won[:, None] & (edge_ids >= 0) & labelled[eb[:, None], ep[:, None], dst]
+    mid_slot = (eb[:, None] * num_edges + edge_ids.clamp(min=0)) * hw + cell[:, None]
+    mid_x, mid_y = kx[eb[:, None], ep[:, None], dst] - cx[:, None], ky[eb[:, None], ep[:, None], dst] - cy[:, None]
+    if compact:
+        sel = mid_won.nonzero(as_tuple=True)
+        mid_won, mid_slot, mid_x, mid_y = mid_won[sel], mid_slot[sel], mid_x[sel], mid_y[sel]
+    out["mid"], out["mid_valid"] = _scatter_offsets(mid_won.flatten(), mid_slot.flatten(), mid_x.flatten(),
+                                                    mid_y.flatten(), b, num_edges, (h, w), offset_dtype)
+    if long_range:
+        # a cell in any disk belongs to the person of its nearest keypoint (any type); the long-range maps
+        # of every type are one gather of the per-type tables (B, K, N) by that person
+        any_slot = slot(eb * hw + cell, b * hw)
+        won_any = _winners(any_slot, key, b * hw)
+        owner = torch.full((b * hw + 1,), -1, dtype=torch.long, device=device)
+        owner[torch.where(won_any, any_slot, b * hw)] = ep
+        owner = owner[:-1].view(b, 1, hw)
+        who = owner.clamp(min=0).expand(b, k, hw)
+        valid = (owner >= 0) & labelled.transpose(1, 2).gather(2, who)
+        xs = map_to_input(torch.arange(w, device=device, dtype=torch.float32), stride)
+        ys = map_to_input(torch.arange(h, device=device, dtype=torch.float32), stride)
+        long = torch.empty(b, k, 2, hw, dtype=offset_dtype, device=device)
+        for axis, (table, centre) in enumerate(((kx, xs.repeat(h)), (ky, ys.repeat_interleave(w)))):
+            # a product, not a where: its out= may round to float16 (the differences are finite: unlabelled
+            # keypoints hold 0)
+            torch.mul(table.transpose(1, 2).gather(2, who).sub_(centre), valid, out=long[:, :, axis])
+        out["long"], out["long_valid"] = long.view(b, 2 * k, h, w), valid.view(b, k, h, w)
+
+    any_disk = skhm.any(1, keepdim=True)
+    out["bhm"] = regions["bhm"].to(device=device, dtype=torch.float32)
+    # crowd regions and unlabelled people cost nothing, except where a labelled keypoint's disk lies
+    out["weight"] = (~regions["ignore"].to(device) | any_disk).to(torch.float32)
+    return out
+
+
+def _winners(flat: torch.Tensor, key: torch.Tensor, size: int) -> torch.Tensor:
+    """(entries,) bool: the entry with the smallest ``key`` at its slot of ``flat`` (slot ``size``, the dump,
+    never wins). One winner per slot: the key holds the person index, and a person has one keypoint of a type."""
+    best = torch.full((size + 1,), math.inf, dtype=key.dtype, device=key.device)
+    best.scatter_reduce_(0, flat, key, reduce="amin")
+    return (key == best[flat]) & (flat < size)
+
+
+def _scatter_offsets(won: torch.Tensor, slot: torch.Tensor, ox: torch.Tensor, oy: torch.Tensor, batch: int,
+                     channels: int, map_hw: tuple[int, int], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 2C, h, w) offsets (dx, dy per channel) and (B, C, h, w) validity from the (1-D) entries that ``won``
+    their ``slot`` ((b * C + c) * hw + cell); the others write to a dump slot."""
+    h, w = map_hw
+    hw = h * w
+    size = batch * channels * hw
+    valid = torch.zeros(size + 1, dtype=torch.bool, device=won.device)
+    valid[torch.where(won, slot, size)] = True
+    at = torch.where(won, slot + (slot // hw) * hw, 2 * size)  # x of channel c at map 2c, y at map 2c + 1
+    offsets = torch.zeros(2 * size + 1, dtype=dtype, device=won.device)
+    offsets[at] = ox.to(dtype)
+    offsets[torch.where(won, at + hw, 2 * size)] = oy.to(dtype)
+    return offsets[:-1].view(batch, 2 * channels, h, w), valid[:-1].view(batch, channels, h, w)
+
+
 def encode_targets(
     keypoints: torch.Tensor,
     image_size: tuple[int, int],
@@ -111,90 +294,9 @@ def encode_targets(
     offset_dtype: torch.dtype = torch.float32,
 ) -> dict[str, torch.Tensor]:
     """Encode the people of one image. See :meth:`strongpose.codec.StrongPoseCodec.encode`."""
-    h, w = map_size(image_size, stride)
-    hw = h * w
-    kp = keypoints
-    device = kp.device
-    n, k = kp.shape[:2]
-    num_edges = directed_edges.shape[0]
-    xs = map_to_input(torch.arange(w, device=device, dtype=torch.float32), stride)
-    ys = map_to_input(torch.arange(h, device=device, dtype=torch.float32), stride)
-
-    # a keypoint counts when it is labelled, finite and on the image; others are unlabelled
-    labelled = (kp[..., 2] > 0) & torch.isfinite(kp[..., :2]).all(-1) & inside_image(kp[..., :2], image_size)
-    kx = torch.where(labelled, kp[..., 0], 0.0)  # (N, K)
-    ky = torch.where(labelled, kp[..., 1], 0.0)
-
-    # every labelled keypoint m visits the cells of the window holding its disk
-    person, ktype = labelled.nonzero(as_tuple=True)  # (M,)
-    px, py = kx[person, ktype], ky[person, ktype]
-    reach = math.ceil(disk_radius / stride) + 1
-    win = torch.arange(-reach, reach + 1, device=device)
-    u = input_to_map(px, stride).round().long()[:, None, None] + win[None, None, :]  # (M, 1, W)
-    v = input_to_map(py, stride).round().long()[:, None, None] + win[None, :, None]  # (M, W, 1)
-    dx = px[:, None, None] - map_to_input(u.to(torch.float32), stride)  # cell -> keypoint
-    dy = py[:, None, None] - map_to_input(v.to(torch.float32), stride)
-    d2 = dx**2 + dy**2  # (M, W, W)
-    keep = (d2 <= disk_radius**2) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
-    m_idx, wy, wx = keep.nonzero(as_tuple=True)
-    cell = v[m_idx, wy, 0] * w + u[m_idx, 0, wx]
-    edx, edy = dx[m_idx, 0, wx], dy[m_idx, wy, 0]
-    ep, ek = person[m_idx], ktype[m_idx]
-    # ownership by distance; the person index breaks exact ties deterministically
-    key = d2[m_idx, wy, wx].double() + ep.double() * 1e-6
-
-    # SKHM and short offsets: per type, a cell belongs to the nearest keypoint of that type
-    flat = ek * hw + cell
-    best = torch.full((k * hw,), float("inf"), dtype=torch.float64, device=device)
-    best.scatter_reduce_(0, flat, key, reduce="amin")
-    own = key == best[flat]
-    o_cell, o_k, o_p = cell[own], ek[own], ep[own]
-    skhm = torch.zeros(k * hw, device=device)
-    skhm[flat[own]] = 1.0
-    short = torch.zeros(2 * k * hw, device=device, dtype=offset_dtype)
-    short[2 * o_k * hw + o_cell] = edx[own].to(offset_dtype)
-    short[(2 * o_k + 1) * hw + o_cell] = edy[own].to(offset_dtype)
-    out = {"skhm": skhm.view(k, h, w), "short": short.view(2 * k, h, w), "short_valid": skhm.view(k, h, w) > 0}
-
-    # mid-range: from a cell in keypoint a's disk to keypoint b of the same person, along each edge a->b
-    o_cx = kx[o_p, o_k] - edx[own]  # owned cells' centres
-    o_cy = ky[o_p, o_k] - edy[own]
-    e_ids = out_edges.to(device)[o_k]  # (n_own, D)
-    dst = directed_edges.to(device)[e_ids.clamp(min=0), 1]
-    ok = (e_ids >= 0) & labelled[o_p[:, None], dst]
-    row, col = ok.nonzero(as_tuple=True)
-    e_sel, c_sel = e_ids[row, col], o_cell[row]
-    mid = torch.zeros(2 * num_edges * hw, device=device, dtype=offset_dtype)
-    mid[2 * e_sel * hw + c_sel] = (kx[o_p[row], dst[row, col]] - o_cx[row]).to(offset_dtype)
-    mid[(2 * e_sel + 1) * hw + c_sel] = (ky[o_p[row], dst[row, col]] - o_cy[row]).to(offset_dtype)
-    mid_valid = torch.zeros(num_edges * hw, dtype=torch.bool, device=device)
-    mid_valid[e_sel * hw + c_sel] = True
-    out["mid"] = mid.view(2 * num_edges, h, w)
-    out["mid_valid"] = mid_valid.view(num_edges, h, w)
-
-    any_disk = skhm.view(k, hw).amax(0) > 0  # (hw,)
-    if long_range:
-        # a cell in any disk belongs to the person of its nearest keypoint (any type)
-        best_any = torch.full((hw,), float("inf"), dtype=torch.float64, device=device)
-        best_any.scatter_reduce_(0, cell, key, reduce="amin")
-        win_any = (key == best_any[cell]).nonzero(as_tuple=True)[0]
-        a_cell, a_p = cell[win_any], ep[win_any]
-        a_cx = kx[a_p, ek[win_any]] - edx[win_any]
-        a_cy = ky[a_p, ek[win_any]] - edy[win_any]
-        types = torch.arange(k, device=device)
-        long = torch.zeros(2 * k * hw, device=device, dtype=offset_dtype)
-        long_valid = torch.zeros(k * hw, dtype=torch.bool, device=device)
-        lv = labelled[a_p]  # (n, K)
-        r, t = lv.nonzero(as_tuple=True)
-        long[2 * types[t] * hw + a_cell[r]] = (kx[a_p[r], t] - a_cx[r]).to(offset_dtype)
-        long[(2 * types[t] + 1) * hw + a_cell[r]] = (ky[a_p[r], t] - a_cy[r]).to(offset_dtype)
-        long_valid[t * hw + a_cell[r]] = True
-        out["long"] = long.view(2 * k, h, w)
-        out["long_valid"] = long_valid.view(k, h, w)
-
-    body, ignore = _body_and_ignore(kx, ky, labelled, masks, ignore_mask, boxes, image_size, stride,
-                                    disk_radius, xs, ys)
-    out["bhm"] = (body >= 0.5).to(torch.float32)[None]
-    # crowd regions and unlabelled people cost nothing, except where a labelled keypoint's disk lies
-    out["weight"] = ((ignore <= 0) | any_disk.view(h, w)).to(torch.float32)[None]
-    return out
+    regions = encode_regions(keypoints, image_size, stride=stride, disk_radius=disk_radius, masks=masks,
+                             ignore_mask=ignore_mask, boxes=boxes)
+    maps = encode_keypoint_maps(keypoints[None], {key: v[None] for key, v in regions.items()}, image_size,
+                                stride=stride, disk_radius=disk_radius, directed_edges=directed_edges,
+                                out_edges=out_edges, long_range=long_range, offset_dtype=offset_dtype)
+    return {key: v[0] for key, v in maps.items()}

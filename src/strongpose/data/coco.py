@@ -25,6 +25,11 @@ log = logging.getLogger(__name__)
 # (0.03 px at 64 px, 0.25 px at 512 px), far below what the L1 loss sees; the loss computes in float32.
 OFFSET_DTYPE = torch.float16
 
+# where the keypoint part of the targets is encoded: in the data workers (the batch carries every map), or
+# on the training device after the batch is copied there (the batch carries the people and two (1, h, w)
+# bool region maps: 0.8 instead of 2.6 MB an image at 512 px, and the workers skip the keypoint encoding)
+ENCODE_ON = ("worker", "device")
+
 
 def to_chw(image: np.ndarray) -> torch.Tensor:
     """(S, S, 3) uint8 RGB -> (3, S, S) uint8 tensor. Pixels stay uint8 up to the device, where the network
@@ -46,12 +51,16 @@ class COCOKeypointDataset(Dataset):
         skip_empty: drop images without any person annotation (default: when training).
         max_images: keep only the first this many images (by id).
         seed: base seed of the per-sample augmentation streams.
+        encode_on: ``"worker"``: items hold all the targets; ``"device"``: only what needs the full-resolution
+            masks (``regions``, :meth:`StrongPoseCodec.encode_regions`) and the ``people``, for
+            :meth:`StrongPoseCodec.encode_batch` to finish on the device (the data module does).
 
     Items are ``dataset[index]`` or ``dataset[(index, epoch)]`` (what :class:`SeededSampler` yields): the
     augmentation of a sample depends only on (seed, epoch, index), not on the worker that draws it.
     ``__getitem__`` returns ``{"image": (3, S, S) uint8 RGB, "targets": codec.encode(...) with float16
     offsets, "meta": {"image_id": int, "orig_size": (2,) long (H, W), "affine": (2, 3) float32 input ->
-    original}}``, or a :class:`SkippedSample` (image id, file, reason) for a bad sample (missing, empty,
+    original}}`` (with ``encode_on="device"``, ``"people"``: (N, K, 3) float32 keypoints in input pixels and
+    ``"regions"`` instead of ``"targets"``), or a :class:`SkippedSample` (image id, file, reason) for a bad sample (missing, empty,
     truncated or undecodable image, wrong image size, malformed annotation); the data module names it in
     the main process (log and the run's ``bad_samples.tsv``), where logging works with any worker start
     method.
@@ -68,7 +77,11 @@ class COCOKeypointDataset(Dataset):
         skip_empty: bool | None = None,
         max_images: int | None = None,
         seed: int = 0,
+        encode_on: str = "worker",
     ) -> None:
+        if encode_on not in ENCODE_ON:
+            raise ValueError(f"encode_on must be one of {ENCODE_ON}, got {encode_on!r}")
+        self.encode_on = encode_on
         self.images_dir = Path(images_dir)
         self.annotations_path = Path(annotations)
         self.codec = codec
@@ -116,6 +129,11 @@ class COCOKeypointDataset(Dataset):
     def encode(self, sample: PoseSample) -> dict[str, torch.Tensor]:
         return _encode(self.codec, sample, self.input_size)
 
+    def encode_regions(self, sample: PoseSample) -> dict[str, torch.Tensor]:
+        """What a worker encodes with ``encode_on="device"``: the mask-derived maps."""
+        return self.codec.encode_regions(torch.from_numpy(sample.keypoints), (self.input_size, self.input_size),
+                                         **_region_inputs(sample))
+
     def __getitem__(self, key: int | tuple[int, int]) -> dict | SkippedSample:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         index = int(index)
@@ -127,27 +145,37 @@ class COCOKeypointDataset(Dataset):
             where = f"annotation id {err.ann_id}: " if err.ann_id is not None else ""
             return SkippedSample(int(image_id), err.file_name, where + err.reason)
         info = self.coco.imgs[image_id]
-        return {
-            "image": to_chw(sample.image),
-            "targets": self.encode(sample),
-            "meta": {"image_id": int(image_id),
-                     "orig_size": torch.tensor([info["height"], info["width"]], dtype=torch.long),
-                     "affine": torch.from_numpy(sample.affine.astype(np.float32))},
-        }
+        return _item(self.codec, sample, self.input_size, self.encode_on, int(image_id), (info["height"], info["width"]))
 
 
-def empty_sample(codec: StrongPoseCodec, input_size: int) -> dict:
+def empty_sample(codec: StrongPoseCodec, input_size: int, encode_on: str = "worker") -> dict:
     """A well-formed sample with no people: the shapes for a batch whose samples were all bad."""
     s = int(input_size)
     blank = PoseSample(image=np.zeros((s, s, 3), np.uint8), keypoints=np.zeros((0, codec.num_keypoints, 3), np.float32),
                        masks=np.zeros((0, s, s), bool), crowd=np.zeros((s, s), bool),
                        boxes=np.zeros((0, 4), np.float32), affine=np.eye(3)[:2])
-    return {"image": to_chw(blank.image), "targets": _encode(codec, blank, s),
-            "meta": {"image_id": -1, "orig_size": torch.tensor([s, s]),
-                     "affine": torch.from_numpy(blank.affine.astype(np.float32))}}
+    return _item(codec, blank, s, encode_on, -1, (s, s))
+
+
+def _item(codec: StrongPoseCodec, sample: PoseSample, input_size: int, encode_on: str, image_id: int,
+          orig_size: tuple[int, int]) -> dict:
+    item = {"image": to_chw(sample.image)}
+    if encode_on == "worker":
+        item["targets"] = _encode(codec, sample, input_size)
+    else:
+        people = torch.from_numpy(sample.keypoints)
+        item["people"] = people
+        item["regions"] = codec.encode_regions(people, (input_size, input_size), **_region_inputs(sample))
+    item["meta"] = {"image_id": image_id, "orig_size": torch.tensor(orig_size, dtype=torch.long),
+                    "affine": torch.from_numpy(sample.affine.astype(np.float32))}
+    return item
+
+
+def _region_inputs(sample: PoseSample) -> dict[str, torch.Tensor]:
+    return {"masks": torch.from_numpy(sample.masks), "ignore_mask": torch.from_numpy(sample.crowd),
+            "boxes": torch.from_numpy(sample.boxes)}
 
 
 def _encode(codec: StrongPoseCodec, sample: PoseSample, input_size: int) -> dict[str, torch.Tensor]:
-    return codec.encode(torch.from_numpy(sample.keypoints), (input_size, input_size),
-                        masks=torch.from_numpy(sample.masks), ignore_mask=torch.from_numpy(sample.crowd),
-                        boxes=torch.from_numpy(sample.boxes), offset_dtype=OFFSET_DTYPE)
+    return codec.encode(torch.from_numpy(sample.keypoints), (input_size, input_size), **_region_inputs(sample),
+                        offset_dtype=OFFSET_DTYPE)

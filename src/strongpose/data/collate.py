@@ -43,11 +43,22 @@ class SkipBadCollate:
         self.make_empty = make_empty
 
     def __call__(self, items: list[dict | SkippedSample | None]) -> dict:
-        good = [item for item in items if isinstance(item, dict)]
-        batch = packed_collate(good) if good else _empty_like(default_collate([self.make_empty()]))
+        good = pad_people([item for item in items if isinstance(item, dict)])
+        batch = packed_collate(good) if good else _empty_like(default_collate(pad_people([self.make_empty()])))
         batch["num_skipped"] = len(items) - len(good)
         batch["skipped"] = [item for item in items if isinstance(item, SkippedSample)]
         return batch
+
+
+def pad_people(samples: list[dict]) -> list[dict]:
+    """Samples whose ``people`` (N, K, 3) differ in N, padded with zero rows (unlabelled: v = 0) to the
+    largest N, at least 1, so that they stack (``encode_on="device"`` batches)."""
+    if not samples or "people" not in samples[0]:
+        return samples
+    most = max(1, *(len(sample["people"]) for sample in samples))
+    return [{**sample, "people": torch.cat((sample["people"], sample["people"].new_zeros(
+        most - len(sample["people"]), *sample["people"].shape[1:])))} if len(sample["people"]) < most else sample
+        for sample in samples]
 
 
 class _Stack:
