@@ -22,6 +22,8 @@ from strongpose.structures import Poses
 
 log = logging.getLogger(__name__)
 
+OPTIMIZER_KIND = ("fused", "foreach")  # param-group keys that choose how a step runs, not what it computes
+
 # logged names: f"{stage}/{LOSS}" (total, what checkpoints monitor) and f"{stage}/{LOSS}_{term}"
 LOSS = "loss"
 NONFINITE = "train/nonfinite_steps"  # logged: training steps skipped for a NaN / infinite loss so far
@@ -188,20 +190,40 @@ class StrongPoseModule(L.LightningModule):
         if trainer.is_global_zero:
             log.info("learning rate %.3g = %.3g x global batch %d / reference batch %d",
                      lr, self.hparams.lr, batch, self.hparams.lr_ref_batch)
-        extra = {}
-        if str(getattr(trainer, "precision", "")).startswith("16") and \
-                getattr(self.optimizer_factory, "keywords", {}).get("fused"):
-            # float16's gradient scaler: a fused step unscales inside the kernel, so Lightning can neither clip
-            # nor let a skipped (non-finite) step drop the gradients first (scaler.update then finds no
-            # inf checks and fails); the multi-tensor step unscales before, as those need
-            extra["fused"] = False
-            if trainer.is_global_zero:
-                log.info("16-mixed: the optimiser runs unfused (the gradient scaler unscales before its step)")
-        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad], lr=lr, **extra)
+        kind = self._optimizer_kind()
+        if trainer.is_global_zero and kind.get("fused") is False and self.optimizer_factory.keywords.get("fused"):
+            log.info("16-mixed: the optimiser runs unfused (the gradient scaler unscales before its step)")
+        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad], lr=lr, **kind)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer, total_steps=trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _optimizer_kind(self) -> dict[str, bool | None]:
+        """The optimiser factory's ``fused`` / ``foreach`` keywords, with ``fused`` off under 16-mixed."""
+        keywords = dict(getattr(self.optimizer_factory, "keywords", None) or {})
+        kind = {key: keywords[key] for key in OPTIMIZER_KIND if key in keywords}
+        if str(getattr(self._trainer, "precision", "")).startswith("16") and kind.get("fused"):
+            # float16's gradient scaler: a fused step unscales inside the kernel, so Lightning can neither clip
+            # nor let a skipped (non-finite) step drop the gradients first (scaler.update then finds no
+            # inf checks and fails); the multi-tensor step unscales before, as those need
+            kind["fused"] = False
+        return kind
+
+    def _resume_with_this_optimizer_kind(self, checkpoint: dict) -> None:
+        """A resumed run steps as its own config says, not as the checkpoint's run did: the saved param groups
+        carry ``fused`` / ``foreach``, which ``Optimizer.load_state_dict`` would restore (and by which it places
+        the step counters: on the device for a fused step). Keys the config leaves out get torch's default."""
+        kind = self._optimizer_kind()
+        changed = set()
+        for state in checkpoint.get("optimizer_states", ()):
+            for group in state.get("param_groups", ()):
+                for key in OPTIMIZER_KIND:
+                    if key in group and group[key] != kind.get(key):
+                        changed.add(f"{key}: {group[key]} -> {kind.get(key)}")
+                        group[key] = kind.get(key)
+        if changed and self._trainer is not None and self._trainer.is_global_zero:
+            log.info("resuming with this run's optimiser kind (%s)", ", ".join(sorted(changed)))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.run_config is not None:
@@ -213,6 +235,7 @@ class StrongPoseModule(L.LightningModule):
         # a checkpoint of another backbone / skeleton / stride gets the differences, not a wall of keys
         check_compatible(checkpoint, self)
         self.nonfinite.total = int(checkpoint.get(NONFINITE, 0))
+        self._resume_with_this_optimizer_kind(checkpoint)  # before Lightning loads the optimiser state
 
 
 def check_compatible(checkpoint: dict, model: StrongPoseModule) -> None:

@@ -143,3 +143,30 @@ def test_checkpoint_of_another_backbone_names_the_difference(codec):
     saved["backbone"] = {**saved["backbone"], "arch": "resnet50", "out_channels": 256}
     with pytest.raises(CheckpointError, match=r"backbone arch: checkpoint 'resnet50', model 'resnet18'.*out_channels"):
         module.on_load_checkpoint({"hyper_parameters": saved})
+
+
+def _trained_optimizer_state(codec, batch, fused: bool, precision: str) -> dict:
+    module = _module(codec, optimizer=functools.partial(torch.optim.AdamW, fused=True))
+    module._trainer = SimpleNamespace(world_size=1, accumulate_grad_batches=1, estimated_stepping_batches=10,
+                                      is_global_zero=True, precision=precision)
+    optimizer = module.configure_optimizers()
+    assert optimizer.param_groups[0]["fused"] is fused
+    module.losses(module(batch["image"]), batch["targets"])["total"].backward()
+    optimizer.step()
+    return optimizer.state_dict()
+
+
+@pytest.mark.parametrize(("saved", "now"), [("bf16-mixed", "16-mixed"), ("16-mixed", "bf16-mixed")])
+def test_a_resume_steps_as_its_own_run_says_not_as_the_checkpoint(codec, batch, saved, now):
+    state = _trained_optimizer_state(codec, batch, fused=saved != "16-mixed", precision=saved)
+    checkpoint = {"optimizer_states": [state], "hyper_parameters": {}}
+    module = _module(codec, optimizer=functools.partial(torch.optim.AdamW, fused=True))
+    module._trainer = SimpleNamespace(world_size=1, accumulate_grad_batches=1, estimated_stepping_batches=10,
+                                      is_global_zero=True, precision=now)
+    module.on_load_checkpoint(checkpoint)  # as Lightning calls it, before it loads the optimiser state
+    optimizer = module.configure_optimizers()
+    optimizer.load_state_dict(checkpoint["optimizer_states"][0])
+    assert optimizer.param_groups[0]["fused"] is (now != "16-mixed")
+    assert int(optimizer.state[optimizer.param_groups[0]["params"][0]]["step"]) == 1  # the state itself came back
+    module.losses(module(batch["image"]), batch["targets"])["total"].backward()
+    optimizer.step()  # and steps in the new kind
