@@ -12,7 +12,8 @@ bench_train.py compares the full step with the bare trunk; this splits the diffe
   loader_ms     the data module's loader alone in this process (workers, pinned memory, host-to-device
                 copy): next batch + copy (+ the device part of the targets with ``--encode-on device``)
   full_ms       loader + network + losses + backward + fused AdamW: bench_train's full step
-  wait_ms       of full_ms, the host time spent getting the batch (blocked on the loader, or copying)
+  wait_ms       of full_ms, the host time spent getting the batch (blocked on the loader, copying, and with
+                ``--encode-on device`` queuing the device part of the targets)
   fit_ms        the same training through Lightning's Trainer.fit: the module's own training_step (non-finite
                 guard, BatchNorm snapshot, logging) and the training config's per-step callbacks (progress
                 bar, EMA, images/s meter), after a warm-up; once per configuration, after the other parts

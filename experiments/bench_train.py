@@ -216,17 +216,21 @@ def max_batch(backbone: str, precision: str, start: int, args: argparse.Namespac
     (data loading needs no GPU memory)."""
     device = torch.device(args.device)
     codec = StrongPoseCodec(stride=args.stride)
-    data = COCOKeypointDataModule(codec, input_size=args.input, batch_size=4, num_workers=0)
+    data = COCOKeypointDataModule(codec, input_size=args.input, batch_size=4, num_workers=0,
+                                  encode_on=getattr(args, "encode_on", "worker"))
     data.setup("fit")
     seed = next(iter(data.train_dataloader()))
+    fields = {key: seed[key] for key in ("image", "targets", "people", "regions") if key in seed}
     module, bare, optimizer, bare_optimizer = build_models(backbone, args, codec, device)
     del bare, bare_optimizer  # only the full step's memory counts here
     release(device)
 
     def fits(n: int) -> float | None:
         tile = torch.arange(n) % len(seed["image"])
-        batch = {"image": seed["image"][tile], "targets": {k: v[tile] for k, v in seed["targets"].items()}}
-        step = full_step_fn(module, optimizer, lambda: batch, device, precision)
+        batch = {key: value[tile] if isinstance(value, torch.Tensor) else {k: v[tile] for k, v in value.items()}
+                 for key, value in fields.items()}
+        # with --encode-on device the step also holds the device encoder's working memory
+        step = full_step_fn(module, optimizer, lambda: batch, device, precision, data.finish_targets)
         torch.cuda.reset_peak_memory_stats(device)
         try:
             step()

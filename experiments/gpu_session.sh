@@ -23,7 +23,7 @@
 #     hydra-core omegaconf antlr4-python3-runtime==4.9.3 albumentations==2.0.8 albucore pycocotools \
 #     faster-coco-eval pydantic pydantic-core annotated-types typing-inspection simsimd stringzilla
 # (versions as pyproject.toml admits; one version of each)
-# then, in one device call with carry [".whl"] and timeout_s=600 (the steps stop at 170+45+190+60 s):
+# then, in one device call with carry [".whl"] and timeout_s=600 (the steps stop at 170+60+190+45 s):
 #   bash experiments/gpu_session.sh
 # QUICK=1 runs a tiny version of every step (CPU smoke test: bash experiments/gpu_session.sh with QUICK=1).
 set -u
@@ -43,7 +43,7 @@ if [ "${QUICK:-0}" = 1 ]; then
   PARTS2=(--batch 2); PB=2; R50=(--backbone resnet18 --input 128 --batch 2 --precision 32 --steps 1 --rounds 1 --workers 1)
   R152=(--backbone resnet18 --input 128 --batch 2 --precision 32 --steps 1 --rounds 1 --workers 0)
   DATA=(--images 8 --loader-workers 1 --batch 2 --batches 2)
-  TP=300 TG=300 TD=300  # a loaded CPU: time limits that only stop a hang
+  TP=300 TP2=300 TG=300 TD=300  # a loaded CPU: time limits that only stop a hang
   TRAINER=default END=100000
 else
   W=$(( $(nproc) > 2 ? $(nproc) - 2 : 1 ))
@@ -52,7 +52,7 @@ else
   R50=(--backbone resnet50 --input 512 --batch 8 16 32 --precision bf16 --steps 20 --rounds 3 --workers "$W")
   R152=(--backbone resnet152 --input 512 --batch 16 32 --precision bf16 --steps 20 --rounds 3 --workers "$W")
   DATA=(--images 200 --loader-workers "$W" --batch 32 --batches 40 --pin-memory)
-  TP=170 TG=190 TD=45   # seconds per step (TG for each of three bench_train runs, shared): within 600 s
+  TP=170 TP2=60 TG=190 TD=45  # seconds per step (TG shared by the three bench_train runs): within 600 s
   TRAINER=gpu END=560   # step 4 runs only in what is left before END seconds
 fi
 {
@@ -60,7 +60,7 @@ fi
   $PY -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__, 'cuda', torch.cuda.is_available())"
   echo "== step parts (workers $W)"
   timeout $TP bash -c '"$0" experiments/bench_step_parts.py "$@" --encode-on worker device' "$PY" "${PARTS[@]}" "${PARTS2[@]}" 2>&1 | grep "^device="
-  timeout 60 $PY experiments/bench_step_parts.py "${PARTS[@]}" --batch "$PB" --collate default 2>&1 | grep "^device="
+  timeout $TP2 $PY experiments/bench_step_parts.py "${PARTS[@]}" --batch "$PB" --collate default 2>&1 | grep "^device="
   echo "== bench_train, long blocks"
   G0=$SECONDS
   for enc in worker device; do

@@ -222,6 +222,14 @@ class StrongPoseModule(L.LightningModule):
                     if key in group and group[key] != kind.get(key):
                         changed.add(f"{key}: {group[key]} -> {kind.get(key)}")
                         group[key] = kind.get(key)
+                if not (group.get("fused") or group.get("capturable")):
+                    # load_state_dict moves the step counters to the device only for those kinds; an unfused
+                    # step reads each counter on the host, so one left on a GPU (a checkpoint loaded onto its
+                    # device) would cost a synchronisation per parameter and step
+                    for param in group.get("params", ()):
+                        step = state.get("state", {}).get(param, {}).get("step")
+                        if isinstance(step, torch.Tensor) and step.device.type != "cpu":
+                            state["state"][param]["step"] = step.to("cpu", torch.float32)
         if changed and self._trainer is not None and self._trainer.is_global_zero:
             log.info("resuming with this run's optimiser kind (%s)", ", ".join(sorted(changed)))
 

@@ -210,12 +210,40 @@ def test_batch_encoding_equals_encoding_each_image(codec, compact):
     assert batch["skhm"][0].any() and not batch["skhm"][1].any()
 
 
+def test_random_batches_encode_the_same_compacted_fixed_and_alone(codec):
+    from strongpose.codec.encode import encode_keypoint_maps
+
+    gen = torch.Generator().manual_seed(2)
+    for trial in range(20):
+        height, width = (int(v) for v in torch.randint(8, 120, (2,), generator=gen))
+        b, n = int(torch.randint(0, 4, (1,), generator=gen)), int(torch.randint(0, 5, (1,), generator=gen))
+        kp = torch.rand(b, n, 17, 3, generator=gen) * torch.tensor([width * 1.2, height * 1.2, 3.0])
+        kp[..., :2] -= torch.tensor([width * 0.1, height * 0.1])
+        kp[..., 2] = kp[..., 2].floor()
+        if b and n > 1:
+            kp[0, 1] = kp[0, 0]  # two people on the same spot: ties go to the lower index
+        regions = {key: torch.rand(b, 1, *codec.map_size((height, width)), generator=gen) > 0.7
+                   for key in ("bhm", "ignore")}
+        maps = [encode_keypoint_maps(kp, regions, (height, width), stride=codec.stride, disk_radius=codec.disk_radius,
+                                     directed_edges=codec.edges, out_edges=codec._out_edges,
+                                     long_range=codec.long_range, compact=compact) for compact in (True, False)]
+        for key in maps[0]:
+            assert torch.equal(maps[0][key], maps[1][key]), (trial, key)
+        for i in range(b):
+            alone = codec.encode(kp[i], (height, width))
+            for key in ("skhm", "short", "mid", "mid_valid", "long", "long_valid"):
+                assert torch.equal(maps[1][key][i], alone[key]), (trial, key)
+
+
 def test_batch_encoding_of_no_images_and_bad_shapes(codec):
     padded, regions = _batch_of(codec, [], (64, 64))
     empty = codec.encode_batch(padded, regions, (64, 64))
     assert empty["mid"].shape == (0, 2 * codec.num_edges, 8, 8) and empty["weight"].shape == (0, 1, 8, 8)
     with pytest.raises(ValueError, match=r"\(B, N, K, 3\)"):
         codec.encode_batch(torch.zeros(2, 17, 3), regions, (64, 64))
+    with pytest.raises(ValueError, match=r"regions\['ignore'\] must be \(1, 1, 8, 8\)"):
+        codec.encode_batch(torch.zeros(1, 2, 17, 3), {"bhm": torch.zeros(1, 1, 8, 8, dtype=torch.bool),
+                                                       "ignore": torch.zeros(1, 8, 8, dtype=torch.bool)}, (64, 64))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -224,6 +252,13 @@ def test_batch_encoding_on_the_gpu_equals_the_cpu(codec):
     people = [as_tensor([person(60, 10, 100), person(140, 20, 90)]), as_tensor([person(100, 15, 110)])]
     padded, regions = _batch_of(codec, people, size)
     cpu = codec.encode_batch(padded, regions, size)
-    gpu = codec.encode_batch(padded.cuda(), {key: v.cuda() for key, v in regions.items()}, size)
+    args = padded.cuda(), {key: v.cuda() for key, v in regions.items()}, size
+    codec.encode_batch(*args)  # the first call copies the edge tables to the device
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # then nothing may wait for the device
+    try:
+        gpu = codec.encode_batch(*args)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
     for key, value in cpu.items():
         assert gpu[key].device.type == "cuda" and torch.equal(gpu[key].cpu(), value), key

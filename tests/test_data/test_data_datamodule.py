@@ -117,7 +117,10 @@ def test_encode_on_device_gives_the_workers_targets(codec, num_workers: int) -> 
     pairs = list(zip(_batches(worker.train_dataloader()), _batches(device.train_dataloader())))
     pairs.append((next(iter(worker.val_dataloader())), next(iter(device.val_dataloader()))))
     for a, b in pairs:
-        assert "targets" not in b and b["people"].shape[1:] == (b["people"].shape[1], codec.num_keypoints, 3)
+        people = b["people"]
+        assert "targets" not in b and people.shape[0] == len(b["image"]) and people.shape[2:] == (codec.num_keypoints, 3)
+        assert (people[..., 2] > 0).any(-1).sum() == people.shape[0] * people.shape[1] - (people == 0).all(-1).all(
+            -1).sum()  # each row a person with a labelled keypoint, or zero padding
         assert set(b["regions"]) == {"bhm", "ignore"} and b["regions"]["bhm"].dtype == torch.bool
         sent = sum(t.nbytes for t in (*a["targets"].values(),))
         assert sum(t.nbytes for t in (b["people"], *b["regions"].values())) < sent / 10
@@ -142,3 +145,11 @@ def test_lightning_fit_encodes_on_the_device(codec) -> None:
                         enable_model_summary=False)
     trainer.fit(_Tiny(), datamodule=dm)  # _Tiny reads batch["targets"]: on_after_batch_transfer made them
     assert dm.bad_counts["train"] == [0, 8]
+
+
+def test_keypoints_cast_to_half_precision_are_refused(codec) -> None:
+    dm = COCOKeypointDataModule(codec, input_size=S, batch_size=2, encode_on="device")
+    batch = next(iter(dm.val_dataloader()))
+    batch["people"] = batch["people"].bfloat16()  # what trainer.precision=bf16-true does to floating inputs
+    with pytest.raises(TypeError, match="bf16-true|float32"):
+        dm.finish_targets(batch)

@@ -75,6 +75,7 @@ class StrongPoseCodec:
         self.redundant_edges = bool(redundant_edges)
         self.edges = torch.tensor(self.skeleton.directed_edges(redundant_edges), dtype=torch.long)
         self._out_edges = out_edge_table(self.edges, self.num_keypoints)
+        self._tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self.decode_sigma = decode_sigma
         self.decode_vote_threshold = decode_vote_threshold
         self.decode_peak_threshold = decode_peak_threshold
@@ -184,9 +185,29 @@ class StrongPoseCodec:
         Returns :meth:`encode`'s maps with a batch dim, equal to encoding each image alone (tested).
         """
         kp = self._people(keypoints, 4)
-        return encode_keypoint_maps(kp, regions, self._size(image_size), stride=self.stride,
-                                    disk_radius=self.disk_radius, directed_edges=self.edges,
-                                    out_edges=self._out_edges, long_range=self.long_range, offset_dtype=offset_dtype)
+        size = self._size(image_size)
+        expect = (kp.shape[0], 1, *self.map_size(size))
+        for key in ("bhm", "ignore"):
+            if key not in regions or tuple(regions[key].shape) != expect:
+                got = tuple(regions[key].shape) if key in regions else "missing"
+                raise ValueError(f"regions[{key!r}] must be {expect} (B, 1, h, w) for these keypoints and image "
+                                 f"size {size}, got {got}")
+        edges, out_edges = self._edge_tables(kp.device)
+        return encode_keypoint_maps(kp, regions, size, stride=self.stride, disk_radius=self.disk_radius,
+                                    directed_edges=edges, out_edges=out_edges, long_range=self.long_range,
+                                    offset_dtype=offset_dtype)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_tables"] = {}  # device copies stay in their process (a data worker has no use for them)
+        return state
+
+    def _edge_tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The directed edges and the edges leaving each type, on ``device``: copied once per device, not per
+        batch (a host-to-device copy waits for the device's queue)."""
+        if device not in self._tables:
+            self._tables[device] = (self.edges.to(device), self._out_edges.to(device))
+        return self._tables[device]
 
     def _people(self, keypoints: torch.Tensor, ndim: int) -> torch.Tensor:
         kp = torch.as_tensor(keypoints, dtype=torch.float32)

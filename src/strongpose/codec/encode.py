@@ -25,6 +25,8 @@ import torch.nn.functional as F
 
 from strongpose.structures import input_to_map, inside_image, map_size, map_to_input
 
+NEVER = torch.iinfo(torch.int64).max  # the key of an entry that does not count
+
 
 def out_edge_table(edges: torch.Tensor, num_keypoints: int) -> torch.Tensor:
     """(E, 2) directed edges -> (K, D) ids of the edges leaving each type, -1 padded."""
@@ -150,11 +152,15 @@ def encode_keypoint_maps(
     compact: bool | None = None,
 ) -> dict[str, torch.Tensor]:
     """A batch's targets from its (B, N, K, 3) people (padded with unlabelled rows) and the
-    :func:`encode_regions` maps stacked to (B, 1, h, w); all on one device, where this runs.
+    :func:`encode_regions` maps stacked to (B, 1, h, w); all on one device, where this runs (the edge
+    tables ``directed_edges`` (E, 2) and ``out_edges`` (K, D) too).
 
     ``compact`` (default: on the CPU) first drops the unlabelled keypoints and the window cells outside the
     disks (``nonzero``: a host read); without it every entry keeps its place and does not count (fixed
-    shapes, no host read: what a GPU wants). Both give the same maps (tested).
+    shapes, no host read: what a GPU wants). Both give the same maps (tested). The fixed shapes cost
+    transient memory in proportion to B x N x K x (2 ceil(R / stride) + 3)^2 entries, ~0.5 KB each with the
+    mid-range ones (~0.6 GB for 32 images of 20 people at R = 32, stride 8): pad N to the people who have a
+    labelled keypoint, as the dataset does.
 
     Returns the maps of :meth:`strongpose.codec.StrongPoseCodec.encode` with a batch dim."""
     kp = keypoints
@@ -201,11 +207,12 @@ def encode_keypoint_maps(
     eb, ep, ek = (entries(t[:, None, None]) for t in (eb, ep, ek))
     cell = entries(v.clamp(0, h - 1) * w + u.clamp(0, w - 1))
     cx, cy, dx, dy = entries(cx), entries(cy), entries(dx), entries(dy)
-    # ownership by distance; the person index breaks exact ties deterministically
-    key = entries(d2).double() + ep.double() * 1e-6
+    # ownership by distance, exact ties to the lower person index: (d2, person) packed into one int64, d2's
+    # float32 bits in the high half (a non-negative float's bits order as the float does)
+    key = (entries(d2).contiguous().view(torch.int32).long() << 32) | ep
     if keep is not None:
         keep = keep.reshape(-1)
-        key = torch.where(keep, key, math.inf)
+        key = torch.where(keep, key, NEVER)
 
     def slot(index: torch.Tensor, size: int) -> torch.Tensor:
         """Entries that do not count go to one extra slot at the end (the dump)."""
@@ -219,8 +226,9 @@ def encode_keypoint_maps(
     out = {"skhm": skhm.to(torch.float32), "short": short, "short_valid": skhm}
     # mid: along each edge a -> b leaving the winner's type, from the cell's centre to keypoint b of the
     # same person
-    edge_ids = out_edges.to(device)[ek]  # (entries, D) the edges leaving each entry's type, -1 padded
-    dst = directed_edges.to(device)[edge_ids.clamp(min=0), 1]
+    # (the tables must be on the device already: a copy from the host would wait for the device)
+    edge_ids = out_edges[ek]  # (entries, D) the edges leaving each entry's type, -1 padded
+    dst = directed_edges[edge_ids.clamp(min=0), 1]
     mid_won = won[:, None] & (edge_ids >= 0) & labelled[eb[:, None], ep[:, None], dst]
     mid_slot = (eb[:, None] * num_edges + edge_ids.clamp(min=0)) * hw + cell[:, None]
     mid_x, mid_y = kx[eb[:, None], ep[:, None], dst] - cx[:, None], ky[eb[:, None], ep[:, None], dst] - cy[:, None]
@@ -243,9 +251,7 @@ def encode_keypoint_maps(
         ys = map_to_input(torch.arange(h, device=device, dtype=torch.float32), stride)
         long = torch.empty(b, k, 2, hw, dtype=offset_dtype, device=device)
         for axis, (table, centre) in enumerate(((kx, xs.repeat(h)), (ky, ys.repeat_interleave(w)))):
-            # a product, not a where: its out= may round to float16 (the differences are finite: unlabelled
-            # keypoints hold 0)
-            torch.mul(table.transpose(1, 2).gather(2, who).sub_(centre), valid, out=long[:, :, axis])
+            long[:, :, axis] = table.transpose(1, 2).gather(2, who).sub_(centre).masked_fill_(~valid, 0.0)
         out["long"], out["long_valid"] = long.view(b, 2 * k, h, w), valid.view(b, k, h, w)
 
     any_disk = skhm.any(1, keepdim=True)
@@ -256,9 +262,10 @@ def encode_keypoint_maps(
 
 
 def _winners(flat: torch.Tensor, key: torch.Tensor, size: int) -> torch.Tensor:
-    """(entries,) bool: the entry with the smallest ``key`` at its slot of ``flat`` (slot ``size``, the dump,
-    never wins). One winner per slot: the key holds the person index, and a person has one keypoint of a type."""
-    best = torch.full((size + 1,), math.inf, dtype=key.dtype, device=key.device)
+    """(entries,) bool: the entries with the smallest ``key`` at their slot of ``flat`` (slot ``size``, the dump,
+    never wins). Winners of one slot are one person's (the key holds the person index): one entry for a
+    per-type slot, possibly several keypoints equally near for a per-cell slot, which write the same person."""
+    best = torch.full((size + 1,), NEVER, dtype=key.dtype, device=key.device)
     best.scatter_reduce_(0, flat, key, reduce="amin")
     return (key == best[flat]) & (flat < size)
 
@@ -271,7 +278,7 @@ def _scatter_offsets(won: torch.Tensor, slot: torch.Tensor, ox: torch.Tensor, oy
     hw = h * w
     size = batch * channels * hw
     valid = torch.zeros(size + 1, dtype=torch.bool, device=won.device)
-    valid[torch.where(won, slot, size)] = True
+    valid.index_fill_(0, torch.where(won, slot, size), True)  # (a scalar fill: no value copied to the device)
     at = torch.where(won, slot + (slot // hw) * hw, 2 * size)  # x of channel c at map 2c, y at map 2c + 1
     offsets = torch.zeros(2 * size + 1, dtype=dtype, device=won.device)
     offsets[at] = ox.to(dtype)
@@ -296,7 +303,8 @@ def encode_targets(
     """Encode the people of one image. See :meth:`strongpose.codec.StrongPoseCodec.encode`."""
     regions = encode_regions(keypoints, image_size, stride=stride, disk_radius=disk_radius, masks=masks,
                              ignore_mask=ignore_mask, boxes=boxes)
+    device = keypoints.device
     maps = encode_keypoint_maps(keypoints[None], {key: v[None] for key, v in regions.items()}, image_size,
-                                stride=stride, disk_radius=disk_radius, directed_edges=directed_edges,
-                                out_edges=out_edges, long_range=long_range, offset_dtype=offset_dtype)
+                                stride=stride, disk_radius=disk_radius, directed_edges=directed_edges.to(device),
+                                out_edges=out_edges.to(device), long_range=long_range, offset_dtype=offset_dtype)
     return {key: v[0] for key, v in maps.items()}

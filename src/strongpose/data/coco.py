@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from strongpose.codec import StrongPoseCodec
+from strongpose.codec.encode import labelled_keypoints
 from strongpose.data.annotations import (BadSample, ImageAnnotations, image_annotations, load_coco, person_category,
                                          read_image)
 from strongpose.data.collate import SkippedSample
@@ -59,8 +60,8 @@ class COCOKeypointDataset(Dataset):
     augmentation of a sample depends only on (seed, epoch, index), not on the worker that draws it.
     ``__getitem__`` returns ``{"image": (3, S, S) uint8 RGB, "targets": codec.encode(...) with float16
     offsets, "meta": {"image_id": int, "orig_size": (2,) long (H, W), "affine": (2, 3) float32 input ->
-    original}}`` (with ``encode_on="device"``, ``"people"``: (N, K, 3) float32 keypoints in input pixels and
-    ``"regions"`` instead of ``"targets"``), or a :class:`SkippedSample` (image id, file, reason) for a bad sample (missing, empty,
+    original}}`` (with ``encode_on="device"``, ``"people"``: (N, K, 3) float32 keypoints in input pixels of
+    the people with a labelled keypoint, and ``"regions"`` instead of ``"targets"``), or a :class:`SkippedSample` (image id, file, reason) for a bad sample (missing, empty,
     truncated or undecodable image, wrong image size, malformed annotation); the data module names it in
     the main process (log and the run's ``bad_samples.tsv``), where logging works with any worker start
     method.
@@ -164,8 +165,11 @@ def _item(codec: StrongPoseCodec, sample: PoseSample, input_size: int, encode_on
         item["targets"] = _encode(codec, sample, input_size)
     else:
         people = torch.from_numpy(sample.keypoints)
-        item["people"] = people
-        item["regions"] = codec.encode_regions(people, (input_size, input_size), **_region_inputs(sample))
+        size = (input_size, input_size)
+        item["regions"] = codec.encode_regions(people, size, **_region_inputs(sample))
+        # the regions took the others into account; only people with a labelled keypoint reach the keypoint
+        # maps, and each person sent costs the device encoder memory (order kept: ties go by person index)
+        item["people"] = people[labelled_keypoints(people, size).any(-1)]
     item["meta"] = {"image_id": image_id, "orig_size": torch.tensor(orig_size, dtype=torch.long),
                     "affine": torch.from_numpy(sample.affine.astype(np.float32))}
     return item

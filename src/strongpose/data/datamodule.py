@@ -214,11 +214,15 @@ class COCOKeypointDataModule(L.LightningDataModule):
 
     def finish_targets(self, batch: Any) -> Any:
         """``encode_on="device"``: the batch's ``targets`` from its ``people`` and ``regions``, encoded where
-        the batch is (:meth:`StrongPoseCodec.encode_batch`: no host synchronisation on a GPU); other batches
-        are returned as they are."""
+        the batch is (:meth:`StrongPoseCodec.encode_batch`: no host synchronisation on a CUDA device); other
+        batches are returned as they are."""
         if isinstance(batch, dict) and "people" in batch:
             batch = dict(batch)
             people, regions = batch.pop("people"), batch.pop("regions")
+            if people.dtype != torch.float32:  # e.g. trainer.precision=bf16-true casts every float in the batch
+                raise TypeError(f"data.encode_on=device: the batch's keypoints arrived as {people.dtype}, not "
+                                "float32 (bfloat16 would move them by up to 2 px at 512 px); use a *-mixed "
+                                "trainer.precision, or data.encode_on=worker")
             batch["targets"] = self.codec.encode_batch(people, regions, tuple(batch["image"].shape[-2:]))
         return batch
 
