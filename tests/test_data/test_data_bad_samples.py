@@ -115,3 +115,19 @@ def test_wrong_skeleton_fails_at_construction(sample, codec) -> None:
 
     with pytest.raises(ValueError, match="17 keypoints"):
         COCOKeypointDataset(*sample, codec=StrongPoseCodec("crowdpose"))
+
+
+def test_all_bad_batch_encoded_on_the_device_has_size_zero_and_the_usual_targets(sample, codec) -> None:
+    from functools import partial
+
+    from strongpose.data.coco import empty_sample
+
+    dm = COCOKeypointDataModule(codec, *sample, *sample, input_size=S, encode_on="device")
+    good = dm.finish_targets(SkipBadCollate(partial(empty_sample, codec, S, "device"))(
+        [COCOKeypointDataset(*sample, codec=codec, input_size=S, encode_on="device")[0]]))
+    empty = SkipBadCollate(partial(empty_sample, codec, S, "device"))([None, None])
+    assert empty["people"].shape == (0, 1, codec.num_keypoints, 3) and empty["image"].shape == (0, 3, S, S)
+    empty = dm.finish_targets(empty)
+    assert set(empty["targets"]) == set(good["targets"])
+    for key, value in good["targets"].items():
+        assert empty["targets"][key].shape == (0, *value.shape[1:]) and empty["targets"][key].dtype == value.dtype
