@@ -61,7 +61,8 @@ class COCOKeypointDataset(Dataset):
     ``__getitem__`` returns ``{"image": (3, S, S) uint8 RGB, "targets": codec.encode(...) with float16
     offsets, "meta": {"image_id": int, "orig_size": (2,) long (H, W), "affine": (2, 3) float32 input ->
     original}}`` (with ``encode_on="device"``, ``"people"``: (N, K, 3) float32 keypoints in input pixels of
-    the people with a labelled keypoint, and ``"regions"`` instead of ``"targets"``), or a :class:`SkippedSample` (image id, file, reason) for a bad sample (missing, empty,
+    the people with a labelled keypoint, and ``"regions"`` instead of ``"targets"``), or a
+    :class:`SkippedSample` (image id, file, reason) for a bad sample (missing, empty,
     truncated or undecodable image, wrong image size, malformed annotation); the data module names it in
     the main process (log and the run's ``bad_samples.tsv``), where logging works with any worker start
     method.
