@@ -262,3 +262,37 @@ def test_batch_encoding_on_the_gpu_equals_the_cpu(codec):
         torch.cuda.set_sync_debug_mode("default")
     for key, value in cpu.items():
         assert gpu[key].device.type == "cuda" and torch.equal(gpu[key].cpu(), value), key
+
+
+def test_the_fixed_shape_path_calls_nothing_that_reads_the_device(codec):
+    """On a CPU, the ops that make a GPU wait for a host read (nonzero, boolean-mask indexing, .item()) are
+    recorded while the fixed-shape (GPU) path runs: there must be none (the GPU test checks the rest)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from strongpose.codec.encode import encode_keypoint_maps
+
+    host_reads = {"aten::nonzero", "aten::_local_scalar_dense", "aten::masked_select", "aten::unique",
+                  "aten::_unique2", "aten::nonzero_static"}
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.bad = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func._schema.name
+            tensors = [a for a in torch.utils._pytree.tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)]
+            mask_index = name == "aten::index" and any(t.dtype == torch.bool for t in tensors[1:])
+            if name in host_reads or mask_index:
+                self.bad.append(name)
+            return func(*args, **(kwargs or {}))
+
+    size = (120, 200)
+    padded, regions = _batch_of(codec, [as_tensor([person(60, 10, 100), person(140, 20, 90)]),
+                                        as_tensor([person(100, 15, 110)])], size)
+    for compact, expect_reads in ((False, False), (True, True)):  # the CPU path reads, as it may
+        with Record() as record:
+            encode_keypoint_maps(padded, regions, size, stride=codec.stride, disk_radius=codec.disk_radius,
+                                 directed_edges=codec.edges, out_edges=codec._out_edges,
+                                 long_range=codec.long_range, compact=compact)
+        assert bool(record.bad) is expect_reads, record.bad
