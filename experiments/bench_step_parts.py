@@ -52,7 +52,6 @@ import torch  # noqa: E402
 from lightning.fabric.utilities.apply_func import move_data_to_device  # noqa: E402
 
 from strongpose.codec import StrongPoseCodec  # noqa: E402
-from strongpose.data import collate as collate_module  # noqa: E402
 
 
 def _bench_train():
@@ -64,7 +63,6 @@ def _bench_train():
 
 
 bt = _bench_train()
-PACKED = collate_module.packed_collate
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -122,7 +120,7 @@ class _StepClock(L.Callback):
 
 
 def fit_ms(module, codec: StrongPoseCodec, batch_size: int, precision: str, args: argparse.Namespace,
-           device: torch.device, encode_on: str = "worker") -> float:
+           device: torch.device, encode_on: str = "worker", collate=None) -> float:
     """ms per step of ``Trainer.fit`` on the endless loader with the training config's per-step callbacks."""
     with bt.initialize_config_dir(str(bt.CONFIG_DIR), version_base="1.3"):
         cfg = bt.compose("train")
@@ -134,7 +132,7 @@ def fit_ms(module, codec: StrongPoseCodec, batch_size: int, precision: str, args
                         precision="bf16-mixed" if precision == "bf16" else "32-true", max_steps=warmup + steps,
                         limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
                         enable_model_summary=False, callbacks=[*callbacks, clock])
-    loader, data = bt.endless_loader(codec, batch_size, args, device, encode_on)
+    loader, data = bt.endless_loader(codec, batch_size, args, device, encode_on, collate)
     data.train_dataloader = lambda: loader  # the data module's hooks (finish_targets) with the endless loader
     trainer.fit(module, datamodule=data)
     return 1000.0 * clock.seconds / clock.steps
@@ -143,11 +141,10 @@ def fit_ms(module, codec: StrongPoseCodec, batch_size: int, precision: str, args
 def measure(backbone: str, precision: str, batch_size: int, sharing: str, collate: str,
             args: argparse.Namespace, encode_on: str = "worker") -> dict[str, float]:
     torch.multiprocessing.set_sharing_strategy(sharing)  # before this configuration's workers start
-    # SkipBadCollate looks packed_collate up per batch; the workers forked below inherit the choice
-    collate_module.packed_collate = PACKED if collate == "packed" else torch.utils.data.default_collate
+    stack = torch.utils.data.default_collate if collate == "default" else None  # None: the data module's own
     device = torch.device(args.device)
     codec = StrongPoseCodec(stride=args.stride)
-    batches, finish = bt.endless_batches(codec, batch_size, args, device, encode_on)
+    batches, finish = bt.endless_batches(codec, batch_size, args, device, encode_on, stack)
     module, bare, fused_optimizer, bare_optimizer = bt.build_models(backbone, args, codec, device)  # fused
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4, fused=False)  # torch's default: foreach on CUDA
     fixed = finish(move_data_to_device(next(batches), device))
@@ -189,7 +186,7 @@ def measure(backbone: str, precision: str, batch_size: int, sharing: str, collat
         issue.append(issue_ms(fused, args.steps, device))
     result = {f"{name}_ms": statistics.median(values) for name, values in times.items()}
     del batches  # its workers; fit starts its own
-    result["fit_ms"] = fit_ms(module, codec, batch_size, precision, args, device, encode_on)
+    result["fit_ms"] = fit_ms(module, codec, batch_size, precision, args, device, encode_on, stack)
     result["issue_ms"] = statistics.median(issue)
     result["wait_ms"] = statistics.median(wait)
     print(f"device={bt.device_name(device)} backbone={backbone} input={args.input} batch={batch_size} "
@@ -210,9 +207,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         for backbone, precision, batch, sharing, collate, encode_on in itertools.product(
                 args.backbone, args.precision, args.batch, args.sharing, args.collate, args.encode_on):
             result = measure(backbone, precision, batch, sharing, collate, args, encode_on)
-    finally:  # this process's other users (a test session) get torch's and the data module's own back
+    finally:  # this process's other users (a test session) get torch's own back
         torch.multiprocessing.set_sharing_strategy(default)
-        collate_module.packed_collate = PACKED
     return result
 
 

@@ -146,22 +146,27 @@ def full_step_fn(module, optimizer, next_batch: Callable[[], dict], device: torc
 
 
 def endless_loader(codec: StrongPoseCodec, batch_size: int, args: argparse.Namespace, device: torch.device,
-                   encode_on: str | None = None) -> tuple[DataLoader, COCOKeypointDataModule]:
+                   encode_on: str | None = None, collate: Callable[[list], dict] | None = None,
+                   ) -> tuple[DataLoader, COCOKeypointDataModule]:
     """The data module's training DataLoader over the embedded sample (``args.workers`` workers, pinned memory
-    on CUDA, ``encode_on`` or ``args.encode_on``), and the data module. The sample holds 11 training images:
-    (index, epoch) pairs are drawn endlessly, so that batches of any size are full and the workers never
-    wait for an epoch boundary."""
+    on CUDA, ``encode_on`` or ``args.encode_on``, ``collate`` instead of the data module's own if given), and
+    the data module. The sample holds 11 training images: (index, epoch) pairs are drawn endlessly, so that
+    batches of any size are full and the workers never wait for an epoch boundary."""
     data = COCOKeypointDataModule(codec, input_size=args.input, batch_size=batch_size, num_workers=args.workers,
                                   pin_memory=device.type == "cuda", persistent_workers=args.workers > 0,
                                   encode_on=encode_on or getattr(args, "encode_on", "worker"))
     data.setup("fit")
-    return data._loader(data.train_dataset, batch_size, EndlessSampler(len(data.train_dataset))), data
+    loader = data._loader(data.train_dataset, batch_size, EndlessSampler(len(data.train_dataset)))
+    if collate is not None:
+        loader.collate_fn.collate = collate
+    return loader, data
 
 
 def endless_batches(codec: StrongPoseCodec, batch_size: int, args: argparse.Namespace, device: torch.device,
-                    encode_on: str | None = None) -> tuple[Iterator[dict], Callable[[dict], dict]]:
+                    encode_on: str | None = None, collate: Callable[[list], dict] | None = None,
+                    ) -> tuple[Iterator[dict], Callable[[dict], dict]]:
     """Batches of :func:`endless_loader`, one after another, and the data module's ``finish_targets``."""
-    loader, data = endless_loader(codec, batch_size, args, device, encode_on)
+    loader, data = endless_loader(codec, batch_size, args, device, encode_on, collate)
     return iter(loader), data.finish_targets
 
 

@@ -27,7 +27,6 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import torch  # noqa: E402
 
 from strongpose.codec import StrongPoseCodec  # noqa: E402
-from strongpose.data import collate as collate_module  # noqa: E402
 from strongpose.data.datamodule import COCOKeypointDataModule  # noqa: E402
 from strongpose.data.sampling import EndlessSampler  # noqa: E402
 
@@ -56,14 +55,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = p.parse_args(argv)
     previous = torch.multiprocessing.get_sharing_strategy()
     torch.multiprocessing.set_sharing_strategy(args.sharing)
-    packed = collate_module.packed_collate
-    if args.collate == "default":  # SkipBadCollate looks the name up per batch; forked workers inherit this
-        collate_module.packed_collate = torch.utils.data.default_collate
     try:
         data = COCOKeypointDataModule(StrongPoseCodec(stride=8), input_size=args.input, batch_size=args.batch,
                                       num_workers=args.workers, persistent_workers=True)
         data.setup("fit")
-        batches = iter(data._loader(data.train_dataset, args.batch, EndlessSampler(len(data.train_dataset))))
+        loader = data._loader(data.train_dataset, args.batch, EndlessSampler(len(data.train_dataset)))
+        if args.collate == "default":  # the data module's SkipBadCollate, stacking with torch's own
+            loader.collate_fn.collate = torch.utils.data.default_collate
+        batches = iter(loader)
         for _ in range(3 * args.workers):  # workers started, their first batches and stock taken
             next(batches)
         received: queue.Queue = queue.Queue()
@@ -92,7 +91,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         del batches
     finally:
         torch.multiprocessing.set_sharing_strategy(previous)
-        collate_module.packed_collate = packed
     print(f"sharing={args.sharing} collate={args.collate} main={args.main} batches_per_s={rate:.2f}", flush=True)
     return {"batches_per_s": rate}
 

@@ -216,20 +216,14 @@ class StrongPoseModule(L.LightningModule):
         the step counters: on the device for a fused step). Keys the config leaves out get torch's default."""
         kind = self._optimizer_kind()
         changed = set()
-        for state in checkpoint.get("optimizer_states", ()):
-            for group in state.get("param_groups", ()):
-                for key in OPTIMIZER_KIND:
-                    if key in group and group[key] != kind.get(key):
-                        changed.add(f"{key}: {group[key]} -> {kind.get(key)}")
-                        group[key] = kind.get(key)
-                if not (group.get("fused") or group.get("capturable")):
-                    # load_state_dict moves the step counters to the device only for those kinds; an unfused
-                    # step reads each counter on the host, so one left on a GPU (a checkpoint loaded onto its
-                    # device) would cost a synchronisation per parameter and step
-                    for param in group.get("params", ()):
-                        step = state.get("state", {}).get(param, {}).get("step")
-                        if isinstance(step, torch.Tensor) and step.device.type != "cpu":
-                            state["state"][param]["step"] = step.to("cpu", torch.float32)
+        groups = [(state, group) for state in checkpoint.get("optimizer_states", ())
+                  for group in state.get("param_groups", ())]
+        for state, group in groups:
+            changed |= {f"{key}: {group[key]} -> {kind.get(key)}" for key in OPTIMIZER_KIND
+                        if key in group and group[key] != kind.get(key)}
+            group.update({key: kind.get(key) for key in OPTIMIZER_KIND if key in group})
+            if not (group.get("fused") or group.get("capturable")):
+                _step_counters_to_host(state.get("state", {}), group.get("params", ()))
         if changed and self._trainer is not None and self._trainer.is_global_zero:
             log.info("resuming with this run's optimiser kind (%s)", ", ".join(sorted(changed)))
 
@@ -244,6 +238,16 @@ class StrongPoseModule(L.LightningModule):
         check_compatible(checkpoint, self)
         self.nonfinite.total = int(checkpoint.get(NONFINITE, 0))
         self._resume_with_this_optimizer_kind(checkpoint)  # before Lightning loads the optimiser state
+
+
+def _step_counters_to_host(state: dict, params) -> None:
+    """``Optimizer.load_state_dict`` moves the step counters to the device only for a fused or capturable
+    step; an unfused one reads each counter on the host, so a counter left on a GPU (a checkpoint loaded onto
+    its device) would cost a synchronisation per parameter and step."""
+    for param in params:
+        step = state.get(param, {}).get("step")
+        if isinstance(step, torch.Tensor) and step.device.type != "cpu":
+            state[param]["step"] = step.to("cpu", torch.float32)
 
 
 def check_compatible(checkpoint: dict, model: StrongPoseModule) -> None:

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import torch
 
-from strongpose.codec.encode import encode_keypoint_maps, encode_regions, encode_targets, out_edge_table
+from strongpose.codec.encode import encode_keypoint_maps, encode_regions, out_edge_table
 from strongpose.codec.grouping import group_image, link_candidates
 from strongpose.codec.hough import find_peaks, gaussian_blur, hough_vote, smooth_votes
 from strongpose.skeleton import COCO_PERSON, Skeleton, get_skeleton
@@ -148,10 +148,10 @@ class StrongPoseCodec:
             ``long`` (2K, h, w) cell -> every keypoint of its person, ``long_valid`` (K, h, w)
             (only with ``long_range``). Offsets are in input pixels.
         """
-        kp = self._people(keypoints, 3)
-        return encode_targets(kp, self._size(image_size), stride=self.stride, disk_radius=self.disk_radius,
-                              directed_edges=self.edges, out_edges=self._out_edges, long_range=self.long_range,
-                              masks=masks, ignore_mask=ignore_mask, boxes=boxes, offset_dtype=offset_dtype)
+        kp = self._people(keypoints, 3)  # one image: the regions, then the rest as a batch of one
+        regions = self.encode_regions(kp, image_size, masks=masks, ignore_mask=ignore_mask, boxes=boxes)
+        maps = self.encode_batch(kp[None], {key: v[None] for key, v in regions.items()}, image_size, offset_dtype)
+        return {key: v[0] for key, v in maps.items()}
 
     def encode_regions(
         self,

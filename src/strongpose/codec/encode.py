@@ -228,10 +228,10 @@ def encode_keypoint_maps(
     # same person
     # (the tables must be on the device already: a copy from the host would wait for the device)
     edge_ids = out_edges[ek]  # (entries, D) the edges leaving each entry's type, -1 padded
-    dst = directed_edges[edge_ids.clamp(min=0), 1]
-    mid_won = won[:, None] & (edge_ids >= 0) & labelled[eb[:, None], ep[:, None], dst]
+    dst = (eb[:, None], ep[:, None], directed_edges[edge_ids.clamp(min=0), 1])  # their end: keypoint b, same person
+    mid_won = won[:, None] & (edge_ids >= 0) & labelled[dst]
     mid_slot = (eb[:, None] * num_edges + edge_ids.clamp(min=0)) * hw + cell[:, None]
-    mid_x, mid_y = kx[eb[:, None], ep[:, None], dst] - cx[:, None], ky[eb[:, None], ep[:, None], dst] - cy[:, None]
+    mid_x, mid_y = kx[dst] - cx[:, None], ky[dst] - cy[:, None]
     if compact:
         sel = mid_won.nonzero(as_tuple=True)
         mid_won, mid_slot, mid_x, mid_y = mid_won[sel], mid_slot[sel], mid_x[sel], mid_y[sel]
@@ -284,27 +284,3 @@ def _scatter_offsets(won: torch.Tensor, slot: torch.Tensor, ox: torch.Tensor, oy
     offsets[at] = ox.to(dtype)
     offsets[torch.where(won, at + hw, 2 * size)] = oy.to(dtype)
     return offsets[:-1].view(batch, 2 * channels, h, w), valid[:-1].view(batch, channels, h, w)
-
-
-def encode_targets(
-    keypoints: torch.Tensor,
-    image_size: tuple[int, int],
-    *,
-    stride: int,
-    disk_radius: float,
-    directed_edges: torch.Tensor,
-    out_edges: torch.Tensor,
-    long_range: bool,
-    masks: torch.Tensor | None = None,
-    ignore_mask: torch.Tensor | None = None,
-    boxes: torch.Tensor | None = None,
-    offset_dtype: torch.dtype = torch.float32,
-) -> dict[str, torch.Tensor]:
-    """Encode the people of one image. See :meth:`strongpose.codec.StrongPoseCodec.encode`."""
-    regions = encode_regions(keypoints, image_size, stride=stride, disk_radius=disk_radius, masks=masks,
-                             ignore_mask=ignore_mask, boxes=boxes)
-    device = keypoints.device
-    maps = encode_keypoint_maps(keypoints[None], {key: v[None] for key, v in regions.items()}, image_size,
-                                stride=stride, disk_radius=disk_radius, directed_edges=directed_edges.to(device),
-                                out_edges=out_edges.to(device), long_range=long_range, offset_dtype=offset_dtype)
-    return {key: v[0] for key, v in maps.items()}

@@ -133,8 +133,7 @@ class COCOKeypointDataset(Dataset):
 
     def encode_regions(self, sample: PoseSample) -> dict[str, torch.Tensor]:
         """What a worker encodes with ``encode_on="device"``: the mask-derived maps."""
-        return self.codec.encode_regions(torch.from_numpy(sample.keypoints), (self.input_size, self.input_size),
-                                         **_region_inputs(sample))
+        return _encode_regions(self.codec, sample, self.input_size)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict | SkippedSample:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
@@ -165,12 +164,11 @@ def _item(codec: StrongPoseCodec, sample: PoseSample, input_size: int, encode_on
     if encode_on == "worker":
         item["targets"] = _encode(codec, sample, input_size)
     else:
-        people = torch.from_numpy(sample.keypoints)
-        size = (input_size, input_size)
-        item["regions"] = codec.encode_regions(people, size, **_region_inputs(sample))
+        item["regions"] = _encode_regions(codec, sample, input_size)
         # the regions took the others into account; only people with a labelled keypoint reach the keypoint
         # maps, and each person sent costs the device encoder memory (order kept: ties go by person index)
-        item["people"] = people[labelled_keypoints(people, size).any(-1)]
+        people = torch.from_numpy(sample.keypoints)
+        item["people"] = people[labelled_keypoints(people, (input_size, input_size)).any(-1)]
     item["meta"] = {"image_id": image_id, "orig_size": torch.tensor(orig_size, dtype=torch.long),
                     "affine": torch.from_numpy(sample.affine.astype(np.float32))}
     return item
@@ -179,6 +177,10 @@ def _item(codec: StrongPoseCodec, sample: PoseSample, input_size: int, encode_on
 def _region_inputs(sample: PoseSample) -> dict[str, torch.Tensor]:
     return {"masks": torch.from_numpy(sample.masks), "ignore_mask": torch.from_numpy(sample.crowd),
             "boxes": torch.from_numpy(sample.boxes)}
+
+
+def _encode_regions(codec: StrongPoseCodec, sample: PoseSample, input_size: int) -> dict[str, torch.Tensor]:
+    return codec.encode_regions(torch.from_numpy(sample.keypoints), (input_size, input_size), **_region_inputs(sample))
 
 
 def _encode(codec: StrongPoseCodec, sample: PoseSample, input_size: int) -> dict[str, torch.Tensor]:

@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import default_collate, get_worker_info
 from torch.utils._pytree import tree_flatten, tree_unflatten
 from torch.utils.data._utils.collate import collate, default_collate_fn_map
@@ -37,14 +38,17 @@ class SkipBadCollate:
     When every sample of a batch is bad, returns a batch of size 0 with the usual keys and map shapes
     (from ``make_empty()``, e.g. ``functools.partial(coco.empty_sample, codec, input_size)``; built only
     then, so workers do not carry it), so a training step can skip it by ``batch["image"].shape[0] == 0``.
+    ``collate`` stacks the good samples (benchmarks compare ``torch.utils.data.default_collate``); it travels
+    with the loader's collate_fn to the workers, whatever their start method.
     """
 
-    def __init__(self, make_empty: Callable[[], dict]) -> None:
+    def __init__(self, make_empty: Callable[[], dict], collate: Callable[[list], dict] | None = None) -> None:
         self.make_empty = make_empty
+        self.collate = collate or packed_collate
 
     def __call__(self, items: list[dict | SkippedSample | None]) -> dict:
         good = pad_people([item for item in items if isinstance(item, dict)])
-        batch = packed_collate(good) if good else _empty_like(default_collate(pad_people([self.make_empty()])))
+        batch = self.collate(good) if good else _empty_like(default_collate(pad_people([self.make_empty()])))
         batch["num_skipped"] = len(items) - len(good)
         batch["skipped"] = [item for item in items if isinstance(item, SkippedSample)]
         return batch
@@ -55,10 +59,10 @@ def pad_people(samples: list[dict]) -> list[dict]:
     largest N, at least 1, so that they stack (``encode_on="device"`` batches)."""
     if not samples or "people" not in samples[0]:
         return samples
-    most = max(1, *(len(sample["people"]) for sample in samples))
-    return [{**sample, "people": torch.cat((sample["people"], sample["people"].new_zeros(
-        most - len(sample["people"]), *sample["people"].shape[1:])))} if len(sample["people"]) < most else sample
-        for sample in samples]
+    most = max(1, max(len(sample["people"]) for sample in samples))
+    # F.pad's last pair pads the first dim (people) at its end
+    return [{**sample, "people": F.pad(sample["people"], (0, 0, 0, 0, 0, most - len(sample["people"])))}
+            for sample in samples]
 
 
 class _Stack:
