@@ -5,7 +5,6 @@ time-limit warning (a checkpoint, then a requeue)."""
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import subprocess
 import threading
@@ -17,6 +16,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from strongpose import slurm
 from strongpose.collectives import any_rank
 
 log = logging.getLogger(__name__)
@@ -106,14 +106,16 @@ class InterruptCheckpoint(Callback):
 
     The first Ctrl-C during training only sets a flag: the step in progress finishes (a KeyboardInterrupt
     in the middle of ``optimizer.step()`` would save half-updated weights; during validation the EMA
-    callback has swapped the averaged weights in), the checkpoint is written at the end of that step,
+    callback has swapped the averaged weights in), the checkpoint is written at the end of that step (with
+    ``trainer.accumulate_grad_batches`` > 1, of the batch that completes the optimiser step),
     after every other callback's end-of-step work (EMA update, ModelCheckpoint), and the run stops
     (Lightning's graceful shutdown, exit status 1). A second Ctrl-C stops at once without saving, as does
     a Ctrl-C before training starts (nothing to save then). Under DDP every rank checks the flag
     together (an all-reduce per step), so that all save and stop at the same step.
 
     A SIGTERM (e.g. a cluster's preemption warning) makes Lightning raise ``SIGTERMException`` at the
-    end of the step: that state is sound too, and is saved the same way.
+    end of the step: that state is sound too, and is saved the same way (but at once: with gradient
+    accumulation, the micro-batches since the last optimiser step are not trained on in that epoch).
 
     ``requeue_signal`` (default SIGUSR1, what ``hydra/launcher=slurm`` asks SLURM to send 90 s before the
     time limit): the same save at the end of the step in progress, then rank 0 requeues the SLURM job
@@ -137,6 +139,7 @@ class InterruptCheckpoint(Callback):
         self._requeue = False  # ... and then requeue the SLURM job
         self._previous_requeue_handler: Any = None
         self._saved = False
+        self._step_before_batch = -1
         self._training = False  # between on_train_start and on_train_end: a Ctrl-C can wait for the step
         self._global_zero = True
         self._previous_handler: Any = None
@@ -194,8 +197,16 @@ class InterruptCheckpoint(Callback):
         if self._requested:
             _say(trainer, "Ctrl-C came after the last training step: the run finished normally")
 
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        self._step_before_batch = trainer.global_step
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
+        # with gradient accumulation, only after an optimiser step: a checkpoint between two would lose the
+        # gradients accumulated so far while the resumed loader skips their images (the same batch_idx on
+        # every rank: all ranks decide alike, and the collective below runs on all or none)
+        if trainer.global_step == self._step_before_batch:
+            return
         if any_rank(self._requested, trainer):
             requeue = any_rank(self._requeue, trainer)  # only on the step that stops: no extra collective per step
             self._save(trainer, f"{self.requeue_signal.name} (time limit)" if requeue else "Interrupted")
@@ -229,9 +240,7 @@ class InterruptCheckpoint(Callback):
 def requeue_slurm_job() -> bool:
     """``scontrol requeue`` this SLURM job (array tasks included); False, with a message, when not under SLURM
     or when scontrol fails."""
-    job = os.environ.get("SLURM_JOB_ID")
-    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
-        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    job = slurm.job_id()
     if not job:
         print("not a SLURM job (no SLURM_JOB_ID): not requeued", flush=True)
         return False

@@ -35,9 +35,18 @@ def global_batch_size(batch_size: int, world_size: int = 1, accumulate_grad_batc
     return int(batch_size) * int(world_size) * int(accumulate_grad_batches)
 
 
-def scaled_lr(base_lr: float, global_batch: int, ref_batch: int) -> float:
-    """Linear scaling rule: ``base_lr`` is the LR at ``ref_batch`` images per step, whatever the hardware."""
-    return float(base_lr) * global_batch / ref_batch
+# how the LR follows the global batch: linear (Goyal et al. 2017, SGD), sqrt (the rule derived for Adam-type
+# optimisers, Malladi et al. 2022; gentler on 8-64 GPUs), none (model.lr as given, at any batch)
+LR_SCALING = ("linear", "sqrt", "none")
+
+
+def scaled_lr(base_lr: float, global_batch: int, ref_batch: int, rule: str = "linear") -> float:
+    """``base_lr`` is the LR at ``ref_batch`` images per step, whatever the hardware; ``rule`` (one of
+    :data:`LR_SCALING`) carries it to ``global_batch``."""
+    if rule not in LR_SCALING:
+        raise ValueError(f"model.lr_scaling must be one of {LR_SCALING}, got {rule!r}")
+    ratio = global_batch / ref_batch
+    return float(base_lr) * (ratio if rule == "linear" else math.sqrt(ratio) if rule == "sqrt" else 1.0)
 
 
 def warmup_schedule(optimizer: torch.optim.Optimizer, total_steps: int | float, decay: str = "cosine",
@@ -79,8 +88,9 @@ class StrongPoseModule(L.LightningModule):
         heads: keyword arguments of :class:`strongpose.models.heads.Heads`.
         loss: ``weights`` per term (defaults: the authors' 4 / 2 / 1 / 0.4 / 0.1), ``heatmap`` (``bce`` or
             ``focal``), ``focal_gamma``, ``focal_alpha``.
-        lr: learning rate at ``lr_ref_batch`` images per optimiser step; scaled linearly to the real
-            global batch (``batch_size`` x devices x nodes x gradient accumulation).
+        lr: learning rate at ``lr_ref_batch`` images per optimiser step; scaled to the real global batch
+            (``batch_size`` x devices x nodes x gradient accumulation) by ``lr_scaling``.
+        lr_scaling: ``linear`` (default), ``sqrt`` or ``none`` (see :func:`scaled_lr`).
         batch_size: per-device batch size (the data module's).
         max_nonfinite_steps: training steps with a NaN / infinite loss are skipped (no weight update) and
             counted; this many in a row are tolerated, one more stops the run naming the images.
@@ -96,10 +106,12 @@ class StrongPoseModule(L.LightningModule):
         loss: dict | None = None,
         lr: float = 1e-3,
         lr_ref_batch: int = 16,
+        lr_scaling: str = "linear",
         batch_size: int = 8,
         max_nonfinite_steps: int = 10,
     ) -> None:
         super().__init__()
+        scaled_lr(lr, lr_ref_batch, lr_ref_batch, lr_scaling)  # an unknown rule fails here, not at fit
         # codec and backbone are objects; the run's Hydra config (saved beside the checkpoints) has them
         self.save_hyperparameters(ignore=["codec", "backbone", "optimizer", "scheduler"], logger=False)
         self.hparams["codec"] = codec_spec(codec)  # checked when a checkpoint is loaded
@@ -186,10 +198,11 @@ class StrongPoseModule(L.LightningModule):
     def configure_optimizers(self):
         trainer = self.trainer
         batch = global_batch_size(self.hparams.batch_size, trainer.world_size, trainer.accumulate_grad_batches)
-        lr = scaled_lr(self.hparams.lr, batch, self.hparams.lr_ref_batch)
+        rule = self.hparams.get("lr_scaling", "linear")
+        lr = scaled_lr(self.hparams.lr, batch, self.hparams.lr_ref_batch, rule)
         if trainer.is_global_zero:
-            log.info("learning rate %.3g = %.3g x global batch %d / reference batch %d",
-                     lr, self.hparams.lr, batch, self.hparams.lr_ref_batch)
+            log.info("learning rate %.3g = %.3g at reference batch %d, scaled (%s) to the global batch %d",
+                     lr, self.hparams.lr, self.hparams.lr_ref_batch, rule, batch)
         kind = self._optimizer_kind()
         if trainer.is_global_zero and kind.get("fused") is False and self.optimizer_factory.keywords.get("fused"):
             log.info("16-mixed: the optimiser runs unfused (the gradient scaler unscales before its step)")

@@ -7,6 +7,7 @@ copies would drift apart).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import netrc
 import os
@@ -24,6 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from strongpose.checkpoint_io import AtomicCheckpointIO
 from strongpose.config_check import CONFIG_DIR, check_types, run_with_key_hints
+from strongpose.slurm import check_world_size, with_slurm_environment
+from strongpose.slurm import job_id as slurm_job_id
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,12 @@ def wandb_logger(save_dir: str, project: str = "strongpose", offline: bool | Non
         say(f"W&B: offline ({why}); run files go to {save_dir}/wandb, upload them later with `wandb sync`")
     else:
         say(f"W&B: logging online to project {project!r}")
+        job = slurm_job_id()
+        if job and "id" not in kwargs and "version" not in kwargs:
+            # a requeued SLURM job keeps its id and folder: it logs on to the same W&B run (its charts go by
+            # trainer/global_step, from the step it resumed at) rather than starting a new one per requeue
+            folder = hashlib.sha1(str(Path(save_dir).resolve()).encode()).hexdigest()[:8]
+            kwargs["id"] = f"slurm-{job}-{folder}"  # (WandbLogger passes resume="allow")
     return WandbLogger(save_dir=save_dir, project=project, offline=offline, **kwargs)
 
 
@@ -126,8 +135,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     model.run_config = resolved_config(cfg)  # saved in every checkpoint
     loggers = instantiate_loggers(cfg.get("logger"))
     callbacks = instantiate_callbacks(cfg.get("callbacks"), has_logger=bool(loggers))
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
-                                     plugins=with_atomic_checkpoints(instantiate(cfg.trainer.get("plugins"))))
+    plugins = with_slurm_environment(with_atomic_checkpoints(instantiate(cfg.trainer.get("plugins"))))
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=plugins)
+    check_world_size(trainer)  # before anything is written: SLURM's tasks must be the trainer's ranks
     for logger in loggers:
         logger.log_hyperparams(model.run_config)
 

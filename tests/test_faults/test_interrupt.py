@@ -4,6 +4,8 @@ then requeues the job."""
 
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 from lightning.pytorch.plugins.environments import SLURMEnvironment
@@ -19,15 +21,15 @@ QUICK = ["trainer.max_epochs=10", "trainer.limit_val_batches=0", "callbacks.coco
 
 @pytest.fixture
 def signal_during_second_step(monkeypatch):
-    """``send(signum, times)``: the process signals itself in the middle of its second training step."""
+    """``send(signum, times, at=2)``: the process signals itself in the middle of its ``at``-th training step."""
     previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGUSR1)
     real_step = StrongPoseModule.training_step
     calls = []
 
-    def send(signum, times=1):
+    def send(signum, times=1, at=2):
         def step(self, batch, batch_idx):
             calls.append(batch_idx)
-            if len(calls) == 2:
+            if len(calls) == at:
                 for _ in range(times):
                     os.kill(os.getpid(), signum)  # Python runs the handler at once, mid-step
             return real_step(self, batch, batch_idx)
@@ -53,6 +55,20 @@ def test_a_signal_mid_step_saves_after_that_step(train_config, tmp_path, signal_
     saved = tmp_path / "checkpoints" / "interrupted.ckpt"
     assert read_checkpoint(saved)["global_step"] == 2  # the signalled step finished and is in the checkpoint
     assert f"{said} {saved} (step 2); resume with ckpt_path={saved}" in capsys.readouterr().out
+
+
+def test_with_gradient_accumulation_the_save_waits_for_the_optimiser_step(train_config, tmp_path,
+                                                                           signal_during_second_step):
+    """A checkpoint between two optimiser steps would drop the gradients of the micro-batches since the last
+    one, while the resumed loader skips their images."""
+    calls = signal_during_second_step(signal.SIGINT, at=3)  # batch 2 of 8: the first half of step 2
+    with pytest.raises(SystemExit):
+        train(train_config([*QUICK, "trainer.accumulate_grad_batches=2", "data.batch_size=1",
+                            "data.max_train_images=8"], output_dir=tmp_path))
+    assert calls == [0, 1, 2, 3]  # batch 3 completed the optimiser step, then the run stopped
+    saved = read_checkpoint(tmp_path / "checkpoints" / "interrupted.ckpt")
+    assert saved["global_step"] == 2
+    assert saved["COCOKeypointDataModule"]["train_position"] == {"epoch": 0, "batches": 4}
 
 
 def test_a_second_ctrl_c_stops_at_once_without_saving(train_config, tmp_path, signal_during_second_step, capsys):
@@ -89,9 +105,21 @@ def test_the_requeue_signal_saves_after_the_step_then_requeues_the_slurm_job(tra
     _, again = train(train_config(["trainer.max_steps=3", *QUICK], output_dir=tmp_path / "run"))
     assert again["trainer"].global_step == 3 and f"Resuming from {saved}" in capsys.readouterr().out
     environment = again["trainer"]._accelerator_connector.cluster_environment
-    assert isinstance(environment, SLURMEnvironment) == under_slurm and (not under_slurm or environment.auto_requeue)
+    # under SLURM train() gives Lightning its SLURMEnvironment with auto_requeue off: callbacks.interrupt's requeue
+    # or none (with requeue_signal=null), never Lightning's mid-step one
+    assert isinstance(environment, SLURMEnvironment) == under_slurm and not getattr(environment, "auto_requeue", False)
 
 
 def test_an_unknown_requeue_signal_is_refused():
     with pytest.raises(ValueError, match="SIGUSR3"):
         InterruptCheckpoint(requeue_signal="SIGUSR3")
+
+
+@pytest.mark.parametrize("signum", ["SIGUSR1", "SIGUSR2"])
+def test_a_data_worker_outlives_the_time_limit_signal(signum):
+    """SLURM signals every process of the job, data workers included; a worker started by spawn or forkserver
+    (Python 3.14's default) has the signal's default action, which ends it: a fresh process stands in for one."""
+    code = ("import os, signal; from strongpose.data.sampling import init_worker; init_worker(0); "
+            f"os.kill(os.getpid(), signal.{signum}); print('alive')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "alive", done.stderr

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import functools
 import os
+import pickle
 import signal
+import time
 
 import pytest
 import submitit
@@ -19,6 +21,7 @@ from omegaconf import OmegaConf
 from strongpose.codec import StrongPoseCodec
 from strongpose.lit_module import StrongPoseModule, global_batch_size, scaled_lr
 from strongpose.models.backbone import ResNetBackbone
+from strongpose.slurm import check_world_size, with_slurm_environment
 
 
 def test_ddp_preset_builds_a_cpu_ddp_trainer_when_told_to(train_config, tmp_path):
@@ -86,6 +89,10 @@ def test_global_batch_and_lr_scale_with_devices_nodes_and_accumulation():
     assert global_batch_size(16, world_size=2 * 8, accumulate_grad_batches=1) == 256  # 2 nodes x 8 GPUs
     assert scaled_lr(1e-3, 32, ref_batch=16) == pytest.approx(2e-3)
     assert scaled_lr(1e-3, 16, ref_batch=16) == pytest.approx(1e-3)
+    assert scaled_lr(1e-3, 64, ref_batch=16, rule="sqrt") == pytest.approx(2e-3)
+    assert scaled_lr(1e-3, 64, ref_batch=16, rule="none") == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match="lr_scaling must be one of"):
+        scaled_lr(1e-3, 64, ref_batch=16, rule="square-root")
 
 
 @pytest.mark.parametrize(("devices", "num_nodes", "accumulate", "expected_batch"), [(1, 1, 1, 4), (2, 1, 2, 16),
@@ -101,3 +108,79 @@ def test_the_module_reads_world_size_and_accumulation_from_the_trainer(devices, 
     assert module.trainer.world_size == devices * num_nodes
     optimizer = module.configure_optimizers()
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * expected_batch / 16)
+    module.hparams["lr_scaling"] = "sqrt"
+    assert module.configure_optimizers().param_groups[0]["lr"] == pytest.approx(0.1 * (expected_batch / 16) ** 0.5)
+
+
+@pytest.mark.parametrize(("overrides", "gpus"), [
+    ([], 1),  # the default trainer: a one-GPU job per run, not 8 copies of a one-device run
+    (["trainer=gpu"], 1),
+    (["trainer=ddp"], 8),  # devices=-1, all of a node: the launcher cannot know, asks for 8
+    (["trainer=ddp", "trainer.devices=4"], 4),
+    (["trainer=ddp_multinode", "trainer.devices=2", "trainer.num_nodes=3"], 2),
+    (["trainer=ddp", "hydra.launcher.gpus_per_node=2"], 2),  # said explicitly
+])
+def test_the_slurm_job_asks_for_one_task_per_trainer_device(train_config, tmp_path, overrides, gpus):
+    cfg = train_config(["hydra/launcher=slurm", *overrides], output_dir=tmp_path, return_hydra_config=True)
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert launcher["gpus_per_node"] == launcher["tasks_per_node"] == gpus
+    assert launcher["nodes"] == cfg.trainer.num_nodes
+
+
+SLURM_JOB = {"SLURM_JOB_NAME": "train", "SLURM_NODELIST": "localhost", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+             "SLURM_NODEID": "0"}
+
+
+def test_a_slurm_job_whose_tasks_are_not_the_trainers_ranks_stops_at_its_start(monkeypatch):
+    """What the issue's own command did with an 8-GPU launcher and the default (one-device) trainer: 8 tasks,
+    each a world of one; Lightning checks the task count only when it launches the processes itself."""
+    for name, value in {**SLURM_JOB, "SLURM_NTASKS": "8", "SLURM_NTASKS_PER_NODE": "8"}.items():
+        monkeypatch.setenv(name, value)
+    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False)
+    with pytest.raises(ValueError, match=r"runs 8 tasks .* trainer has 1 process.*trainer=ddp"):
+        check_world_size(trainer)
+    for name in ("SLURM_NTASKS", "SLURM_NTASKS_PER_NODE"):
+        monkeypatch.setenv(name, "1")
+    check_world_size(Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False))
+    monkeypatch.setenv("SLURM_JOB_NAME", "bash")  # an interactive allocation: not a job SLURM started
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    check_world_size(trainer)
+
+
+def test_under_slurm_lightning_gets_a_slurm_environment_that_does_not_requeue(monkeypatch):
+    assert with_slurm_environment([]) == []  # not a SLURM job: Lightning picks its environment
+    for name, value in {**SLURM_JOB, "SLURM_NTASKS": "1"}.items():
+        monkeypatch.setenv(name, value)
+    (environment,) = with_slurm_environment([])
+    assert isinstance(environment, SLURMEnvironment) and not environment.auto_requeue
+    given = SLURMEnvironment(auto_requeue=True)
+    assert with_slurm_environment([given]) == [given]  # a cluster environment in trainer.plugins is kept
+
+
+def test_a_requeued_slurm_job_runs_in_the_folder_of_its_first_start(train_config, tmp_path, monkeypatch):
+    """submitit requeues the pickled job; the job rebuilds its config from the pickled one (Hydra copies the
+    resolver cache over), so the timestamped sweep folder (Hydra's default ``multirun/${now:...}``) is the
+    one of the submission, however late the job starts again, and resume=auto finds its checkpoints there."""
+    monkeypatch.chdir(tmp_path)
+    cfg = train_config(["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=2"], output_dir=tmp_path,
+                       return_hydra_config=True)
+    assert "${now:" in OmegaConf.to_container(cfg.hydra.sweep)["dir"]
+    _fake_slurm_client(tmp_path, monkeypatch)
+    submitted = []
+
+    class DryRunExecutor(submitit.AutoExecutor):
+        def map_array(self, fn, *iterables):
+            submitted.append(pickle.dumps(fn))  # what submitit stores for the job and its requeues
+            return []
+
+    monkeypatch.setattr(submitit, "AutoExecutor", DryRunExecutor)
+    slurm = instantiate(cfg.hydra.launcher)
+    slurm.setup(hydra_context=None, task_function=None, config=cfg)
+    slurm.launch([["backbone=resnet101"]], initial_job_idx=0)
+    folder = str(slurm.config.hydra.sweep.dir)
+    time.sleep(1.1)  # the folder's name has seconds
+    job = pickle.loads(submitted[0])
+    fresh = OmegaConf.create(OmegaConf.to_container(job.config))  # the same config without the resolver cache
+    OmegaConf.copy_cache(from_config=job.config, to_config=fresh)  # what Hydra's load_sweep_config does
+    assert str(fresh.hydra.sweep.dir) == folder and (tmp_path / folder).is_dir()
+    assert str(OmegaConf.create(OmegaConf.to_container(job.config)).hydra.sweep.dir) != folder  # without the cache

@@ -38,3 +38,15 @@ def test_wandb_mode_offline_wins_over_a_key(no_key, monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", "not-a-real-key")
     monkeypatch.setenv("WANDB_MODE", "offline")
     assert wandb_logger(save_dir=str(no_key))._offline
+
+
+def test_a_requeued_slurm_job_logs_on_to_the_same_wandb_run(no_key, monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", "not-a-real-key")
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    assert wandb_logger(save_dir=str(no_key)).version is None  # not a SLURM job: W&B draws a new id
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    first = wandb_logger(save_dir=str(no_key / "run")).version
+    assert first.startswith("slurm-4242-") and wandb_logger(save_dir=str(no_key / "run")).version == first
+    assert wandb_logger(save_dir=str(no_key / "other")).version != first  # another run of the same job
+    assert wandb_logger(save_dir=str(no_key / "run"), id="mine").version == "mine"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import signal
 from collections.abc import Iterator
 
 import numpy as np
@@ -103,10 +104,19 @@ class EndlessSampler(torch.utils.data.Sampler):
                 yield i, epoch
 
 
+# the signals clusters send every process of a job ahead of its time limit (SLURM's --signal, submitit's USR2);
+# the training process handles them (callbacks.interrupt), a data worker must outlive them
+TIME_LIMIT_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
+
+
 def init_worker(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: seed Python's and NumPy's global generators from torch's worker seed
     (itself derived from the loader's seeded Generator, the epoch's iterator and the worker id), for any
-    code that uses them (the pipeline's own randomness is seeded per sample)."""
+    code that uses them (the pipeline's own randomness is seeded per sample); ignore the time-limit signals,
+    which SLURM sends to the workers too: a worker started by spawn or forkserver (Python 3.14's default)
+    has their default action, which ends the process, and the training run with it, before it can save."""
+    for signum in TIME_LIMIT_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
     info = get_worker_info()
     seed = (info.seed if info is not None else torch.initial_seed()) % 2**32
     random.seed(seed)
