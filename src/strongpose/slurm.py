@@ -1,9 +1,8 @@
 """SLURM: the tasks a job starts must be the trainer's ranks, and one requeue mechanism runs.
 
 A SLURM job runs one task per DDP rank (``hydra/launcher=slurm``); Lightning reads rank and world size from
-SLURM's variables but does not check them against ``trainer.devices x trainer.num_nodes`` for processes SLURM
-started: with 8 tasks and a one-device trainer, 8 copies of the same run would train side by side and write the
-same files. :func:`check_world_size` refuses that at the start, with the fix.
+SLURM's variables but does not check them against ``trainer.devices x trainer.num_nodes`` in every case: with 8
+tasks and a one-device trainer, 8 copies of the same run train side by side and write the same files. :func:`check_world_size` refuses that at the start, with the fix.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ from typing import Any
 
 import lightning as L
 from lightning.fabric.plugins.environments import ClusterEnvironment
-from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from omegaconf import OmegaConf
 
 # GPUs a job asks for per node when the trainer takes "all visible" devices (trainer=ddp: devices=-1), which
@@ -22,15 +21,24 @@ ALL_GPUS_PER_NODE = 8
 
 
 def gpus_per_node(devices: Any) -> int:
-    """``hydra.launcher.gpus_per_node`` for ``trainer.devices``: that many GPUs (and tasks) per node, or
-    :data:`ALL_GPUS_PER_NODE` for -1 / "auto" (all of a node). A list of device ids counts its entries."""
+    """``hydra.launcher.gpus_per_node`` for ``trainer.devices``, read as Lightning reads it: a count (``4``,
+    ``"4"``), device ids (``[0, 1]``, ``"0,1"``, ``"1,"``: one per id), or -1 / "auto" (all of a node:
+    :data:`ALL_GPUS_PER_NODE`)."""
     if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
-        return len(devices)
-    if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
-        devices = int(devices)
-    if isinstance(devices, int) and devices > 0:
-        return devices
-    return ALL_GPUS_PER_NODE
+        count = len(devices)
+    elif isinstance(devices, str) and "," in devices:
+        count = len([part for part in devices.split(",") if part.strip()])
+    elif isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
+        count = int(devices)
+    elif isinstance(devices, int) and not isinstance(devices, bool):
+        count = devices
+    else:
+        return ALL_GPUS_PER_NODE  # "auto"
+    if count == -1:
+        return ALL_GPUS_PER_NODE
+    if count < 1:
+        raise ValueError(f"trainer.devices={devices!r}: a SLURM job needs at least one GPU per node")
+    return count
 
 
 # the launcher config asks for ``${slurm_gpus_per_node:${trainer.devices}}``: registered when strongpose.train
@@ -51,20 +59,29 @@ def with_slurm_environment(plugins: list) -> list:
     environment is given. Lightning would otherwise pick ``SLURMEnvironment(auto_requeue=True)`` by itself,
     whose requeue saves inside the signal handler (mid-step, or mid-validation with the EMA weights in), as
     soon as ``callbacks.interrupt`` leaves SIGUSR1 alone: the requeue is callbacks.interrupt's, or none."""
-    if SLURMEnvironment.detect() and not any(isinstance(p, ClusterEnvironment) for p in plugins):
+    if slurm_starts_the_ranks() and not any(isinstance(p, ClusterEnvironment) for p in plugins):
         plugins = [*plugins, SLURMEnvironment(auto_requeue=False)]
     return plugins
 
 
+def slurm_starts_the_ranks() -> bool:
+    """A SLURM job (not an interactive allocation) whose processes are not torchrun's: Lightning's own order
+    of choice (torchrun's environment wins over SLURM's)."""
+    return SLURMEnvironment.detect() and not TorchElasticEnvironment.detect()
+
+
 def check_world_size(trainer: L.Trainer) -> None:
-    """Under SLURM (not an interactive allocation), SLURM's task count must be the trainer's world size."""
-    if not SLURMEnvironment.detect():
+    """Under SLURM, SLURM's task count must be the trainer's processes: devices x nodes. (Not
+    ``trainer.world_size``: under DDP Lightning takes that from SLURM_NTASKS itself.)"""
+    if not slurm_starts_the_ranks():
         return
     tasks = int(os.environ["SLURM_NTASKS"])
-    if tasks != trainer.world_size:
+    processes = trainer.num_devices * trainer.num_nodes
+    if tasks != processes:
         raise ValueError(
-            f"this SLURM job runs {tasks} tasks (SLURM_NTASKS), but the trainer has {trainer.world_size} "
-            f"process(es) (trainer.devices={trainer.num_devices} x trainer.num_nodes={trainer.num_nodes}): every "
-            f"task would train its own copy of the run. One task per GPU: with hydra/launcher=slurm use "
-            f"trainer=ddp (one node) or trainer=ddp_multinode, and let hydra.launcher.gpus_per_node follow "
-            f"trainer.devices (its default); for srun by hand, --ntasks-per-node=trainer.devices")
+            f"this SLURM job runs {tasks} task(s) (SLURM_NTASKS), but the trainer has {processes} process(es) "
+            f"(trainer.devices={trainer.num_devices} x trainer.num_nodes={trainer.num_nodes}): the tasks would "
+            f"not make one run (each its own copy, or fewer ranks than GPUs). One task per GPU: with "
+            f"hydra/launcher=slurm use trainer=ddp (one node) or trainer=ddp_multinode, and let "
+            f"hydra.launcher.gpus_per_node follow trainer.devices (its default); with srun by hand, "
+            f"--ntasks-per-node=trainer.devices and --nodes=trainer.num_nodes")

@@ -47,8 +47,10 @@ def wandb_key_configured() -> bool:
         return False
 
 
-def wandb_logger(save_dir: str, project: str = "strongpose", offline: bool | None = None, **kwargs: Any) -> WandbLogger:
-    """WandbLogger that logs online when a key is configured (or ``offline=false``), offline otherwise."""
+def wandb_logger(save_dir: str, project: str = "strongpose", offline: bool | None = None,
+                 run_resume: str | None = "auto", **kwargs: Any) -> WandbLogger:
+    """WandbLogger that logs online when a key is configured (or ``offline=false``), offline otherwise.
+    ``run_resume``: the run's ``resume`` setting; with ``auto`` a requeued SLURM job logs on to its W&B run."""
     env_mode = os.environ.get("WANDB_MODE", "")
     if offline is not None:
         why = f"logger.wandb.offline={str(offline).lower()}"
@@ -61,9 +63,11 @@ def wandb_logger(save_dir: str, project: str = "strongpose", offline: bool | Non
     else:
         say(f"W&B: logging online to project {project!r}")
         job = slurm_job_id()
-        if job and "id" not in kwargs and "version" not in kwargs:
-            # a requeued SLURM job keeps its id and folder: it logs on to the same W&B run (its charts go by
-            # trainer/global_step, from the step it resumed at) rather than starting a new one per requeue
+        chosen = "id" in kwargs or "version" in kwargs or os.environ.get("WANDB_RUN_ID")
+        if job and run_resume == "auto" and not chosen:
+            # a requeued SLURM job keeps its id and folder and resumes from its checkpoint: it logs on to the same
+            # W&B run (its charts go by trainer/global_step, from the step it resumed at) rather than starting a
+            # new one per requeue (with resume=null it starts over: a new W&B run then)
             folder = hashlib.sha1(str(Path(save_dir).resolve()).encode()).hexdigest()[:8]
             kwargs["id"] = f"slurm-{job}-{folder}"  # (WandbLogger passes resume="allow")
     return WandbLogger(save_dir=save_dir, project=project, offline=offline, **kwargs)

@@ -119,6 +119,10 @@ def test_the_module_reads_world_size_and_accumulation_from_the_trainer(devices, 
     (["trainer=ddp", "trainer.devices=4"], 4),
     (["trainer=ddp_multinode", "trainer.devices=2", "trainer.num_nodes=3"], 2),
     (["trainer=ddp", "hydra.launcher.gpus_per_node=2"], 2),  # said explicitly
+    (["trainer=ddp", "trainer.devices='0,1'"], 2),  # device ids, as Lightning reads them
+    (["trainer=ddp", "trainer.devices='1,'"], 1),
+    (["trainer=ddp", "trainer.devices=[0,1,2]"], 3),
+    (["trainer=ddp", "trainer.devices=auto"], 8),
 ])
 def test_the_slurm_job_asks_for_one_task_per_trainer_device(train_config, tmp_path, overrides, gpus):
     cfg = train_config(["hydra/launcher=slurm", *overrides], output_dir=tmp_path, return_hydra_config=True)
@@ -137,11 +141,19 @@ def test_a_slurm_job_whose_tasks_are_not_the_trainers_ranks_stops_at_its_start(m
     for name, value in {**SLURM_JOB, "SLURM_NTASKS": "8", "SLURM_NTASKS_PER_NODE": "8"}.items():
         monkeypatch.setenv(name, value)
     trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False)
-    with pytest.raises(ValueError, match=r"runs 8 tasks .* trainer has 1 process.*trainer=ddp"):
+    with pytest.raises(ValueError, match=r"runs 8 task.* trainer has 1 process.*trainer=ddp"):
         check_world_size(trainer)
     for name in ("SLURM_NTASKS", "SLURM_NTASKS_PER_NODE"):
         monkeypatch.setenv(name, "1")
     check_world_size(Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False))
+    # under DDP Lightning's world size is SLURM_NTASKS itself: one task for a 2-process trainer is caught too
+    ddp = Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_checkpointing=False)
+    with pytest.raises(ValueError, match=r"runs 1 task.* trainer has 2 process"):
+        check_world_size(ddp)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "1")  # torchrun inside the job starts the ranks, not SLURM
+    check_world_size(ddp)
+    assert with_slurm_environment([]) == []  # Lightning keeps torchrun's environment
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")
     monkeypatch.setenv("SLURM_JOB_NAME", "bash")  # an interactive allocation: not a job SLURM started
     monkeypatch.setenv("SLURM_NTASKS", "8")
     check_world_size(trainer)

@@ -44,9 +44,13 @@ def test_a_requeued_slurm_job_logs_on_to_the_same_wandb_run(no_key, monkeypatch)
     monkeypatch.setenv("WANDB_API_KEY", "not-a-real-key")
     monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.delenv("WANDB_RUN_ID", raising=False)
     assert wandb_logger(save_dir=str(no_key)).version is None  # not a SLURM job: W&B draws a new id
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     first = wandb_logger(save_dir=str(no_key / "run")).version
     assert first.startswith("slurm-4242-") and wandb_logger(save_dir=str(no_key / "run")).version == first
     assert wandb_logger(save_dir=str(no_key / "other")).version != first  # another run of the same job
     assert wandb_logger(save_dir=str(no_key / "run"), id="mine").version == "mine"
+    assert wandb_logger(save_dir=str(no_key / "run"), run_resume=None).version is None  # resume=null starts over
+    monkeypatch.setenv("WANDB_RUN_ID", "theirs")
+    assert wandb_logger(save_dir=str(no_key / "run")).version is None  # wandb takes the user's WANDB_RUN_ID
