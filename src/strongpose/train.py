@@ -16,10 +16,13 @@ from typing import Any
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.fabric.plugins.io import CheckpointIO
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher  # exported; how Lightning re-runs argv
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -127,6 +130,22 @@ def with_atomic_checkpoints(plugins: Any) -> list:
     return plugins
 
 
+def check_no_relaunch_in_a_local_multirun(trainer: L.Trainer) -> None:
+    """Lightning starts a DDP run's other processes by running the command line again (plus
+    ``hydra.run.dir``): inside a local multirun (``-m``) each of them would run the whole sweep again. Refused
+    before anything starts; under SLURM (or torchrun) the ranks are started from outside and nothing re-runs."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    if (isinstance(getattr(trainer.strategy, "launcher", None), _SubprocessScriptLauncher)
+            and environment is not None and not environment.creates_processes_externally):
+        raise ValueError(
+            f"a local multirun (-m) cannot start a {trainer.world_size}-process DDP run: Lightning starts the other "
+            f"processes by running the command line again, and each would run the whole sweep. Run each "
+            f"configuration on its own (without -m), submit the sweep with hydra/launcher=slurm (SLURM starts every "
+            f"rank), or use one device per run (trainer.devices=1)")
+
+
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Train (or resume, with ``ckpt_path``) as ``cfg`` says; returns the final metrics and the objects."""
     check_types(cfg)  # a wrong type fails here, naming the key, not deep in the run
@@ -142,6 +161,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     plugins = with_slurm_environment(with_atomic_checkpoints(instantiate(cfg.trainer.get("plugins"))))
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=plugins)
     check_world_size(trainer)  # before anything is written: SLURM's tasks must be the trainer's ranks
+    check_no_relaunch_in_a_local_multirun(trainer)
     for logger in loggers:
         logger.log_hyperparams(model.run_config)
 

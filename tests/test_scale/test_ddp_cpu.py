@@ -49,6 +49,16 @@ def test_the_documented_ddp_command_runs_on_two_cpu_processes(tmp_path, train_cl
     assert sum(line.startswith("Done:") for line in done.stdout.splitlines()) == 1  # rank 0 speaks
 
 
+def test_a_local_multirun_of_a_ddp_run_is_refused_before_it_starts(tmp_path, cli):
+    """Lightning would run the command line again for the second process, and that one would run the sweep."""
+    done = cli("strongpose.train", ["-m", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                                    "trainer.fast_dev_run=true", "logger=none", "data.input_size=64",
+                                    "hydra.sweep.dir=sweep"], tmp_path, timeout=300, check=False)
+    out = done.stdout + done.stderr
+    assert done.returncode != 0 and "a local multirun (-m) cannot start a 2-process DDP run" in out, out[-2000:]
+    assert "Starting with 2 processes" not in out and not list(tmp_path.rglob("*.ckpt"))
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, train_cli, train_config) -> dict[str, Path]:
     """The 2-process run (command line, as a user starts it) and the 1-process run (in this process)."""
