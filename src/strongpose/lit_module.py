@@ -111,7 +111,8 @@ class StrongPoseModule(L.LightningModule):
         max_nonfinite_steps: int = 10,
     ) -> None:
         super().__init__()
-        scaled_lr(lr, lr_ref_batch, lr_ref_batch, lr_scaling)  # an unknown rule fails here, not at fit
+        if lr_scaling not in LR_SCALING:  # here, not at fit
+            raise ValueError(f"model.lr_scaling must be one of {LR_SCALING}, got {lr_scaling!r}")
         # codec and backbone are objects; the run's Hydra config (saved beside the checkpoints) has them
         self.save_hyperparameters(ignore=["codec", "backbone", "optimizer", "scheduler"], logger=False)
         self.hparams["codec"] = codec_spec(codec)  # checked when a checkpoint is loaded
@@ -198,7 +199,7 @@ class StrongPoseModule(L.LightningModule):
     def configure_optimizers(self):
         trainer = self.trainer
         batch = global_batch_size(self.hparams.batch_size, trainer.world_size, trainer.accumulate_grad_batches)
-        rule = self.hparams.get("lr_scaling", "linear")
+        rule = self.hparams.lr_scaling
         lr = scaled_lr(self.hparams.lr, batch, self.hparams.lr_ref_batch, rule)
         if trainer.is_global_zero:
             log.info("learning rate %.3g = %.3g at reference batch %d, scaled (%s) to the global batch %d",

@@ -1,8 +1,9 @@
 """SLURM: the tasks a job starts must be the trainer's ranks, and one requeue mechanism runs.
 
 A SLURM job runs one task per DDP rank (``hydra/launcher=slurm``); Lightning reads rank and world size from
-SLURM's variables but does not check them against ``trainer.devices x trainer.num_nodes`` in every case: with 8
-tasks and a one-device trainer, 8 copies of the same run train side by side and write the same files. :func:`check_world_size` refuses that at the start, with the fix.
+SLURM's variables and checks the tasks per node against a DDP trainer's devices when it starts the run, but not
+for a one-device trainer: with 8 tasks and the default trainer, 8 copies of the same run train side by side and
+write the same files. :func:`check_world_size` refuses every mismatch before anything starts, with the fix.
 """
 
 from __future__ import annotations

@@ -69,8 +69,10 @@ def wandb_logger(save_dir: str, project: str = "strongpose", offline: bool | Non
         chosen = "id" in kwargs or "version" in kwargs or os.environ.get("WANDB_RUN_ID")
         if job and run_resume == "auto" and not chosen:
             # a requeued SLURM job keeps its id and folder and resumes from its checkpoint: it logs on to the same
-            # W&B run (its charts go by trainer/global_step, from the step it resumed at) rather than starting a
-            # new one per requeue (with resume=null it starts over: a new W&B run then)
+            # W&B run (charts go by trainer/global_step) rather than starting a new one per requeue. After the
+            # time-limit signal it resumes at the step it stopped at; requeued by SLURM itself (pre-emption
+            # without the signal) it resumes from last.ckpt and logs the steps after that one a second time.
+            # With resume=null it starts over: a new W&B run then
             folder = hashlib.sha1(str(Path(save_dir).resolve()).encode()).hexdigest()[:8]
             kwargs["id"] = f"slurm-{job}-{folder}"  # (WandbLogger passes resume="allow")
     return WandbLogger(save_dir=save_dir, project=project, offline=offline, **kwargs)
@@ -136,14 +138,15 @@ def check_no_relaunch_in_a_local_multirun(trainer: L.Trainer) -> None:
     before anything starts; under SLURM (or torchrun) the ranks are started from outside and nothing re-runs."""
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return
-    environment = getattr(trainer.strategy, "cluster_environment", None)
-    if (isinstance(getattr(trainer.strategy, "launcher", None), _SubprocessScriptLauncher)
-            and environment is not None and not environment.creates_processes_externally):
+    launcher = getattr(trainer.strategy, "launcher", None)
+    if (isinstance(launcher, _SubprocessScriptLauncher) and launcher.num_processes > 1
+            and not launcher.cluster_environment.creates_processes_externally):
         raise ValueError(
-            f"a local multirun (-m) cannot start a {trainer.world_size}-process DDP run: Lightning starts the other "
-            f"processes by running the command line again, and each would run the whole sweep. Run each "
-            f"configuration on its own (without -m), submit the sweep with hydra/launcher=slurm (SLURM starts every "
-            f"rank), or use one device per run (trainer.devices=1)")
+            f"a local multirun (-m, or hydra.mode=MULTIRUN as in hparams_search) cannot start a "
+            f"{launcher.num_processes}-process DDP run: Lightning starts the other processes by running the command "
+            f"line again, and each would run the whole sweep. Run each configuration on its own (without -m), "
+            f"submit the sweep with hydra/launcher=slurm (SLURM starts every rank), or use one device per run "
+            f"(trainer.devices=1)")
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:

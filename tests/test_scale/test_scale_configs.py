@@ -8,10 +8,13 @@ import os
 import pickle
 import signal
 import time
+from types import SimpleNamespace
 
 import pytest
 import submitit
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch import Trainer
 from lightning.pytorch.plugins.environments import SLURMEnvironment
@@ -22,6 +25,7 @@ from strongpose.codec import StrongPoseCodec
 from strongpose.lit_module import StrongPoseModule, global_batch_size, scaled_lr
 from strongpose.models.backbone import ResNetBackbone
 from strongpose.slurm import check_world_size, with_slurm_environment
+from strongpose.train import check_no_relaunch_in_a_local_multirun
 
 
 def test_ddp_preset_builds_a_cpu_ddp_trainer_when_told_to(train_config, tmp_path):
@@ -137,7 +141,7 @@ SLURM_JOB = {"SLURM_JOB_NAME": "train", "SLURM_NODELIST": "localhost", "SLURM_PR
 
 def test_a_slurm_job_whose_tasks_are_not_the_trainers_ranks_stops_at_its_start(monkeypatch):
     """What the issue's own command did with an 8-GPU launcher and the default (one-device) trainer: 8 tasks,
-    each a world of one; Lightning checks the task count only when it launches the processes itself."""
+    each a world of one (Lightning checks the tasks per node only for a DDP trainer)."""
     for name, value in {**SLURM_JOB, "SLURM_NTASKS": "8", "SLURM_NTASKS_PER_NODE": "8"}.items():
         monkeypatch.setenv(name, value)
     trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False)
@@ -196,3 +200,25 @@ def test_a_requeued_slurm_job_runs_in_the_folder_of_its_first_start(train_config
     OmegaConf.copy_cache(from_config=job.config, to_config=fresh)  # what Hydra's load_sweep_config does
     assert str(fresh.hydra.sweep.dir) == folder and (tmp_path / folder).is_dir()
     assert str(OmegaConf.create(OmegaConf.to_container(job.config)).hydra.sweep.dir) != folder  # without the cache
+
+
+@pytest.mark.parametrize(("trainer_args", "slurm", "refused"), [
+    ({"devices": 2, "strategy": "ddp"}, False, True),  # Lightning would run the command line, i.e. the sweep, again
+    ({"devices": 1, "strategy": "ddp"}, False, False),  # nothing to start: one process per node
+    ({"devices": 1, "num_nodes": 2, "strategy": "ddp"}, False, False),
+    ({"devices": 2, "strategy": "ddp_spawn"}, False, False),  # children by multiprocessing, not by the command line
+    ({"devices": 2, "strategy": "ddp"}, True, False),  # SLURM starts every rank
+    ({"devices": 1}, False, False),
+])
+def test_a_local_multirun_refuses_only_a_run_that_lightning_would_relaunch(monkeypatch, trainer_args, slurm, refused):
+    monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: True))
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: SimpleNamespace(mode=RunMode.MULTIRUN)))
+    if slurm:
+        for name, value in {**SLURM_JOB, "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2"}.items():
+            monkeypatch.setenv(name, value)
+    trainer = Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, **trainer_args)
+    if refused:
+        with pytest.raises(ValueError, match="cannot start a 2-process DDP run"):
+            check_no_relaunch_in_a_local_multirun(trainer)
+    else:
+        check_no_relaunch_in_a_local_multirun(trainer)
