@@ -35,7 +35,6 @@ from strongpose.codec import StrongPoseCodec  # noqa: E402
 from strongpose.data import COCOKeypointDataset, sample_paths  # noqa: E402
 from strongpose.data.coco import to_chw  # noqa: E402
 from strongpose.data.datamodule import COCOKeypointDataModule  # noqa: E402
-from strongpose.data.sampling import EndlessSampler  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -96,8 +95,7 @@ def measure_loader(images: str | Path, annotations: str | Path, args: argparse.N
     data = COCOKeypointDataModule(codec, train_images=images, train_annotations=annotations,
                                   input_size=args.input, batch_size=args.batch, num_workers=args.loader_workers,
                                   pin_memory=args.pin_memory, persistent_workers=True, encode_on=encode_on)
-    data.setup("fit")
-    batches = iter(data._loader(data.train_dataset, args.batch, EndlessSampler(len(data.train_dataset))))
+    batches = iter(data.endless_train_dataloader())
     for _ in range(args.loader_workers):  # warm-up: every worker started and delivered once
         batch = next(batches)
     for _ in range(2 * args.loader_workers):  # and the batches made ahead meanwhile (prefetch_factor 2 each):

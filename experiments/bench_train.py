@@ -44,7 +44,6 @@ import torchvision  # noqa: E402
 
 from strongpose.codec import StrongPoseCodec  # noqa: E402
 from strongpose.data.datamodule import COCOKeypointDataModule  # noqa: E402
-from strongpose.data.sampling import EndlessSampler  # noqa: E402
 from strongpose.lit_module import StrongPoseModule  # noqa: E402
 from strongpose.models.network import PixelNormalize  # noqa: E402
 from strongpose.train import CONFIG_DIR  # noqa: E402
@@ -155,11 +154,7 @@ def endless_loader(codec: StrongPoseCodec, batch_size: int, args: argparse.Names
     data = COCOKeypointDataModule(codec, input_size=args.input, batch_size=batch_size, num_workers=args.workers,
                                   pin_memory=device.type == "cuda", persistent_workers=args.workers > 0,
                                   encode_on=encode_on or getattr(args, "encode_on", "worker"))
-    data.setup("fit")
-    loader = data._loader(data.train_dataset, batch_size, EndlessSampler(len(data.train_dataset)))
-    if collate is not None:
-        loader.collate_fn.collate = collate
-    return loader, data
+    return data.endless_train_dataloader(collate), data
 
 
 def endless_batches(codec: StrongPoseCodec, batch_size: int, args: argparse.Namespace, device: torch.device,

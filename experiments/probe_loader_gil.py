@@ -28,7 +28,6 @@ import torch  # noqa: E402
 
 from strongpose.codec import StrongPoseCodec  # noqa: E402
 from strongpose.data.datamodule import COCOKeypointDataModule  # noqa: E402
-from strongpose.data.sampling import EndlessSampler  # noqa: E402
 
 
 def busy_python() -> None:
@@ -58,11 +57,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     try:
         data = COCOKeypointDataModule(StrongPoseCodec(stride=8), input_size=args.input, batch_size=args.batch,
                                       num_workers=args.workers, persistent_workers=True)
-        data.setup("fit")
-        loader = data._loader(data.train_dataset, args.batch, EndlessSampler(len(data.train_dataset)))
-        if args.collate == "default":  # the data module's SkipBadCollate, stacking with torch's own
-            loader.collate_fn.collate = torch.utils.data.default_collate
-        batches = iter(loader)
+        # the data module's SkipBadCollate, stacking with torch's own for --collate default
+        batches = iter(data.endless_train_dataloader(
+            torch.utils.data.default_collate if args.collate == "default" else None))
         for _ in range(3 * args.workers):  # workers started, their first batches and stock taken
             next(batches)
         received: queue.Queue = queue.Queue()

@@ -40,11 +40,16 @@ def global_batch_size(batch_size: int, world_size: int = 1, accumulate_grad_batc
 LR_SCALING = ("linear", "sqrt", "none")
 
 
+def check_lr_scaling(rule: str) -> str:
+    if rule not in LR_SCALING:
+        raise ValueError(f"model.lr_scaling must be one of {LR_SCALING}, got {rule!r}")
+    return rule
+
+
 def scaled_lr(base_lr: float, global_batch: int, ref_batch: int, rule: str = "linear") -> float:
     """``base_lr`` is the LR at ``ref_batch`` images per step, whatever the hardware; ``rule`` (one of
     :data:`LR_SCALING`) carries it to ``global_batch``."""
-    if rule not in LR_SCALING:
-        raise ValueError(f"model.lr_scaling must be one of {LR_SCALING}, got {rule!r}")
+    check_lr_scaling(rule)
     ratio = global_batch / ref_batch
     return float(base_lr) * (ratio if rule == "linear" else math.sqrt(ratio) if rule == "sqrt" else 1.0)
 
@@ -111,8 +116,7 @@ class StrongPoseModule(L.LightningModule):
         max_nonfinite_steps: int = 10,
     ) -> None:
         super().__init__()
-        if lr_scaling not in LR_SCALING:  # here, not at fit
-            raise ValueError(f"model.lr_scaling must be one of {LR_SCALING}, got {lr_scaling!r}")
+        check_lr_scaling(lr_scaling)  # here, not at fit
         # codec and backbone are objects; the run's Hydra config (saved beside the checkpoints) has them
         self.save_hyperparameters(ignore=["codec", "backbone", "optimizer", "scheduler"], logger=False)
         self.hparams["codec"] = codec_spec(codec)  # checked when a checkpoint is loaded

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from strongpose.data.coco import ENCODE_ON, COCOKeypointDataset, empty_sample
 from strongpose.data.collate import SkipBadCollate, SkippedSample
 from strongpose.data.resumable import ResumableDataLoader, position_state
 from strongpose.data.sample import sample_paths
-from strongpose.data.sampling import SeededSampler, init_worker
+from strongpose.data.sampling import EndlessSampler, SeededSampler, init_worker
 from strongpose.data.transforms import AugmentConfig
 
 log = logging.getLogger(__name__)
@@ -151,6 +151,17 @@ class COCOKeypointDataModule(L.LightningDataModule):
         if self._resume_at:
             loader.load_state_dict(self._resume_at)
             self._resume_at = {}
+        return loader
+
+    def endless_train_dataloader(self, collate: Callable[[list], dict] | None = None) -> DataLoader:
+        """The training loader (workers, collate, pinned memory as configured) over :class:`EndlessSampler`
+        keys, for throughput benchmarks: batches never end and never wait at an epoch boundary. ``collate``
+        stacks the good samples instead of the packed collate (e.g. ``torch.utils.data.default_collate``)."""
+        if self.train_dataset is None:
+            self.setup("fit")
+        loader = self._loader(self.train_dataset, self.batch_size, EndlessSampler(len(self.train_dataset)))
+        if collate is not None:
+            loader.collate_fn.collate = collate
         return loader
 
     def state_dict(self) -> dict[str, Any]:
