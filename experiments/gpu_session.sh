@@ -10,6 +10,8 @@
 #      4-step blocks);
 #   3. bench_data on that machine: one worker's sample, and the loader with nproc - 2 workers, batch 32, pinned
 #      memory, encode_on worker vs device;
+#   3b. the host waits of a training step of the GPU preset (experiments/count_host_syncs.py on the GPU, and
+#      tests/test_scale/test_host_syncs.py's GPU case under torch.cuda.set_sync_debug_mode);
 #   4. if time is left: `strongpose.train trainer=gpu data.encode_on=device` fast_dev_run and the codec tests
 #      with their GPU = CPU cases (decode, batched encode).
 # Done before and recorded in experiments/RESULTS.md (git history of this script has those steps): the full
@@ -23,7 +25,7 @@
 #     hydra-core omegaconf antlr4-python3-runtime==4.9.3 albumentations==2.0.8 albucore pycocotools \
 #     faster-coco-eval pydantic pydantic-core annotated-types typing-inspection simsimd stringzilla
 # (versions as pyproject.toml admits; one version of each)
-# then, in one device call with carry [".whl"] and timeout_s=600 (the steps stop at 170+60+190+45 s):
+# then, in one device call with carry [".whl"] and timeout_s=600 (the steps stop at 170+60+160+45+2x40 s):
 #   bash experiments/gpu_session.sh
 # QUICK=1 runs a tiny version of every step (CPU smoke test: bash experiments/gpu_session.sh with QUICK=1).
 set -u
@@ -43,7 +45,8 @@ if [ "${QUICK:-0}" = 1 ]; then
   PARTS2=(--batch 2); PB=2; R50=(--backbone resnet18 --input 128 --batch 2 --precision 32 --steps 1 --rounds 1 --workers 1)
   R152=(--backbone resnet18 --input 128 --batch 2 --precision 32 --steps 1 --rounds 1 --workers 0)
   DATA=(--images 8 --loader-workers 1 --batch 2 --batches 2)
-  TP=300 TP2=300 TG=300 TD=300  # a loaded CPU: time limits that only stop a hang
+  TP=300 TP2=300 TG=300 TD=300 TS=300  # a loaded CPU: time limits that only stop a hang
+  HS=cpu
   TRAINER=default END=100000
 else
   W=$(( $(nproc) > 2 ? $(nproc) - 2 : 1 ))
@@ -52,7 +55,8 @@ else
   R50=(--backbone resnet50 --input 512 --batch 8 16 32 --precision bf16 --steps 20 --rounds 3 --workers "$W")
   R152=(--backbone resnet152 --input 512 --batch 16 32 --precision bf16 --steps 20 --rounds 3 --workers "$W")
   DATA=(--images 200 --loader-workers "$W" --batch 32 --batches 40 --pin-memory)
-  TP=170 TP2=60 TG=190 TD=45  # seconds per step (TG shared by the three bench_train runs): within 600 s
+  TP=170 TP2=60 TG=160 TD=45 TS=40  # seconds per step (TG shared by the three bench_train runs): within 600 s
+  HS=cuda
   TRAINER=gpu END=560   # step 4 runs only in what is left before END seconds
 fi
 {
@@ -68,6 +72,9 @@ fi
   done
   timeout $(( TG - (SECONDS - G0) > 10 ? TG - (SECONDS - G0) : 10 )) $PY experiments/bench_train.py "${R152[@]}" 2>&1 | grep "^device="
   echo "== bench_data";     timeout $TD $PY experiments/bench_data.py "${DATA[@]}" --encode-on worker device 2>&1 | tail -3
+  echo "== host waits per training step (the CPU count, then torch.cuda.set_sync_debug_mode's)"
+  timeout $TS $PY experiments/count_host_syncs.py --device $HS --epochs 2 2>&1 | tr '\r' '\n' | sed -n '/without logging wait/,$p'
+  timeout $TS $PY -m pytest tests/test_scale/test_host_syncs.py -q -p no:cacheprovider -k on_a_gpu 2>&1 | tail -4
   if (( END - SECONDS > 45 )); then
     echo "== train trainer=$TRAINER data.encode_on=device fast_dev_run"
     timeout $(( END - SECONDS < 90 ? END - SECONDS : 90 )) $PY -m strongpose.train trainer=$TRAINER logger=none data.encode_on=device \

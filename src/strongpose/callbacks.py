@@ -6,6 +6,7 @@ import datetime
 import math
 import time
 from collections import deque
+from collections.abc import Sequence
 
 import lightning as L
 import torch
@@ -39,6 +40,7 @@ class EMA(WeightAveraging):
         self.warmup = bool(warmup)
         self.update_every_n_steps = int(update_every_n_steps)
         self.start_step = int(start_step)
+        self._updates: int | None = None  # the averaged model's n_averaged, on the host (None: not read yet)
 
     def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
         return step_idx is not None and step_idx >= self.start_step and step_idx % self.update_every_n_steps == 0
@@ -46,13 +48,54 @@ class EMA(WeightAveraging):
     def current_decay(self, num_updates: int) -> float:
         return min(self.decay, (1 + num_updates) / (10 + num_updates)) if self.warmup else self.decay
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        self._updates = None
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        super().on_load_checkpoint(trainer, pl_module, checkpoint)
+        self._updates = None  # a resumed run continues the checkpoint's count
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        # WeightAveraging's own update (AveragedModel.update_parameters) reads the update count from the device
+        # twice, and the decay's warm-up needs it once more: on a GPU three waits for the whole step, every
+        # step (strongpose.host_syncs). The same update, with the count kept on the host.
+        if trainer.global_step > self._latest_update_step and self.should_update(step_idx=trainer.global_step - 1):
+            self.update_average(pl_module)
+            self._latest_update_step = trainer.global_step
+
     @torch.no_grad()
+    def update_average(self, pl_module: torch.nn.Module) -> None:
+        """One update of the averaged copy from ``pl_module``: ``AveragedModel.update_parameters`` with
+        this callback's averaging, without reading the device."""
+        model = self._average_model
+        if self._updates is None:
+            self._updates = int(model.n_averaged)  # once per run
+        averaged = [*model.module.parameters(), *model.module.buffers()]
+        current = [t.detach().to(a.device) for a, t in
+                   zip(averaged, [*pl_module.parameters(), *pl_module.buffers()], strict=True)]
+        if self._updates == 0:
+            torch._foreach_copy_(averaged, current)  # the first update copies
+        else:
+            floats = [i for i, a in enumerate(averaged) if torch.is_floating_point(a)]
+            others = [i for i, a in enumerate(averaged) if not torch.is_floating_point(a)]
+            for group in (floats, others):
+                if group:
+                    self._average([averaged[i] for i in group], [current[i] for i in group], self._updates)
+        model.n_averaged += 1  # on the device, no wait
+        self._updates += 1
+
     def _update(self, averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        """``multi_avg_fn`` of AveragedModel, for code that calls its ``update_parameters`` (a device read)."""
+        self._average(averaged, current, int(num_averaged))
+
+    @torch.no_grad()
+    def _average(self, averaged: list[torch.Tensor], current: list[torch.Tensor], updates: int) -> None:
         if torch.is_floating_point(averaged[0]):
-            torch._foreach_lerp_(averaged, current, 1.0 - self.current_decay(int(num_averaged)))
+            torch._foreach_lerp_(averaged, current, 1.0 - self.current_decay(updates))
         else:  # integer buffers (BatchNorm's num_batches_tracked) just follow the model
-            for avg, cur in zip(averaged, current, strict=True):
-                avg.copy_(cur)
+            torch._foreach_copy_(averaged, current)
 
 
 class ImagesPerSecond(Callback):
@@ -73,12 +116,38 @@ class ImagesPerSecond(Callback):
         elapsed = self._marks[-1][0] - self._marks[0][0]
         if elapsed > 0:
             rate = sum(n for _, n in list(self._marks)[1:]) / elapsed
-            pl_module.log("train/images_per_sec", rate, on_step=True, prog_bar=True, batch_size=len(batch["image"]))
+            # a CPU tensor: Lightning would copy a Python number to the GPU, and wait for it, every step
+            pl_module.log("train/images_per_sec", torch.tensor(rate), on_step=True, prog_bar=True,
+                          batch_size=len(batch["image"]))
 
 
 class ProgressBar(TQDMProgressBar):
-    """TQDM bar (readable in log files too) that adds ``eta``, the time left for the whole run: the bar's
-    own elapsed<remaining covers one epoch only, a few seconds on the sample."""
+    """TQDM bar (readable in log files too) that adds ``eta``, the time left for the whole run (the bar's
+    own elapsed<remaining covers one epoch only, a few seconds on the sample), and the training step's
+    ``step_metrics`` (the loss), read at most every ``metrics_every_s`` seconds.
+
+    Why not ``self.log(..., prog_bar=True)`` for the training loss: Lightning reads every progress-bar
+    value on the host after every batch (``item()``), and on a GPU each read waits for the whole step
+    queued so far (``strongpose.host_syncs``). The loss is logged without ``prog_bar`` and read here from
+    ``trainer.callback_metrics``, once a second; values the module logs for the bar on the host (images/s)
+    and validation's come through Lightning as before."""
+
+    def __init__(self, refresh_rate: int = 1, process_position: int = 0, leave: bool = False,
+                 step_metrics: Sequence[str] = ("train/loss",), metrics_every_s: float = 1.0) -> None:
+        super().__init__(refresh_rate=refresh_rate, process_position=process_position, leave=leave)
+        self.step_metrics = tuple(step_metrics)
+        self.metrics_every_s = float(metrics_every_s)
+        self._step_values: dict[str, float] = {}
+        self._read_at = -math.inf
+        self._in_train_batch = False
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        self._in_train_batch = True  # get_metrics may show the values it read last
+        try:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        finally:
+            self._in_train_batch = False
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
@@ -87,6 +156,12 @@ class ProgressBar(TQDMProgressBar):
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
         items = super().get_metrics(trainer, pl_module)
+        now = time.perf_counter()
+        if not self._in_train_batch or now - self._read_at >= self.metrics_every_s:
+            logged = trainer.callback_metrics
+            self._step_values = {name: float(logged[name]) for name in self.step_metrics if name in logged}
+            self._read_at = now
+        items = {**self._step_values, **items}
         start_time, start_step = getattr(self, "_start", (0.0, 0))
         done = trainer.global_step - start_step
         if done > 0 and math.isfinite(self._total_steps):

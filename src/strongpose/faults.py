@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from strongpose import slurm
-from strongpose.collectives import any_rank
+from strongpose.collectives import AnyRankOneCallLate, any_rank
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +54,12 @@ class NonFiniteLossGuard:
 
     def skip(self, loss: torch.Tensor, batch: dict, trainer: L.Trainer | None = None) -> bool:
         """True when this step must be skipped; raises :class:`NonFiniteLossError` past the limit."""
-        local = not bool(torch.isfinite(loss.detach()).all())
-        bad = any_rank(local, trainer)
-        if not bad:
+        # one read of the device per step: under DDP the flag is all-reduced on the device before it
+        bad_here = ~torch.isfinite(loss.detach()).all()
+        if not any_rank(bad_here, trainer):
             self.in_a_row = 0
             return False
+        local = bool(bad_here)
         self.total += 1
         self.in_a_row += 1
         step = trainer.global_step if trainer is not None else None
@@ -111,7 +112,9 @@ class InterruptCheckpoint(Callback):
     after every other callback's end-of-step work (EMA update, ModelCheckpoint), and the run stops
     (Lightning's graceful shutdown, exit status 1). A second Ctrl-C stops at once without saving, as does
     a Ctrl-C before training starts (nothing to save then). Under DDP every rank checks the flag
-    together (an all-reduce per step), so that all save and stop at the same step.
+    together (an all-reduce per step), so that all save and stop at the same step: the step after the one
+    in progress, as each step reads the all-reduce queued at the end of the step before
+    (``collectives.AnyRankOneCallLate``; reading it at once would make the host wait for the GPU every step).
 
     A SIGTERM (e.g. a cluster's preemption warning) makes Lightning raise ``SIGTERMException`` at the
     end of the step: that state is sound too, and is saved the same way (but at once: with gradient
@@ -140,6 +143,7 @@ class InterruptCheckpoint(Callback):
         self._previous_requeue_handler: Any = None
         self._saved = False
         self._step_before_batch = -1
+        self._any_rank_requested = AnyRankOneCallLate()
         self._training = False  # between on_train_start and on_train_end: a Ctrl-C can wait for the step
         self._global_zero = True
         self._previous_handler: Any = None
@@ -191,6 +195,7 @@ class InterruptCheckpoint(Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._training = True
+        self._any_rank_requested.reset()
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._training = False
@@ -207,7 +212,7 @@ class InterruptCheckpoint(Callback):
         # every rank: all ranks decide alike, and the collective below runs on all or none)
         if trainer.global_step == self._step_before_batch:
             return
-        if any_rank(self._requested, trainer):
+        if self._any_rank_requested(self._requested, trainer):
             requeue = any_rank(self._requeue, trainer)  # only on the step that stops: no extra collective per step
             self._save(trainer, f"{self.requeue_signal.name} (time limit)" if requeue else "Interrupted")
             if requeue and trainer.is_global_zero:

@@ -167,7 +167,9 @@ class StrongPoseModule(L.LightningModule):
         # per step in training, per epoch (averaged over ranks) in validation
         options = {"on_step": train, "on_epoch": not train, "sync_dist": not train, "batch_size": len(batch["image"])}
         self.log_dict({f"{stage}/{LOSS}_{name}": value for name, value in losses.items() if name != "total"}, **options)
-        self.log(f"{stage}/{LOSS}", losses["total"], prog_bar=True, **options)
+        # not in the progress bar during training: Lightning would read it on the host after every batch, a
+        # wait for the GPU (callbacks.ProgressBar shows it, read once a second)
+        self.log(f"{stage}/{LOSS}", losses["total"], prog_bar=not train, **options)
         return losses["total"], outputs
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -178,7 +180,8 @@ class StrongPoseModule(L.LightningModule):
         # statistics, which a NaN batch makes NaN for good, are put back and the gradients dropped
         self._restore_buffers = self.nonfinite.skip(loss, batch, self._trainer)
         self._drop_gradients |= self._restore_buffers
-        self.log(NONFINITE, float(self.nonfinite.total), on_step=True, batch_size=len(batch["image"]))
+        # a CPU tensor: Lightning would copy a Python number to the GPU, and wait for it, every step
+        self.log(NONFINITE, torch.tensor(float(self.nonfinite.total)), on_step=True, batch_size=len(batch["image"]))
         return loss
 
     def on_after_backward(self) -> None:

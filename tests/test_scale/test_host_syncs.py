@@ -1,0 +1,154 @@
+"""Host waits of a training step (strongpose.host_syncs), counted on the CPU: on a GPU each one makes the host
+wait for the whole step queued so far. A step of the GPU preset reads the device once (the non-finite
+guard's decision); Lightning's per-batch read of progress-bar values, the EMA's update count and
+``self.log`` of Python numbers are gone, and a new per-step read makes the test fail."""
+
+from __future__ import annotations
+
+import warnings
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.distributed as dist
+from lightning.pytorch.callbacks import Callback
+
+from strongpose.callbacks import ProgressBar
+from strongpose.collectives import AnyRankOneCallLate, any_rank
+from strongpose.host_syncs import CountHostSyncs, HostSyncCounter
+from strongpose.train import train
+
+GPU_PRESET_ON_THE_CPU = [
+    "trainer=gpu", "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.benchmark=false",
+    "logger=csv", "data.input_size=64", "data.batch_size=2", "data.max_train_images=null", "data.num_workers=0", "trainer.max_epochs=2",
+    "trainer.check_val_every_n_epoch=100", "trainer.enable_model_summary=false",
+    "+callbacks.host_syncs._target_=strongpose.host_syncs.CountHostSyncs", "+callbacks.host_syncs.report=false",
+]
+
+
+def test_the_counter_counts_device_reads_and_data_dependent_shapes_not_host_numbers():
+    with HostSyncCounter() as syncs:
+        x = torch.randn(6)
+        float(x.sum())  # .item() of a computed tensor: a wait on a GPU
+        bool((x > 0).any())
+        x[x > 0]  # the mask's count sizes the output
+        x.nonzero()
+        x[x > 0] = 0.0  # a masked_fill_: no wait
+        count = torch.tensor(3.0)  # made from a Python number: stays on the host in a GPU run
+        (count * 2).item()
+        syncs.counting = False
+        x.sum().item()  # not counting
+    ops = [event.op.split(".")[1] for event in syncs.events]
+    assert ops == ["_local_scalar_dense", "_local_scalar_dense", "index", "nonzero"]
+    assert syncs.events[0].where.startswith(f"tests/test_scale/{__name__.rsplit('.', 1)[-1]}.py:")
+
+
+def test_a_step_of_the_gpu_preset_reads_the_device_once(train_config, tmp_path):
+    # the bar's once-a-second read left out (a slow CI step would make it every step); its epoch-end read stays
+    cfg = train_config([*GPU_PRESET_ON_THE_CPU, "callbacks.progress_bar.metrics_every_s=1e9"], output_dir=tmp_path)
+    assert cfg.trainer.log_every_n_steps >= 50  # the GPU preset logs (a read of every logged value) seldom
+    _, objects = train(cfg)
+    (counted,) = [c for c in objects["callbacks"] if isinstance(c, CountHostSyncs)]
+    assert counted.batches == 12  # 11 images, batch 2: 6 steps an epoch
+    per_step = counted.counter.per_step()
+    # the steps inside an epoch (the first and the epoch ends read more: new logged names, the bar's refresh)
+    inside = [1, 2, 3, 4, 7, 8, 9, 10]
+    assert {step: per_step.get(step, 0) for step in inside} == dict.fromkeys(inside, 1), counted.summary()
+    sources = counted.counter.sources(set(inside))
+    assert [where.split(" <- ")[-1].split(":")[0] for _, where in sources] == ["strongpose/faults.py"], sources
+    assert counted.summary()[-1].startswith("steps=12 logging_steps=0 host_syncs_per_step=1 max=")
+
+    # the training loss still reaches the bar, read from the logged values rather than through prog_bar
+    (bar,) = [c for c in objects["callbacks"] if isinstance(c, ProgressBar)]
+    shown = bar.get_metrics(objects["trainer"], objects["model"])
+    assert isinstance(shown["train/loss"], float) and shown["train/loss"] > 0
+    assert "train/images_per_sec" in shown
+
+
+def test_the_bar_reads_the_loss_at_most_every_metrics_every_s(monkeypatch):
+    clock = iter([0.0, 0.4, 0.9, 1.2, 1.5])
+    monkeypatch.setattr("strongpose.callbacks.time.perf_counter", lambda: next(clock))
+    monkeypatch.setattr("lightning.pytorch.callbacks.TQDMProgressBar.get_metrics", lambda self, t, m: {})
+    reads = []
+
+    class Logged(dict):
+        def __getitem__(self, name):
+            reads.append(name)
+            return torch.tensor(float(len(reads)))
+
+    trainer = SimpleNamespace(callback_metrics=Logged({"train/loss": None}), global_step=0)
+    bar = ProgressBar(metrics_every_s=1.0)
+    bar._in_train_batch = True  # as during on_train_batch_end  # noqa: SLF001
+    shown = [bar.get_metrics(trainer, None)["train/loss"] for _ in range(4)]  # at 0, 0.4, 0.9, 1.2 s
+    assert shown == [1.0, 1.0, 1.0, 2.0] and len(reads) == 2
+    bar._in_train_batch = False  # an epoch's end or validation's: a fresh read  # noqa: SLF001
+    assert bar.get_metrics(trainer, None)["train/loss"] == 3.0
+
+
+@pytest.fixture
+def one_process_group(tmp_path):
+    """A gloo group of this process alone: an all-reduce returns its input."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    yield SimpleNamespace(world_size=2, strategy=SimpleNamespace(root_device=torch.device("cpu")))
+    dist.destroy_process_group()
+
+
+def test_the_interrupt_flag_is_read_one_step_late_under_ddp(one_process_group):
+    late = AnyRankOneCallLate()
+    assert [late(flag, one_process_group) for flag in (False, True, False, False)] == [False, False, True, False]
+    late(True, one_process_group)
+    late.reset()  # a new run forgets the queued flag
+    assert late(False, one_process_group) is False
+    # one process: no collective, no lag
+    alone = SimpleNamespace(world_size=1)
+    assert AnyRankOneCallLate()(True, alone) is True and AnyRankOneCallLate()(False, None) is False
+
+
+def test_any_rank_takes_a_flag_on_the_device(one_process_group):
+    assert any_rank(torch.tensor(True), one_process_group) is True
+    assert any_rank(~torch.isfinite(torch.tensor(1.0)), one_process_group) is False
+    assert any_rank(True, one_process_group) is True and any_rank(False, None) is False
+
+
+class CudaSyncWarnings(Callback):
+    """Counts, per training step, the warnings of ``torch.cuda.set_sync_debug_mode("warn")``: what the
+    CPU count above stands for, measured where it matters (a GPU test: skipped without one)."""
+
+    def __init__(self) -> None:
+        self.per_step: dict[int, list[str]] = {}
+        self._records: list = []
+        self._catch = None
+        self._step = -1
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._catch = warnings.catch_warnings(record=True)
+        self._records = self._catch.__enter__()
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._close_step()
+        self._step += 1
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._close_step()
+        torch.cuda.set_sync_debug_mode("default")
+        self._catch.__exit__(None, None, None)
+
+    def _close_step(self) -> None:
+        if self._step >= 0:
+            self.per_step[self._step] = [f"{w.filename}:{w.lineno}" for w in self._records
+                                         if "synchronizing" in str(w.message)]
+        self._records.clear()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.set_sync_debug_mode)")
+def test_on_a_gpu_a_step_of_the_gpu_preset_synchronises_once(train_config, tmp_path):
+    cfg = train_config(["trainer=gpu", "logger=csv", "data.input_size=64", "data.batch_size=2",
+                        "data.max_train_images=null", "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=100",
+                        "callbacks.progress_bar.metrics_every_s=1e9",
+                        f"+callbacks.sync._target_={__name__}.CudaSyncWarnings"], output_dir=tmp_path)
+    _, objects = train(cfg)
+    (counted,) = [c for c in objects["callbacks"] if isinstance(c, CudaSyncWarnings)]
+    inside = [1, 2, 3, 4, 7, 8, 9, 10]
+    assert {s: len(counted.per_step[s]) for s in inside} == dict.fromkeys(inside, 1), counted.per_step
