@@ -28,7 +28,8 @@ class EMA(WeightAveraging):
         warmup: use the warm-up above.
         update_every_n_steps: update after every n-th optimiser step.
         start_step: first optimiser step (0-based) that updates the average.
-        device: where the averaged copy lives (default: the model's device; "cpu" saves GPU memory).
+        device: where the averaged copy lives (default: the model's device; "cpu" saves GPU memory, but
+            copies every weight to the host after every step, and the host waits for those copies).
     """
 
     def __init__(self, decay: float = 0.999, warmup: bool = True, update_every_n_steps: int = 1,
@@ -40,7 +41,7 @@ class EMA(WeightAveraging):
         self.warmup = bool(warmup)
         self.update_every_n_steps = int(update_every_n_steps)
         self.start_step = int(start_step)
-        self._updates: int | None = None  # the averaged model's n_averaged, on the host (None: not read yet)
+        self._updates = 0  # the averaged model's n_averaged, kept on the host
 
     def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
         return step_idx is not None and step_idx >= self.start_step and step_idx % self.update_every_n_steps == 0
@@ -50,11 +51,13 @@ class EMA(WeightAveraging):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        self._updates = None
+        if stage == "fit":  # WeightAveraging made a new averaged model
+            self._updates = 0
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         super().on_load_checkpoint(trainer, pl_module, checkpoint)
-        self._updates = None  # a resumed run continues the checkpoint's count
+        if self._average_model is not None:  # a resumed run continues the checkpoint's count (read before training)
+            self._updates = int(self._average_model.n_averaged)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
@@ -65,13 +68,17 @@ class EMA(WeightAveraging):
             self.update_average(pl_module)
             self._latest_update_step = trainer.global_step
 
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # WeightAveraging's per-epoch update, through the same update (never with this callback's should_update)
+        if trainer.current_epoch > self._latest_update_epoch and self.should_update(epoch_idx=trainer.current_epoch):
+            self.update_average(pl_module)
+            self._latest_update_epoch = trainer.current_epoch
+
     @torch.no_grad()
     def update_average(self, pl_module: torch.nn.Module) -> None:
         """One update of the averaged copy from ``pl_module``: ``AveragedModel.update_parameters`` with
         this callback's averaging, without reading the device."""
         model = self._average_model
-        if self._updates is None:
-            self._updates = int(model.n_averaged)  # once per run
         averaged = [*model.module.parameters(), *model.module.buffers()]
         current = [t.detach().to(a.device) for a, t in
                    zip(averaged, [*pl_module.parameters(), *pl_module.buffers()], strict=True)]
@@ -87,7 +94,8 @@ class EMA(WeightAveraging):
         self._updates += 1
 
     def _update(self, averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
-        """``multi_avg_fn`` of AveragedModel, for code that calls its ``update_parameters`` (a device read)."""
+        """``multi_avg_fn`` of the AveragedModel, for its own ``update_parameters`` (which reads the device);
+        this callback updates through :meth:`update_average` only, which keeps the count it uses."""
         self._average(averaged, current, int(num_averaged))
 
     @torch.no_grad()

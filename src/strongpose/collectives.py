@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import lightning as L
 import torch
 
@@ -14,56 +16,18 @@ def mean_over_ranks(tensor: torch.Tensor, world_size: int) -> torch.Tensor:
     return total / world_size
 
 
-def any_rank(flag: bool | torch.Tensor, trainer: L.Trainer | None) -> bool:
-    """``flag`` of any process (itself without a trainer or with one process). A tensor ``flag`` (on the
-    device) is all-reduced where it is and read once; a bool is copied to the device first (a second wait on
-    a GPU)."""
+def flags_of_any_rank(flags: Sequence[bool | torch.Tensor], trainer: L.Trainer | None) -> list[bool]:
+    """Each flag of any process (the flags themselves without a trainer or with one process): one all-reduce
+    and one read of the device for all of them. Flags may be tensors on the device (read only after the
+    all-reduce) or bools (written on the device by a fill kernel: no copy from the host, which would wait)."""
     if trainer is None or trainer.world_size <= 1:
-        return bool(flag)
-    if isinstance(flag, torch.Tensor):
-        value = flag.detach().float().reshape(())
-    else:
-        value = torch.tensor(float(flag), device=trainer.strategy.root_device)
-    return bool(mean_over_ranks(value, trainer.world_size).item() > 0)
+        return [bool(flag) for flag in flags]
+    device = trainer.strategy.root_device
+    values = torch.stack([flag.detach().to(device, torch.float32).reshape(()) if isinstance(flag, torch.Tensor)
+                          else torch.full((), float(flag), device=device) for flag in flags])
+    return [value > 0 for value in mean_over_ranks(values, trainer.world_size).tolist()]
 
 
-class AnyRankOneCallLate:
-    """``any_rank`` answered one call late, for a flag checked every step: each call queues the all-reduce
-    of its flag (with a copy of the result to pinned host memory, on a GPU) and returns the previous call's
-    result, which the device finished long before. ``any_rank`` every step would make the host wait for the
-    whole step queued so far (``strongpose.host_syncs``). Every rank gets the same answer at the same call,
-    as long as all make the same calls (the first call answers False)."""
-
-    def __init__(self) -> None:
-        self._pending: tuple[torch.Tensor, torch.cuda.Event | None] | None = None
-
-    def __call__(self, flag: bool, trainer: L.Trainer | None) -> bool:
-        if trainer is None or trainer.world_size <= 1:
-            return bool(flag)
-        answer = self._read()
-        device = trainer.strategy.root_device
-        cuda = device.type == "cuda"
-        value = torch.tensor([float(flag)], pin_memory=cuda).to(device, non_blocking=cuda)
-        torch.distributed.all_reduce(value)
-        if cuda:
-            host = torch.empty(1, pin_memory=True)
-            host.copy_(value, non_blocking=True)
-            done = torch.cuda.Event()
-            done.record()
-            self._pending = (host, done)
-        else:
-            self._pending = (value, None)
-        return answer
-
-    def _read(self) -> bool:
-        if self._pending is None:
-            return False
-        host, done = self._pending
-        self._pending = None
-        if done is not None:
-            done.synchronize()  # the previous call's copy, queued a step ago: no wait for this step's work
-        return bool(host.item() > 0)
-
-    def reset(self) -> None:
-        """Forget a queued flag (a new run)."""
-        self._pending = None
+def any_rank(flag: bool | torch.Tensor, trainer: L.Trainer | None) -> bool:
+    """``flag`` of any process (itself without a trainer or with one process)."""
+    return flags_of_any_rank([flag], trainer)[0]

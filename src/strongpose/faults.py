@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from strongpose import slurm
-from strongpose.collectives import AnyRankOneCallLate, any_rank
+from strongpose.collectives import any_rank, flags_of_any_rank
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +53,19 @@ class NonFiniteLossGuard:
         self.in_a_row = 0
 
     def skip(self, loss: torch.Tensor, batch: dict, trainer: L.Trainer | None = None) -> bool:
-        """True when this step must be skipped; raises :class:`NonFiniteLossError` past the limit."""
-        # one read of the device per step: under DDP the flag is all-reduced on the device before it
+        """True when this step must be skipped; raises :class:`NonFiniteLossError` past the limit.
+
+        One read of the device per step (on a GPU a wait for the forward pass). Under DDP the flag is
+        all-reduced on the device first, together with :class:`InterruptCheckpoint`'s (whose decision then
+        costs no collective or wait of its own)."""
         bad_here = ~torch.isfinite(loss.detach()).all()
-        if not any_rank(bad_here, trainer):
+        interrupt = _interrupt_callback(trainer) if trainer is not None and trainer.world_size > 1 else None
+        if interrupt is None:
+            bad = any_rank(bad_here, trainer)
+        else:
+            bad, requested = flags_of_any_rank([bad_here, interrupt.requested], trainer)
+            interrupt.requested_on_any_rank(requested)
+        if not bad:
             self.in_a_row = 0
             return False
         local = bool(bad_here)
@@ -111,10 +120,11 @@ class InterruptCheckpoint(Callback):
     ``trainer.accumulate_grad_batches`` > 1, of the batch that completes the optimiser step),
     after every other callback's end-of-step work (EMA update, ModelCheckpoint), and the run stops
     (Lightning's graceful shutdown, exit status 1). A second Ctrl-C stops at once without saving, as does
-    a Ctrl-C before training starts (nothing to save then). Under DDP every rank checks the flag
-    together (an all-reduce per step), so that all save and stop at the same step: the step after the one
-    in progress, as each step reads the all-reduce queued at the end of the step before
-    (``collectives.AnyRankOneCallLate``; reading it at once would make the host wait for the GPU every step).
+    a Ctrl-C before training starts (nothing to save then). Under DDP every rank learns of the flag from
+    an all-reduce, so that all save and stop at the same step: with a StrongPoseModule the non-finite
+    guard's all-reduce of each step carries it (no collective or host wait of its own), so that a signal
+    that comes after that point (the forward pass) is acted on at the end of the next step; with another
+    module, one all-reduce and read per step here.
 
     A SIGTERM (e.g. a cluster's preemption warning) makes Lightning raise ``SIGTERMException`` at the
     end of the step: that state is sound too, and is saved the same way (but at once: with gradient
@@ -143,7 +153,7 @@ class InterruptCheckpoint(Callback):
         self._previous_requeue_handler: Any = None
         self._saved = False
         self._step_before_batch = -1
-        self._any_rank_requested = AnyRankOneCallLate()
+        self._requested_on_any_rank: bool | None = None  # this step's all-reduced flag, from the guard
         self._training = False  # between on_train_start and on_train_end: a Ctrl-C can wait for the step
         self._global_zero = True
         self._previous_handler: Any = None
@@ -193,9 +203,17 @@ class InterruptCheckpoint(Callback):
             signal.signal(self.requeue_signal, self._previous_requeue_handler)
             self._previous_requeue_handler = None
 
+    @property
+    def requested(self) -> bool:
+        """A save was asked for on this rank (Ctrl-C, the requeue signal)."""
+        return self._requested
+
+    def requested_on_any_rank(self, requested: bool) -> None:
+        """The all-reduced flag of this step (from :class:`NonFiniteLossGuard`, under DDP)."""
+        self._requested_on_any_rank = bool(requested)
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._training = True
-        self._any_rank_requested.reset()
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._training = False
@@ -204,6 +222,7 @@ class InterruptCheckpoint(Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         self._step_before_batch = trainer.global_step
+        self._requested_on_any_rank = None
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
@@ -212,7 +231,13 @@ class InterruptCheckpoint(Callback):
         # every rank: all ranks decide alike, and the collective below runs on all or none)
         if trainer.global_step == self._step_before_batch:
             return
-        if self._any_rank_requested(self._requested, trainer):
+        if trainer.world_size <= 1:
+            stop = self._requested
+        elif self._requested_on_any_rank is not None:  # every rank ran the guard's all-reduce this step
+            stop = self._requested_on_any_rank
+        else:  # a module without StrongPose's guard
+            stop = any_rank(self._requested, trainer)
+        if stop:
             requeue = any_rank(self._requeue, trainer)  # only on the step that stops: no extra collective per step
             self._save(trainer, f"{self.requeue_signal.name} (time limit)" if requeue else "Interrupted")
             if requeue and trainer.is_global_zero:
@@ -240,6 +265,10 @@ class InterruptCheckpoint(Callback):
         self._saved, self._training = True, False
         _say(trainer, f"{why}: checkpoint saved to {path} (step {trainer.global_step}); "
                       f"resume with ckpt_path={path}")
+
+
+def _interrupt_callback(trainer: L.Trainer) -> InterruptCheckpoint | None:
+    return next((c for c in getattr(trainer, "callbacks", ()) if isinstance(c, InterruptCheckpoint)), None)
 
 
 def requeue_slurm_job() -> bool:

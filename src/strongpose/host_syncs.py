@@ -1,16 +1,20 @@
 """Where a training step makes the host wait for the GPU, found on any device (a CPU included).
 
 On a GPU, kernels queue and the Python loop runs ahead; reading a value back (``.item()``, ``bool(t)``,
-``int(t)``, ``float(t)``), an operation whose output size depends on the data (``nonzero``, indexing with a
-boolean mask) or ``self.log`` of a Python number (Lightning turns it into a tensor on the GPU: a blocking copy,
-for which PyTorch waits for the stream) makes the host wait until the GPU has run everything queued so far.
-Once per step at its end, that leaves the GPU idle while the host fetches the next batch and runs the
-loop's and callbacks' Python. ``torch.cuda.set_sync_debug_mode`` finds such waits only on a GPU; the same
-operations pass through PyTorch's dispatcher on a CPU too, where :class:`HostSyncCounter` counts them,
-with the code that asked for each, so that a test on a CPU can hold the count of a training step down.
+``int(t)``, ``float(t)``, ``.tolist()``, ``.cpu()``, ``.numpy()``), an operation whose output size or
+result depends on the data (``nonzero``, indexing with a boolean mask, ``unique``, ``torch.equal``...) or
+``self.log`` of a Python number (Lightning turns it into a tensor on the GPU: a blocking copy, for which
+PyTorch waits for the stream) makes the host wait until the GPU has run everything queued so far. Once per
+step at its end, that leaves the GPU idle while the host fetches the next batch and runs the loop's and
+callbacks' Python. ``torch.cuda.set_sync_debug_mode`` finds such waits only on a GPU; the same operations
+pass through PyTorch's dispatcher (or the few Tensor methods wrapped here) on a CPU too, where
+:class:`HostSyncCounter` counts them, with the code that asked for each, so that a test on a CPU can hold
+the count of a training step down. ``torch.cuda.set_sync_debug_mode`` on a GPU has the last word.
 
-Not seen on a CPU: ``.cpu()`` / ``.numpy()`` / ``.tolist()`` of a GPU tensor (no-ops or not dispatched
-there); those show only under ``torch.cuda.set_sync_debug_mode``.
+Known blind spots on a CPU run: a tensor made from Python data (``torch.tensor(x)``) is taken to stay on the
+host (in a GPU run it does, unless made with ``device=``), and so is what is computed from such tensors
+alone, but not a ``.to(device)`` of one or a ``copy_`` into one; ``t[mask] = v`` with a one-element ``v``
+is taken for the masked fill torch makes of it (no wait), which waits on a GPU when ``v`` is on the GPU.
 """
 
 from __future__ import annotations
@@ -28,29 +32,26 @@ from lightning.pytorch.callbacks import Callback
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
-# a tensor's value read on the host, and operations whose output size depends on the data
+aten = torch.ops.aten
+# a tensor's value read on the host, and operations whose output size or result the host must see
 READS = frozenset({
-    torch.ops.aten._local_scalar_dense.default,
-    torch.ops.aten.nonzero.default,
-    torch.ops.aten.masked_select.default,
-    torch.ops.aten.unique_consecutive.default,
-    torch.ops.aten._unique2.default,
+    aten._local_scalar_dense.default, aten.nonzero.default, aten.masked_select.default,
+    aten.unique_consecutive.default, aten.unique_dim.default, aten.unique_dim_consecutive.default,
+    aten._unique.default, aten._unique2.default, aten.bincount.default, aten.equal.default, aten.allclose.default,
 })
 # indexing with a boolean mask: the selected count sizes the output (a nonzero inside the kernel)
-MASK_INDEXING = frozenset({
-    torch.ops.aten.index.Tensor,
-    torch.ops.aten.index_put.default,
-    torch.ops.aten.index_put_.default,
-    torch.ops.aten._index_put_impl_.default,
-})
+MASK_INDEXING = frozenset({aten.index.Tensor, aten.index_put.default, aten.index_put_.default,
+                           aten._index_put_impl_.default})
+# Tensor methods that read the values without a dispatched read on a CPU (on a GPU: a blocking copy)
+READ_METHODS = ("tolist", "numpy", "cpu")
 # LightningModule.log of a Python number: torch.tensor(value, device=self.device) in LightningModule.__to_tensor
 LOG_OF_A_NUMBER = ("__to_tensor", os.path.join("core", "module.py"))
 
 
 @dataclass
 class HostSync:
-    op: str  # the aten operation
-    where: str  # file:line of the code outside torch that asked for it
+    op: str  # the aten operation or Tensor method
+    where: str  # file:line of the code outside torch that asked for it, and of the calls behind it
     step: int | None  # the training step it happened in (HostSyncCounter.step when it happened)
 
 
@@ -62,8 +63,8 @@ class HostSyncCounter(TorchDispatchMode):
     Left out, as they do not wait for a GPU there: code that runs in the data loader (dataset, collate,
     sampler: in worker processes on a GPU machine), and reads of tensors made from Python data
     (``torch.tensor(x)``, but for LightningModule.log's) or computed from such tensors alone, which stay on
-    the host in a GPU run too; one made with ``torch.tensor(x, device=...)`` for a GPU is taken for a host
-    tensor here too (the device is the CPU on a CPU run)."""
+    the host in a GPU run too. On a GPU the blocking copies between the host and the GPU are counted too.
+    While active, ``Tensor.tolist`` / ``numpy`` / ``cpu`` are wrapped (process-wide) to see their reads."""
 
     def __init__(self, counting: bool = True) -> None:
         super().__init__()
@@ -71,26 +72,52 @@ class HostSyncCounter(TorchDispatchMode):
         self.step: int | None = None
         self.events: list[HostSync] = []
         self._host: set[int] = set()  # ids of live tensors that stay on the host in a GPU run
+        self._methods: dict[str, object] = {}
+
+    def __enter__(self):
+        for name in READ_METHODS:
+            self._methods[name] = torch.Tensor.__dict__.get(name)
+            method = getattr(torch.Tensor, name)
+
+            def read(tensor, *args, _method=method, _name=name, **kwargs):
+                if self.counting and id(tensor) not in self._host and not _on_host_in_a_gpu_run(tensor):
+                    self._record(f"Tensor.{_name}")
+                return _method(tensor, *args, **kwargs)
+
+            setattr(torch.Tensor, name, read)
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        for name, method in self._methods.items():
+            if method is None:
+                delattr(torch.Tensor, name)  # it came from torch._C.TensorBase
+            else:
+                setattr(torch.Tensor, name, method)
+        self._methods = {}
+        return super().__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         inputs = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
         on_host = bool(inputs) and all(id(t) in self._host for t in inputs)
-        if self.counting and (func in READS or func in MASK_INDEXING and _masked(args)) and not on_host:
-            stack = traceback.extract_stack()[:-1]
-            if not _in_data_loader(stack):
-                self.events.append(HostSync(str(func), _caller(stack), self.step))
+        if self.counting and not on_host and _waits(func, args, kwargs):
+            self._record(str(func))
         out = func(*args, **kwargs)
-        if func is torch.ops.aten.lift_fresh.default:
+        if func is aten.lift_fresh.default:
             stack = traceback.extract_stack()[:-1]
             if any(f.name == LOG_OF_A_NUMBER[0] and f.filename.endswith(LOG_OF_A_NUMBER[1]) for f in stack):
                 if self.counting:
-                    self.events.append(HostSync("LightningModule.log(<Python number>)", _caller(stack), self.step))
+                    self._record("LightningModule.log(<Python number>)", stack)
             elif not _in_data_loader(stack):  # the data loader's tensors go to the device
                 self._mark_host(out)
         elif on_host:
             self._mark_host(out)
         return out
+
+    def _record(self, op: str, stack: list[traceback.FrameSummary] | None = None) -> None:
+        stack = stack if stack is not None else traceback.extract_stack()[:-2]
+        if not _in_data_loader(stack):
+            self.events.append(HostSync(op, _caller(stack), self.step))
 
     def _mark_host(self, out) -> None:
         for t in pytree.tree_leaves(out):
@@ -109,8 +136,8 @@ class HostSyncCounter(TorchDispatchMode):
 class CountHostSyncs(Callback):
     """A callback that counts the host waits (:class:`HostSyncCounter`) of every training step: from the
     start of a training batch to the start of the next (its optimiser step, callbacks, logging, the loop's
-    own work), not during validation; with ``report``, prints :meth:`summary` when training ends. For a
-    look at a run's waits (every tensor operation then goes through Python: slow)::
+    own work), not during validation; with ``report``, prints :meth:`summary` when training ends or stops.
+    For a look at a run's waits (every tensor operation of the steps then goes through Python: slow)::
 
         python -m strongpose.train +callbacks.host_syncs._target_=strongpose.host_syncs.CountHostSyncs
     """
@@ -119,41 +146,43 @@ class CountHostSyncs(Callback):
         self.report = bool(report)
         self.counter = HostSyncCounter(counting=False)
         self.batches = 0
-        self.log_every_n_steps = 1
+        self.logged: list[bool] = []  # per counted batch: Lightning logged after it
         self._entered = False
+        self._log_every = 1
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.log_every_n_steps = int(trainer.log_every_n_steps)
+        self._log_every = max(int(trainer.log_every_n_steps), 1)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         if not self._entered:
             self.counter.__enter__()
             self._entered = True
-
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         self.counter.step, self.counter.counting = self.batches, True
         self.batches += 1
 
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        # Lightning logs after the batches whose optimiser-step count is a multiple of log_every_n_steps
+        self.logged.append(trainer.global_step % self._log_every == 0 or trainer.should_stop)
+
     def _pause(self, *args) -> None:
         self.counter.step, self.counter.counting = None, False
-
-    on_train_epoch_end = on_validation_start = _pause
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._exit()
-        if self.report and trainer.is_global_zero:
-            print("\n".join(self.summary()), flush=True)
-
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self._exit()
-
-    def _exit(self) -> None:
-        self._pause()
         if self._entered:
             self.counter.__exit__(None, None, None)
             self._entered = False
 
+    on_train_epoch_end = on_validation_start = _pause
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._pause()
+        if self.report and trainer.is_global_zero:
+            print("\n".join(self.summary()), flush=True)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.on_train_end(trainer, pl_module)
+
     def logging_steps(self) -> set[int]:
-        """The training steps after which Lightning logs (step + 1 a multiple of log_every_n_steps)."""
-        return {s for s in range(self.batches) if (s + 1) % self.log_every_n_steps == 0}
+        return {step for step, logged in enumerate(self.logged) if logged}
 
     def quiet_steps(self) -> list[int]:
         """Steps without logging, the first left out (it registers the logged names)."""
@@ -174,12 +203,45 @@ class CountHostSyncs(Callback):
         return lines
 
 
-def _masked(args: tuple) -> bool:
-    """Indexing with a boolean mask; not ``t[mask] = scalar`` (torch runs that as a masked_fill_)."""
-    indices = args[1] if len(args) > 1 else ()
-    if len(args) > 2 and isinstance(args[2], torch.Tensor) and args[2].numel() == 1:
+def _waits(func, args: tuple, kwargs: dict) -> bool:
+    """The operation makes the host wait for a GPU (see the module's docstring)."""
+    if func in READS:
+        return True
+    if func in MASK_INDEXING:
+        return _masked(args, kwargs)
+    if func is aten.repeat_interleave.Tensor:
+        return kwargs.get("output_size") is None  # the output's length is the repeats' sum
+    return _blocking_copy(func, args, kwargs)
+
+
+def _masked(args: tuple, kwargs: dict) -> bool:
+    """Indexing with a boolean mask; not ``t[mask] = <one value>`` without accumulation (torch runs that as a
+    masked_fill_)."""
+    indices = args[1] if len(args) > 1 else kwargs.get("indices", ())
+    value = args[2] if len(args) > 2 else kwargs.get("values")
+    accumulate = args[3] if len(args) > 3 else kwargs.get("accumulate", False)
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not accumulate:
         return False
     return any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in indices)
+
+
+def _blocking_copy(func, args: tuple, kwargs: dict) -> bool:
+    """A copy between the host and a GPU that the host waits for (not ``non_blocking``): GPU runs only."""
+    if func is aten._to_copy.default:
+        source, target = args[0], kwargs.get("device")
+    elif func is aten.copy_.default:
+        target, source = args[0].device, args[1]
+    else:
+        return False
+    if target is None or not isinstance(source, torch.Tensor) or kwargs.get("non_blocking", False):
+        return False
+    devices = {torch.device(target).type, source.device.type}
+    return "cpu" in devices and len(devices) == 2
+
+
+def _on_host_in_a_gpu_run(tensor: torch.Tensor) -> bool:
+    """In a GPU run a CPU tensor's values are read without a wait (in a CPU run every tensor is on the CPU)."""
+    return tensor.device.type == "cpu" and torch.cuda.is_available()
 
 
 def _in_data_loader(stack: list[traceback.FrameSummary]) -> bool:
@@ -187,15 +249,20 @@ def _in_data_loader(stack: list[traceback.FrameSummary]) -> bool:
 
 
 def _caller(stack: list[traceback.FrameSummary]) -> str:
-    """The two innermost frames outside torch (Lightning's apply_func skipped), and the innermost outside
-    torch and Lightning too when not one of them: the code that made the call, and the project's behind it."""
+    """Up to three frames outside torch (Lightning's apply_func skipped), innermost first, one per file, and
+    the innermost outside Lightning when not one of them: the code that asked, and the project's behind it."""
     torch_dir, lightning_dir = os.path.dirname(torch.__file__), os.path.dirname(L.__file__)
     outside_torch = [f for f in stack if not f.filename.startswith(torch_dir) and "apply_func" not in f.filename]
-    frames = outside_torch[-2:][::-1] or stack[-1:]
+    frames: list[traceback.FrameSummary] = []
+    for frame in reversed(outside_torch):
+        if len(frames) == 3:
+            break
+        if not frames or frame.filename != frames[-1].filename:
+            frames.append(frame)
     ours = [f for f in outside_torch if not f.filename.startswith(lightning_dir)]
-    if ours and ours[-1] not in frames:
+    if ours and all(f.filename != ours[-1].filename for f in frames):
         frames.append(ours[-1])
-    return " <- ".join(f"{_short(f.filename)}:{f.lineno} ({f.name})" for f in frames)
+    return " <- ".join(f"{_short(f.filename)}:{f.lineno} ({f.name})" for f in frames or stack[-1:])
 
 
 def _short(path: str) -> str:

@@ -199,7 +199,7 @@ def test_batch_encoding_equals_encoding_each_image(codec, compact):
     people[2][..., :2] += torch.rand(people[2][..., :2].shape, generator=gen)
     padded, regions = _batch_of(codec, people, size)
     batch = encode_keypoint_maps(padded, regions, size, stride=codec.stride, disk_radius=codec.disk_radius,
-                                 directed_edges=codec.edges, out_edges=codec._out_edges,
+                                 directed_edges=codec.edges, out_edges=codec.out_edges,
                                  long_range=codec.long_range, compact=compact)
     assert torch.equal(batch["short"], codec.encode_batch(padded, regions, size)["short"])
     for i, p in enumerate(people):
@@ -225,7 +225,7 @@ def test_random_batches_encode_the_same_compacted_fixed_and_alone(codec):
         regions = {key: torch.rand(b, 1, *codec.map_size((height, width)), generator=gen) > 0.7
                    for key in ("bhm", "ignore")}
         maps = [encode_keypoint_maps(kp, regions, (height, width), stride=codec.stride, disk_radius=codec.disk_radius,
-                                     directed_edges=codec.edges, out_edges=codec._out_edges,
+                                     directed_edges=codec.edges, out_edges=codec.out_edges,
                                      long_range=codec.long_range, compact=compact) for compact in (True, False)]
         for key in maps[0]:
             assert torch.equal(maps[0][key], maps[1][key]), (trial, key)
@@ -293,6 +293,6 @@ def test_the_fixed_shape_path_calls_nothing_that_reads_the_device(codec):
     for compact, expect_reads in ((False, False), (True, True)):  # the CPU path reads, as it may
         with Record() as record:
             encode_keypoint_maps(padded, regions, size, stride=codec.stride, disk_radius=codec.disk_radius,
-                                 directed_edges=codec.edges, out_edges=codec._out_edges,
+                                 directed_edges=codec.edges, out_edges=codec.out_edges,
                                  long_range=codec.long_range, compact=compact)
         assert bool(record.bad) is expect_reads, record.bad

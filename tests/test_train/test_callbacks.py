@@ -41,24 +41,36 @@ def test_ema_updates_from_start_step_every_n_steps():
 def test_ema_update_matches_averaged_models_without_reading_the_device():
     # the callback's own update (the count kept on the host) against AveragedModel.update_parameters with the
     # same averaging, which reads n_averaged on the host: same weights, statistics and count, through the
-    # first (copying) update, the warm-up and an integer buffer
+    # first (copying) update, the warm-up and an integer buffer; then a resume from a checkpoint continues
+    # the count (read once, while loading)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
     ema = EMA(decay=0.99)
     reference = AveragedModel(model, use_buffers=True, multi_avg_fn=ema._update)
     ema._average_model = AveragedModel(model, use_buffers=True)  # what WeightAveraging.setup makes  # noqa: SLF001
+
+    def step_and_update(ema: EMA, counter: HostSyncCounter) -> None:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        model.train()(torch.randn(8, 3))  # new BatchNorm statistics and num_batches_tracked
+        counter.counting = True
+        ema.update_average(model)
+        counter.counting = False
+        reference.update_parameters(model)  # 3 reads an update: n_averaged == 0, > 0, int(...)
+
     with HostSyncCounter(counting=False) as syncs:
-        for update in range(5):
-            with torch.no_grad():
-                for p in model.parameters():
-                    p.add_(torch.randn_like(p))
-            model.train()(torch.randn(8, 3))  # new BatchNorm statistics and num_batches_tracked
-            syncs.counting = update > 0  # the first update reads the count once (a resumed run's)
-            ema.update_average(model)
-            syncs.counting = False
-            reference.update_parameters(model)  # 3 reads an update: n_averaged == 0, > 0, int(...)
+        for _ in range(3):
+            step_and_update(ema, syncs)
+        checkpoint = {"state_dict": model.state_dict()}  # as Lightning saves it, then the callback rewrites it
+        ema.on_save_checkpoint(None, model, checkpoint)
+        resumed = EMA(decay=0.99)
+        resumed._average_model = AveragedModel(model, use_buffers=True)  # noqa: SLF001
+        resumed.on_load_checkpoint(None, model, checkpoint)
+        for _ in range(2):
+            step_and_update(resumed, syncs)
     assert syncs.events == []
-    got, expected = ema._average_model.state_dict(), reference.state_dict()  # noqa: SLF001
+    got, expected = resumed._average_model.state_dict(), reference.state_dict()  # noqa: SLF001
     assert got.keys() == expected.keys() and int(got["n_averaged"]) == 5
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-7, msg=name)

@@ -74,7 +74,8 @@ class StrongPoseCodec:
         self.long_range = bool(long_range)
         self.redundant_edges = bool(redundant_edges)
         self.edges = torch.tensor(self.skeleton.directed_edges(redundant_edges), dtype=torch.long)
-        self._out_edges = out_edge_table(self.edges, self.num_keypoints)
+        # (K, D) ids of the directed edges leaving each keypoint type, -1 padded
+        self.out_edges = out_edge_table(self.edges, self.num_keypoints)
         self._tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self.decode_sigma = decode_sigma
         self.decode_vote_threshold = decode_vote_threshold
@@ -206,7 +207,7 @@ class StrongPoseCodec:
         """The directed edges and the edges leaving each type, on ``device``: copied once per device, not per
         batch (a host-to-device copy waits for the device's queue)."""
         if device not in self._tables:
-            self._tables[device] = (self.edges.to(device), self._out_edges.to(device))
+            self._tables[device] = (self.edges.to(device), self.out_edges.to(device))
         return self._tables[device]
 
     def _people(self, keypoints: torch.Tensor, ndim: int) -> torch.Tensor:
