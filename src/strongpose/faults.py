@@ -41,8 +41,9 @@ class NonFiniteLossGuard:
     refuses ``training_step`` returning None there. The gradients are then dropped before the optimiser
     step (no weight or momentum change) and the BatchNorm statistics restored; the step still counts for
     ``global_step`` and the LR schedule, which stay in line with the trainer. Zeroing the loss would not
-    do (0 x NaN is NaN). The decision is all-reduced (any rank non-finite: every rank skips): one scalar
-    collective per step, nothing next to the gradients'.
+    do (0 x NaN is NaN). The decision is all-reduced (any rank non-finite: every rank skips): one small
+    collective per step (with :class:`InterruptCheckpoint`'s flag), nothing next to the gradients'; every
+    rank must call :meth:`skip` at every training step, as ``StrongPoseModule.training_step`` does.
     """
 
     def __init__(self, max_in_a_row: int = 10) -> None:
@@ -123,7 +124,8 @@ class InterruptCheckpoint(Callback):
     a Ctrl-C before training starts (nothing to save then). Under DDP every rank learns of the flag from
     an all-reduce, so that all save and stop at the same step: with a StrongPoseModule the non-finite
     guard's all-reduce of each step carries it (no collective or host wait of its own), so that a signal
-    that comes after that point (the forward pass) is acted on at the end of the next step; with another
+    that comes after that point (the forward pass) is acted on at the end of the next step, but for the
+    step before a validation or the end, which all-reduces and reads the flag once more; with another
     module, one all-reduce and read per step here.
 
     A SIGTERM (e.g. a cluster's preemption warning) makes Lightning raise ``SIGTERMException`` at the
@@ -233,9 +235,10 @@ class InterruptCheckpoint(Callback):
             return
         if trainer.world_size <= 1:
             stop = self._requested
-        elif self._requested_on_any_rank is not None:  # every rank ran the guard's all-reduce this step
-            stop = self._requested_on_any_rank
-        else:  # a module without StrongPose's guard
+        elif self._requested_on_any_rank is not None and not _validation_or_end_next(trainer, batch_idx):
+            stop = self._requested_on_any_rank  # every rank ran the guard's all-reduce this step
+        else:  # a module without StrongPose's guard, or the last step before validation: a signal since the
+            # guard's all-reduce would otherwise wait for the validation to end (longer than SLURM's warning)
             stop = any_rank(self._requested, trainer)
         if stop:
             requeue = any_rank(self._requeue, trainer)  # only on the step that stops: no extra collective per step
@@ -265,6 +268,14 @@ class InterruptCheckpoint(Callback):
         self._saved, self._training = True, False
         _say(trainer, f"{why}: checkpoint saved to {path} (step {trainer.global_step}); "
                       f"resume with ckpt_path={path}")
+
+
+def _validation_or_end_next(trainer: L.Trainer, batch_idx: int) -> bool:
+    """Validation may run, or training end, after this batch (the same answer on every rank; True at times
+    when neither follows, which costs one read)."""
+    batches, every = trainer.num_training_batches, trainer.val_check_batch
+    return (batch_idx + 1 >= batches or (isinstance(every, int) and every > 0 and (batch_idx + 1) % every == 0)
+            or 0 < trainer.max_steps <= trainer.global_step)
 
 
 def _interrupt_callback(trainer: L.Trainer) -> InterruptCheckpoint | None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import os
 import statistics
+import threading
 import traceback
 import weakref
 from dataclasses import dataclass
@@ -63,8 +64,10 @@ class HostSyncCounter(TorchDispatchMode):
     Left out, as they do not wait for a GPU there: code that runs in the data loader (dataset, collate,
     sampler: in worker processes on a GPU machine), and reads of tensors made from Python data
     (``torch.tensor(x)``, but for LightningModule.log's) or computed from such tensors alone, which stay on
-    the host in a GPU run too. On a GPU the blocking copies between the host and the GPU are counted too.
-    While active, ``Tensor.tolist`` / ``numpy`` / ``cpu`` are wrapped (process-wide) to see their reads."""
+    the host in a GPU run too (what ``.cpu()`` returns as well). In a GPU run, copies between the host and
+    the GPU that are not ``non_blocking`` are counted too. While active, ``Tensor.tolist`` / ``numpy`` /
+    ``cpu`` are wrapped (process-wide; only the entering thread's calls count, as only its operations reach
+    the mode). Not re-entrant: nested counters must leave in the reverse order of entering."""
 
     def __init__(self, counting: bool = True) -> None:
         super().__init__()
@@ -73,21 +76,36 @@ class HostSyncCounter(TorchDispatchMode):
         self.events: list[HostSync] = []
         self._host: set[int] = set()  # ids of live tensors that stay on the host in a GPU run
         self._methods: dict[str, object] = {}
+        self._thread: int | None = None
+        self._in_method = False  # inside a wrapped Tensor method (its own read is counted once)
 
     def __enter__(self):
+        mode = super().__enter__()
+        self._thread = threading.get_ident()  # the mode sees this thread's operations only: so do the methods
         for name in READ_METHODS:
             self._methods[name] = torch.Tensor.__dict__.get(name)
             method = getattr(torch.Tensor, name)
 
             def read(tensor, *args, _method=method, _name=name, **kwargs):
-                if self.counting and id(tensor) not in self._host and not _on_host_in_a_gpu_run(tensor):
+                if threading.get_ident() != self._thread or self._in_method:
+                    return _method(tensor, *args, **kwargs)
+                if self.counting and id(tensor) not in self._host:
                     self._record(f"Tensor.{_name}")
-                return _method(tensor, *args, **kwargs)
+                self._in_method = True  # the copy to the host inside is this same wait
+                try:
+                    out = _method(tensor, *args, **kwargs)
+                finally:
+                    self._in_method = False
+                if out is tensor:  # .cpu() on a CPU run: an alias, so that only the copy counts as on the host
+                    out = tensor.view_as(tensor)
+                self._mark_host(out)  # what .cpu() returns is on the host
+                return out
 
             setattr(torch.Tensor, name, read)
-        return super().__enter__()
+        return mode
 
     def __exit__(self, *exc):
+        # not re-entrant: counters nest in order (the last entered leaves first)
         for name, method in self._methods.items():
             if method is None:
                 delattr(torch.Tensor, name)  # it came from torch._C.TensorBase
@@ -100,7 +118,7 @@ class HostSyncCounter(TorchDispatchMode):
         kwargs = kwargs or {}
         inputs = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
         on_host = bool(inputs) and all(id(t) in self._host for t in inputs)
-        if self.counting and not on_host and _waits(func, args, kwargs):
+        if self.counting and not on_host and not self._in_method and _waits(func, args, kwargs):
             self._record(str(func))
         out = func(*args, **kwargs)
         if func is aten.lift_fresh.default:
@@ -151,7 +169,7 @@ class CountHostSyncs(Callback):
         self._log_every = 1
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._log_every = max(int(trainer.log_every_n_steps), 1)
+        self._log_every = int(trainer.log_every_n_steps)  # 0: Lightning never logs
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         if not self._entered:
@@ -163,7 +181,7 @@ class CountHostSyncs(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
         # Lightning logs after the batches whose optimiser-step count is a multiple of log_every_n_steps
-        self.logged.append(trainer.global_step % self._log_every == 0 or trainer.should_stop)
+        self.logged.append(self._log_every > 0 and (trainer.global_step % self._log_every == 0 or trainer.should_stop))
 
     def _pause(self, *args) -> None:
         self.counter.step, self.counter.counting = None, False
@@ -228,20 +246,16 @@ def _masked(args: tuple, kwargs: dict) -> bool:
 def _blocking_copy(func, args: tuple, kwargs: dict) -> bool:
     """A copy between the host and a GPU that the host waits for (not ``non_blocking``): GPU runs only."""
     if func is aten._to_copy.default:
-        source, target = args[0], kwargs.get("device")
+        source, target, non_blocking = args[0], kwargs.get("device"), kwargs.get("non_blocking", False)
     elif func is aten.copy_.default:
         target, source = args[0].device, args[1]
+        non_blocking = args[2] if len(args) > 2 else kwargs.get("non_blocking", False)
     else:
         return False
-    if target is None or not isinstance(source, torch.Tensor) or kwargs.get("non_blocking", False):
+    if target is None or not isinstance(source, torch.Tensor) or non_blocking:
         return False
     devices = {torch.device(target).type, source.device.type}
     return "cpu" in devices and len(devices) == 2
-
-
-def _on_host_in_a_gpu_run(tensor: torch.Tensor) -> bool:
-    """In a GPU run a CPU tensor's values are read without a wait (in a CPU run every tensor is on the CPU)."""
-    return tensor.device.type == "cpu" and torch.cuda.is_available()
 
 
 def _in_data_loader(stack: list[traceback.FrameSummary]) -> bool:

@@ -30,8 +30,9 @@ def test_a_nan_on_one_rank_is_skipped_by_all_ranks(tmp_path, train_cli):
 
 @pytest.mark.slow
 def test_a_requeue_signal_on_one_rank_saves_every_rank_at_the_same_step(tmp_path, cli, fake_scontrol):
-    args = [*DDP, "+callbacks.sig._target_=fault_injection.SignalOnRank", "+callbacks.sig.rank=1",
-            "+callbacks.sig.step=1"]
+    # 4 steps an epoch: the signalled step is inside it, where the flag travels with the guard's all-reduce
+    args = [*DDP, "data.max_train_images=8", "+callbacks.sig._target_=fault_injection.SignalOnRank",
+            "+callbacks.sig.rank=1", "+callbacks.sig.step=1"]
     done = cli("strongpose.train", args, tmp_path, importable=[HERE], check=False)
     log = done.stdout + done.stderr
     saved = tmp_path / "run" / "checkpoints" / "interrupted.ckpt"

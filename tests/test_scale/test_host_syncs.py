@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import Callback
 
 from strongpose.callbacks import ProgressBar
 from strongpose.collectives import any_rank, flags_of_any_rank
-from strongpose.faults import InterruptCheckpoint, NonFiniteLossGuard
+from strongpose.faults import InterruptCheckpoint, NonFiniteLossGuard, _validation_or_end_next
 from strongpose.host_syncs import CountHostSyncs, HostSyncCounter
 from strongpose.train import train
 
@@ -35,12 +35,15 @@ def test_the_counter_counts_device_reads_and_data_dependent_shapes_not_host_numb
         x[x > 0]  # the mask's count sizes the output
         x.nonzero()
         x[x > 0] = 0.0  # a masked_fill_: no wait
+        x.cpu().tolist()  # one copy to the host (the list is read from the copy)
         count = torch.tensor(3.0)  # made from a Python number: stays on the host in a GPU run
         (count * 2).item()
+        count.tolist()
         syncs.counting = False
         x.sum().item()  # not counting
     ops = [event.op.split(".")[1] for event in syncs.events]
-    assert ops == ["_local_scalar_dense", "_local_scalar_dense", "index", "nonzero"]
+    assert ops == ["_local_scalar_dense", "_local_scalar_dense", "index", "nonzero", "cpu"]
+    assert torch.Tensor.cpu is torch._C.TensorBase.cpu  # the wrapped methods put back
     assert syncs.events[0].where.startswith(f"tests/test_scale/{__name__.rsplit('.', 1)[-1]}.py:")
 
 
@@ -110,6 +113,17 @@ def test_under_ddp_the_interrupt_flag_travels_with_the_guards_all_reduce(one_pro
     assert guard.skip(finite, {}, trainer) is False
     assert interrupt._requested_on_any_rank is True  # noqa: SLF001
     assert guard.skip(torch.tensor(float("nan")), {"meta": {"image_id": [7]}}, trainer) is True
+
+
+def test_the_step_before_validation_or_the_end_reads_the_interrupt_flag_itself():
+    # there a signal that came after the guard's all-reduce must not wait for the validation to end
+    def trainer(batches=10, every=10, max_steps=-1, step=3):
+        return SimpleNamespace(num_training_batches=batches, val_check_batch=every, max_steps=max_steps,
+                               global_step=step)
+    assert [_validation_or_end_next(trainer(), i) for i in (0, 8, 9)] == [False, False, True]
+    assert [_validation_or_end_next(trainer(every=4), i) for i in (2, 3, 7)] == [False, True, True]
+    assert _validation_or_end_next(trainer(batches=float("inf"), every=float("inf")), 5) is False
+    assert _validation_or_end_next(trainer(max_steps=3, step=3), 0) is True
 
 
 def test_flags_of_any_rank_take_device_tensors_and_bools(one_process_group):

@@ -3,8 +3,6 @@ execution of the network, never its numbers or its checkpoint keys."""
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from torch import nn
