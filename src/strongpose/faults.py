@@ -271,10 +271,19 @@ class InterruptCheckpoint(Callback):
 
 
 def _validation_or_end_next(trainer: L.Trainer, batch_idx: int) -> bool:
-    """Validation may run, or training end, after this batch (the same answer on every rank; True at times
-    when neither follows, which costs one read)."""
-    batches, every = trainer.num_training_batches, trainer.val_check_batch
-    return (batch_idx + 1 >= batches or (isinstance(every, int) and every > 0 and (batch_idx + 1) % every == 0)
+    """Validation may run, or training end, after this batch: the epoch's last batch (a loader without a
+    length: Lightning's own last-batch mark), every ``val_check_batch`` batches (counted over the run with
+    ``check_val_every_n_epoch=None``, as Lightning counts them), ``max_steps`` reached, or a stop requested
+    (``max_time``, early stopping). The same answer on every rank; True at times when neither follows
+    (one read more). Not foreseen: a time-based ``val_check_interval`` (each rank's own clock), and with
+    gradient accumulation a validation between two optimiser steps."""
+    epoch_loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    counted = (epoch_loop.total_batch_idx if epoch_loop is not None and trainer.check_val_every_n_epoch is None
+               else batch_idx)
+    every = trainer.val_check_batch
+    last = epoch_loop is not None and epoch_loop.batch_progress.is_last_batch
+    return (last or batch_idx + 1 >= trainer.num_training_batches or trainer.should_stop
+            or (isinstance(every, int) and every > 0 and (counted + 1) % every == 0)
             or 0 < trainer.max_steps <= trainer.global_step)
 
 

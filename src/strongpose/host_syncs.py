@@ -64,10 +64,11 @@ class HostSyncCounter(TorchDispatchMode):
     Left out, as they do not wait for a GPU there: code that runs in the data loader (dataset, collate,
     sampler: in worker processes on a GPU machine), and reads of tensors made from Python data
     (``torch.tensor(x)``, but for LightningModule.log's) or computed from such tensors alone, which stay on
-    the host in a GPU run too (what ``.cpu()`` returns as well). In a GPU run, copies between the host and
-    the GPU that are not ``non_blocking`` are counted too. While active, ``Tensor.tolist`` / ``numpy`` /
-    ``cpu`` are wrapped (process-wide; only the entering thread's calls count, as only its operations reach
-    the mode). Not re-entrant: nested counters must leave in the reverse order of entering."""
+    the host in a GPU run too (what ``.cpu()`` returns as well); with ``device`` set to a GPU, every CPU
+    tensor. In a GPU run, copies between the host and the GPU that are not ``non_blocking`` are counted
+    too. While active, ``Tensor.tolist`` / ``numpy`` / ``cpu`` are wrapped (process-wide; only the entering
+    thread's calls count, as only its operations reach the mode). Not re-entrant: nested counters must
+    leave in the reverse order of entering."""
 
     def __init__(self, counting: bool = True) -> None:
         super().__init__()
@@ -78,6 +79,9 @@ class HostSyncCounter(TorchDispatchMode):
         self._methods: dict[str, object] = {}
         self._thread: int | None = None
         self._in_method = False  # inside a wrapped Tensor method (its own read is counted once)
+        self._just_copied: int | None = None  # a tensor .cpu() returned as itself (a CPU run), until its next read
+        # the run's device when known (CountHostSyncs sets it): in a GPU run CPU tensors are read without a wait
+        self.device: torch.device | None = None
 
     def __enter__(self):
         mode = super().__enter__()
@@ -89,16 +93,18 @@ class HostSyncCounter(TorchDispatchMode):
             def read(tensor, *args, _method=method, _name=name, **kwargs):
                 if threading.get_ident() != self._thread or self._in_method:
                     return _method(tensor, *args, **kwargs)
-                if self.counting and id(tensor) not in self._host:
+                just_copied, self._just_copied = self._just_copied, None
+                if self.counting and id(tensor) != just_copied and self._waits_for(tensor):
                     self._record(f"Tensor.{_name}")
                 self._in_method = True  # the copy to the host inside is this same wait
                 try:
                     out = _method(tensor, *args, **kwargs)
                 finally:
                     self._in_method = False
-                if out is tensor:  # .cpu() on a CPU run: an alias, so that only the copy counts as on the host
-                    out = tensor.view_as(tensor)
-                self._mark_host(out)  # what .cpu() returns is on the host
+                if out is tensor:  # .cpu() on a CPU run returns the tensor itself: its next read is this copy's
+                    self._just_copied = id(tensor)
+                else:
+                    self._mark_host(out)  # what .cpu() returns is on the host
                 return out
 
             setattr(torch.Tensor, name, read)
@@ -114,11 +120,19 @@ class HostSyncCounter(TorchDispatchMode):
         self._methods = {}
         return super().__exit__(*exc)
 
+    def _waits_for(self, tensor: torch.Tensor) -> bool:
+        """Reading ``tensor`` waits for the GPU: not a host tensor (in a GPU run, any CPU tensor)."""
+        if self.device is not None and self.device.type != "cpu":
+            return tensor.device.type != "cpu"
+        return id(tensor) not in self._host
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         inputs = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
-        on_host = bool(inputs) and all(id(t) in self._host for t in inputs)
-        if self.counting and not on_host and not self._in_method and _waits(func, args, kwargs):
+        on_host = bool(inputs) and not any(self._waits_for(t) for t in inputs)
+        just_copied, self._just_copied = self._just_copied, None  # x.cpu().item() on a CPU run: one wait
+        if (self.counting and not on_host and not self._in_method and _waits(func, args, kwargs)
+                and not (len(inputs) == 1 and id(inputs[0]) == just_copied)):
             self._record(str(func))
         out = func(*args, **kwargs)
         if func is aten.lift_fresh.default:
@@ -170,6 +184,7 @@ class CountHostSyncs(Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._log_every = int(trainer.log_every_n_steps)  # 0: Lightning never logs
+        self.counter.device = pl_module.device
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         if not self._entered:

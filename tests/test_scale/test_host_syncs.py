@@ -117,13 +117,20 @@ def test_under_ddp_the_interrupt_flag_travels_with_the_guards_all_reduce(one_pro
 
 def test_the_step_before_validation_or_the_end_reads_the_interrupt_flag_itself():
     # there a signal that came after the guard's all-reduce must not wait for the validation to end
-    def trainer(batches=10, every=10, max_steps=-1, step=3):
+    def trainer(batches=10, every=10, max_steps=-1, step=3, per_epoch=1, total=None, last=False, stop=False):
+        loop = SimpleNamespace(total_batch_idx=total, batch_progress=SimpleNamespace(is_last_batch=last))
         return SimpleNamespace(num_training_batches=batches, val_check_batch=every, max_steps=max_steps,
-                               global_step=step)
+                               global_step=step, check_val_every_n_epoch=per_epoch, should_stop=stop,
+                               fit_loop=SimpleNamespace(epoch_loop=loop))
     assert [_validation_or_end_next(trainer(), i) for i in (0, 8, 9)] == [False, False, True]
     assert [_validation_or_end_next(trainer(every=4), i) for i in (2, 3, 7)] == [False, True, True]
     assert _validation_or_end_next(trainer(batches=float("inf"), every=float("inf")), 5) is False
+    assert _validation_or_end_next(trainer(batches=float("inf"), every=float("inf"), last=True), 5) is True
     assert _validation_or_end_next(trainer(max_steps=3, step=3), 0) is True
+    assert _validation_or_end_next(trainer(stop=True), 0) is True  # max_time, early stopping
+    # check_val_every_n_epoch=None: every val_check_batch batches of the run, across epochs
+    assert _validation_or_end_next(trainer(every=4, per_epoch=None, total=11), 1) is True
+    assert _validation_or_end_next(trainer(every=4, per_epoch=None, total=12), 2) is False
 
 
 def test_flags_of_any_rank_take_device_tensors_and_bools(one_process_group):
