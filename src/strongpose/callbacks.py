@@ -42,6 +42,7 @@ class EMA(WeightAveraging):
         self.update_every_n_steps = int(update_every_n_steps)
         self.start_step = int(start_step)
         self._updates = 0  # the averaged model's n_averaged, kept on the host
+        self._groups: tuple | None = None  # (averaged model, its tensors, float indices, other indices)
 
     def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
         return step_idx is not None and step_idx >= self.start_step and step_idx % self.update_every_n_steps == 0
@@ -78,20 +79,31 @@ class EMA(WeightAveraging):
     def update_average(self, pl_module: torch.nn.Module) -> None:
         """One update of the averaged copy from ``pl_module``: ``AveragedModel.update_parameters`` with
         this callback's averaging, without reading the device."""
-        model = self._average_model
-        averaged = [*model.module.parameters(), *model.module.buffers()]
-        current = [t.detach().to(a.device) for a, t in
-                   zip(averaged, [*pl_module.parameters(), *pl_module.buffers()], strict=True)]
+        model, averaged, floats, others = self._averaged_tensors()
+        current = [*pl_module.parameters(), *pl_module.buffers()]
+        if len(current) != len(averaged):
+            raise ValueError(f"the module has {len(current)} parameters and buffers, its average {len(averaged)}")
+        if current and current[0].device != averaged[0].device:  # the average kept elsewhere (device="cpu")
+            current = [t.to(a.device) for a, t in zip(averaged, current)]
         if self._updates == 0:
             torch._foreach_copy_(averaged, current)  # the first update copies
         else:
-            floats = [i for i, a in enumerate(averaged) if torch.is_floating_point(a)]
-            others = [i for i, a in enumerate(averaged) if not torch.is_floating_point(a)]
             for group in (floats, others):
                 if group:
                     self._average([averaged[i] for i in group], [current[i] for i in group], self._updates)
         model.n_averaged += 1  # on the device, no wait
         self._updates += 1
+
+    def _averaged_tensors(self) -> tuple:
+        """The averaged model, its parameters and buffers, and which of them are floating point: the same
+        tensors for the whole run (updated in place), listed once rather than every step."""
+        model = self._average_model
+        if self._groups is None or self._groups[0] is not model:
+            tensors = [*model.module.parameters(), *model.module.buffers()]
+            floats = [i for i, t in enumerate(tensors) if torch.is_floating_point(t)]
+            others = [i for i, t in enumerate(tensors) if not torch.is_floating_point(t)]
+            self._groups = (model, tensors, floats, others)
+        return self._groups
 
     def _update(self, averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
         """``multi_avg_fn`` of the AveragedModel, for its own ``update_parameters`` (which reads the device);
