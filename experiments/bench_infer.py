@@ -35,7 +35,6 @@ One line per configuration, the last being the summary:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import time
 from pathlib import Path
@@ -62,10 +61,8 @@ def overfit_checkpoint(path: Path, steps: int) -> Path:
         return path
     print(f"no checkpoint given: overfitting ResNet-18 on 8 sample images at 256 px for {steps} steps "
           f"(a few minutes on a CPU), cached at {path}", flush=True)
-    script_path = Path(__file__).with_name("overfit_checkpoint.py")
-    spec = importlib.util.spec_from_file_location("overfit_checkpoint", script_path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    import overfit_checkpoint as script  # experiments/ is on sys.path; imported only when it is needed
+
     script.main(["--out", str(path), "--images", "8", "--steps", str(steps), "--input", "256", "--bhm-weights", ""])
     return path
 

@@ -38,12 +38,10 @@ configuration, the last being the last configuration's:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import itertools
 import os
 import statistics
 import time
-from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -54,15 +52,7 @@ from lightning.fabric.utilities.apply_func import move_data_to_device  # noqa: E
 from strongpose.codec import StrongPoseCodec  # noqa: E402
 
 
-def _bench_train():
-    """bench_train.py's model builders and timers (experiments/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("bench_train", Path(__file__).with_name("bench_train.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bt = _bench_train()
+import bench_train as bt  # noqa: E402 - its model builders and timers (experiments/ is on sys.path)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -12,7 +12,6 @@ measure the test-time options on a model that has memorised its images (experime
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -22,15 +21,9 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
+import overfit  # noqa: E402 - experiments/ is on sys.path
 from strongpose.checkpoint import CONFIG_KEY  # noqa: E402
 from strongpose.train import CONFIG_DIR, resolved_config  # noqa: E402
-
-
-def _load_overfit():
-    spec = importlib.util.spec_from_file_location("overfit", Path(__file__).with_name("overfit.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -38,7 +31,7 @@ def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=False)
     p.add_argument("--out", required=True, help="checkpoint to write")
     args, rest = p.parse_known_args(argv)
-    run = _load_overfit().main(rest)
+    run = overfit.main(rest)
     module = run.module
     # overfit.py builds ResNetBackbone(arch, stride) with its defaults (neck 128) and default heads
     backbone = module.net.backbone

@@ -91,15 +91,9 @@ def test_draw_targets_refuses_maps_of_another_size_and_unknown_edges():
 
 
 def test_draw_targets_script_writes_a_png(tmp_path, capsys):
-    import importlib.util
-    from pathlib import Path
-
     import cv2
+    import draw_targets as module  # experiments/ (pytest's pythonpath)
 
-    script = Path(__file__).resolve().parents[1] / "experiments" / "draw_targets.py"
-    spec = importlib.util.spec_from_file_location("draw_targets", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     out = module.main(["--out", str(tmp_path / "t.png"), "--image", "2", "--input", "128"])
     picture = cv2.imread(str(out))
     assert picture.shape[2] == 3 and max(picture.shape[:2]) == 128  # padding cropped: the longer side stays

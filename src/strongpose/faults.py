@@ -118,14 +118,16 @@ class InterruptCheckpoint(Callback):
     The first Ctrl-C during training only sets a flag: the step in progress finishes (a KeyboardInterrupt
     in the middle of ``optimizer.step()`` would save half-updated weights; during validation the EMA
     callback has swapped the averaged weights in), the checkpoint is written at the end of that step (with
-    ``trainer.accumulate_grad_batches`` > 1, of the batch that completes the optimiser step),
+    ``trainer.accumulate_grad_batches`` > 1, of the batch that completes the optimiser step, unless Lightning
+    validates before that one: then of the batch before the validation, which can outlast SLURM's warning),
     after every other callback's end-of-step work (EMA update, ModelCheckpoint), and the run stops
     (Lightning's graceful shutdown, exit status 1). A second Ctrl-C stops at once without saving, as does
     a Ctrl-C before training starts (nothing to save then). Under DDP every rank learns of the flag from
     an all-reduce, so that all save and stop at the same step: with a StrongPoseModule the non-finite
     guard's all-reduce of each step carries it (no collective or host wait of its own), so that a signal
     that comes after that point (the forward pass) is acted on at the end of the next step, but for the
-    step before a validation or the end, which all-reduces and reads the flag once more; with another
+    step before a validation or the end, which all-reduces and reads the flag once more (every step with a
+    time-based ``val_check_interval``, whose timing only Lightning's clock on each rank knows); with another
     module, one all-reduce and read per step here.
 
     A SIGTERM (e.g. a cluster's preemption warning) makes Lightning raise ``SIGTERMException`` at the
@@ -232,6 +234,12 @@ class InterruptCheckpoint(Callback):
         # gradients accumulated so far while the resumed loader skips their images (the same batch_idx on
         # every rank: all ranks decide alike, and the collective below runs on all or none)
         if trainer.global_step == self._step_before_batch:
+            # between two optimiser steps, wait for the one that completes the window, unless a validation
+            # comes first (it can outlast SLURM's 90 s warning): then save now, and the micro-batches since the
+            # last optimiser step are not trained on in this epoch (Lightning validates mid-window when
+            # val_check_interval is not a multiple of accumulate_grad_batches, or is time-based)
+            if _validation_next(trainer, batch_idx) and any_rank(self._requested, trainer):
+                self._stop(trainer, mid_window=True)
             return
         if trainer.world_size <= 1:
             stop = self._requested
@@ -241,11 +249,18 @@ class InterruptCheckpoint(Callback):
             # guard's all-reduce would otherwise wait for the validation to end (longer than SLURM's warning)
             stop = any_rank(self._requested, trainer)
         if stop:
-            requeue = any_rank(self._requeue, trainer)  # only on the step that stops: no extra collective per step
-            self._save(trainer, f"{self.requeue_signal.name} (time limit)" if requeue else "Interrupted")
-            if requeue and trainer.is_global_zero:
-                requeue_slurm_job()
-            raise KeyboardInterrupt  # Lightning's graceful shutdown: on_exception hooks, teardown, exit 1
+            self._stop(trainer)
+
+    def _stop(self, trainer: L.Trainer, mid_window: bool = False) -> None:
+        requeue = any_rank(self._requeue, trainer)  # only on the step that stops: no extra collective per step
+        why = f"{self.requeue_signal.name} (time limit)" if requeue else "Interrupted"
+        if mid_window:
+            why += (" before a validation, between two optimiser steps (the micro-batches since the last one are "
+                    "not trained on in this epoch)")
+        self._save(trainer, why)
+        if requeue and trainer.is_global_zero:
+            requeue_slurm_job()
+        raise KeyboardInterrupt  # Lightning's graceful shutdown: on_exception hooks, teardown, exit 1
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, KeyboardInterrupt):  # then Lightning ignores Ctrl-C until it has shut down
@@ -271,20 +286,35 @@ class InterruptCheckpoint(Callback):
 
 
 def _validation_or_end_next(trainer: L.Trainer, batch_idx: int) -> bool:
-    """Validation may run, or training end, after this batch: the epoch's last batch (a loader without a
-    length: Lightning's own last-batch mark), every ``val_check_batch`` batches (counted over the run with
-    ``check_val_every_n_epoch=None``, as Lightning counts them), ``max_steps`` reached, or a stop requested
-    (``max_time``, early stopping). The same answer on every rank; True at times when neither follows
-    (one read more). Not foreseen: a time-based ``val_check_interval`` (each rank's own clock), and with
-    gradient accumulation a validation between two optimiser steps."""
+    """Validation may run, or training end, after this batch: :func:`_validation_next`, the epoch's last batch
+    (a loader without a length: Lightning's own last-batch mark), ``max_steps`` reached, or a stop requested
+    (``max_time``, early stopping). The same answer on every rank but with a time-based
+    ``val_check_interval`` (then True every batch); True at times when neither follows (one read more)."""
     epoch_loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
-    counted = (epoch_loop.total_batch_idx if epoch_loop is not None and trainer.check_val_every_n_epoch is None
-               else batch_idx)
-    every = trainer.val_check_batch
     last = epoch_loop is not None and epoch_loop.batch_progress.is_last_batch
     return (last or batch_idx + 1 >= trainer.num_training_batches or trainer.should_stop
-            or (isinstance(every, int) and every > 0 and (counted + 1) % every == 0)
-            or 0 < trainer.max_steps <= trainer.global_step)
+            or 0 < trainer.max_steps <= trainer.global_step or _validation_next(trainer, batch_idx))
+
+
+def _validation_next(trainer: L.Trainer, batch_idx: int) -> bool:
+    """Lightning may run a validation after this batch, judged as its training loop does
+    (``_should_check_val_fx``): validation enabled, an epoch that validates (``check_val_every_n_epoch``), and
+    every ``val_check_batch`` batches (counted over the run with ``check_val_every_n_epoch=None``), at a
+    requested stop, or at any batch with a time-based ``val_check_interval`` (each rank's own clock)."""
+    if not getattr(trainer, "enable_validation", True):
+        return False
+    per_epoch = trainer.check_val_every_n_epoch
+    if per_epoch is not None and (trainer.current_epoch + 1) % per_epoch != 0:
+        return False
+    if trainer.should_stop or getattr(trainer, "_val_check_time_interval", None) is not None:
+        return True
+    epoch_loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    counted = epoch_loop.total_batch_idx if epoch_loop is not None and per_epoch is None else batch_idx
+    every = trainer.val_check_batch
+    if isinstance(every, int) and every > 0:
+        return (counted + 1) % every == 0
+    return batch_idx + 1 >= trainer.num_training_batches or (epoch_loop is not None
+                                                            and epoch_loop.batch_progress.is_last_batch)
 
 
 def _interrupt_callback(trainer: L.Trainer) -> InterruptCheckpoint | None:

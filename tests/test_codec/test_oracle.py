@@ -1,8 +1,8 @@
 """The oracle benchmark on a slice of real COCO val2017 annotations (needs ../shared)."""
 
-import importlib.util
 from pathlib import Path
 
+import oracle_ap as oracle  # experiments/ (pytest's pythonpath)
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -11,15 +11,7 @@ ANN = ROOT.parent / "shared" / "data" / "coco-val-part" / "person_keypoints_val2
 pytestmark = pytest.mark.skipif(not ANN.is_file(), reason=f"needs the shared COCO val annotations at {ANN}")
 
 
-def load_oracle():
-    spec = importlib.util.spec_from_file_location("oracle_ap", ROOT / "experiments" / "oracle_ap.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_oracle_ap_on_val_slice():
-    oracle = load_oracle()
     stats = oracle.run(str(ANN), stride=8, max_images=80, quiet=True)
     assert stats["images"] == 80
     assert stats["AP"] >= 0.93, stats
@@ -28,7 +20,6 @@ def test_oracle_ap_on_val_slice():
 
 
 def test_oracle_cli_prints_summary_line(capsys):
-    oracle = load_oracle()
     oracle.main(["--ann", str(ANN), "--stride", "16", "--max-images", "20"])
     last = capsys.readouterr().out.strip().splitlines()[-1]
     keys = [item.split("=")[0] for item in last.split()]

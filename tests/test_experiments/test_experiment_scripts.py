@@ -1,6 +1,6 @@
 """The benchmark scripts under experiments/ run end to end (tiny settings) and print their summary line."""
 
-import importlib.util
+import importlib
 import os
 import re
 import subprocess
@@ -14,10 +14,8 @@ EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
 
 def load(name: str):
-    spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The script experiments/<name>.py as a module (experiments/ is on pytest's pythonpath)."""
+    return importlib.import_module(name)
 
 
 def last_line_keys(capsys) -> dict[str, str]:

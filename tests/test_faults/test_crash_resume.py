@@ -1,24 +1,20 @@
 """A run killed with SIGKILL and resumed from last.ckpt ends exactly where an uninterrupted run ends; Ctrl-C
 saves a checkpoint, says where, and the run resumes from it. (Subprocess runs of experiments/crash_resume.py.)"""
 
-import importlib.util
 import signal
-from pathlib import Path
 
 import pytest
 
 from strongpose.checkpoint import read_checkpoint
 
-SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "crash_resume.py"
 STEPS_PER_EPOCH, EPOCHS = 3, 4  # crash_resume.TINY: 6 images in batches of 2, 4 epochs
 
 
 @pytest.fixture(scope="module")
 def crash_resume():
-    spec = importlib.util.spec_from_file_location("crash_resume", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    import crash_resume  # experiments/ (pytest's pythonpath)
+
+    return crash_resume
 
 
 @pytest.mark.slow

@@ -71,6 +71,24 @@ def test_with_gradient_accumulation_the_save_waits_for_the_optimiser_step(train_
     assert saved["COCOKeypointDataModule"]["train_position"] == {"epoch": 0, "batches": 4}
 
 
+def test_with_accumulation_a_validation_between_two_optimiser_steps_does_not_hold_the_save(
+        train_config, tmp_path, signal_during_second_step, capsys):
+    """Optimiser steps after batches 1, 3, 5, 7; Lightning validates after batch 2 (val_check_interval=3), in the
+    middle of the second step. A signal in batch 2 must not wait for that validation (on a cluster it can
+    outlast SLURM's warning): the save comes before it, and batch 2's gradients are dropped."""
+    calls = signal_during_second_step(signal.SIGINT, at=3)
+    with pytest.raises(SystemExit):
+        train(train_config([*QUICK, "trainer.accumulate_grad_batches=2", "data.batch_size=1",
+                            "data.max_train_images=8", "trainer.limit_val_batches=1",
+                            "trainer.val_check_interval=3"], output_dir=tmp_path))
+    assert calls == [0, 1, 2]
+    saved = read_checkpoint(tmp_path / "checkpoints" / "interrupted.ckpt")
+    assert saved["global_step"] == 1
+    assert saved["COCOKeypointDataModule"]["train_position"] == {"epoch": 0, "batches": 3}
+    assert saved["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"]["total"]["started"] == 0  # not run
+    assert "before a validation, between two optimiser steps" in capsys.readouterr().out
+
+
 def test_a_second_ctrl_c_stops_at_once_without_saving(train_config, tmp_path, signal_during_second_step, capsys):
     calls = signal_during_second_step(signal.SIGINT, times=2)
     with pytest.raises(SystemExit):

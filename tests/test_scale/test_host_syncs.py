@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import Callback
 
 from strongpose.callbacks import ProgressBar
 from strongpose.collectives import any_rank, flags_of_any_rank
-from strongpose.faults import InterruptCheckpoint, NonFiniteLossGuard, _validation_or_end_next
+from strongpose.faults import InterruptCheckpoint, NonFiniteLossGuard, _validation_next, _validation_or_end_next
 from strongpose.host_syncs import CountHostSyncs, HostSyncCounter
 from strongpose.train import train
 
@@ -117,11 +117,13 @@ def test_under_ddp_the_interrupt_flag_travels_with_the_guards_all_reduce(one_pro
 
 def test_the_step_before_validation_or_the_end_reads_the_interrupt_flag_itself():
     # there a signal that came after the guard's all-reduce must not wait for the validation to end
-    def trainer(batches=10, every=10, max_steps=-1, step=3, per_epoch=1, total=None, last=False, stop=False):
+    def trainer(batches=10, every=10, max_steps=-1, step=3, per_epoch=1, total=None, last=False, stop=False,
+                epoch=0, validation=True, seconds=None):
         loop = SimpleNamespace(total_batch_idx=total, batch_progress=SimpleNamespace(is_last_batch=last))
         return SimpleNamespace(num_training_batches=batches, val_check_batch=every, max_steps=max_steps,
                                global_step=step, check_val_every_n_epoch=per_epoch, should_stop=stop,
-                               fit_loop=SimpleNamespace(epoch_loop=loop))
+                               fit_loop=SimpleNamespace(epoch_loop=loop), current_epoch=epoch,
+                               enable_validation=validation, _val_check_time_interval=seconds)
     assert [_validation_or_end_next(trainer(), i) for i in (0, 8, 9)] == [False, False, True]
     assert [_validation_or_end_next(trainer(every=4), i) for i in (2, 3, 7)] == [False, True, True]
     assert _validation_or_end_next(trainer(batches=float("inf"), every=float("inf")), 5) is False
@@ -131,6 +133,16 @@ def test_the_step_before_validation_or_the_end_reads_the_interrupt_flag_itself()
     # check_val_every_n_epoch=None: every val_check_batch batches of the run, across epochs
     assert _validation_or_end_next(trainer(every=4, per_epoch=None, total=11), 1) is True
     assert _validation_or_end_next(trainer(every=4, per_epoch=None, total=12), 2) is False
+    # a time-based val_check_interval: Lightning decides by each rank's clock, so every batch reads the flag
+    assert _validation_or_end_next(trainer(every=None, per_epoch=None, seconds=60.0), 2) is True
+    # validation alone (the mid-window save's test): not in an epoch that does not validate, nor without a
+    # validation loop; the end of the epoch still counts for the read above
+    assert _validation_next(trainer(every=4, per_epoch=2, epoch=0), 3) is False
+    assert _validation_next(trainer(every=4, per_epoch=2, epoch=1), 3) is True
+    assert _validation_next(trainer(every=4, validation=False), 3) is False
+    assert _validation_or_end_next(trainer(validation=False), 9) is True
+    assert _validation_next(trainer(every=float("inf"), batches=10), 9) is True
+    assert _validation_next(trainer(every=float("inf"), batches=10), 8) is False
 
 
 def test_flags_of_any_rank_take_device_tensors_and_bools(one_process_group):
