@@ -7,15 +7,22 @@ import functools
 import os
 import pickle
 import signal
+import threading
 import time
 from types import SimpleNamespace
 
 import pytest
 import submitit
 import torch
+from hydra import compose, initialize_config_dir
+from hydra._internal.callbacks import Callbacks
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.types import HydraContext, RunMode
 from hydra.utils import instantiate
+from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 from lightning.pytorch import Trainer
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.strategies import DDPStrategy
@@ -25,7 +32,7 @@ from strongpose.codec import StrongPoseCodec
 from strongpose.lit_module import StrongPoseModule, global_batch_size, scaled_lr
 from strongpose.models.backbone import ResNetBackbone
 from strongpose.slurm import check_world_size, with_slurm_environment
-from strongpose.train import check_no_relaunch_in_a_local_multirun
+from strongpose.train import CONFIG_DIR, check_no_relaunch_in_a_local_multirun
 
 
 def test_ddp_preset_builds_a_cpu_ddp_trainer_when_told_to(train_config, tmp_path):
@@ -56,6 +63,17 @@ def _fake_slurm_client(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
 
 
+def _slurm_launcher(overrides: list[str], tmp_path=None) -> submitit_launcher.SlurmLauncher:
+    """``hydra/launcher=slurm`` as ``python -m strongpose.train -m hydra/launcher=slurm <overrides>`` sets it up
+    (sweep folder: ``tmp_path/sweep``, or Hydra's default without ``tmp_path``)."""
+    sweep = [f"hydra.sweep.dir={tmp_path / 'sweep'}"] if tmp_path is not None else []
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        master = compose("train", overrides=["hydra/launcher=slurm", *sweep, *overrides], return_hydra_config=True)
+        context = HydraContext(config_loader=GlobalHydra.instance().config_loader(), callbacks=Callbacks())
+        # Hydra's own path: a launcher must be a plugin it found in the hydra_plugins namespace
+        return Plugins.instance().instantiate_launcher(hydra_context=context, task_function=None, config=master)
+
+
 def test_slurm_launcher_asks_for_one_task_per_gpu_and_the_requeue_signal(train_config, tmp_path, monkeypatch):
     cfg = train_config(["hydra/launcher=slurm", "trainer=ddp_multinode", "trainer.num_nodes=3",
                         "hydra.launcher.gpus_per_node=4", "hydra.launcher.partition=gpu",
@@ -75,9 +93,10 @@ def test_slurm_launcher_asks_for_one_task_per_gpu_and_the_requeue_signal(train_c
             return []
 
     monkeypatch.setattr(submitit, "AutoExecutor", DryRunExecutor)
-    slurm = instantiate(cfg.hydra.launcher)
-    slurm.setup(hydra_context=None, task_function=None, config=cfg)
-    slurm.launch([["backbone=resnet101"], ["backbone=resnet152"]], initial_job_idx=0)
+    task = ["trainer=ddp_multinode", "trainer.num_nodes=3"]  # a sweep gives each run all task overrides
+    slurm = _slurm_launcher([*task, "hydra.launcher.gpus_per_node=4", "hydra.launcher.partition=gpu"], tmp_path)
+    assert isinstance(slurm, submitit_launcher.SlurmLauncher)  # hydra-submitit's, shaped per run
+    slurm.launch([[*task, "backbone=resnet101"], [*task, "backbone=resnet152"]], initial_job_idx=0)
     (script,) = scripts
     lines = set(script.splitlines())
     assert {"#SBATCH --nodes=3", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4", "#SBATCH --partition=gpu",
@@ -85,6 +104,35 @@ def test_slurm_launcher_asks_for_one_task_per_gpu_and_the_requeue_signal(train_c
     assert jobs == [2]  # one SLURM (array) job per run
     assert "USR2" not in script  # submitit's signal replaced, not added: SLURM keeps one --signal
     assert any(line.startswith("srun ") and "COMMAND" in line for line in lines)  # srun starts the tasks
+
+
+def test_a_sweep_over_devices_and_nodes_submits_one_job_array_per_shape(tmp_path, monkeypatch):
+    """hydra-submitit resolves hydra.launcher once, before the sweep's values: every run would get the first
+    shape. StrongPose's launcher resolves it per run and keeps the sweep's job numbers (the run folders)."""
+    _fake_slurm_client(tmp_path, monkeypatch)
+    arrays, all_submitted = [], threading.Barrier(3, timeout=30)
+
+    class DryRunExecutor(submitit.AutoExecutor):
+        def map_array(self, fn, *iterables):
+            script = self._executor._make_submission_file_text("COMMAND", "uid")
+            shape = sorted(line for line in script.splitlines() if line.startswith(("#SBATCH --nodes",
+                                                                                   "#SBATCH --gpus-per-node")))
+            arrays.append((shape, list(iterables[2])))  # the job numbers
+            all_submitted.wait()  # the plugin waits for an array's jobs: the three go out side by side
+            done = JobReturn(status=JobStatus.COMPLETED, _return_value=None)
+            return [SimpleNamespace(results=lambda: [done]) for _ in iterables[2]]
+
+    monkeypatch.setattr(submitit, "AutoExecutor", DryRunExecutor)
+    launcher = _slurm_launcher(["trainer=ddp"], tmp_path)
+    sweep = [["trainer=ddp", f"trainer.devices={devices}", f"trainer.num_nodes={nodes}", f"backbone={backbone}"]
+             for devices, nodes in ((1, 1), (4, 1), (4, 2)) for backbone in ("resnet18", "resnet34")]
+    returns = launcher.launch(sweep, initial_job_idx=10)
+    assert len(returns) == 6 and all(r.status == JobStatus.COMPLETED for r in returns)
+    assert sorted(arrays) == [
+        (["#SBATCH --gpus-per-node=1", "#SBATCH --nodes=1"], [10, 11]),
+        (["#SBATCH --gpus-per-node=4", "#SBATCH --nodes=1"], [12, 13]),
+        (["#SBATCH --gpus-per-node=4", "#SBATCH --nodes=2"], [14, 15]),
+    ]
 
 
 def test_global_batch_and_lr_scale_with_devices_nodes_and_accumulation():
@@ -190,9 +238,8 @@ def test_a_requeued_slurm_job_runs_in_the_folder_of_its_first_start(train_config
             return []
 
     monkeypatch.setattr(submitit, "AutoExecutor", DryRunExecutor)
-    slurm = instantiate(cfg.hydra.launcher)
-    slurm.setup(hydra_context=None, task_function=None, config=cfg)
-    slurm.launch([["backbone=resnet101"]], initial_job_idx=0)
+    slurm = _slurm_launcher(["trainer=ddp", "trainer.devices=2"])
+    slurm.launch([["trainer=ddp", "trainer.devices=2", "backbone=resnet101"]], initial_job_idx=0)
     folder = str(slurm.config.hydra.sweep.dir)
     time.sleep(1.1)  # the folder's name has seconds
     job = pickle.loads(submitted[0])
