@@ -8,6 +8,7 @@ import logging
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +120,8 @@ class InterruptCheckpoint(Callback):
     in the middle of ``optimizer.step()`` would save half-updated weights; during validation the EMA
     callback has swapped the averaged weights in), the checkpoint is written at the end of that step (with
     ``trainer.accumulate_grad_batches`` > 1, of the batch that completes the optimiser step, unless Lightning
-    validates before that one: then of the batch before the validation, which can outlast SLURM's warning),
+    validates before that one: then of the batch before the validation, which can outlast SLURM's warning;
+    a validation due right after the saved batch is skipped on resume, as Lightning restarts past it),
     after every other callback's end-of-step work (EMA update, ModelCheckpoint), and the run stops
     (Lightning's graceful shutdown, exit status 1). A second Ctrl-C stops at once without saving, as does
     a Ctrl-C before training starts (nothing to save then). Under DDP every rank learns of the flag from
@@ -238,8 +240,10 @@ class InterruptCheckpoint(Callback):
             # comes first (it can outlast SLURM's 90 s warning): then save now, and the micro-batches since the
             # last optimiser step are not trained on in this epoch (Lightning validates mid-window when
             # val_check_interval is not a multiple of accumulate_grad_batches, or is time-based)
-            if _validation_next(trainer, batch_idx) and any_rank(self._requested, trainer):
-                self._stop(trainer, mid_window=True)
+            if _validation_next(trainer, batch_idx):  # the same on every rank: all or none run the collective
+                requested, due = flags_of_any_rank([self._requested, _time_based_validation_due(trainer)], trainer)
+                if requested and due:
+                    self._stop(trainer, mid_window=True)
             return
         if trainer.world_size <= 1:
             stop = self._requested
@@ -306,8 +310,10 @@ def _validation_next(trainer: L.Trainer, batch_idx: int) -> bool:
     per_epoch = trainer.check_val_every_n_epoch
     if per_epoch is not None and (trainer.current_epoch + 1) % per_epoch != 0:
         return False
-    if trainer.should_stop or getattr(trainer, "_val_check_time_interval", None) is not None:
-        return True
+    if trainer.should_stop and getattr(trainer.fit_loop, "_can_stop_early", True):
+        return True  # Lightning validates before it stops (max_time, early stopping) once min_epochs/steps are met
+    if getattr(trainer, "_val_check_time_interval", None) is not None:
+        return True  # decided by each rank's clock: see _time_based_validation_due
     epoch_loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
     counted = epoch_loop.total_batch_idx if epoch_loop is not None and per_epoch is None else batch_idx
     every = trainer.val_check_batch
@@ -315,6 +321,15 @@ def _validation_next(trainer: L.Trainer, batch_idx: int) -> bool:
         return (counted + 1) % every == 0
     return batch_idx + 1 >= trainer.num_training_batches or (epoch_loop is not None
                                                             and epoch_loop.batch_progress.is_last_batch)
+
+
+def _time_based_validation_due(trainer: L.Trainer, margin_s: float = 1.0) -> bool:
+    """With a time-based ``val_check_interval``: Lightning will validate after this batch by this rank's clock
+    (it checks a moment after the batch's hooks: ``margin_s`` early, so as not to miss it); True otherwise."""
+    interval = getattr(trainer, "_val_check_time_interval", None)
+    if interval is None:
+        return True
+    return time.monotonic() - trainer._last_val_time >= interval - margin_s
 
 
 def _interrupt_callback(trainer: L.Trainer) -> InterruptCheckpoint | None:

@@ -5,6 +5,7 @@ guard's decision); Lightning's per-batch read of progress-bar values, the EMA's 
 
 from __future__ import annotations
 
+import time
 import warnings
 from types import SimpleNamespace
 
@@ -15,7 +16,8 @@ from lightning.pytorch.callbacks import Callback
 
 from strongpose.callbacks import ProgressBar
 from strongpose.collectives import any_rank, flags_of_any_rank
-from strongpose.faults import InterruptCheckpoint, NonFiniteLossGuard, _validation_next, _validation_or_end_next
+from strongpose.faults import (InterruptCheckpoint, NonFiniteLossGuard, _time_based_validation_due,
+                               _validation_next, _validation_or_end_next)
 from strongpose.host_syncs import CountHostSyncs, HostSyncCounter
 from strongpose.train import train
 
@@ -118,12 +120,13 @@ def test_under_ddp_the_interrupt_flag_travels_with_the_guards_all_reduce(one_pro
 def test_the_step_before_validation_or_the_end_reads_the_interrupt_flag_itself():
     # there a signal that came after the guard's all-reduce must not wait for the validation to end
     def trainer(batches=10, every=10, max_steps=-1, step=3, per_epoch=1, total=None, last=False, stop=False,
-                epoch=0, validation=True, seconds=None):
+                epoch=0, validation=True, seconds=None, can_stop=True, since_validation=0.0):
         loop = SimpleNamespace(total_batch_idx=total, batch_progress=SimpleNamespace(is_last_batch=last))
         return SimpleNamespace(num_training_batches=batches, val_check_batch=every, max_steps=max_steps,
                                global_step=step, check_val_every_n_epoch=per_epoch, should_stop=stop,
-                               fit_loop=SimpleNamespace(epoch_loop=loop), current_epoch=epoch,
-                               enable_validation=validation, _val_check_time_interval=seconds)
+                               fit_loop=SimpleNamespace(epoch_loop=loop, _can_stop_early=can_stop),
+                               current_epoch=epoch, enable_validation=validation, _val_check_time_interval=seconds,
+                               _last_val_time=time.monotonic() - since_validation)
     assert [_validation_or_end_next(trainer(), i) for i in (0, 8, 9)] == [False, False, True]
     assert [_validation_or_end_next(trainer(every=4), i) for i in (2, 3, 7)] == [False, True, True]
     assert _validation_or_end_next(trainer(batches=float("inf"), every=float("inf")), 5) is False
@@ -143,6 +146,13 @@ def test_the_step_before_validation_or_the_end_reads_the_interrupt_flag_itself()
     assert _validation_or_end_next(trainer(validation=False), 9) is True
     assert _validation_next(trainer(every=float("inf"), batches=10), 9) is True
     assert _validation_next(trainer(every=float("inf"), batches=10), 8) is False
+    # a requested stop validates first only once min_epochs / min_steps are met (Lightning's _can_stop_early)
+    assert _validation_next(trainer(stop=True), 0) is True
+    assert _validation_next(trainer(stop=True, can_stop=False), 0) is False
+    # time-based: validation due by this rank's clock (checked a moment after the hooks: 1 s early)
+    assert _time_based_validation_due(trainer(every=None, per_epoch=None)) is True  # batch-based: no clock
+    assert _time_based_validation_due(trainer(every=None, per_epoch=None, seconds=60.0, since_validation=30)) is False
+    assert _time_based_validation_due(trainer(every=None, per_epoch=None, seconds=60.0, since_validation=59.5)) is True
 
 
 def test_flags_of_any_rank_take_device_tensors_and_bools(one_process_group):

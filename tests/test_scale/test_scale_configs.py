@@ -7,7 +7,6 @@ import functools
 import os
 import pickle
 import signal
-import threading
 import time
 from types import SimpleNamespace
 
@@ -110,7 +109,7 @@ def test_a_sweep_over_devices_and_nodes_submits_one_job_array_per_shape(tmp_path
     """hydra-submitit resolves hydra.launcher once, before the sweep's values: every run would get the first
     shape. StrongPose's launcher resolves it per run and keeps the sweep's job numbers (the run folders)."""
     _fake_slurm_client(tmp_path, monkeypatch)
-    arrays, all_submitted = [], threading.Barrier(3, timeout=30)
+    arrays, events = [], []
 
     class DryRunExecutor(submitit.AutoExecutor):
         def map_array(self, fn, *iterables):
@@ -118,16 +117,22 @@ def test_a_sweep_over_devices_and_nodes_submits_one_job_array_per_shape(tmp_path
             shape = sorted(line for line in script.splitlines() if line.startswith(("#SBATCH --nodes",
                                                                                    "#SBATCH --gpus-per-node")))
             arrays.append((shape, list(iterables[2])))  # the job numbers
-            all_submitted.wait()  # the plugin waits for an array's jobs: the three go out side by side
-            done = JobReturn(status=JobStatus.COMPLETED, _return_value=None)
-            return [SimpleNamespace(results=lambda: [done]) for _ in iterables[2]]
+            events.append("submit")
+            assert pickle.loads(pickle.dumps(fn)).params["gpus_per_node"] == int(shape[0].split("=")[1])
+
+            def results(num):
+                events.append("wait")
+                return [JobReturn(status=JobStatus.COMPLETED, _return_value=num)]
+
+            return [SimpleNamespace(results=functools.partial(results, num)) for num in iterables[2]]
 
     monkeypatch.setattr(submitit, "AutoExecutor", DryRunExecutor)
     launcher = _slurm_launcher(["trainer=ddp"], tmp_path)
     sweep = [["trainer=ddp", f"trainer.devices={devices}", f"trainer.num_nodes={nodes}", f"backbone={backbone}"]
              for devices, nodes in ((1, 1), (4, 1), (4, 2)) for backbone in ("resnet18", "resnet34")]
     returns = launcher.launch(sweep, initial_job_idx=10)
-    assert len(returns) == 6 and all(r.status == JobStatus.COMPLETED for r in returns)
+    assert [r.return_value for r in returns] == list(range(10, 16))  # in the sweep's order
+    assert events == ["submit"] * 3 + ["wait"] * 6  # every array queued before waiting for any job
     assert sorted(arrays) == [
         (["#SBATCH --gpus-per-node=1", "#SBATCH --nodes=1"], [10, 11]),
         (["#SBATCH --gpus-per-node=4", "#SBATCH --nodes=1"], [12, 13]),

@@ -6,8 +6,8 @@ the shape from the trainer (``nodes: ${trainer.num_nodes}``, ``gpus_per_node`` f
 scaling sweep such as ``trainer.devices=1,2,4,8`` would submit four 1-GPU jobs whose 2-, 4- and 8-device trainers
 then stop at their start (:func:`strongpose.slurm.check_world_size`). This launcher resolves ``hydra.launcher``
 for each run, as the run itself will see it, and submits one job array per run of consecutive jobs of the same
-shape, all at once; the job numbers (and so the run folders ``<sweep dir>/<job number>``) are those of the
-sweep. Everything else, the submission included, is the plugin's.
+shape, all of them before waiting for any; the job numbers (and so the run folders ``<sweep dir>/<job number>``)
+are those of the sweep. With one shape, the plugin's own ``launch`` runs; with several, its submission steps.
 
 It lives in the ``hydra_plugins`` namespace because Hydra instantiates launchers only from there
 (``hydra/launcher=slurm`` names it as ``_target_``); it needs the ``slurm`` extra (hydra-submitit-launcher).
@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import copy
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import os
+from pathlib import Path
 from typing import Any, Sequence
 
-from hydra.core.utils import JobReturn
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, filter_overrides
 from omegaconf import OmegaConf
 
 try:
     from hydra_plugins.hydra_submitit_launcher import submitit_launcher
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 except ImportError:  # no `slurm` extra: Hydra imports every hydra_plugins module at start, so no warning here
     submitit_launcher = None
 
@@ -52,21 +55,40 @@ class SlurmLauncher(_Base):
                 groups[-1][2].append(overrides)
             else:
                 groups.append((params, initial_job_idx + offset, [overrides]))
-        if len(groups) > 1:
-            shapes = ", ".join(f"jobs {first}-{first + len(runs) - 1}: {_shape(params)}"
-                               for params, first, runs in groups)
-            log.info(f"{len(groups)} job arrays, one per job shape ({shapes})")
+        if len(groups) == 1:  # one shape: the plugin's own launch, with the runs' resolved settings
+            self.params = groups[0][0]
+            return super().launch(job_overrides, initial_job_idx)
+        shapes = ", ".join(f"jobs {first}-{first + len(runs) - 1}: {_shape(params)}" for params, first, runs in groups)
+        log.info(f"{len(groups)} job arrays, one per job shape ({shapes})")
+        # the plugin's launch() submits one array, then waits for its jobs: submit every array first, then wait
+        # (in this thread, so that Ctrl-C stops the waiting at once, as the plugin's does; the jobs keep running)
+        jobs = [job for params, first, runs in groups for job in self._submit(params, runs, first)]
+        return [job.results()[0] for job in jobs]
 
-        def submit(group: tuple[dict[str, Any], int, list[Sequence[str]]]) -> Sequence[JobReturn]:
-            params, first, runs = group
-            launcher = copy.copy(self)  # the plugin reads self.params; each array gets its own
-            launcher.params = params
-            return submitit_launcher.SlurmLauncher.launch(launcher, runs, first)
+    def _submit(self, params: dict[str, Any], runs: list[Sequence[str]], first: int) -> list[Any]:
+        """The submission half of hydra-submitit 1.2's ``launch()`` for one job array with ``params``, jobs
+        numbered from ``first``: the same executor settings, folders and pickled launcher (its params those of
+        the array). Mirrored rather than called because the plugin waits for the jobs before returning."""
+        import submitit  # noqa: PLC0415 - lazily, as the plugin does (Hydra imports this module at every start)
 
-        # the plugin's launch() submits, then waits for its jobs: one thread per array, so that all are queued at once
-        with ThreadPoolExecutor(max_workers=len(groups)) as pool:
-            returns = list(pool.map(submit, groups))
-        return [job for group in returns for job in group]
+        launcher = copy.copy(self)
+        launcher.params = params
+        init_keys = {"submitit_folder", "max_num_timeout"}
+        executor = submitit.AutoExecutor(cluster=self._EXECUTOR, folder=params["submitit_folder"],
+                                         **{f"{self._EXECUTOR}_{k}": v for k, v in params.items()
+                                            if k == "max_num_timeout"})
+        base = set(OmegaConf.structured(BaseQueueConf).keys())
+        executor.update_parameters(**{k if k in base else f"{self._EXECUTOR}_{k}": v for k, v in params.items()
+                                      if k not in init_keys})
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        if "mode" in self.config.hydra.sweep:
+            os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
+        args = []
+        for idx, overrides in enumerate(runs, start=first):
+            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+            args.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
+        return executor.map_array(launcher, *zip(*args))
 
 
 def _shape(params: dict[str, Any]) -> str:
