@@ -120,11 +120,11 @@ class InterruptCheckpoint(Callback):
     in the middle of ``optimizer.step()`` would save half-updated weights; during validation the EMA
     callback has swapped the averaged weights in), the checkpoint is written at the end of that step (with
     ``trainer.accumulate_grad_batches`` > 1, of the batch that completes the optimiser step, unless Lightning
-    validates before that one: then of the batch before the validation, which can outlast SLURM's warning;
-    a validation due right after the saved batch is skipped on resume, as Lightning restarts past it),
+    validates before that one: then of the batch before the validation, which can outlast SLURM's warning),
     after every other callback's end-of-step work (EMA update, ModelCheckpoint), and the run stops
-    (Lightning's graceful shutdown, exit status 1). A second Ctrl-C stops at once without saving, as does
-    a Ctrl-C before training starts (nothing to save then). Under DDP every rank learns of the flag from
+    (Lightning's graceful shutdown, exit status 1). A batch-based validation due right after the saved batch
+    is skipped when the run resumes (Lightning restarts past it). A second Ctrl-C stops at once without
+    saving, as does a Ctrl-C before training starts (nothing to save then). Under DDP every rank learns of the flag from
     an all-reduce, so that all save and stop at the same step: with a StrongPoseModule the non-finite
     guard's all-reduce of each step carries it (no collective or host wait of its own), so that a signal
     that comes after that point (the forward pass) is acted on at the end of the next step, but for the
@@ -325,7 +325,8 @@ def _validation_next(trainer: L.Trainer, batch_idx: int) -> bool:
 
 def _time_based_validation_due(trainer: L.Trainer, margin_s: float = 1.0) -> bool:
     """With a time-based ``val_check_interval``: Lightning will validate after this batch by this rank's clock
-    (it checks a moment after the batch's hooks: ``margin_s`` early, so as not to miss it); True otherwise."""
+    (it checks a moment after the batch's hooks: ``margin_s`` early, so as not to miss it; with an interval of
+    at most ``margin_s``, every batch); True otherwise."""
     interval = getattr(trainer, "_val_check_time_interval", None)
     if interval is None:
         return True

@@ -60,6 +60,7 @@ class SlurmLauncher(_Base):
             return super().launch(job_overrides, initial_job_idx)
         shapes = ", ".join(f"jobs {first}-{first + len(runs) - 1}: {_shape(params)}" for params, first, runs in groups)
         log.info(f"{len(groups)} job arrays, one per job shape ({shapes})")
+        log.info(f"Submitit '{self._EXECUTOR}' sweep output dir : {self.config.hydra.sweep.dir}")
         # the plugin's launch() submits one array, then waits for its jobs: submit every array first, then wait
         # (in this thread, so that Ctrl-C stops the waiting at once, as the plugin's does; the jobs keep running)
         jobs = [job for params, first, runs in groups for job in self._submit(params, runs, first)]
@@ -88,7 +89,11 @@ class SlurmLauncher(_Base):
         for idx, overrides in enumerate(runs, start=first):
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
             args.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
-        return executor.map_array(launcher, *zip(*args))
+        jobs = executor.map_array(launcher, *zip(*args))
+        # if a later array's sbatch fails, these keep running: their ids, for scancel
+        log.info(f"jobs {first}-{first + len(runs) - 1}: SLURM job(s) "
+                 f"{', '.join(str(getattr(job, 'job_id', '?')) for job in jobs)}")
+        return jobs
 
 
 def _shape(params: dict[str, Any]) -> str:
