@@ -292,8 +292,8 @@ class InterruptCheckpoint(Callback):
 def _validation_or_end_next(trainer: L.Trainer, batch_idx: int) -> bool:
     """Validation may run, or training end, after this batch: :func:`_validation_next`, the epoch's last batch
     (a loader without a length: Lightning's own last-batch mark), ``max_steps`` reached, or a stop requested
-    (``max_time``, early stopping). The same answer on every rank but with a time-based
-    ``val_check_interval`` (then True every batch); True at times when neither follows (one read more)."""
+    (``max_time``, early stopping). The same answer on every rank (with a time-based ``val_check_interval``,
+    True every batch); True at times when neither follows (one read more)."""
     epoch_loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
     last = epoch_loop is not None and epoch_loop.batch_progress.is_last_batch
     return (last or batch_idx + 1 >= trainer.num_training_batches or trainer.should_stop

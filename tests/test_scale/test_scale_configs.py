@@ -94,7 +94,8 @@ def test_slurm_launcher_asks_for_one_task_per_gpu_and_the_requeue_signal(train_c
     monkeypatch.setattr(submitit, "AutoExecutor", DryRunExecutor)
     task = ["trainer=ddp_multinode", "trainer.num_nodes=3"]  # a sweep gives each run all task overrides
     slurm = _slurm_launcher([*task, "hydra.launcher.gpus_per_node=4", "hydra.launcher.partition=gpu"], tmp_path)
-    assert isinstance(slurm, submitit_launcher.SlurmLauncher)  # hydra-submitit's, shaped per run
+    # StrongPose's (hydra-submitit's, shaped per run); by name: Hydra's plugin scan re-executes plugin modules
+    assert f"{type(slurm).__module__}.{type(slurm).__name__}" == "hydra_plugins.strongpose_launcher.slurm.SlurmLauncher"
     slurm.launch([[*task, "backbone=resnet101"], [*task, "backbone=resnet152"]], initial_job_idx=0)
     (script,) = scripts
     lines = set(script.splitlines())
