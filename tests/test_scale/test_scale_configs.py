@@ -8,6 +8,7 @@ import os
 import pickle
 import signal
 import time
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import pytest
@@ -53,13 +54,38 @@ def test_gpu_presets_use_bf16_and_ddp_multinode_lets_slurm_start_and_requeue(tra
     assert interrupt.requeue_signal == signal.SIGUSR1
 
 
-def _fake_slurm_client(tmp_path, monkeypatch) -> None:
-    """An ``srun`` on PATH: submitit's SLURM executor refuses to start without one."""
-    bin_dir = tmp_path / "bin"
+@dataclass
+class DrySubmission:
+    script: str  # the sbatch script submitit would submit
+    jobs: list[int]  # the sweep's job numbers in the array
+    pickled: bytes  # the launcher as submitit stores it for the jobs and their requeues
+
+
+@pytest.fixture
+def dry_run_sbatch(tmp_path, monkeypatch) -> SimpleNamespace:
+    """The SLURM launcher's real launch(), stopped where submitit would call sbatch: ``submitted`` lists the
+    job arrays (:class:`DrySubmission`), ``events`` the order of submissions and waits for a job's result
+    (each job returns its number)."""
+    bin_dir = tmp_path / "bin"  # an srun on PATH: submitit's SLURM executor refuses to start without one
     bin_dir.mkdir()
     (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
     (bin_dir / "srun").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    record = SimpleNamespace(submitted=[], events=[])
+
+    def result(num):
+        record.events.append("wait")
+        return [JobReturn(status=JobStatus.COMPLETED, _return_value=num)]
+
+    class DryRunExecutor(submitit.AutoExecutor):
+        def map_array(self, fn, *iterables):
+            script = self._executor._make_submission_file_text("COMMAND", "uid")
+            record.submitted.append(DrySubmission(script, list(iterables[2]), pickle.dumps(fn)))
+            record.events.append("submit")
+            return [SimpleNamespace(results=functools.partial(result, num)) for num in iterables[2]]
+
+    monkeypatch.setattr(submitit, "AutoExecutor", DryRunExecutor)
+    return record
 
 
 def _slurm_launcher(overrides: list[str], tmp_path=None) -> submitit_launcher.SlurmLauncher:
@@ -73,67 +99,40 @@ def _slurm_launcher(overrides: list[str], tmp_path=None) -> submitit_launcher.Sl
         return Plugins.instance().instantiate_launcher(hydra_context=context, task_function=None, config=master)
 
 
-def test_slurm_launcher_asks_for_one_task_per_gpu_and_the_requeue_signal(train_config, tmp_path, monkeypatch):
-    cfg = train_config(["hydra/launcher=slurm", "trainer=ddp_multinode", "trainer.num_nodes=3",
-                        "hydra.launcher.gpus_per_node=4", "hydra.launcher.partition=gpu",
-                        f"hydra.sweep.dir={tmp_path / 'sweep'}"], output_dir=tmp_path, return_hydra_config=True)
-    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
-    assert launcher["nodes"] == 3 and launcher["tasks_per_node"] == launcher["gpus_per_node"] == 4
-    assert launcher["max_num_timeout"] == 0  # submitit's own requeue off: callbacks.interrupt's only
-
-    # the launcher's real launch(), stopped where submitit would call sbatch
-    _fake_slurm_client(tmp_path, monkeypatch)
-    scripts, jobs = [], []
-
-    class DryRunExecutor(submitit.AutoExecutor):
-        def map_array(self, fn, *iterables):
-            jobs.append(len(list(zip(*iterables))))
-            scripts.append(self._executor._make_submission_file_text("COMMAND", "uid"))
-            return []
-
-    monkeypatch.setattr(submitit, "AutoExecutor", DryRunExecutor)
+def test_slurm_launcher_asks_for_one_task_per_gpu_and_the_requeue_signal(tmp_path, dry_run_sbatch):
     task = ["trainer=ddp_multinode", "trainer.num_nodes=3"]  # a sweep gives each run all task overrides
     slurm = _slurm_launcher([*task, "hydra.launcher.gpus_per_node=4", "hydra.launcher.partition=gpu"], tmp_path)
     # StrongPose's (hydra-submitit's, shaped per run); by name: Hydra's plugin scan re-executes plugin modules
     assert f"{type(slurm).__module__}.{type(slurm).__name__}" == "hydra_plugins.strongpose_launcher.slurm.SlurmLauncher"
+    launcher = slurm.params  # hydra.launcher, resolved
+    assert launcher["nodes"] == 3 and launcher["tasks_per_node"] == launcher["gpus_per_node"] == 4
+    assert launcher["max_num_timeout"] == 0  # submitit's own requeue off: callbacks.interrupt's only
+
     slurm.launch([[*task, "backbone=resnet101"], [*task, "backbone=resnet152"]], initial_job_idx=0)
-    (script,) = scripts
+    (script,) = [array.script for array in dry_run_sbatch.submitted]
     lines = set(script.splitlines())
     assert {"#SBATCH --nodes=3", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4", "#SBATCH --partition=gpu",
             "#SBATCH --signal=USR1@90", "#SBATCH --requeue"} <= lines, script
-    assert jobs == [2]  # one SLURM (array) job per run
+    assert [len(array.jobs) for array in dry_run_sbatch.submitted] == [2]  # one SLURM (array) job per run
     assert "USR2" not in script  # submitit's signal replaced, not added: SLURM keeps one --signal
     assert any(line.startswith("srun ") and "COMMAND" in line for line in lines)  # srun starts the tasks
 
 
-def test_a_sweep_over_devices_and_nodes_submits_one_job_array_per_shape(tmp_path, monkeypatch):
+def test_a_sweep_over_devices_and_nodes_submits_one_job_array_per_shape(tmp_path, dry_run_sbatch):
     """hydra-submitit resolves hydra.launcher once, before the sweep's values: every run would get the first
     shape. StrongPose's launcher resolves it per run and keeps the sweep's job numbers (the run folders)."""
-    _fake_slurm_client(tmp_path, monkeypatch)
-    arrays, events = [], []
-
-    class DryRunExecutor(submitit.AutoExecutor):
-        def map_array(self, fn, *iterables):
-            script = self._executor._make_submission_file_text("COMMAND", "uid")
-            shape = sorted(line for line in script.splitlines() if line.startswith(("#SBATCH --nodes",
-                                                                                   "#SBATCH --gpus-per-node")))
-            arrays.append((shape, list(iterables[2])))  # the job numbers
-            events.append("submit")
-            assert pickle.loads(pickle.dumps(fn)).params["gpus_per_node"] == int(shape[0].split("=")[1])
-
-            def results(num):
-                events.append("wait")
-                return [JobReturn(status=JobStatus.COMPLETED, _return_value=num)]
-
-            return [SimpleNamespace(results=functools.partial(results, num)) for num in iterables[2]]
-
-    monkeypatch.setattr(submitit, "AutoExecutor", DryRunExecutor)
     launcher = _slurm_launcher(["trainer=ddp"], tmp_path)
     sweep = [["trainer=ddp", f"trainer.devices={devices}", f"trainer.num_nodes={nodes}", f"backbone={backbone}"]
              for devices, nodes in ((1, 1), (4, 1), (4, 2)) for backbone in ("resnet18", "resnet34")]
     returns = launcher.launch(sweep, initial_job_idx=10)
     assert [r.return_value for r in returns] == list(range(10, 16))  # in the sweep's order
-    assert events == ["submit"] * 3 + ["wait"] * 6  # every array queued before waiting for any job
+    assert dry_run_sbatch.events == ["submit"] * 3 + ["wait"] * 6  # every array queued before waiting for any job
+    arrays = []
+    for array in dry_run_sbatch.submitted:
+        shape = sorted(line for line in array.script.splitlines() if line.startswith(("#SBATCH --nodes",
+                                                                                      "#SBATCH --gpus-per-node")))
+        assert pickle.loads(array.pickled).params["gpus_per_node"] == int(shape[0].split("=")[1])
+        arrays.append((shape, array.jobs))
     assert sorted(arrays) == [
         (["#SBATCH --gpus-per-node=1", "#SBATCH --nodes=1"], [10, 11]),
         (["#SBATCH --gpus-per-node=4", "#SBATCH --nodes=1"], [12, 13]),
@@ -227,28 +226,17 @@ def test_under_slurm_lightning_gets_a_slurm_environment_that_does_not_requeue(mo
     assert with_slurm_environment([given]) == [given]  # a cluster environment in trainer.plugins is kept
 
 
-def test_a_requeued_slurm_job_runs_in_the_folder_of_its_first_start(train_config, tmp_path, monkeypatch):
+def test_a_requeued_slurm_job_runs_in_the_folder_of_its_first_start(tmp_path, monkeypatch, dry_run_sbatch):
     """submitit requeues the pickled job; the job rebuilds its config from the pickled one (Hydra copies the
     resolver cache over), so the timestamped sweep folder (Hydra's default ``multirun/${now:...}``) is the
     one of the submission, however late the job starts again, and resume=auto finds its checkpoints there."""
     monkeypatch.chdir(tmp_path)
-    cfg = train_config(["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=2"], output_dir=tmp_path,
-                       return_hydra_config=True)
-    assert "${now:" in OmegaConf.to_container(cfg.hydra.sweep)["dir"]
-    _fake_slurm_client(tmp_path, monkeypatch)
-    submitted = []
-
-    class DryRunExecutor(submitit.AutoExecutor):
-        def map_array(self, fn, *iterables):
-            submitted.append(pickle.dumps(fn))  # what submitit stores for the job and its requeues
-            return []
-
-    monkeypatch.setattr(submitit, "AutoExecutor", DryRunExecutor)
     slurm = _slurm_launcher(["trainer=ddp", "trainer.devices=2"])
+    assert "${now:" in OmegaConf.to_container(slurm.config.hydra.sweep)["dir"]
     slurm.launch([["trainer=ddp", "trainer.devices=2", "backbone=resnet101"]], initial_job_idx=0)
     folder = str(slurm.config.hydra.sweep.dir)
     time.sleep(1.1)  # the folder's name has seconds
-    job = pickle.loads(submitted[0])
+    job = pickle.loads(dry_run_sbatch.submitted[0].pickled)  # what submitit stores for the job and its requeues
     fresh = OmegaConf.create(OmegaConf.to_container(job.config))  # the same config without the resolver cache
     OmegaConf.copy_cache(from_config=job.config, to_config=fresh)  # what Hydra's load_sweep_config does
     assert str(fresh.hydra.sweep.dir) == folder and (tmp_path / folder).is_dir()
