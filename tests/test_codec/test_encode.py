@@ -6,6 +6,7 @@ import torch
 
 from helpers import as_tensor, person
 from strongpose.codec import OFFSET_MAPS, StrongPoseCodec
+from strongpose.codec.encode import labelled_keypoints
 from strongpose.structures import map_to_input
 
 
@@ -296,3 +297,58 @@ def test_the_fixed_shape_path_calls_nothing_that_reads_the_device(codec):
                                  directed_edges=codec.edges, out_edges=codec.out_edges,
                                  long_range=codec.long_range, compact=compact)
         assert bool(record.bad) is expect_reads, record.bad
+
+
+def test_merged_masks_give_the_per_person_maps(codec):
+    """``body_mask`` (the labelled people's masks merged) with the others' masks in ``ignore_mask`` gives the
+    maps of each person's mask, with and without crowd regions, boxes and people without a mask."""
+    gen = torch.Generator().manual_seed(3)
+    size = (96, 136)
+    for trial in range(12):
+        n = trial % 5
+        kp = torch.rand(n, 17, 3, generator=gen) * torch.tensor([size[1] + 20.0, size[0] + 20.0, 2.5]) - 10
+        kp[..., 2] = kp[..., 2].floor()
+        if n > 1:
+            kp[1, :, 2] = 0  # a person without labelled keypoints: an ignore region
+        masks = torch.rand(n, *size, generator=gen) > 0.97
+        if n > 2:
+            masks[2] = False  # no segmentation: its box counts
+        crowd = torch.zeros(size, dtype=torch.bool)
+        crowd[: trial * 3, : trial * 5] = True
+        boxes = torch.rand(n, 4, generator=gen) * 60
+        has_mask = masks.flatten(1).any(1)
+        labelled = labelled_keypoints(kp, size).any(-1)
+        per_person = codec.encode_regions(kp, size, masks=masks, ignore_mask=crowd, boxes=boxes)
+        body = masks[labelled].any(0) if n else torch.zeros(size, dtype=torch.bool)
+        others = masks[~labelled].any(0) | crowd if n else crowd
+        merged = codec.encode_regions(kp, size, body_mask=body, ignore_mask=others, boxes=boxes, has_mask=has_mask)
+        for key in per_person:
+            assert torch.equal(per_person[key], merged[key]), (trial, key)
+
+
+def test_has_mask_decides_the_box_fallback(codec):
+    """A person marked as having a mask whose mask is empty here (moved off the image) leaves nothing; marked
+    without one, the box stands in."""
+    kp = as_tensor([person(100, 40, 160)])
+    box = torch.tensor([[40.0, 20.0, 120.0, 200.0]])
+    empty = torch.zeros(1, 256, 256, dtype=torch.bool)
+    assert codec.encode(kp, (256, 256), masks=empty, boxes=box)["bhm"].any()  # default: the mask is empty
+    assert not codec.encode(kp, (256, 256), masks=empty, boxes=box, has_mask=torch.tensor([True]))["bhm"].any()
+    assert not codec.encode(kp, (256, 256), body_mask=empty[0], boxes=box,
+                            has_mask=torch.tensor([True]))["bhm"].any()
+    assert codec.encode(kp, (256, 256), body_mask=empty[0], boxes=box, has_mask=torch.tensor([False]))["bhm"].any()
+
+
+def test_merged_mask_inputs_are_checked(codec):
+    kp = as_tensor([person(100, 40, 160)])
+    mask = torch.zeros(64, 64, dtype=torch.bool)
+    with pytest.raises(ValueError, match="body_mask replaces masks"):
+        codec.encode(kp, (64, 64), body_mask=mask)
+    with pytest.raises(ValueError, match="body_mask replaces masks"):
+        codec.encode(kp, (64, 64), masks=mask[None], body_mask=mask, has_mask=torch.tensor([True]))
+    with pytest.raises(ValueError, match="has_mask must be"):
+        codec.encode(kp, (64, 64), body_mask=mask, has_mask=torch.tensor([True, False]))
+    with pytest.raises(ValueError, match="body_mask must be"):
+        codec.encode(kp, (64, 64), body_mask=mask[:32], has_mask=torch.tensor([True]))
+    with pytest.raises(ValueError, match="has_mask needs"):
+        codec.encode(kp, (64, 64), has_mask=torch.tensor([True]))

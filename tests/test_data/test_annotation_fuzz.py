@@ -206,6 +206,13 @@ def test_valid_datasets_are_clean_and_read_back_exactly(data, scratch) -> None:
             if isinstance(ann["segmentation"], dict):  # the RLE of the box, decoded
                 x, y, w, h = ann["bbox"]
                 assert mask.sum() == w * h and mask[y:y + h, x:x + w].all()
+        # undecoded (what training reads): the unions it decodes instead are those of the masks above
+        lazy = image_annotations(coco, info["id"], person_category(coco, K, path), K, decode=False)
+        assert lazy.masks is None and lazy.crowd is None
+        np.testing.assert_array_equal(lazy.has_mask(), [m.any() for m in people.masks])
+        for pick in (np.arange(len(anns)) % 2 == 0, np.ones(len(anns), bool), np.zeros(len(anns), bool)):
+            expected = np.maximum.reduce([*people.masks[pick], people.crowd])
+            np.testing.assert_array_equal(lazy.union(pick, crowd=True), expected)
 
 
 def test_an_absurd_image_size_is_refused_not_allocated(scratch) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from strongpose.codec import OFFSET_MAPS
@@ -59,7 +60,8 @@ def test_offsets_travel_as_float16_within_rounding(sample, codec) -> None:
     item = ds[(0, 0)]
     s = ds.transformed(0, 0)
     exact = codec.encode(torch.from_numpy(s.keypoints), (S, S), masks=torch.from_numpy(s.masks),
-                         ignore_mask=torch.from_numpy(s.crowd), boxes=torch.from_numpy(s.boxes))
+                         ignore_mask=torch.from_numpy(s.crowd), boxes=torch.from_numpy(s.boxes),
+                         has_mask=torch.from_numpy(s.has_mask))
     assert set(item["targets"]) == set(exact)
     for key, value in exact.items():
         got = item["targets"][key]
@@ -88,3 +90,40 @@ def test_load_image_reads_in_workers_and_reports_bad_files(tmp_path, sample, cod
     for i in (0, 2):
         assert items[i]["image"].dtype == np.uint8 and items[i]["image"].shape[2] == 3
         assert np.array_equal(items[i]["image"], ds.load(i)[0])
+
+
+def _merged_items_equal_per_person_ones(ds, codec, epochs) -> int:
+    """Items (encoded from the masks merged by role) against each person's mask encoded by the codec, for
+    every image and epoch; returns how many people were compared."""
+    people = 0
+    for epoch in epochs:
+        for index in range(len(ds)):
+            s = ds.transformed(index, epoch)
+            per_person = ds.encode(s)
+            regions = ds.encode_regions(s)
+            item = ds[(index, epoch)]
+            merged = ds.transformed(index, epoch, merge_masks=True)
+            assert merged.masks is None and merged.crowd is None
+            np.testing.assert_array_equal(merged.image, s.image)
+            np.testing.assert_array_equal(merged.keypoints, s.keypoints)
+            np.testing.assert_array_equal(merged.has_mask, s.has_mask)
+            for key, value in per_person.items():
+                assert torch.equal(item["targets"][key], value), (index, epoch, key)
+            for key, value in ds.encode_regions(merged).items():
+                assert torch.equal(value, regions[key]), (index, epoch, key)
+            people += len(s.keypoints)
+    return people
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_items_from_merged_masks_equal_each_persons_masks(sample, codec, train) -> None:
+    """Training items decode and warp two unions of masks (labelled people; the others with the crowd)
+    instead of each person's: the targets are the same as from each person's mask, bit for bit."""
+    ds = COCOKeypointDataset(*sample, codec=codec, input_size=S, train=train)
+    assert _merged_items_equal_per_person_ones(ds, codec, range(3) if train else [0]) > 20
+
+
+@pytest.mark.shared
+def test_items_from_merged_masks_on_coco_mini(coco_mini, codec) -> None:
+    ds = COCOKeypointDataset(*coco_mini, codec=codec, input_size=S, train=True)
+    assert _merged_items_equal_per_person_ones(ds, codec, range(2)) > 100

@@ -255,3 +255,31 @@ def test_val_image_only_is_the_full_transform(sample, codec) -> None:
         resized, affine = ds.transform.image_only(image)
         np.testing.assert_array_equal(resized, full.image)
         np.testing.assert_array_equal(affine, full.affine)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_merged_masks_are_the_unions_of_the_warped_masks(train: bool) -> None:
+    """The merged form warps two unions instead of each mask: the labelled people's masks (body) and the others'
+    with the crowd (ignore) come out as the unions of the per-person warps, pixel for pixel, under a rotation
+    and zoom and under the validation resize, with people leaving the image."""
+    from strongpose.codec.encode import labelled_keypoints
+
+    hw = (90, 130)
+    rng = np.random.default_rng(5)
+    kp = np.tile(_person_facing_camera(), (9, 1, 1))
+    kp[..., :2] += rng.uniform(-60, 60, (9, 1, 2))  # some people end up off the image
+    kp[3, :, 2] = 0  # annotated without keypoints
+    people = _people(kp.astype(np.float32), hw)
+    people.masks = (rng.random(people.masks.shape) > 0.8).astype(np.uint8)
+    people.masks[5] = 0  # no segmentation
+    people.crowd[70:, 100:] = 1
+    transform = TrainTransform(S, COCO_PERSON, {"color_jitter": 0.0}) if train else ValTransform(S)
+    image = np.zeros(hw + (3,), np.uint8)
+    for seed in range(4):
+        each = transform(image, people, np.random.default_rng(seed))
+        merged = transform(image, people, np.random.default_rng(seed), merge_masks=True)
+        labelled = labelled_keypoints(torch.from_numpy(each.keypoints), (S, S)).any(-1).numpy()
+        assert 0 < labelled.sum() < len(labelled)
+        np.testing.assert_array_equal(merged.body_mask, each.masks[labelled].any(0))
+        np.testing.assert_array_equal(merged.ignore_mask, each.masks[~labelled].any(0) | each.crowd)
+        np.testing.assert_array_equal(merged.has_mask, [True] * 5 + [False] + [True] * 3)

@@ -127,6 +127,8 @@ class StrongPoseCodec:
         ignore_mask: torch.Tensor | None = None,
         boxes: torch.Tensor | None = None,
         offset_dtype: torch.dtype = torch.float32,
+        has_mask: torch.Tensor | None = None,
+        body_mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Targets for one image of size (H, W), at map size (h, w) = ceil((H, W) / stride).
 
@@ -140,6 +142,13 @@ class StrongPoseCodec:
             boxes: optional (N, 4) COCO xywh boxes, used by the fallback.
             offset_dtype: dtype of the offset maps (computed in float32, rounded when written); the data
                 module's float16 halves what its workers send.
+            has_mask: optional (N,) bool, the people that have a mask (default: a non-empty slice of
+                ``masks``); the others fall back to boxes. The data pipeline passes whose annotation has a
+                segmentation, so that a mask moved off the image by the augmentation leaves nothing rather
+                than its box's on-image part.
+            body_mask: optional (H, W) union of the masks of the people with a labelled keypoint, in place of
+                ``masks`` (with ``has_mask``; the other people's masks then belong in ``ignore_mask``): the
+                same maps from two masks instead of N (the data pipeline merges before warping).
 
         Returns a dict of tensors (float32 maps, offsets in ``offset_dtype``, bool validity):
             ``skhm`` (K, h, w) keypoint disks, each cell owned by the nearest person;
@@ -150,7 +159,8 @@ class StrongPoseCodec:
             (only with ``long_range``). Offsets are in input pixels.
         """
         kp = self._people(keypoints, 3)  # one image: the regions, then the rest as a batch of one
-        regions = self.encode_regions(kp, image_size, masks=masks, ignore_mask=ignore_mask, boxes=boxes)
+        regions = self.encode_regions(kp, image_size, masks=masks, ignore_mask=ignore_mask, boxes=boxes,
+                                      has_mask=has_mask, body_mask=body_mask)
         maps = self.encode_batch(kp[None], {key: v[None] for key, v in regions.items()}, image_size, offset_dtype)
         return {key: v[0] for key, v in maps.items()}
 
@@ -161,13 +171,16 @@ class StrongPoseCodec:
         masks: torch.Tensor | None = None,
         ignore_mask: torch.Tensor | None = None,
         boxes: torch.Tensor | None = None,
+        has_mask: torch.Tensor | None = None,
+        body_mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """The part of :meth:`encode` that needs full-resolution inputs (masks, crowd regions), for one image:
         ``bhm`` and ``ignore``, (1, h, w) bool. :meth:`encode_batch` turns them and the keypoints into the
         targets, e.g. on the training device (the data module's ``encode_on="device"``)."""
         kp = self._people(keypoints, 3)
         return encode_regions(kp, self._size(image_size), stride=self.stride, disk_radius=self.disk_radius,
-                              masks=masks, ignore_mask=ignore_mask, boxes=boxes)
+                              masks=masks, ignore_mask=ignore_mask, boxes=boxes, has_mask=has_mask,
+                              body_mask=body_mask)
 
     def encode_batch(
         self,

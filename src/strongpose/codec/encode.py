@@ -51,7 +51,8 @@ def _boxes_on_map(boxes: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> to
     return (in_y[:, :, None] & in_x[:, None, :]).any(0)
 
 
-def _body_and_ignore(kx, ky, labelled, masks, ignore_mask, boxes, image_size, stride, disk_radius, xs, ys):
+def _body_and_ignore(kx, ky, labelled, masks, ignore_mask, boxes, image_size, stride, disk_radius, xs, ys,
+                     has_mask=None, body_mask=None):
     """(h, w) body coverage of labelled people and ignore coverage (crowd, people without keypoints)."""
     height, width = image_size
     n = labelled.shape[0]
@@ -62,22 +63,38 @@ def _body_and_ignore(kx, ky, labelled, masks, ignore_mask, boxes, image_size, st
     has_kp = labelled.any(1)
     need_box = has_kp.clone()  # labelled people whose body falls back to a box
     no_kp_box = ~has_kp  # unlabelled people whose ignore region falls back to their box
-    if masks is not None and n:
+    if has_mask is not None:
+        if masks is None and body_mask is None:
+            raise ValueError("has_mask needs masks or body_mask")
+        has_mask = torch.as_tensor(has_mask, dtype=torch.bool, device=device)
+        if has_mask.shape != (n,):
+            raise ValueError(f"has_mask must be (N,) = {(n,)}, got {tuple(has_mask.shape)}")
+    if body_mask is not None:
+        if masks is not None or has_mask is None:
+            raise ValueError("body_mask replaces masks and needs has_mask: give masks, or body_mask and has_mask")
+        body_mask = _as_bytes(body_mask, device)
+        if body_mask.shape != (height, width):
+            raise ValueError(f"body_mask must be (H, W) = {(height, width)}, got {tuple(body_mask.shape)}")
+        if body_mask.amax() > 0:
+            body = _coverage(body_mask, stride)
+        need_box &= ~has_mask
+        no_kp_box &= ~has_mask
+    elif masks is not None and n:
         masks = torch.as_tensor(masks, device=device)
         if masks.shape != (n, height, width):
             raise ValueError(f"masks must be (N, H, W) = {(n, height, width)}, got {tuple(masks.shape)}")
         # uint8 reductions: on the CPU torch's bool any() is ~40x slower than amax on bytes
         masks = masks.to(torch.bool).contiguous().view(torch.uint8)
-        has_mask = (masks.view(n, -1).amax(1) > 0).tolist()
-        labelled_people = has_kp.tolist()
+        if has_mask is None:
+            has_mask = masks.view(n, -1).amax(1) > 0
+        counts, labelled_people = has_mask.tolist(), has_kp.tolist()
         # the union of a handful of masks: pairwise maximum beats a strided amax(0) by ~10x
-        with_body = [masks[i] for i in range(n) if has_mask[i] and labelled_people[i]]
+        with_body = [masks[i] for i in range(n) if counts[i] and labelled_people[i]]
         if with_body:
             body = _coverage(functools.reduce(torch.maximum, with_body), stride)
-        without_kp = [masks[i] for i in range(n) if has_mask[i] and not labelled_people[i]]
+        without_kp = [masks[i] for i in range(n) if counts[i] and not labelled_people[i]]
         if without_kp:
             ignore = _coverage(functools.reduce(torch.maximum, without_kp), stride)
-        has_mask = torch.tensor(has_mask, device=device)
         need_box &= ~has_mask
         no_kp_box &= ~has_mask
     if need_box.any() or (boxes is not None and no_kp_box.any()):
@@ -96,14 +113,19 @@ def _body_and_ignore(kx, ky, labelled, masks, ignore_mask, boxes, image_size, st
         if boxes is not None:
             ignore = torch.maximum(ignore, _boxes_on_map(fallback[no_kp_box], xs, ys).float())
     if ignore_mask is not None:
-        ignore_mask = torch.as_tensor(ignore_mask, device=device)
+        ignore_mask = _as_bytes(ignore_mask, device)
         if ignore_mask.shape != (height, width):
             raise ValueError(f"ignore_mask must be (H, W) = {(height, width)}, got {tuple(ignore_mask.shape)}")
-        if ignore_mask.dtype == torch.bool:
-            ignore_mask = ignore_mask.contiguous().view(torch.uint8)
         if ignore_mask.amax() > 0:
             ignore = torch.maximum(ignore, _coverage(ignore_mask, stride))
     return body, ignore
+
+
+def _as_bytes(mask, device: torch.device) -> torch.Tensor:
+    """A 0/1 mask as a tensor for the reductions above, bool viewed as uint8 (torch's bool reductions are
+    slow on the CPU)."""
+    mask = torch.as_tensor(mask, device=device)
+    return mask.contiguous().view(torch.uint8) if mask.dtype == torch.bool else mask
 
 
 def labelled_keypoints(keypoints: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
@@ -122,10 +144,13 @@ def encode_regions(
     masks: torch.Tensor | None = None,
     ignore_mask: torch.Tensor | None = None,
     boxes: torch.Tensor | None = None,
+    has_mask: torch.Tensor | None = None,
+    body_mask: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """One image's (N, K, 3) people -> ``bhm`` (1, h, w) bool body map (cells at least half covered by a
     labelled person) and ``ignore`` (1, h, w) bool (cells touched by a crowd region or an unlabelled
-    person). See :meth:`strongpose.codec.StrongPoseCodec.encode` for the fallbacks to boxes."""
+    person). See :meth:`strongpose.codec.StrongPoseCodec.encode` for the fallbacks to boxes and for
+    ``has_mask`` / ``body_mask``."""
     h, w = map_size(image_size, stride)
     device = keypoints.device
     labelled = labelled_keypoints(keypoints, image_size)
@@ -134,7 +159,7 @@ def encode_regions(
     xs = map_to_input(torch.arange(w, device=device, dtype=torch.float32), stride)
     ys = map_to_input(torch.arange(h, device=device, dtype=torch.float32), stride)
     body, ignore = _body_and_ignore(kx, ky, labelled, masks, ignore_mask, boxes, image_size, stride,
-                                    disk_radius, xs, ys)
+                                    disk_radius, xs, ys, has_mask, body_mask)
     return {"bhm": (body >= 0.5)[None], "ignore": (ignore > 0)[None]}
 
 

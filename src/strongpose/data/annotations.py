@@ -109,6 +109,41 @@ def keypoint_category(categories: list) -> dict | None:
 
 
 @dataclass
+class MaskRLEs:
+    """One image's masks as pycocotools' compressed RLEs, decoded on demand: a training sample needs only two
+    unions of them (:meth:`union`: the people with a labelled keypoint, the others with the crowd), and
+    merging RLEs then decoding two masks costs less than decoding each person's.
+
+    people: one RLE per non-crowd person (an empty one where the annotation has no segmentation).
+    crowd: the ``iscrowd`` regions' RLEs.
+    """
+
+    people: list[dict]
+    crowd: list[dict]
+    height: int
+    width: int
+
+    def nonempty(self) -> np.ndarray:
+        """(N,) bool: whose segmentation covers a pixel."""
+        return np.asarray(mask_utils.area(self.people), np.int64).reshape(-1) > 0 if self.people \
+            else np.zeros(0, bool)
+
+    def union(self, select: np.ndarray, crowd: bool = False) -> np.ndarray:
+        """(H, W) uint8 union of the selected people's masks (and the crowd regions when ``crowd``), in
+        Fortran order as pycocotools decodes."""
+        rles = [rle for rle, keep in zip(self.people, select) if keep] + (self.crowd if crowd else [])
+        if not rles:
+            return np.zeros((self.height, self.width), np.uint8, order="F")
+        return mask_utils.decode(mask_utils.merge(rles) if len(rles) > 1 else rles[0])
+
+    def decode(self) -> tuple[np.ndarray, np.ndarray]:
+        """(N, H, W) person masks and the (H, W) crowd union, as :class:`ImageAnnotations` holds them."""
+        crowd = (mask_utils.decode(mask_utils.merge(self.crowd)) if self.crowd
+                 else np.zeros((self.height, self.width), np.uint8, order="F"))
+        return _decode(self.people, self.height, self.width), crowd
+
+
+@dataclass
 class ImageAnnotations:
     """The people of one image at its original size.
 
@@ -118,13 +153,37 @@ class ImageAnnotations:
     masks: (N, H, W) uint8 instance masks (all zero where the annotation has no segmentation); each
         (H, W) slice is in Fortran order, as pycocotools decodes it (copying to C order costs more than
         the rest of the mask handling): the loader's masks are one (H, W, N) Fortran array, transposed.
-    crowd: (H, W) uint8 union of the crowd (``iscrowd``) masks, Fortran order.
+        None when only ``rles`` were read (``image_annotations(..., decode=False)``; :meth:`decoded`).
+    crowd: (H, W) uint8 union of the crowd (``iscrowd``) masks, Fortran order (None with ``masks``).
+    rles: the same masks undecoded, when read from a COCO file.
     """
 
     keypoints: np.ndarray
     boxes: np.ndarray
-    masks: np.ndarray
-    crowd: np.ndarray
+    masks: np.ndarray | None
+    crowd: np.ndarray | None
+    rles: MaskRLEs | None = None
+
+    def decoded(self) -> "ImageAnnotations":
+        """These annotations with ``masks`` and ``crowd`` decoded (self when they are)."""
+        if self.masks is not None:
+            return self
+        masks, crowd = self.rles.decode()
+        return ImageAnnotations(self.keypoints, self.boxes, masks, crowd, self.rles)
+
+    def has_mask(self) -> np.ndarray:
+        """(N,) bool: whose segmentation covers a pixel of the image; the codec falls back to boxes for the
+        others."""
+        if self.rles is not None:
+            return self.rles.nonempty()
+        return self.masks.any(axis=(1, 2))
+
+    def union(self, select: np.ndarray, crowd: bool = False) -> np.ndarray:
+        """(H, W) uint8 union of the selected people's masks (and the crowd regions when ``crowd``)."""
+        if self.rles is not None:
+            return self.rles.union(select, crowd)
+        layers = [m for m, keep in zip(self.masks, select) if keep] + ([self.crowd] if crowd else [])
+        return np.maximum.reduce(layers) if layers else np.zeros_like(self.crowd)
 
 
 # 2**28 pixels (16384 x 16384): far beyond any photograph, and the full-size masks of such an image (bytes per
@@ -266,8 +325,10 @@ def _decode(rles: list[dict], height: int, width: int) -> np.ndarray:
     return masks.transpose(0, 2, 1)
 
 
-def image_annotations(coco: COCO, image_id: int, category_id: int, num_keypoints: int) -> ImageAnnotations:
-    """Arrays for one image; a malformed annotation raises :class:`BadSample` naming its id."""
+def image_annotations(coco: COCO, image_id: int, category_id: int, num_keypoints: int,
+                      decode: bool = True) -> ImageAnnotations:
+    """Arrays for one image (masks decoded unless ``decode=False``: then only their RLEs, which training merges
+    before decoding); a malformed annotation raises :class:`BadSample` naming its id."""
     info = coco.imgs[image_id]
     try:
         file_name, height, width = image_entry(info)
@@ -296,14 +357,12 @@ def image_annotations(coco: COCO, image_id: int, category_id: int, num_keypoints
         keypoints.append(kp.astype(np.float32))
         boxes.append(box.astype(np.float32))
         rles.append(rle)
-    crowd = (_decode([mask_utils.merge(crowd_rles)], height, width)[0] if crowd_rles
-             else np.zeros((height, width), np.uint8, order="F"))  # same layout as the decoded masks
-    return ImageAnnotations(
+    rles = MaskRLEs(rles, crowd_rles, height, width)
+    people = ImageAnnotations(
         keypoints=np.stack(keypoints) if keypoints else np.zeros((0, num_keypoints, 3), np.float32),
         boxes=np.stack(boxes) if boxes else np.zeros((0, 4), np.float32),
-        masks=_decode(rles, height, width),
-        crowd=crowd,
-    )
+        masks=None, crowd=None, rles=rles)
+    return people.decoded() if decode else people
 
 
 def read_image(path: Path, expected_hw: tuple[int, int] | None = None) -> np.ndarray:

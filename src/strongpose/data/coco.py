@@ -109,11 +109,13 @@ class COCOKeypointDataset(Dataset):
         return (f"COCOKeypointDataset({self.annotations_path}, images={len(self)}, input_size={self.input_size}, "
                 f"train={self.train})")
 
-    def load(self, index: int) -> tuple[np.ndarray, ImageAnnotations]:
-        """Original RGB image and its people (raises :class:`BadSample`)."""
+    def load(self, index: int, decode_masks: bool = True) -> tuple[np.ndarray, ImageAnnotations]:
+        """Original RGB image and its people (raises :class:`BadSample`); ``decode_masks=False`` leaves the
+        masks as RLEs (``people.rles``) for the transform to merge before decoding."""
         image_id = self.image_ids[index]
         info = self.coco.imgs[image_id]
-        people = image_annotations(self.coco, image_id, self.category_id, self.codec.num_keypoints)
+        people = image_annotations(self.coco, image_id, self.category_id, self.codec.num_keypoints,
+                                   decode=decode_masks)
         image = read_image(self.images_dir / info["file_name"], (info["height"], info["width"]))
         return image, people
 
@@ -122,11 +124,13 @@ class COCOKeypointDataset(Dataset):
         raises :class:`BadSample` for a sample that training would skip)."""
         return self.load(index)[0]
 
-    def transformed(self, index: int, epoch: int = 0) -> PoseSample:
-        """The sample after the pipeline, before encoding (for inspection, tests and drawing)."""
-        image, people = self.load(index)
+    def transformed(self, index: int, epoch: int = 0, merge_masks: bool = False) -> PoseSample:
+        """The sample after the pipeline, before encoding (for inspection, tests and drawing: each person's
+        mask), or in the merged form that items are encoded from (``merge_masks``, :class:`PoseSample`);
+        both encode to the same targets (tested)."""
+        image, people = self.load(index, decode_masks=not merge_masks)
         rng = np.random.default_rng([self.seed, epoch, index]) if self.train else None
-        return self.transform(image, people, rng)
+        return self.transform(image, people, rng, merge_masks=merge_masks)
 
     def encode(self, sample: PoseSample) -> dict[str, torch.Tensor]:
         return _encode(self.codec, sample, self.input_size)
@@ -140,7 +144,7 @@ class COCOKeypointDataset(Dataset):
         index = int(index)
         image_id = self.image_ids[index]
         try:
-            sample = self.transformed(index, int(epoch))
+            sample = self.transformed(index, int(epoch), merge_masks=True)
         except BadSample as err:
             log.debug("bad sample %s", err)
             where = f"annotation id {err.ann_id}: " if err.ann_id is not None else ""
@@ -154,7 +158,7 @@ def empty_sample(codec: StrongPoseCodec, input_size: int, encode_on: str = "work
     s = int(input_size)
     blank = PoseSample(image=np.zeros((s, s, 3), np.uint8), keypoints=np.zeros((0, codec.num_keypoints, 3), np.float32),
                        masks=np.zeros((0, s, s), bool), crowd=np.zeros((s, s), bool),
-                       boxes=np.zeros((0, 4), np.float32), affine=np.eye(3)[:2])
+                       boxes=np.zeros((0, 4), np.float32), affine=np.eye(3)[:2], has_mask=np.zeros(0, bool))
     return _item(codec, blank, s, encode_on, -1, (s, s))
 
 
@@ -175,8 +179,12 @@ def _item(codec: StrongPoseCodec, sample: PoseSample, input_size: int, encode_on
 
 
 def _region_inputs(sample: PoseSample) -> dict[str, torch.Tensor]:
-    return {"masks": torch.from_numpy(sample.masks), "ignore_mask": torch.from_numpy(sample.crowd),
-            "boxes": torch.from_numpy(sample.boxes)}
+    """The codec's mask inputs of either form of a sample."""
+    inputs = {"boxes": torch.from_numpy(sample.boxes), "has_mask": torch.from_numpy(sample.has_mask)}
+    if sample.masks is None:  # merged form
+        return {**inputs, "body_mask": torch.from_numpy(sample.body_mask),
+                "ignore_mask": torch.from_numpy(sample.ignore_mask)}
+    return {**inputs, "masks": torch.from_numpy(sample.masks), "ignore_mask": torch.from_numpy(sample.crowd)}
 
 
 def _encode_regions(codec: StrongPoseCodec, sample: PoseSample, input_size: int) -> dict[str, torch.Tensor]:

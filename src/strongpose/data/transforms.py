@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import torch
 
+from strongpose.codec.encode import labelled_keypoints
 from strongpose.data.annotations import ImageAnnotations
 from strongpose.skeleton import Skeleton
 
@@ -63,15 +64,24 @@ class PoseSample:
 
     image (S, S, 3) uint8 RGB; keypoints (N, K, 3) x, y, visibility (0 where the keypoint left the
     image); masks (N, S, S) bool; crowd (S, S) bool; boxes (N, 4) xywh (the box of the transformed
-    corners, approximate under rotation); affine (2, 3) float64 input -> original coordinates.
+    corners, approximate under rotation); affine (2, 3) float64 input -> original coordinates;
+    has_mask (N,) bool, whose annotation has a segmentation (None: a non-empty mask).
+
+    Merged form (``merge_masks=True``, what training items are made of): ``masks`` and ``crowd`` are None,
+    ``body_mask`` (S, S) bool is the union of the masks of the people with a labelled keypoint and
+    ``ignore_mask`` (S, S) bool the union of the others' masks and the crowd regions: what the codec needs
+    of them (:meth:`strongpose.codec.StrongPoseCodec.encode`'s ``body_mask``), two masks instead of N + 1.
     """
 
     image: np.ndarray
     keypoints: np.ndarray
-    masks: np.ndarray
-    crowd: np.ndarray
+    masks: np.ndarray | None
+    crowd: np.ndarray | None
     boxes: np.ndarray
     affine: np.ndarray
+    has_mask: np.ndarray | None = None
+    body_mask: np.ndarray | None = None
+    ignore_mask: np.ndarray | None = None
 
 
 def _resized_shape(hw: tuple[int, int], size: int) -> tuple[int, int]:
@@ -161,9 +171,10 @@ def _inside(xy: np.ndarray, size: int) -> np.ndarray:
 
 
 def _sample(image: np.ndarray, people: ImageAnnotations, to_input: np.ndarray, size: int,
-            masks: np.ndarray, crowd: np.ndarray, flip_index: np.ndarray | None = None) -> PoseSample:
+            flip_index: np.ndarray | None = None, merge_masks: bool = False) -> PoseSample:
     """PoseSample of ``image`` (already at S x S) and the people moved by the 3x3 ``to_input`` matrix;
-    ``flip_index``: the matrix mirrors, keypoint j of a moved person is keypoint flip_index[j]."""
+    ``flip_index``: the matrix mirrors, keypoint j of a moved person is keypoint flip_index[j];
+    ``merge_masks``: the merged form (see :class:`PoseSample`)."""
     n, k = people.keypoints.shape[:2]
     points = np.concatenate([people.keypoints[..., :2].reshape(-1, 2), _box_corners(people.boxes)]).astype(np.float64)
     points = (points @ to_input[:2, :2].T + to_input[:2, 2]).astype(np.float32)
@@ -172,9 +183,16 @@ def _sample(image: np.ndarray, people: ImageAnnotations, to_input: np.ndarray, s
     if flip_index is not None:  # the mirror moves positions, not names
         xy, vis = xy[:, flip_index], vis[:, flip_index]
     vis[~_inside(xy, size)] = 0  # left the image: unlabelled
-    return PoseSample(image=image, keypoints=np.concatenate([xy, vis[..., None]], -1).astype(np.float32),
-                      masks=masks, crowd=crowd, boxes=_corners_to_boxes(points[n * k:]),
-                      affine=np.linalg.inv(to_input)[:2])
+    keypoints = np.concatenate([xy, vis[..., None]], -1).astype(np.float32)
+    sample = PoseSample(image=image, keypoints=keypoints, masks=None, crowd=None,
+                        boxes=_corners_to_boxes(points[n * k:]), affine=np.linalg.inv(to_input)[:2],
+                        has_mask=people.has_mask())
+    if merge_masks:  # which people are labelled is the codec's call, on the moved keypoints
+        labelled = labelled_keypoints(torch.from_numpy(keypoints), (size, size)).any(-1).numpy()
+        sample.body_mask, sample.ignore_mask = _warp_unions(people, labelled, to_input, size)
+    else:
+        sample.masks, sample.crowd = _warp_masks(people.decoded(), to_input, size)
+    return sample
 
 
 def _warp_masks(people: ImageAnnotations, to_input: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -184,6 +202,19 @@ def _warp_masks(people: ImageAnnotations, to_input: np.ndarray, size: int) -> tu
         return np.zeros((0, size, size), bool), np.zeros((size, size), bool)
     masks = unpack_masks(warp_planes(pack_masks(people.masks, people.crowd), to_input, size), n + 1)
     return masks[:n], masks[n]
+
+
+def _warp_unions(people: ImageAnnotations, labelled: np.ndarray, to_input: np.ndarray,
+                 size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(S, S) bool union of the ``labelled`` people's masks and (S, S) bool union of the other people's masks
+    and the crowd regions, under ``to_input``. A nearest-neighbour warp moves whole pixels, so it commutes
+    with the union: the same pixels as warping each mask, for two masks decoded (from merged RLEs) and one
+    bit plane warped instead of N + 1 (``experiments/RESULTS.md``, "Data pipeline")."""
+    body, ignore = people.union(labelled), people.union(~labelled, crowd=True)
+    if not (body.any() or ignore.any()):  # nothing to move (no segmentation, no crowd)
+        return np.zeros((size, size), bool), np.zeros((size, size), bool)
+    masks = unpack_masks(warp_planes(pack_masks(body[None], ignore), to_input, size), 2)
+    return masks[0], masks[1]
 
 
 class ValTransform:
@@ -215,11 +246,10 @@ class ValTransform:
         return self.compose(image=image)["image"], self.from_input(image.shape[:2])
 
     def __call__(self, image: np.ndarray, people: ImageAnnotations,
-                 rng: np.random.Generator | None = None) -> PoseSample:
+                 rng: np.random.Generator | None = None, merge_masks: bool = False) -> PoseSample:
+        """``merge_masks``: the sample's merged form (:class:`PoseSample`), what training items need."""
         resized = self.compose(image=image)["image"]
-        to_input = self.to_input(image.shape[:2])
-        masks, crowd = _warp_masks(people, to_input, self.size)
-        return _sample(resized, people, to_input, self.size, masks, crowd)
+        return _sample(resized, people, self.to_input(image.shape[:2]), self.size, merge_masks=merge_masks)
 
 
 @dataclass(frozen=True)
@@ -281,8 +311,9 @@ class TrainTransform:
             self.jitter = A.ColorJitter(brightness=c, contrast=c, saturation=c, hue=cfg.hue, p=1.0)
 
     def __call__(self, image: np.ndarray, people: ImageAnnotations,
-                 rng: np.random.Generator | None = None) -> PoseSample:
-        """``rng`` fixes every random choice of this call (None: continue the transform's own stream)."""
+                 rng: np.random.Generator | None = None, merge_masks: bool = False) -> PoseSample:
+        """``rng`` fixes every random choice of this call (None: continue the transform's own stream);
+        ``merge_masks``: the sample's merged form (:class:`PoseSample`), what training items need."""
         rng = self.rng if rng is None else rng
         params = sample_params(self.config, self.size, rng)
         to_input = augment_matrix(params, image.shape[:2], self.size)
@@ -290,9 +321,7 @@ class TrainTransform:
         if self.jitter is not None:  # the same stream drives the jitter (its own seed would correlate samples)
             self.jitter.set_random_state(rng, random.Random(int(rng.integers(2**63))))
             warped = self.jitter(image=warped)["image"]
-        masks, crowd = _warp_masks(people, to_input, self.size)
-        return _sample(warped, people, to_input, self.size, masks, crowd,
-                       self.flip_index if params.flip else None)
+        return _sample(warped, people, to_input, self.size, self.flip_index if params.flip else None, merge_masks)
 
 
 def to_original(keypoints_xy: torch.Tensor | np.ndarray, meta: Mapping | torch.Tensor | np.ndarray):
