@@ -56,19 +56,38 @@ def job_id() -> str | None:
 
 
 def with_slurm_environment(plugins: list) -> list:
-    """``plugins`` plus ``SLURMEnvironment(auto_requeue=False)`` when running as a SLURM job and no cluster
-    environment is given. Lightning would otherwise pick ``SLURMEnvironment(auto_requeue=True)`` by itself,
-    whose requeue saves inside the signal handler (mid-step, or mid-validation with the EMA weights in), as
-    soon as ``callbacks.interrupt`` leaves SIGUSR1 alone: the requeue is callbacks.interrupt's, or none."""
+    """``plugins`` plus ``SLURMEnvironment(auto_requeue=False)`` when SLURM started the ranks
+    (:func:`slurm_starts_the_ranks`) and no cluster environment is given. In a SLURM job Lightning would
+    otherwise pick ``SLURMEnvironment(auto_requeue=True)`` by itself, whose requeue saves inside the signal
+    handler (mid-step, or mid-validation with the EMA weights in), as soon as ``callbacks.interrupt`` leaves
+    SIGUSR1 alone: the requeue is callbacks.interrupt's, or none. In an interactive allocation it would pick
+    none, and every srun task would start its own DDP processes."""
     if slurm_starts_the_ranks() and not any(isinstance(p, ClusterEnvironment) for p in plugins):
         plugins = [*plugins, SLURMEnvironment(auto_requeue=False)]
     return plugins
 
 
 def slurm_starts_the_ranks() -> bool:
-    """A SLURM job (not an interactive allocation) whose processes are not torchrun's: Lightning's own order
-    of choice (torchrun's environment wins over SLURM's)."""
-    return SLURMEnvironment.detect() and not TorchElasticEnvironment.detect()
+    """SLURM started this run's processes, and not torchrun (whose environment wins over SLURM's, as in
+    Lightning's own order of choice): a SLURM job, or an ``srun`` of several tasks inside an interactive
+    allocation (:func:`interactive_srun_tasks`)."""
+    if TorchElasticEnvironment.detect():
+        return False
+    return SLURMEnvironment.detect() or interactive_srun_tasks() > 1
+
+
+def interactive_srun_tasks() -> int:
+    """Tasks of the ``srun`` step this process is one of, inside an interactive allocation (``salloc``, or
+    ``srun --pty bash``: Lightning takes a job named ``bash`` or ``interactive`` as one where the user starts
+    the processes, and ignores SLURM there); 0 elsewhere. With several tasks, e.g. ``srun --ntasks-per-node=4
+    python -m strongpose.train trainer=ddp trainer.devices=4`` typed in such a shell, each task would otherwise
+    start its own DDP processes (16 where 4 were meant); :func:`with_slurm_environment` makes them the ranks.
+    A single-task step (the shell itself on clusters that run it as a step) leaves Lightning to start the ranks,
+    as when ``python -m strongpose.train trainer=ddp`` is typed in that shell."""
+    if SLURMEnvironment.job_name() not in ("bash", "interactive") or "SLURM_PROCID" not in os.environ:
+        return 0
+    tasks = os.environ.get("SLURM_STEP_NUM_TASKS", "")
+    return int(tasks) if tasks.isdigit() else 0
 
 
 def check_world_size(trainer: L.Trainer) -> None:

@@ -226,6 +226,35 @@ def test_under_slurm_lightning_gets_a_slurm_environment_that_does_not_requeue(mo
     assert with_slurm_environment([given]) == [given]  # a cluster environment in trainer.plugins is kept
 
 
+@pytest.mark.parametrize("name", ["interactive", "bash"])
+def test_an_srun_of_several_tasks_in_an_interactive_allocation_makes_them_the_ranks(monkeypatch, name):
+    """In an allocation named ``bash`` / ``interactive`` (salloc, srun --pty bash) Lightning ignores SLURM, so
+    ``srun --ntasks-per-node=2 python -m strongpose.train trainer=ddp trainer.devices=2`` would start 2 DDP
+    processes per task; StrongPose hands Lightning the SLURM environment there, and checks the task count."""
+    for key, value in {**SLURM_JOB, "SLURM_JOB_NAME": name, "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2",
+                       "SLURM_STEP_NUM_TASKS": "2",
+                       "SLURM_PROCID": "1", "SLURM_LOCALID": "1", "MASTER_ADDR": "localhost",
+                       "MASTER_PORT": "12910"}.items():
+        monkeypatch.setenv(key, value)
+    assert not SLURMEnvironment.detect()  # Lightning's own detection
+    (environment,) = with_slurm_environment([])
+    assert isinstance(environment, SLURMEnvironment) and not environment.auto_requeue
+    ddp = Trainer(accelerator="cpu", devices=2, strategy="ddp", plugins=[environment], logger=False,
+                  enable_checkpointing=False)
+    assert (ddp.world_size, ddp.global_rank, ddp.local_rank) == (2, 1, 1)  # the tasks are the ranks
+    check_world_size(ddp)
+    with pytest.raises(ValueError, match=r"runs 2 task.* trainer has 1 process"):
+        check_world_size(Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False))
+    # the shell itself (a one-task step on some clusters) or a plain process in it: Lightning starts the ranks
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "1")
+    assert with_slurm_environment([]) == []
+    monkeypatch.delenv("SLURM_STEP_NUM_TASKS")
+    assert with_slurm_environment([]) == []
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "2")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "1")  # torchrun started by the tasks keeps its own environment
+    assert with_slurm_environment([]) == []
+
+
 def test_a_requeued_slurm_job_runs_in_the_folder_of_its_first_start(tmp_path, monkeypatch, dry_run_sbatch):
     """submitit requeues the pickled job; the job rebuilds its config from the pickled one (Hydra copies the
     resolver cache over), so the timestamped sweep folder (Hydra's default ``multirun/${now:...}``) is the
