@@ -2,7 +2,8 @@
 
 Runs the training dataset in this process, single-threaded (torch and OpenCV), as one DataLoader worker
 does (the masks merged by role before they are decoded, as the dataset's items are made), and splits the time
-per stage (load: JPEG and annotations; augment: warping the image and the merged masks, colour jitter). Last line:
+per stage (load: JPEG, annotations; augment: image warp, colour jitter, merging, decoding and warping the
+masks). The last line is
 ``images_per_s=X ms_per_image=Y load_ms=... augment_ms=... encode_ms=... regions_ms=...`` (regions_ms: the
 part of encode_ms that a worker still does with ``data.encode_on=device``: the mask-derived maps).
 

@@ -304,13 +304,15 @@ def test_merged_masks_give_the_per_person_maps(codec):
     maps of each person's mask, with and without crowd regions, boxes and people without a mask."""
     gen = torch.Generator().manual_seed(3)
     size = (96, 136)
+    bodies = 0
     for trial in range(12):
         n = trial % 5
-        kp = torch.rand(n, 17, 3, generator=gen) * torch.tensor([size[1] + 20.0, size[0] + 20.0, 2.5]) - 10
+        kp = torch.rand(n, 17, 3, generator=gen) * torch.tensor([size[1] + 20.0, size[0] + 20.0, 2.5])
+        kp[..., :2] -= 10  # some keypoints off the image
         kp[..., 2] = kp[..., 2].floor()
         if n > 1:
             kp[1, :, 2] = 0  # a person without labelled keypoints: an ignore region
-        masks = torch.rand(n, *size, generator=gen) > 0.97
+        masks = torch.rand(n, *size, generator=gen) > 0.45  # cells about half covered: the 0.5 threshold matters
         if n > 2:
             masks[2] = False  # no segmentation: its box counts
         crowd = torch.zeros(size, dtype=torch.bool)
@@ -318,12 +320,17 @@ def test_merged_masks_give_the_per_person_maps(codec):
         boxes = torch.rand(n, 4, generator=gen) * 60
         has_mask = masks.flatten(1).any(1)
         labelled = labelled_keypoints(kp, size).any(-1)
+        assert n < 2 or 0 < labelled.sum() < n
         per_person = codec.encode_regions(kp, size, masks=masks, ignore_mask=crowd, boxes=boxes)
         body = masks[labelled].any(0) if n else torch.zeros(size, dtype=torch.bool)
         others = masks[~labelled].any(0) | crowd if n else crowd
+        if trial % 2:  # any nonzero value is the mask, as in masks=
+            body, others = body.to(torch.uint8) * 255, others.to(torch.uint8) * 7
         merged = codec.encode_regions(kp, size, body_mask=body, ignore_mask=others, boxes=boxes, has_mask=has_mask)
         for key in per_person:
             assert torch.equal(per_person[key], merged[key]), (trial, key)
+        bodies += int(per_person["bhm"].sum())
+    assert bodies > 0
 
 
 def test_has_mask_decides_the_box_fallback(codec):

@@ -225,3 +225,40 @@ def test_an_absurd_image_size_is_refused_not_allocated(scratch) -> None:
     with pytest.raises(BadSample, match="exceeds"):
         image_annotations(coco, 0, person_category(coco, K, path), K)
     assert any(p.kind == "image_entry" and "exceeds" in p.message for p in validate_coco(path).problems)
+
+
+def test_undecoded_masks_know_who_has_one_and_merge_with_the_crowd(scratch) -> None:
+    """Read undecoded (training's way), the people without a segmentation (none, [], an empty RLE) are the ones
+    without a mask (their boxes stand in), and the unions decoded from merged RLEs are those of the decoded
+    masks, crowd regions included."""
+    h, w = 30, 40
+    box_rle = mask_utils.encode(np.asfortranarray(np.pad(np.ones((10, 12), np.uint8), ((5, 15), (3, 25)))))
+    empty_rle = mask_utils.encode(np.asfortranarray(np.zeros((h, w), np.uint8)))
+    segmentations = [[[2, 2, 20, 2, 20, 20, 2, 20]], None, [], {"size": [h, w], "counts": empty_rle["counts"].decode()},
+                     {"size": [h, w], "counts": box_rle["counts"].decode()}]
+    anns = [{"id": i + 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "keypoints": [10, 10, 2] * K,
+             "num_keypoints": K, "bbox": [2, 2, 18, 18], "area": 1.0, "segmentation": seg}
+            for i, seg in enumerate(segmentations)]
+    anns = [{k: v for k, v in a.items() if v is not None} for a in anns]
+    anns.append({"id": 9, "image_id": 1, "category_id": 1, "iscrowd": 1, "bbox": [30, 20, 8, 8], "area": 64.0,
+                 "segmentation": [[30, 20, 38, 20, 38, 28, 30, 28]], "keypoints": [0] * 3 * K, "num_keypoints": 0})
+    data = {"images": [{"id": 1, "file_name": "1.jpg", "height": h, "width": w}], "annotations": anns,
+            "categories": [{"id": 1, "name": "person", "keypoints": list(COCO_PERSON.keypoints), "skeleton": []}]}
+    path = _write(scratch, data)
+    coco = load_coco(path)
+    lazy = image_annotations(coco, 1, 1, K, decode=False)
+    people = image_annotations(coco, 1, 1, K)
+    assert lazy.masks is None and people.rles is None  # one form or the other
+    np.testing.assert_array_equal(lazy.has_mask(), [True, False, False, False, True])
+    np.testing.assert_array_equal(people.has_mask(), [True, False, False, False, True])
+    assert people.crowd.sum() > 0
+    for pick in ([True, False, True, False, True], [False, True, True, True, False]):
+        pick = np.array(pick)
+        for crowd in (False, True):
+            expected = np.maximum.reduce([*people.masks[pick]] + ([people.crowd] if crowd else []))
+            np.testing.assert_array_equal(lazy.union(pick, crowd), expected)
+            np.testing.assert_array_equal(people.union(pick, crowd), expected)
+    with pytest.raises(ValueError, match="select must be"):
+        lazy.union(np.ones(4, bool))
+    with pytest.raises(ValueError, match="select must be"):
+        people.union(np.ones(5, int))

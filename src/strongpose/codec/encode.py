@@ -122,10 +122,9 @@ def _body_and_ignore(kx, ky, labelled, masks, ignore_mask, boxes, image_size, st
 
 
 def _as_bytes(mask, device: torch.device) -> torch.Tensor:
-    """A 0/1 mask as a tensor for the reductions above, bool viewed as uint8 (torch's bool reductions are
-    slow on the CPU)."""
-    mask = torch.as_tensor(mask, device=device)
-    return mask.contiguous().view(torch.uint8) if mask.dtype == torch.bool else mask
+    """A mask (any nonzero value counts) as 0/1 uint8 for the reductions above (torch's bool reductions are
+    slow on the CPU, and a 0/255 mask must not count 255 times in a coverage)."""
+    return torch.as_tensor(mask, device=device).to(torch.bool).contiguous().view(torch.uint8)
 
 
 def labelled_keypoints(keypoints: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:

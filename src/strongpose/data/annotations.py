@@ -131,7 +131,8 @@ class MaskRLEs:
     def union(self, select: np.ndarray, crowd: bool = False) -> np.ndarray:
         """(H, W) uint8 union of the selected people's masks (and the crowd regions when ``crowd``), in
         Fortran order as pycocotools decodes."""
-        rles = [rle for rle, keep in zip(self.people, select) if keep] + (self.crowd if crowd else [])
+        rles = [rle for rle, keep in zip(self.people, _selection(select, len(self.people))) if keep]
+        rles += self.crowd if crowd else []
         if not rles:
             return np.zeros((self.height, self.width), np.uint8, order="F")
         return mask_utils.decode(mask_utils.merge(rles) if len(rles) > 1 else rles[0])
@@ -153,9 +154,10 @@ class ImageAnnotations:
     masks: (N, H, W) uint8 instance masks (all zero where the annotation has no segmentation); each
         (H, W) slice is in Fortran order, as pycocotools decodes it (copying to C order costs more than
         the rest of the mask handling): the loader's masks are one (H, W, N) Fortran array, transposed.
-        None when only ``rles`` were read (``image_annotations(..., decode=False)``; :meth:`decoded`).
+        None when the masks were read undecoded (``image_annotations(..., decode=False)``): then ``rles``
+        holds them (:meth:`decoded` decodes).
     crowd: (H, W) uint8 union of the crowd (``iscrowd``) masks, Fortran order (None with ``masks``).
-    rles: the same masks undecoded, when read from a COCO file.
+    rles: the masks undecoded, or None when ``masks`` holds them (one of the two, so that they cannot disagree).
     """
 
     keypoints: np.ndarray
@@ -169,7 +171,7 @@ class ImageAnnotations:
         if self.masks is not None:
             return self
         masks, crowd = self.rles.decode()
-        return ImageAnnotations(self.keypoints, self.boxes, masks, crowd, self.rles)
+        return ImageAnnotations(self.keypoints, self.boxes, masks, crowd)
 
     def has_mask(self) -> np.ndarray:
         """(N,) bool: whose segmentation covers a pixel of the image; the codec falls back to boxes for the
@@ -179,11 +181,20 @@ class ImageAnnotations:
         return self.masks.any(axis=(1, 2))
 
     def union(self, select: np.ndarray, crowd: bool = False) -> np.ndarray:
-        """(H, W) uint8 union of the selected people's masks (and the crowd regions when ``crowd``)."""
+        """(H, W) uint8 union of the people selected by the (N,) bool ``select`` (and the crowd regions when
+        ``crowd``)."""
         if self.rles is not None:
             return self.rles.union(select, crowd)
+        select = _selection(select, len(self.masks))
         layers = [m for m, keep in zip(self.masks, select) if keep] + ([self.crowd] if crowd else [])
-        return np.maximum.reduce(layers) if layers else np.zeros_like(self.crowd)
+        return (np.maximum.reduce(layers) if layers else np.zeros_like(self.crowd)).astype(np.uint8, copy=False)
+
+
+def _selection(select: np.ndarray, n: int) -> np.ndarray:
+    select = np.asarray(select)
+    if select.dtype != bool or select.shape != (n,):
+        raise ValueError(f"select must be an (N,) = ({n},) bool array, got {select.dtype} {select.shape}")
+    return select
 
 
 # 2**28 pixels (16384 x 16384): far beyond any photograph, and the full-size masks of such an image (bytes per

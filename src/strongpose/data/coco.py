@@ -122,7 +122,7 @@ class COCOKeypointDataset(Dataset):
     def load_image(self, index: int) -> np.ndarray:
         """The original RGB image alone, checked as :meth:`load` checks it (its annotations included:
         raises :class:`BadSample` for a sample that training would skip)."""
-        return self.load(index)[0]
+        return self.load(index, decode_masks=False)[0]  # the same checks; the masks are not needed
 
     def transformed(self, index: int, epoch: int = 0, merge_masks: bool = False) -> PoseSample:
         """The sample after the pipeline, before encoding (for inspection, tests and drawing: each person's
@@ -180,7 +180,9 @@ def _item(codec: StrongPoseCodec, sample: PoseSample, input_size: int, encode_on
 
 def _region_inputs(sample: PoseSample) -> dict[str, torch.Tensor]:
     """The codec's mask inputs of either form of a sample."""
-    inputs = {"boxes": torch.from_numpy(sample.boxes), "has_mask": torch.from_numpy(sample.has_mask)}
+    inputs = {"boxes": torch.from_numpy(sample.boxes)}
+    if sample.has_mask is not None:
+        inputs["has_mask"] = torch.from_numpy(sample.has_mask)
     if sample.masks is None:  # merged form
         return {**inputs, "body_mask": torch.from_numpy(sample.body_mask),
                 "ignore_mask": torch.from_numpy(sample.ignore_mask)}

@@ -65,7 +65,8 @@ class PoseSample:
     image (S, S, 3) uint8 RGB; keypoints (N, K, 3) x, y, visibility (0 where the keypoint left the
     image); masks (N, S, S) bool; crowd (S, S) bool; boxes (N, 4) xywh (the box of the transformed
     corners, approximate under rotation); affine (2, 3) float64 input -> original coordinates;
-    has_mask (N,) bool, whose annotation has a segmentation (None: a non-empty mask).
+    has_mask (N,) bool, whose annotation has a segmentation (None: whose mask here is non-empty; the merged
+    form needs it).
 
     Merged form (``merge_masks=True``, what training items are made of): ``masks`` and ``crowd`` are None,
     ``body_mask`` (S, S) bool is the union of the masks of the people with a labelled keypoint and
@@ -208,8 +209,9 @@ def _warp_unions(people: ImageAnnotations, labelled: np.ndarray, to_input: np.nd
                  size: int) -> tuple[np.ndarray, np.ndarray]:
     """(S, S) bool union of the ``labelled`` people's masks and (S, S) bool union of the other people's masks
     and the crowd regions, under ``to_input``. A nearest-neighbour warp moves whole pixels, so it commutes
-    with the union: the same pixels as warping each mask, for two masks decoded (from merged RLEs) and one
-    bit plane warped instead of N + 1 (``experiments/RESULTS.md``, "Data pipeline")."""
+    with the union: the same pixels as warping each mask, for two masks decoded (from merged RLEs) instead of
+    N + 1, and one bit plane warped instead of ceil((N + 1) / 8) (``experiments/RESULTS.md``, "Data
+    pipeline")."""
     body, ignore = people.union(labelled), people.union(~labelled, crowd=True)
     if not (body.any() or ignore.any()):  # nothing to move (no segmentation, no crowd)
         return np.zeros((size, size), bool), np.zeros((size, size), bool)
