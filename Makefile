@@ -6,7 +6,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 
 .PHONY: train test test-fast env clean
 
-# torch/torchvision come unpinned from pyproject.toml (see DEVELOPERS.md, "torch trap")
+# torch/torchvision come unpinned from pyproject.toml (README.md, "Two commands": why)
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "installing strongpose and its dependencies into $(VENV) (about a minute)..."

@@ -2,7 +2,7 @@
 
 import os
 
-# albumentations calls the network at import time unless told not to (see DEVELOPERS.md)
+# albumentations calls the network at import time unless told not to (NO_ALBUMENTATIONS_UPDATE)
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from strongpose.codec import StrongPoseCodec  # noqa: E402

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -25,6 +26,9 @@ USAGE = "usage: python -m strongpose.check_data annotations=FILE [images=DIR] [w
 def check(annotations: str, images: str | None = None, skeleton: str = "coco", workers: int = 4,
           max_problems_shown: int = 50) -> int:
     """Validate, print the report and return the exit code."""
+    if images is not None and not Path(images).is_dir():  # an argument, not 5000 missing images
+        print(f"check_data: images folder not found: {images}", file=sys.stderr)
+        return UNREADABLE
     try:
         report = validate_coco(annotations, images, skeleton=get_skeleton(skeleton), workers=workers)
     except (FileNotFoundError, ValueError) as err:

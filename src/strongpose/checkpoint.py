@@ -10,12 +10,14 @@ from typing import Any
 
 import torch
 
+from strongpose.config_check import InputError
+
 # key under which train() stores the run's resolved Hydra config in every checkpoint, so that a
 # checkpoint file alone is enough to rebuild codec, backbone and heads (strongpose.load, evaluate, predict)
 CONFIG_KEY = "strongpose_config"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError, ValueError):
     """A checkpoint that is missing, unreadable, or does not fit the model it is loaded into."""
 
 

@@ -10,16 +10,19 @@ a dependency, and only scalars are checked here).
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import inspect
+import os
 import pathlib
 import sys
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 # the packaged configs of every entry point (``strongpose/conf``)
 CONFIG_DIR = pathlib.Path(__file__).parent / "conf"
@@ -27,8 +30,39 @@ CONFIG_DIR = pathlib.Path(__file__).parent / "conf"
 SCALARS = (bool, int, float, str, type(None), pathlib.Path, pathlib.PurePath)
 
 
-class ConfigError(ValueError):
-    """A config value that cannot be right (wrong type for its key)."""
+class InputError(Exception):
+    """Raised for a mistake in what a run was given (config, data, checkpoint), with a message that names it:
+    the entry points print it in a line, without a traceback (:func:`report_input_errors`)."""
+
+
+class ConfigError(InputError, ValueError):
+    """A config value that cannot be right (a wrong type for its key, values that do not go together)."""
+
+
+class InputErrorExit(SystemExit):
+    """A run stopped by an :class:`InputError` (or a missing file, an unresolvable ``${...}``), already
+    reported on stderr; exit code 2."""
+
+
+# what the entry points report in a line: StrongPose's own, a file that is not there (every such error names its
+# path), and an interpolation that cannot be resolved (e.g. ${oc.env:COCO_ROOT} without the variable)
+INPUT_ERRORS = (InputError, FileNotFoundError, InterpolationResolutionError)
+
+
+@contextlib.contextmanager
+def report_input_errors() -> Iterator[None]:
+    """Around an entry point's work (inside its ``@hydra.main`` function, whose own file names the Hydra job):
+    an error of :data:`INPUT_ERRORS` is printed as one ``Type: message`` on stderr and the process exits with
+    2, instead of a traceback through Hydra, Lightning and torch that buries the message;
+    ``HYDRA_FULL_ERROR=1`` keeps the traceback."""
+    try:
+        yield
+    except INPUT_ERRORS as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"{type(err).__name__}: {err}", "(HYDRA_FULL_ERROR=1 shows the traceback)", sep="\n", file=sys.stderr,
+              flush=True)
+        raise InputErrorExit(2) from err  # a SystemExit passes through Hydra's error handling
 
 
 def _members(annotation: Any) -> list[Any] | None:
@@ -170,6 +204,8 @@ def run_with_key_hints(main: Callable[[], Any], config_name: str) -> None:
     not exist ("Key 'lr_typo' is not in struct"), also print the keys that do (and the closest one)."""
     try:
         main()
+    except InputErrorExit:
+        raise  # the run started: its keys exist
     except SystemExit as exit:
         if exit.code not in (0, None):  # a run that started had only existing keys: no hint then
             print_key_hint(config_name)

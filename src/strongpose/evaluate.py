@@ -17,8 +17,9 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from strongpose.config_check import CONFIG_DIR, run_with_key_hints
+from strongpose.config_check import CONFIG_DIR, InputError, report_input_errors, run_with_key_hints
 from strongpose.data.coco import COCOKeypointDataset
+from strongpose.data.datamodule import data_paths
 from strongpose.data.sample import sample_paths
 from strongpose.evaluation.coco_eval import check_backend, coco_keypoint_stats
 from strongpose.inference.cli import add_timing, predictor_from_config, timing_summary, write_json
@@ -34,10 +35,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate as ``cfg`` says; returns the summary (also written to ``summary.json``)."""
     check_backend(cfg.backend)  # before predicting every image, not after
     data = cfg.data
-    if (data.val_images is None) != (data.val_annotations is None):
-        raise ValueError("give both data.val_images and data.val_annotations, or neither (= embedded sample)")
-    images_dir, annotations = ((data.val_images, data.val_annotations) if data.val_images is not None
-                               else sample_paths())
+    # as training checks them: both or neither (the embedded sample), and there
+    images_dir, annotations = data_paths(data.val_images, data.val_annotations, *sample_paths(), "data.val")
     predictor = predictor_from_config(cfg, data.input_size)
     dataset = COCOKeypointDataset(images_dir, annotations, predictor.codec, input_size=predictor.input_size,
                                   train=False, max_images=data.max_val_images)
@@ -63,6 +62,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     wall = time.perf_counter() - start
     for item in skipped:
         print(f"skipped image {item['image_id']}: {item['reason']}")
+    if skipped and not evaluated:  # an AP of 0 would look like a result
+        raise InputError(f"no image of {annotations} could be read from {images_dir}: all {len(skipped)} "
+                         f"skipped, the first: {skipped[0]['reason']}")
     stats = coco_keypoint_stats(dataset.coco, results, evaluated, sigmas=predictor.codec.skeleton.sigmas,
                                 verbose=True, backend=cfg.backend)
     if not results:
@@ -91,7 +93,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")
 def main(cfg: DictConfig) -> float:
     """Returns AP, so that a Hydra sweep over test options can maximise it."""
-    return run(cfg)["stats"]["AP"]
+    with report_input_errors():
+        return run(cfg)["stats"]["AP"]
 
 
 def cli() -> None:

@@ -23,7 +23,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from strongpose.config_check import CONFIG_DIR, run_with_key_hints
+from strongpose.config_check import CONFIG_DIR, InputError, report_input_errors, run_with_key_hints
 from strongpose.inference import Predictor
 from strongpose.inference.cli import add_timing, predictor_from_config, timing_summary, write_json
 from strongpose.inference.images import (IMAGE_SUFFIXES, VIDEO_SUFFIXES, ImageFiles, VideoFrames, image_batches,
@@ -142,12 +142,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     unit = "frames" if is_video else "images"
     print(f"Predicted {len(results)} people in {done} {unit} ({len(skipped)} skipped); results {results_path}"
           + (f", drawn in {drawn}" if drawn else ""))
+    if skipped and not done:  # nothing came out: a failure, for scripts too (the summary lists why)
+        raise InputError(f"no image of {source} could be read: all {len(skipped)} skipped, the first: "
+                         f"{skipped[0]['file']}: {skipped[0]['reason']}")
     return summary
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")
 def main(cfg: DictConfig) -> None:
-    run(cfg)
+    with report_input_errors():
+        run(cfg)
 
 
 def cli() -> None:

@@ -27,7 +27,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from strongpose.checkpoint_io import AtomicCheckpointIO
-from strongpose.config_check import CONFIG_DIR, check_types, run_with_key_hints
+from strongpose.config_check import CONFIG_DIR, check_types, report_input_errors, run_with_key_hints
 from strongpose.slurm import check_world_size, with_slurm_environment
 from strongpose.slurm import job_id as slurm_job_id
 
@@ -184,7 +184,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Returns ``optimized_metric`` so that Hydra sweepers can minimise it."""
-    metrics, _ = train(cfg)
+    with report_input_errors():
+        metrics, _ = train(cfg)
     return metrics.get(cfg.get("optimized_metric"))
 
 

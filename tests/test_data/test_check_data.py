@@ -267,6 +267,8 @@ def test_missing_annotation_file_and_bad_arguments_exit_2(tmp_path, cwd, capsys)
     assert "the config has no key 'annotation' (did you mean 'annotations'?)" in capsys.readouterr().err
     assert main([f"annotations={tmp_path / 'nope.json'}", "skeleton=horse"]) == 2
     assert "unknown skeleton 'horse'" in capsys.readouterr().err
+    assert main([f"annotations={tmp_path / 'nope.json'}", f"images={tmp_path / 'no-images'}"]) == 2
+    assert f"images folder not found: {tmp_path / 'no-images'}" in capsys.readouterr().err
     assert list(cwd.iterdir()) == []
 
 

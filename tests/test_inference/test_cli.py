@@ -12,6 +12,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from strongpose import evaluate, predict
+from strongpose.config_check import InputError
 from strongpose.data.sample import sample_paths
 from strongpose.evaluation import STAT_NAMES
 from strongpose.train import CONFIG_DIR
@@ -157,3 +158,35 @@ def test_a_typo_in_a_key_lists_the_keys_and_fails(cli, tmp_path, module, args, h
     assert done.returncode != 0
     assert "is not in struct" in done.stderr and hint in done.stderr  # Hydra's message, then ours
     assert not (tmp_path / "run").exists()  # refused before the run started
+
+
+def test_evaluate_and_predict_fail_when_no_image_could_be_read(tiny_checkpoint, tmp_path, capsys):
+    """An AP of 0 or an empty result would look like an answer: no readable image is an error (exit 2 from the
+    command line, the reason of the first image in the message), as a missing image folder is."""
+    images, annotations = sample_paths()
+    wrong = tmp_path / "wrong"  # a folder that exists, holding other images
+    wrong.mkdir()
+    shutil.copy(sorted(images.glob("*.jpg"))[0], wrong / "other.jpg")
+    cfg = config("evaluate", [f"ckpt_path={tiny_checkpoint}", f"paths.output_dir={tmp_path / 'e'}",
+                              f"data.val_images={wrong}", f"data.val_annotations={annotations}", "data.max_val_images=2"])
+    with pytest.raises(InputError, match=r"no image of .* could be read .* all 2 skipped, the first: .*not found"):
+        evaluate.run(cfg)
+    with pytest.raises(FileNotFoundError, match="data.val_images: image folder not found"):
+        evaluate.run(config("evaluate", [f"ckpt_path={tiny_checkpoint}", f"data.val_images={tmp_path / 'nope'}",
+                                         f"data.val_annotations={annotations}"]))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "a.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    with pytest.raises(InputError, match=r"no image of .* could be read: all 1 skipped, the first: .*a\.jpg"):
+        predict.run(config("predict", [f"ckpt_path={tiny_checkpoint}", f"input={broken}",
+                                       f"output={tmp_path / 'p'}"]))
+    assert json.loads((tmp_path / "p" / "summary.json").read_text())["num_skipped"] == 1  # why, for the record
+
+
+def test_input_errors_are_one_line_and_exit_2(cli, tmp_path):
+    done = cli("strongpose.evaluate", ["ckpt_path=missing.ckpt", "hydra.run.dir=run"], tmp_path, timeout=120,
+               check=False)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-2:] == ["CheckpointError: checkpoint missing.ckpt does not exist",
+                                                     "(HYDRA_FULL_ERROR=1 shows the traceback)"]
+    assert "Traceback" not in done.stderr

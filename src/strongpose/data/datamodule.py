@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from strongpose.codec import StrongPoseCodec
+from strongpose.config_check import ConfigError, InputError
 from strongpose.data.coco import ENCODE_ON, COCOKeypointDataset, empty_sample
 from strongpose.data.collate import SkipBadCollate, SkippedSample
 from strongpose.data.resumable import ResumableDataLoader, position_state
@@ -30,6 +31,10 @@ BAD_SAMPLES_COLUMNS = ("split", "rank", "image_id", "file", "reason")
 # below this many samples seen, the bad-sample budget is taken as a fraction of this number, so that a
 # single bad image early on (or in a tiny dataset) does not stop training
 MIN_SAMPLES_FOR_BAD_FRACTION = 50
+
+
+class BadDataError(InputError, RuntimeError):
+    """Too many samples of a dataset could not be used: a broken dataset rather than a few bad files."""
 
 
 class COCOKeypointDataModule(L.LightningDataModule):
@@ -97,8 +102,8 @@ class COCOKeypointDataModule(L.LightningDataModule):
         self.save_hyperparameters(ignore=["codec"], logger=False)
         self.codec = codec
         sample_images, sample_annotations = sample_paths()
-        self.train_paths = _pair(train_images, train_annotations, sample_images, sample_annotations, "train")
-        self.val_paths = _pair(val_images, val_annotations, sample_images, sample_annotations, "val")
+        self.train_paths = data_paths(train_images, train_annotations, sample_images, sample_annotations, "train")
+        self.val_paths = data_paths(val_images, val_annotations, sample_images, sample_annotations, "val")
         self.input_size = int(input_size)
         self.batch_size = int(batch_size)
         self.val_batch_size = int(val_batch_size or batch_size)
@@ -215,10 +220,10 @@ class COCOKeypointDataModule(L.LightningDataModule):
             counts[1] += int(batch["num_skipped"]) + int(batch["image"].shape[0])
             if counts[0] > self.max_bad_fraction * max(counts[1], MIN_SAMPLES_FOR_BAD_FRACTION):
                 path = self.bad_samples_path
-                raise RuntimeError(
+                raise BadDataError(
                     f"too many bad {stage} samples: {counts[0]} of the {counts[1]} seen so far "
                     f"({counts[0] / counts[1]:.0%}) could not be used, more than max_bad_fraction="
-                    f"{self.max_bad_fraction}; " + (f"they are listed in {path}" if path else "see the warnings above")
+                    f"{self.max_bad_fraction} (of at least {MIN_SAMPLES_FOR_BAD_FRACTION} samples); " + (f"they are listed in {path}" if path else "see the warnings above")
                     + ". `python -m strongpose.check_data annotations=FILE images=DIR` lists every problem of a "
                     "dataset; data.max_bad_fraction raises the limit")
         return self.finish_targets(batch)
@@ -267,9 +272,10 @@ def _append_row(path: Path, fields: tuple) -> None:
         f.write(line)
 
 
-def _pair(images, annotations, default_images: Path, default_annotations: Path, split: str) -> tuple[Path, Path]:
+def data_paths(images, annotations, default_images: Path, default_annotations: Path, split: str) -> tuple[Path, Path]:
+    """(images folder, annotation file) of a split: both given and existing, or neither (the defaults)."""
     if (images is None) != (annotations is None):
-        raise ValueError(f"give both {split}_images and {split}_annotations, or neither (= embedded sample)")
+        raise ConfigError(f"give both {split}_images and {split}_annotations, or neither (= embedded sample)")
     if images is None:
         return default_images, default_annotations
     # fail before the model is built, not minutes later in setup (or in a worker)

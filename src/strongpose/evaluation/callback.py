@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import re
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from strongpose.evaluation.coco_eval import STAT_NAMES, check_backend
 from strongpose.evaluation.metric import COCOKeypointAP
@@ -43,6 +46,11 @@ class COCOEvalCallback(Callback):
         self.sigmas = sigmas
         self.backend = check_backend(backend)  # a typo fails at start-up, not at the first validation epoch
         self.prefix = prefix
+        # the statistics are the whole validation set's on every rank already (COCOKeypointAP gathers the
+        # predictions): Lightning's advice to log them with sync_dist under DDP does not apply, silence it
+        names = "|".join(re.escape(f"{prefix}{name}") for name in STAT_NAMES)
+        warnings.filterwarnings("ignore", message=rf"It is recommended to use `self\.log\('({names})'",
+                                category=PossibleUserWarning)
         self.verbose = verbose
         self.log_images = int(log_images)
         self.metric: COCOKeypointAP | None = None
