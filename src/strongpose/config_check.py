@@ -16,13 +16,14 @@ import inspect
 import os
 import pathlib
 import sys
+import traceback
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import InterpolationResolutionError
+from omegaconf.errors import GrammarParseError, InterpolationResolutionError, MissingMandatoryValue
 
 # the packaged configs of every entry point (``strongpose/conf``)
 CONFIG_DIR = pathlib.Path(__file__).parent / "conf"
@@ -45,24 +46,37 @@ class InputErrorExit(SystemExit):
 
 
 # what the entry points report in a line: StrongPose's own, a file that is not there (every such error names its
-# path), and an interpolation that cannot be resolved (e.g. ${oc.env:COCO_ROOT} without the variable)
-INPUT_ERRORS = (InputError, FileNotFoundError, InterpolationResolutionError)
+# path), a mandatory value not given (ckpt_path=???), and an interpolation that cannot be resolved or parsed
+# (e.g. ${oc.env:COCO_ROOT} without the variable)
+INPUT_ERRORS = (InputError, FileNotFoundError, MissingMandatoryValue, InterpolationResolutionError,
+                GrammarParseError)
 
 
 @contextlib.contextmanager
 def report_input_errors() -> Iterator[None]:
     """Around an entry point's work (inside its ``@hydra.main`` function, whose own file names the Hydra job):
-    an error of :data:`INPUT_ERRORS` is printed as one ``Type: message`` on stderr and the process exits with
-    2, instead of a traceback through Hydra, Lightning and torch that buries the message;
-    ``HYDRA_FULL_ERROR=1`` keeps the traceback."""
+    an error of :data:`INPUT_ERRORS` is printed as ``Type: message`` and where it was raised on stderr, and the
+    process exits with 2, instead of a traceback through Hydra, Lightning and torch that buries the message;
+    ``HYDRA_FULL_ERROR=1`` keeps the traceback. In a multirun (``-m``) the error goes on to Hydra as it is:
+    an exit would end the sweep at its first failing job (Hydra and submitit only catch ``Exception``)."""
     try:
         yield
     except INPUT_ERRORS as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or _in_multirun():
             raise
-        print(f"{type(err).__name__}: {err}", "(HYDRA_FULL_ERROR=1 shows the traceback)", sep="\n", file=sys.stderr,
-              flush=True)
+        frames = traceback.extract_tb(err.__traceback__)
+        # the innermost line of StrongPose's own code (a library's line says less), else the innermost
+        frame = next((f for f in reversed(frames) if f"{os.sep}strongpose{os.sep}" in f.filename), frames[-1])
+        print(f"{type(err).__name__}: {err}", f"(raised at {frame.filename}:{frame.lineno}; HYDRA_FULL_ERROR=1 "
+              "shows the traceback)", sep="\n", file=sys.stderr, flush=True)
         raise InputErrorExit(2) from err  # a SystemExit passes through Hydra's error handling
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def _members(annotation: Any) -> list[Any] | None:

@@ -63,7 +63,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     for item in skipped:
         print(f"skipped image {item['image_id']}: {item['reason']}")
     if skipped and not evaluated:  # an AP of 0 would look like a result
-        raise InputError(f"no image of {annotations} could be read from {images_dir}: all {len(skipped)} "
+        raise InputError(f"no image of {annotations} could be used from {images_dir}: all {len(skipped)} "
                          f"skipped, the first: {skipped[0]['reason']}")
     stats = coco_keypoint_stats(dataset.coco, results, evaluated, sigmas=predictor.codec.skeleton.sigmas,
                                 verbose=True, backend=cfg.backend)

@@ -19,6 +19,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from strongpose import slurm
 from strongpose.collectives import any_rank, flags_of_any_rank
+from strongpose.config_check import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class NonFiniteLossGuard:
 
     def __init__(self, max_in_a_row: int = 10) -> None:
         if max_in_a_row < 0:
-            raise ValueError(f"max_nonfinite_steps must be >= 0, got {max_in_a_row}")
+            raise ConfigError(f"max_nonfinite_steps must be >= 0, got {max_in_a_row}")
         self.max_in_a_row = int(max_in_a_row)
         self.total = 0  # skipped steps over the run (saved in checkpoints)
         self.in_a_row = 0
@@ -153,7 +154,7 @@ class InterruptCheckpoint(Callback):
         try:
             self.requeue_signal = signal.Signals[requeue_signal] if requeue_signal else None
         except KeyError:
-            raise ValueError(f"requeue_signal: unknown signal {requeue_signal!r} (e.g. SIGUSR1, SIGUSR2)") from None
+            raise ConfigError(f"requeue_signal: unknown signal {requeue_signal!r} (e.g. SIGUSR1, SIGUSR2)") from None
         self._requested = False  # Ctrl-C or the requeue signal seen: save after this step
         self._requeue = False  # ... and then requeue the SLURM job
         self._previous_requeue_handler: Any = None

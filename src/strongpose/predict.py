@@ -23,7 +23,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from strongpose.config_check import CONFIG_DIR, InputError, report_input_errors, run_with_key_hints
+from strongpose.config_check import CONFIG_DIR, ConfigError, InputError, report_input_errors, run_with_key_hints
 from strongpose.inference import Predictor
 from strongpose.inference.cli import add_timing, predictor_from_config, timing_summary, write_json
 from strongpose.inference.images import (IMAGE_SUFFIXES, VIDEO_SUFFIXES, ImageFiles, VideoFrames, image_batches,
@@ -105,11 +105,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise FileNotFoundError(f"input {source} does not exist")
     suffix = source.suffix.lower()
     if source.is_file() and suffix not in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
-        raise ValueError(f"input {source}: unknown file type {suffix!r}; images: {' '.join(IMAGE_SUFFIXES)}, "
+        raise ConfigError(f"input {source}: unknown file type {suffix!r}; images: {' '.join(IMAGE_SUFFIXES)}, "
                          f"videos: {' '.join(VIDEO_SUFFIXES)}")
     out = Path(cfg.output if cfg.output is not None else cfg.paths.output_dir)
     if source.is_dir() and out.resolve() == source.resolve() and cfg.draw:
-        raise ValueError(f"output {out} is the input folder: the drawn images would replace the originals")
+        raise ConfigError(f"output {out} is the input folder: the drawn images would replace the originals")
     out.mkdir(parents=True, exist_ok=True)
     is_video = source.is_file() and suffix in VIDEO_SUFFIXES
     predictor = predictor_from_config(cfg, cfg.input_size)
@@ -122,7 +122,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     else:
         paths = list_images(source) if source.is_dir() else [source]
         if not paths:
-            raise ValueError(f"input folder {source} holds no images ({' '.join(IMAGE_SUFFIXES)})")
+            raise ConfigError(f"input folder {source} holds no images ({' '.join(IMAGE_SUFFIXES)})")
         results, skipped, done = predict_images(predictor, paths, out, cfg, totals)
     wall = time.perf_counter() - start
     results_path = write_json(out / "results.json", results)

@@ -9,12 +9,15 @@ write the same files. :func:`check_world_size` refuses every mismatch before any
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import lightning as L
 from lightning.fabric.plugins.environments import ClusterEnvironment
 from lightning.pytorch.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from omegaconf import OmegaConf
+
+from strongpose.config_check import ConfigError
 
 # GPUs a job asks for per node when the trainer takes "all visible" devices (trainer=ddp: devices=-1), which
 # the launcher cannot know at submission: an 8-GPU node, the usual DGX / HGX size
@@ -38,7 +41,7 @@ def gpus_per_node(devices: Any) -> int:
     if count == -1:
         return ALL_GPUS_PER_NODE
     if count < 1:
-        raise ValueError(f"trainer.devices={devices!r}: a SLURM job needs at least one GPU per node")
+        raise ConfigError(f"trainer.devices={devices!r}: a SLURM job needs at least one GPU per node")
     return count
 
 
@@ -63,7 +66,16 @@ def with_slurm_environment(plugins: list) -> list:
     SIGUSR1 alone: the requeue is callbacks.interrupt's, or none. In an interactive allocation it would pick
     none, and every srun task would start its own DDP processes."""
     if slurm_starts_the_ranks() and not any(isinstance(p, ClusterEnvironment) for p in plugins):
-        plugins = [*plugins, SLURMEnvironment(auto_requeue=False)]
+        interactive = interactive_srun_tasks() > 1
+        with warnings.catch_warnings():
+            if interactive:  # Lightning's "srun is available but not used": it is, Lightning cannot tell here
+                warnings.filterwarnings("ignore", message="The `srun` command is available")
+            environment = SLURMEnvironment(auto_requeue=False)
+        if interactive and "MASTER_ADDR" not in os.environ and os.environ.get("SLURM_STEP_NODELIST"):
+            # Lightning takes the first node of SLURM_NODELIST, the whole allocation's; rank 0 runs on the
+            # step's first node, which is another one when the step has a part of the allocation
+            os.environ["MASTER_ADDR"] = environment.resolve_root_node_address(os.environ["SLURM_STEP_NODELIST"])
+        plugins = [*plugins, environment]
     return plugins
 
 
@@ -82,9 +94,13 @@ def interactive_srun_tasks() -> int:
     the processes, and ignores SLURM there); 0 elsewhere. With several tasks, e.g. ``srun --ntasks-per-node=4
     python -m strongpose.train trainer=ddp trainer.devices=4`` typed in such a shell, each task would otherwise
     start its own DDP processes (16 where 4 were meant); :func:`with_slurm_environment` makes them the ranks.
-    A single-task step (the shell itself on clusters that run it as a step) leaves Lightning to start the ranks,
-    as when ``python -m strongpose.train trainer=ddp`` is typed in that shell."""
+    Only a process that srun started itself counts (``SLURM_TASK_PID`` is its pid: a wrapper script must
+    ``exec python ...``): a ``python -m strongpose.train trainer=ddp`` typed in the shell, even in a shell that is
+    task 0 of a several-task step (``srun --ntasks-per-node=4 --pty bash``), leaves Lightning to start the
+    ranks."""
     if SLURMEnvironment.job_name() not in ("bash", "interactive") or "SLURM_PROCID" not in os.environ:
+        return 0
+    if os.environ.get("SLURM_TASK_PID") != str(os.getpid()):
         return 0
     tasks = os.environ.get("SLURM_STEP_NUM_TASKS", "")
     return int(tasks) if tasks.isdigit() else 0
@@ -98,7 +114,7 @@ def check_world_size(trainer: L.Trainer) -> None:
     tasks = int(os.environ["SLURM_NTASKS"])
     processes = trainer.num_devices * trainer.num_nodes
     if tasks != processes:
-        raise ValueError(
+        raise ConfigError(
             f"this SLURM job runs {tasks} task(s) (SLURM_NTASKS), but the trainer has {processes} process(es) "
             f"(trainer.devices={trainer.num_devices} x trainer.num_nodes={trainer.num_nodes}): the tasks would "
             f"not make one run (each its own copy, or fewer ranks than GPUs). One task per GPU: with "

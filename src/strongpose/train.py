@@ -27,7 +27,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from strongpose.checkpoint_io import AtomicCheckpointIO
-from strongpose.config_check import CONFIG_DIR, check_types, report_input_errors, run_with_key_hints
+from strongpose.config_check import CONFIG_DIR, ConfigError, check_types, report_input_errors, run_with_key_hints
 from strongpose.slurm import check_world_size, with_slurm_environment
 from strongpose.slurm import job_id as slurm_job_id
 
@@ -112,7 +112,7 @@ def checkpoint_to_resume(ckpt_path: str | None, resume: str | None, trainer: L.T
     if resume is None or resume is False:  # YAML null or false
         return None
     if resume != "auto":
-        raise ValueError(f"resume must be 'auto' or null, got {resume!r}")
+        raise ConfigError(f"resume must be 'auto' or null, got {resume!r}")
     root = Path(trainer.default_root_dir)
     callback = trainer.checkpoint_callback
     folders = {root, Path(getattr(callback, "dirpath", None) or root / "checkpoints")}
@@ -141,7 +141,7 @@ def check_no_relaunch_in_a_local_multirun(trainer: L.Trainer) -> None:
     launcher = getattr(trainer.strategy, "launcher", None)
     if (isinstance(launcher, _SubprocessScriptLauncher) and launcher.num_processes > 1
             and not launcher.cluster_environment.creates_processes_externally):
-        raise ValueError(
+        raise ConfigError(
             f"a local multirun (-m, or hydra.mode=MULTIRUN as in hparams_search) cannot start a "
             f"{launcher.num_processes}-process DDP run: Lightning starts the other processes by running the command "
             f"line again, and each would run the whole sweep. Run each configuration on its own (without -m), "

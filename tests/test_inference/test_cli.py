@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -169,7 +170,7 @@ def test_evaluate_and_predict_fail_when_no_image_could_be_read(tiny_checkpoint, 
     shutil.copy(sorted(images.glob("*.jpg"))[0], wrong / "other.jpg")
     cfg = config("evaluate", [f"ckpt_path={tiny_checkpoint}", f"paths.output_dir={tmp_path / 'e'}",
                               f"data.val_images={wrong}", f"data.val_annotations={annotations}", "data.max_val_images=2"])
-    with pytest.raises(InputError, match=r"no image of .* could be read .* all 2 skipped, the first: .*not found"):
+    with pytest.raises(InputError, match=r"no image of .* could be used .* all 2 skipped, the first: .*not found"):
         evaluate.run(cfg)
     with pytest.raises(FileNotFoundError, match="data.val_images: image folder not found"):
         evaluate.run(config("evaluate", [f"ckpt_path={tiny_checkpoint}", f"data.val_images={tmp_path / 'nope'}",
@@ -187,6 +188,12 @@ def test_input_errors_are_one_line_and_exit_2(cli, tmp_path):
     done = cli("strongpose.evaluate", ["ckpt_path=missing.ckpt", "hydra.run.dir=run"], tmp_path, timeout=120,
                check=False)
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-2:] == ["CheckpointError: checkpoint missing.ckpt does not exist",
-                                                     "(HYDRA_FULL_ERROR=1 shows the traceback)"]
+    message, where = done.stderr.strip().splitlines()[-2:]
+    assert message == "CheckpointError: checkpoint missing.ckpt does not exist"
+    assert re.fullmatch(r"\(raised at .*strongpose.checkpoint\.py:\d+; HYDRA_FULL_ERROR=1 shows the traceback\)", where)
     assert "Traceback" not in done.stderr
+    # in a multirun every job runs, and Hydra reports the failure (an exit would end the sweep at the first)
+    swept = cli("strongpose.evaluate", ["-m", "ckpt_path=a.ckpt,b.ckpt", "hydra.sweep.dir=sweep"], tmp_path,
+                timeout=120, check=False)
+    assert swept.returncode != 0 and "#1 : ckpt_path=b.ckpt" in swept.stdout + swept.stderr
+    assert "CheckpointError: checkpoint a.ckpt does not exist" in swept.stderr

@@ -232,7 +232,7 @@ def test_an_srun_of_several_tasks_in_an_interactive_allocation_makes_them_the_ra
     ``srun --ntasks-per-node=2 python -m strongpose.train trainer=ddp trainer.devices=2`` would start 2 DDP
     processes per task; StrongPose hands Lightning the SLURM environment there, and checks the task count."""
     for key, value in {**SLURM_JOB, "SLURM_JOB_NAME": name, "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2",
-                       "SLURM_STEP_NUM_TASKS": "2",
+                       "SLURM_STEP_NUM_TASKS": "2", "SLURM_TASK_PID": str(os.getpid()),
                        "SLURM_PROCID": "1", "SLURM_LOCALID": "1", "MASTER_ADDR": "localhost",
                        "MASTER_PORT": "12910"}.items():
         monkeypatch.setenv(key, value)
@@ -245,6 +245,17 @@ def test_an_srun_of_several_tasks_in_an_interactive_allocation_makes_them_the_ra
     check_world_size(ddp)
     with pytest.raises(ValueError, match=r"runs 2 task.* trainer has 1 process"):
         check_world_size(Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False))
+    # rank 0 of a step on a part of the allocation: the step's first node, not the allocation's
+    monkeypatch.delenv("MASTER_ADDR")
+    monkeypatch.setenv("SLURM_NODELIST", "node[1-4]")
+    monkeypatch.setenv("SLURM_STEP_NODELIST", "node[3-4]")
+    with_slurm_environment([])
+    assert os.environ["MASTER_ADDR"] == "node3"
+    # a python typed in the shell, even the shell of task 0 of a several-task step (srun --ntasks-per-node=2
+    # --pty bash): not a process srun started, Lightning starts the ranks
+    monkeypatch.setenv("SLURM_TASK_PID", str(os.getpid() + 1))
+    assert with_slurm_environment([]) == []
+    monkeypatch.setenv("SLURM_TASK_PID", str(os.getpid()))
     # the shell itself (a one-task step on some clusters) or a plain process in it: Lightning starts the ranks
     monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "1")
     assert with_slurm_environment([]) == []

@@ -10,6 +10,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from strongpose.config_check import ConfigError
 from strongpose.data.transforms import to_original
 from strongpose.structures import Poses
 
@@ -20,7 +21,7 @@ BACKENDS = ("pycocotools", "faster_coco_eval")
 
 def check_backend(backend: str) -> str:
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
     return backend
 
 
