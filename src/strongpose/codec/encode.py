@@ -69,17 +69,8 @@ def _body_and_ignore(kx, ky, labelled, masks, ignore_mask, boxes, image_size, st
         has_mask = torch.as_tensor(has_mask, dtype=torch.bool, device=device)
         if has_mask.shape != (n,):
             raise ValueError(f"has_mask must be (N,) = {(n,)}, got {tuple(has_mask.shape)}")
-    if body_mask is not None:
-        if masks is not None or has_mask is None:
-            raise ValueError("body_mask replaces masks and needs has_mask: give masks, or body_mask and has_mask")
-        body_mask = _as_bytes(body_mask, device)
-        if body_mask.shape != (height, width):
-            raise ValueError(f"body_mask must be (H, W) = {(height, width)}, got {tuple(body_mask.shape)}")
-        if body_mask.amax() > 0:
-            body = _coverage(body_mask, stride)
-        need_box &= ~has_mask
-        no_kp_box &= ~has_mask
-    elif masks is not None and n:
+    others = None  # the union of the masks of the people without a labelled keypoint
+    if masks is not None and body_mask is None and n:
         masks = torch.as_tensor(masks, device=device)
         if masks.shape != (n, height, width):
             raise ValueError(f"masks must be (N, H, W) = {(n, height, width)}, got {tuple(masks.shape)}")
@@ -88,13 +79,23 @@ def _body_and_ignore(kx, ky, labelled, masks, ignore_mask, boxes, image_size, st
         if has_mask is None:
             has_mask = masks.view(n, -1).amax(1) > 0
         counts, labelled_people = has_mask.tolist(), has_kp.tolist()
+        # per-person masks come down to the merged form (body_mask, and the others' part of ignore_mask);
         # the union of a handful of masks: pairwise maximum beats a strided amax(0) by ~10x
         with_body = [masks[i] for i in range(n) if counts[i] and labelled_people[i]]
-        if with_body:
-            body = _coverage(functools.reduce(torch.maximum, with_body), stride)
         without_kp = [masks[i] for i in range(n) if counts[i] and not labelled_people[i]]
-        if without_kp:
-            ignore = _coverage(functools.reduce(torch.maximum, without_kp), stride)
+        body_mask = functools.reduce(torch.maximum, with_body) if with_body else None
+        others = functools.reduce(torch.maximum, without_kp) if without_kp else None
+    elif body_mask is not None:
+        if masks is not None or has_mask is None:
+            raise ValueError("body_mask replaces masks and needs has_mask: give masks, or body_mask and has_mask")
+        body_mask = _as_bytes(body_mask, device)
+        if body_mask.shape != (height, width):
+            raise ValueError(f"body_mask must be (H, W) = {(height, width)}, got {tuple(body_mask.shape)}")
+    if body_mask is not None:
+        body = _coverage(body_mask, stride)
+    if others is not None:
+        ignore = _coverage(others, stride)
+    if has_mask is not None:  # the others fall back to boxes
         need_box &= ~has_mask
         no_kp_box &= ~has_mask
     if need_box.any() or (boxes is not None and no_kp_box.any()):

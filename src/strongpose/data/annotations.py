@@ -139,9 +139,7 @@ class MaskRLEs:
 
     def decode(self) -> tuple[np.ndarray, np.ndarray]:
         """(N, H, W) person masks and the (H, W) crowd union, as :class:`ImageAnnotations` holds them."""
-        crowd = (mask_utils.decode(mask_utils.merge(self.crowd)) if self.crowd
-                 else np.zeros((self.height, self.width), np.uint8, order="F"))
-        return _decode(self.people, self.height, self.width), crowd
+        return _decode(self.people, self.height, self.width), self.union(np.zeros(len(self.people), bool), crowd=True)
 
 
 @dataclass

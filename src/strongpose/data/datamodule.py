@@ -223,7 +223,8 @@ class COCOKeypointDataModule(L.LightningDataModule):
                 raise BadDataError(
                     f"too many bad {stage} samples: {counts[0]} of the {counts[1]} seen so far "
                     f"({counts[0] / counts[1]:.0%}) could not be used, more than max_bad_fraction="
-                    f"{self.max_bad_fraction} (of at least {MIN_SAMPLES_FOR_BAD_FRACTION} samples); " + (f"they are listed in {path}" if path else "see the warnings above")
+                    f"{self.max_bad_fraction} (of at least {MIN_SAMPLES_FOR_BAD_FRACTION} samples); "
+                    + (f"they are listed in {path}" if path else "see the warnings above")
                     + ". `python -m strongpose.check_data annotations=FILE images=DIR` lists every problem of a "
                     "dataset; data.max_bad_fraction raises the limit")
         return self.finish_targets(batch)
