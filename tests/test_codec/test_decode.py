@@ -54,6 +54,37 @@ def test_batch_decode_equals_single_decode():
         assert torch.allclose(single.keypoints, joint.keypoints) and torch.allclose(single.scores, joint.scores)
 
 
+def test_non_finite_outputs_are_dropped_not_decoded():
+    """NaN / inf (a diverged network, a half-precision overflow) must not crash decoding (a NaN cast to an
+    index) nor give NaN keypoints: such a cell casts no vote, such an offset is not followed."""
+    codec = StrongPoseCodec(stride=8)
+    people = [person(80, 30, 200), person(260, 50, 160)]
+    clean = {k: v.float()[None] for k, v in codec.encode(as_tensor(people), (300, 400)).items() if k in codec.channels}
+    expected = codec.decode(clean)[0]
+    dirty = {k: v.clone() for k, v in clean.items()}
+    # background cells (the people stand in rows y < 240 px, i.e. cells < 30 at stride 8)
+    dirty["skhm"][0, :, 0, 0], dirty["short"][0, :, 0, 0] = 1.0, float("nan")  # votes, but to nowhere
+    dirty["skhm"][0, :, -1, -1] = float("nan")
+    dirty["mid"][0, :, -2:] = float("nan")
+    dirty["long"][0, :, -3:] = float("-inf")
+    dirty["bhm"][0, 0, -1, :] = float("nan")
+    got = codec.decode(dirty)[0]
+    assert len(got) == len(expected) and torch.isfinite(got.keypoints).all() and torch.isfinite(got.scores).all()
+    assert torch.allclose(got.keypoints, expected.keypoints, atol=1e-4)
+    for key in ("short", "skhm", "mid", "long"):
+        nothing = {k: v.clone() for k, v in clean.items()}
+        nothing[key][:] = float("nan")
+        poses = codec.decode(nothing)[0]
+        assert torch.isfinite(poses.keypoints).all() and torch.isfinite(poses.scores).all(), key
+        assert len(poses) == 0 if key in ("short", "skhm") else len(poses) > 0, key
+
+
+def test_an_empty_batch_decodes_to_no_images():
+    codec = StrongPoseCodec(stride=8)
+    maps = {k: torch.zeros(0, c, 8, 8) for k, c in codec.channels.items()}
+    assert codec.decode(maps) == [] and codec.last_timing["images"] == 0
+
+
 def test_decode_checks_channels():
     codec = StrongPoseCodec()
     with pytest.raises(KeyError, match="mid"):

@@ -293,6 +293,8 @@ class StrongPoseCodec:
         ``keypoint_scores`` (B, K, h, w), when given, replaces :meth:`keypoint_scores` of ``skhm`` and
         ``short`` (multi-scale test fuses the Hough maps of several scales and passes them here).
         Runs on the maps' device except the greedy grouping, which is NumPy; timings land in ``last_timing``.
+        Non-finite values (a diverged network) are dropped: such a cell casts no vote, such an offset is not
+        followed.
         """
         outputs = {key: (v[None] if v.ndim == 3 else v) for key, v in outputs.items() if isinstance(v, torch.Tensor)}
         for key in ("skhm", "short", "mid"):
@@ -306,6 +308,9 @@ class StrongPoseCodec:
         if keypoint_scores is not None and keypoint_scores.shape != outputs["skhm"].shape:
             raise ValueError(f"decode: keypoint_scores {tuple(keypoint_scores.shape)} must match skhm "
                              f"{tuple(outputs['skhm'].shape)}")
+        if b == 0:  # an empty batch (the maps' reshapes below need an image)
+            self.last_timing = {"peaks_ms": 0.0, "links_ms": 0.0, "group_ms": 0.0, "images": 0}
+            return []
         long = outputs["long"] if (self.long_range and "long" in outputs) else None
         t0 = time.perf_counter()
         # inference mode rather than no_grad: no autograd bookkeeping at all, ~8 % less per-op overhead,

@@ -80,19 +80,21 @@ def link_candidates(
 
     cells, centres = nearest_cells(pos, stride, (h, w))  # (B, K, L): offsets are read where each keypoint lies
     src_cells = cells.index_select(1, plan["src"])[..., None]  # (B, E, L, 1)
-    pred = centres.index_select(1, plan["src"]) + read(mid, plan["mid"], src_cells)  # (B, E, L, 2)
+    # a non-finite offset (a diverged network) points nowhere: +-inf, at an infinite distance from every detection
+    pred = (centres.index_select(1, plan["src"]) + read(mid, plan["mid"], src_cells)).nan_to_num_(nan=float("inf"))
     if mid_refine:  # one step of PersonLab's refinement: follow the short offset where the edge lands
         pcells, pcentres = nearest_cells(pred, stride, (h, w))
-        pred = pcentres + read(short, plan["short"], pcells[..., None])
+        step = read(short, plan["short"], pcells[..., None])
+        pred = torch.where(torch.isfinite(pred) & torch.isfinite(step), pcentres + step, pred)
     mid_dist, mid_idx = _nearest(pred, pos.index_select(1, plan["dst"]), valid.index_select(1, plan["dst"]), topn)
     if mid_valid is not None:  # decoding targets: an offset is only defined where its mask says so
         mid_dist = torch.where(read(mid_valid, plan["edge"], src_cells), mid_dist, float("inf"))
     out = {"mid_dist": mid_dist, "mid_idx": mid_idx}
     if bhm is not None:
-        out["bhm_at"] = read(bhm, 0, cells[..., None]).view(b, k, num)
+        out["bhm_at"] = read(bhm, 0, cells[..., None]).view(b, k, num).nan_to_num_(nan=0.0)
     if long is not None:
         at = cells.view(b, k * num, 1, 1)  # one row per source keypoint, then the dst types
-        long_pred = centres.view(b, k * num, 1, 2) + read(long, plan["long"], at)  # (B, K*L, K, 2)
+        long_pred = (centres.view(b, k * num, 1, 2) + read(long, plan["long"], at)).nan_to_num_(nan=float("inf"))
         # one prediction per (src keypoint, dst type) against the detections of that dst type
         long_dist, long_idx = _nearest(long_pred.transpose(1, 2), pos, valid, topn)  # (B, K_dst, K*L, T)
         long_dist = long_dist.transpose(1, 2).reshape(b, k, num, k, -1)
@@ -222,11 +224,11 @@ def group_image(
     # a keypoint not found gets a best guess: where the person's strongest keypoint's long-range
     # offset points, else the mean of its found keypoints (COCO's OKS scores every position)
     strongest = np.where(found, kps[..., 2], -1.0).argmax(1)
-    if long_pred is not None:
-        guess = long_pred[strongest, assign[np.arange(len(people)), strongest]]  # (P, K, 2)
-    else:
-        mean = (kps[..., :2] * found[..., None]).sum(1) / found.sum(1, keepdims=True)
-        guess = mean[:, None]
+    mean = (kps[..., :2] * found[..., None]).sum(1, keepdims=True) / found.sum(1, keepdims=True)[..., None]
+    guess = mean
+    if long_pred is not None:  # (P, K, 2); where it is not finite (a diverged network), the mean
+        guess = long_pred[strongest, assign[np.arange(len(people)), strongest]]
+        guess = np.where(np.isfinite(guess), guess, mean)
     kps[..., :2] = np.where(found[..., None], kps[..., :2], guess)
     # mean over all K keypoint scores (unfound = 0) ranks fragments below whole people
     scores = kps[..., 2].sum(1) / k

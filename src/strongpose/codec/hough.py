@@ -188,12 +188,16 @@ def hough_vote(skhm: torch.Tensor, short: torch.Tensor, stride: int, vote_thresh
     dev, dtype = skhm.device, skhm.dtype
     # only cells with some probability vote: for real outputs most of the map is background
     sel = nonzero_above(skhm, vote_threshold)  # flat (b * K + k) * hw + cell
-    prob = take(skhm.reshape(-1), sel) * scale
+    # Non-finite values (a diverged network, a half-precision overflow) are dropped where they are read, on
+    # the few values taken rather than on whole maps (isfinite over the maps cost 4x the decoding on the CPU):
+    # a NaN probability is never above the threshold, an infinite one counts as 1
+    prob = take(skhm.reshape(-1), sel).nan_to_num_(posinf=1.0) * scale
     channel, cell = _divmod(sel, hw)
     # (x, y) the vote lands at, in map cells: channel c's (dx, dy) are short channels 2c and 2c + 1.
     # (2, V) layout throughout: on the CPU, ops on two long rows beat ops on V rows of two
     dxy = take(short.reshape(-1), (sel + channel * hw) + _column((0, hw), dev))
     xy = _cell_grid(h, w, dev, dtype).index_select(1, cell).add_(dxy, alpha=1.0 / stride)
+    xy = xy.nan_to_num_(nan=-1.0)  # a vote without a finite offset lands in the ring: cut off with it
     # clamped to a ring around the map: votes that leave the map land in the ring, which is cut off below
     # (no masking needed). The ring is one cell wide at the top / left and two at the bottom / right,
     # where a vote clamped to x = w still names its (zero-weight) corner x + 1
@@ -255,8 +259,9 @@ def find_peaks(
         cand, score, channel, rank = take(cand, keep), take(score, keep), take(channel, keep), take(rank, keep)
     cell = take(_unring(h, w, dev), cand - channel * (hp * wp))
     pos = _cell_grid(h, w, dev, hough.dtype, stride).index_select(1, cell).T  # (P, 2)
-    if refine:  # channel c's (dx, dy) are short channels 2c and 2c + 1
-        pos = pos + take(short.reshape(-1), (channel * (2 * h * w) + cell)[:, None] + _const((0, h * w), dev))
+    if refine:  # channel c's (dx, dy) are short channels 2c and 2c + 1; a non-finite one: the cell's centre
+        step = take(short.reshape(-1), (channel * (2 * h * w) + cell)[:, None] + _const((0, h * w), dev))
+        pos = pos + step.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
     slot = channel * num + rank
     out_pos = hough.new_zeros(b * k * num, 2).index_copy_(0, slot, pos)
     # clamp the few peaks, not the whole map (overlapping disks can sum above 1)
