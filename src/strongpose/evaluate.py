@@ -66,7 +66,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise InputError(f"no image of {annotations} could be used from {images_dir}: all {len(skipped)} "
                          f"skipped, the first: {skipped[0]['reason']}")
     stats = coco_keypoint_stats(dataset.coco, results, evaluated, sigmas=predictor.codec.skeleton.sigmas,
-                                verbose=True, backend=cfg.backend)
+                                verbose=True, backend=cfg.backend, category_id=dataset.category_id)
     if not results:
         print("no people found in any image: every statistic is 0")
     out = Path(cfg.paths.output_dir)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -11,12 +12,17 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from strongpose.config_check import ConfigError
+from strongpose.data.annotations import keypoint_category
 from strongpose.data.transforms import to_original
 from strongpose.structures import Poses
 
 # names of COCOeval's first six keypoint statistics, in order (logged as val/AP, val/AP50, ...)
 STAT_NAMES = ("AP", "AP50", "AP75", "APM", "APL", "AR")
 BACKENDS = ("pycocotools", "faster_coco_eval")
+# a missing ground-truth area is 0.53 x the box area: the rule of xtcocotools' evaluation for datasets without
+# masks (CrowdPose: COCOeval(..., use_area=False)); COCO's own annotations all have an area
+AREA_PER_BOX_AREA = 0.53
+log = logging.getLogger(__name__)
 
 
 def check_backend(backend: str) -> str:
@@ -36,18 +42,57 @@ def poses_to_coco(poses: Sequence[Poses], meta: Mapping, category_id: int = 1) -
     return results
 
 
+def evaluated_category(coco: COCO) -> int:
+    """Id of the category that is evaluated: the one with keypoints, ``person`` preferred (the data loader's
+    choice, :func:`strongpose.data.annotations.keypoint_category`)."""
+    category = keypoint_category(coco.dataset.get("categories", []))
+    if category is None:
+        raise ValueError("the ground truth has no category with keypoints: nothing to evaluate")
+    return int(category["id"])
+
+
+def complete_ground_truth(coco: COCO, category_id: int) -> None:
+    """Fill in what COCOeval reads from each ground-truth annotation of ``category_id`` and some datasets
+    leave out, in place: ``num_keypoints`` (the labelled keypoints) and ``area`` (the OKS scale:
+    :data:`AREA_PER_BOX_AREA` x the box area). Logs how many were filled; nothing to do the next time."""
+    counts = {"num_keypoints": 0, "area": 0}
+    for ann in coco.dataset.get("annotations", []):
+        if ann.get("category_id") != category_id:
+            continue
+        if "num_keypoints" not in ann:
+            ann["num_keypoints"] = int(np.count_nonzero(np.asarray(ann.get("keypoints", []))[2::3] > 0))
+            counts["num_keypoints"] += 1
+        if "area" not in ann:
+            box = ann.get("bbox")
+            if not (isinstance(box, list) and len(box) == 4):
+                raise ValueError(f"ground-truth annotation id {ann.get('id')} has neither an area nor a box "
+                                 f"[x, y, w, h]: COCOeval needs one of them for the OKS")
+            ann["area"] = AREA_PER_BOX_AREA * float(box[2]) * float(box[3])
+            counts["area"] += 1
+    if counts["area"]:
+        log.warning("%d ground-truth annotations have no area: the OKS uses %.2f x their box area (as "
+                    "xtcocotools for CrowdPose)", counts["area"], AREA_PER_BOX_AREA)
+    if counts["num_keypoints"]:
+        log.info("%d ground-truth annotations had no num_keypoints: counted from their keypoints",
+                 counts["num_keypoints"])
+
+
 def coco_keypoint_stats(coco: COCO, results: list[dict], image_ids: Iterable[int],
                         sigmas: Sequence[float] | None = None, verbose: bool = False,
-                        backend: str = "pycocotools") -> dict[str, float]:
-    """COCOeval (keypoints) restricted to ``image_ids``; returns AP, AP50, AP75, APM, APL, AR.
+                        backend: str = "pycocotools", category_id: int | None = None) -> dict[str, float]:
+    """COCOeval (keypoints) of ``category_id`` (None: :func:`evaluated_category`), restricted to ``image_ids``;
+    returns AP, AP50, AP75, APM, APL, AR. Other categories of the ground truth (boxes without keypoints) are
+    left out; a missing ``area`` or ``num_keypoints`` is filled in (:func:`complete_ground_truth`).
 
     ``backend="faster_coco_eval"`` runs faster-coco-eval's C++ COCOeval on the same ground truth
     (``coco.dataset``) instead of pycocotools' (the reference); the numbers are the same.
     """
     check_backend(backend)
     image_ids = sorted(set(int(i) for i in image_ids))
+    category_id = evaluated_category(coco) if category_id is None else int(category_id)
     if not results:
         return {name: 0.0 for name in STAT_NAMES}
+    complete_ground_truth(coco, category_id)
     with contextlib.redirect_stdout(io.StringIO()) as buf:
         if backend == "faster_coco_eval":
             ev = _faster_cocoeval(coco, results)
@@ -55,6 +100,7 @@ def coco_keypoint_stats(coco: COCO, results: list[dict], image_ids: Iterable[int
             # copies: loadRes writes id, area and bbox into each result (the caller's list is left as it was)
             ev = COCOeval(coco, coco.loadRes([dict(r) for r in results]), "keypoints")
         ev.params.imgIds = image_ids
+        ev.params.catIds = [category_id]
         if sigmas is not None:
             ev.params.kpt_oks_sigmas = np.asarray(sigmas, dtype=np.float64)
         ev.evaluate()

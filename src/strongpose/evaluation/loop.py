@@ -38,7 +38,7 @@ def evaluate_loader(module: torch.nn.Module, loader: Iterable[Mapping], coco: CO
         metric.update(poses, batch["meta"])
     module.train(was_training)
     results, image_ids = metric.results()  # what metric.compute() evaluates; the counts come from it too
-    stats = coco_keypoint_stats(coco, results, image_ids, metric.sigmas)
+    stats = coco_keypoint_stats(coco, results, image_ids, metric.sigmas, category_id=metric.category_id)
     if verbose:
         print(" ".join(f"{name}={value:.3f}" for name, value in stats.items()))
     n = max(len(image_ids), 1)

@@ -27,7 +27,7 @@ from torchmetrics import Metric
 
 from strongpose.data.annotations import load_coco
 from strongpose.data.transforms import to_original
-from strongpose.evaluation.coco_eval import STAT_NAMES, check_backend, coco_keypoint_stats
+from strongpose.evaluation.coco_eval import STAT_NAMES, check_backend, coco_keypoint_stats, evaluated_category
 from strongpose.structures import Poses
 
 _STATES = ("image_ids", "num_people", "keypoints", "scores")
@@ -39,7 +39,8 @@ class COCOKeypointAP(Metric):
     Args:
         annotations: the ground truth: a pycocotools ``COCO`` or the path of a COCO-format JSON file.
         sigmas: per-keypoint OKS sigmas (default: COCOeval's, i.e. COCO's 17 keypoints).
-        category_id: the person category of the annotations and of the results.
+        category_id: the person category of the annotations and of the results (None: the annotations'
+            category with keypoints, ``person`` preferred, as the data loader picks it).
         backend: ``"pycocotools"`` (the reference) or ``"faster_coco_eval"`` (same numbers, faster).
 
     ``update(poses, meta)`` takes a batch's decoded :class:`Poses` (input pixels) and its ``meta`` (``image_id``
@@ -52,12 +53,12 @@ class COCOKeypointAP(Metric):
     full_state_update = False
 
     def __init__(self, annotations: COCO | str | Path, sigmas: Sequence[float] | None = None,
-                 category_id: int = 1, backend: str = "pycocotools", **kwargs) -> None:
+                 category_id: int | None = None, backend: str = "pycocotools", **kwargs) -> None:
         super().__init__(**kwargs)
         self.backend = check_backend(backend)  # fail at construction, not at the first epoch's end
         self.coco = annotations if isinstance(annotations, COCO) else load_coco(annotations)
         self.sigmas = None if sigmas is None else [float(s) for s in sigmas]
-        self.category_id = int(category_id)
+        self.category_id = evaluated_category(self.coco) if category_id is None else int(category_id)
         if self.sigmas is not None:
             self.num_keypoints = len(self.sigmas)
         else:  # COCOeval's default sigmas are COCO's 17 keypoints
@@ -120,7 +121,8 @@ class COCOKeypointAP(Metric):
 
     def compute(self) -> dict[str, torch.Tensor]:
         results, image_ids = self.results()
-        stats = coco_keypoint_stats(self.coco, results, image_ids, self.sigmas, backend=self.backend)
+        stats = coco_keypoint_stats(self.coco, results, image_ids, self.sigmas, backend=self.backend,
+                                    category_id=self.category_id)
         return {name: torch.tensor(stats[name], dtype=torch.float64) for name in STAT_NAMES}
 
 
