@@ -22,7 +22,7 @@ def test_heatmap_loss_ignores_zero_weight_cells(kind, batch):
     assert (weight == 0).any() and (weight > 0).any()
     logits = torch.randn(t["skhm"].shape)
     before = heatmap_loss(logits, t["skhm"], weight, kind)
-    ignored = (weight == 0).expand_as(logits)
+    ignored = (weight == 0) & (t["skhm"] == 0)  # a positive target counts in an ignored region too
     changed = torch.where(ignored, logits + 100 * torch.randn_like(logits), logits)
     assert torch.equal(heatmap_loss(changed, t["skhm"], weight, kind), before)
     changed_kept = torch.where(~ignored, logits + 3.0, logits)
@@ -125,3 +125,20 @@ def test_float16_offset_targets_give_the_float32_loss(codec):
     assert all(b[k].dtype == torch.float32 for k in a)
     for k in a:
         assert float(b[k]) == pytest.approx(float(a[k]), rel=1e-3), k
+
+
+def test_an_ignored_region_counts_only_the_positive_targets_of_each_channel():
+    """Crowd regions and unlabelled people: a labelled keypoint's disk reaching into one is learnt in its own
+    channel; the other channels there (unknown: the crowd may hold that keypoint type) cost nothing."""
+    target = torch.zeros(1, 3, 4, 4)
+    target[0, 1, 1:3, 1:3] = 1.0  # channel 1's disk
+    weight = torch.ones(1, 1, 4, 4)
+    weight[..., :, :2] = 0.0  # the left half is ignored: half the disk lies in it
+    logits = torch.zeros(1, 3, 4, 4)
+    base = heatmap_loss(logits, target, weight)
+    for c in range(3):
+        for y, x in [(1, 1), (2, 0), (1, 3)]:
+            changed = logits.clone()
+            changed[0, c, y, x] = 5.0
+            counts = heatmap_loss(changed, target, weight) != base
+            assert counts == (x >= 2 or (c == 1 and target[0, c, y, x] > 0)), (c, y, x)

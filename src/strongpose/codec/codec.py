@@ -152,7 +152,8 @@ class StrongPoseCodec:
 
         Returns a dict of tensors (float32 maps, offsets in ``offset_dtype``, bool validity):
             ``skhm`` (K, h, w) keypoint disks, each cell owned by the nearest person;
-            ``bhm`` (1, h, w) body map; ``weight`` (1, h, w) 0 in ignored regions, 1 elsewhere;
+            ``bhm`` (1, h, w) body map; ``weight`` (1, h, w) 0 in ignored regions (crowd, people without a
+            labelled keypoint), 1 elsewhere; the heat-map loss counts positive targets in them all the same;
             ``short`` (2K, h, w) cell -> own keypoint (dx, dy per type), ``short_valid`` (K, h, w);
             ``mid`` (2E, h, w) along each directed edge, ``mid_valid`` (E, h, w);
             ``long`` (2K, h, w) cell -> every keypoint of its person, ``long_valid`` (K, h, w)

@@ -279,10 +279,10 @@ def encode_keypoint_maps(
             long[:, :, axis] = table.transpose(1, 2).gather(2, who).sub_(centre).masked_fill_(~valid, 0.0)
         out["long"], out["long_valid"] = long.view(b, 2 * k, h, w), valid.view(b, k, h, w)
 
-    any_disk = skhm.any(1, keepdim=True)
     out["bhm"] = regions["bhm"].to(device=device, dtype=torch.float32)
-    # crowd regions and unlabelled people cost nothing, except where a labelled keypoint's disk lies
-    out["weight"] = (~regions["ignore"].to(device) | any_disk).to(torch.float32)
+    # crowd regions and unlabelled people cost nothing; the heat-map loss still counts a labelled person's
+    # positive targets there (a keypoint's disk in its own channel), and only those
+    out["weight"] = (~regions["ignore"].to(device)).to(torch.float32)
     return out
 
 

@@ -28,7 +28,9 @@ def _heatmap_sum(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
         loss = loss * (1 - p_true) ** focal_gamma
         if focal_alpha is not None:
             loss = loss * (focal_alpha * target + (1 - focal_alpha) * (1 - target))
-    weight = weight.expand_as(loss)
+    # a positive target always counts: a labelled keypoint's disk (in its own channel only) or a labelled
+    # person's body inside a crowd region or beside an unlabelled person; the negatives there are unknown
+    weight = torch.where(target > 0, 1.0, weight.expand_as(loss).float())
     # where(), not a product, so that nothing at all (not even a NaN) passes from ignored cells
     return torch.where(weight > 0, loss * weight, 0.0).sum(), weight.sum()
 
@@ -40,7 +42,8 @@ def heatmap_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
     Args:
         logits, target: (B, C, h, w); target in [0, 1].
         weight: (B, 1, h, w) the codec's weight map: 0 in crowd regions and on unlabelled people, where
-            the prediction costs nothing.
+            the prediction costs nothing, except at a positive target (a labelled person's keypoint disk in
+            its own channel, its body): those always count.
         kind: ``bce`` or ``focal`` (sigmoid focal loss, Lin et al. 2017; ``focal_alpha`` None = no class
             balancing).
     """
