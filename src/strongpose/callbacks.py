@@ -27,7 +27,9 @@ class EMA(WeightAveraging):
         decay: final EMA decay per update.
         warmup: use the warm-up above.
         update_every_n_steps: update after every n-th optimiser step.
-        start_step: first optimiser step (0-based) that updates the average.
+        start_step: first optimiser step (0-based) that updates the average; until then the "average" is
+            a copy of the weights trained so far (so that validation, checkpoints and a run that ends earlier
+            use those, not the initial weights).
         device: where the averaged copy lives (default: the model's device; "cpu" saves GPU memory, but
             copies every weight to the host after every step, and the host waits for those copies).
     """
@@ -68,6 +70,10 @@ class EMA(WeightAveraging):
         if trainer.global_step > self._latest_update_step and self.should_update(step_idx=trainer.global_step - 1):
             self.update_average(pl_module)
             self._latest_update_step = trainer.global_step
+        elif self._updates == 0 and trainer.global_step > 0:  # before start_step: follow the trained weights
+            _, averaged, _, _ = self._averaged_tensors()
+            with torch.no_grad():
+                torch._foreach_copy_(averaged, self._current_tensors(pl_module, averaged))
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # WeightAveraging's per-epoch update, through the same update (never with this callback's should_update)
@@ -80,11 +86,7 @@ class EMA(WeightAveraging):
         """One update of the averaged copy from ``pl_module``: ``AveragedModel.update_parameters`` with
         this callback's averaging, without reading the device."""
         model, averaged, floats, others = self._averaged_tensors()
-        current = [*pl_module.parameters(), *pl_module.buffers()]
-        if len(current) != len(averaged):
-            raise ValueError(f"the module has {len(current)} parameters and buffers, its average {len(averaged)}")
-        if current and current[0].device != averaged[0].device:  # the average kept elsewhere (device="cpu")
-            current = [t.to(a.device) for a, t in zip(averaged, current)]
+        current = self._current_tensors(pl_module, averaged)
         if self._updates == 0:
             torch._foreach_copy_(averaged, current)  # the first update copies
         else:
@@ -93,6 +95,16 @@ class EMA(WeightAveraging):
                     self._average([averaged[i] for i in group], [current[i] for i in group], self._updates)
         model.n_averaged += 1  # on the device, no wait
         self._updates += 1
+
+    @staticmethod
+    def _current_tensors(pl_module: torch.nn.Module, averaged: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The module's parameters and buffers, in the order of ``averaged`` and on its device."""
+        current = [*pl_module.parameters(), *pl_module.buffers()]
+        if len(current) != len(averaged):
+            raise ValueError(f"the module has {len(current)} parameters and buffers, its average {len(averaged)}")
+        if current and current[0].device != averaged[0].device:  # the average kept elsewhere (device="cpu")
+            current = [t.to(a.device) for a, t in zip(averaged, current)]
+        return current
 
     def _averaged_tensors(self) -> tuple:
         """The averaged model, its parameters and buffers, and which of them are floating point: the same

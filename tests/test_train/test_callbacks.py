@@ -1,6 +1,8 @@
+import lightning as L
 import pytest
 import torch
 from torch.optim.swa_utils import AveragedModel
+from torch.utils.data import DataLoader
 
 from strongpose.callbacks import EMA
 from strongpose.host_syncs import HostSyncCounter
@@ -75,3 +77,34 @@ def test_ema_update_matches_averaged_models_without_reading_the_device():
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-7, msg=name)
     assert int(got["module.1.num_batches_tracked"]) == 5
+
+
+class _Line(L.LightningModule):
+    """y = w x fitted to y = 3 x: the smallest module that trains and validates."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.validated: list[float] = []
+
+    def training_step(self, batch, batch_idx):
+        return ((self.w * batch - 3 * batch) ** 2).mean()
+
+    def validation_step(self, batch, batch_idx):
+        self.validated.append(float(self.w))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_ema_before_its_start_step_is_the_trained_model_not_the_initial_one():
+    """EMA(start_step=N): until step N validation, checkpoints and the model at the end of a shorter run
+    are the weights trained so far (the average is made from a copy of the initial weights at setup)."""
+    model = _Line()
+    data = DataLoader(torch.ones(4, 1), batch_size=2)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        callbacks=[EMA(decay=0.9, start_step=100)])
+    trainer.fit(model, data, data)
+    assert len(model.validated) == 4 and all(w > 1.0 for w in model.validated)  # not the initial 0
+    assert float(model.w) == pytest.approx(model.validated[-1]) and float(model.w) > 1.0
