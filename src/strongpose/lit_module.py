@@ -36,8 +36,9 @@ def global_batch_size(batch_size: int, world_size: int = 1, accumulate_grad_batc
 
 
 # how the LR follows the global batch: linear (Goyal et al. 2017, SGD), sqrt (the rule derived for Adam-type
-# optimisers, Malladi et al. 2022; gentler on 8-64 GPUs), none (model.lr as given, at any batch)
-LR_SCALING = ("linear", "sqrt", "none")
+# optimisers, Malladi et al. 2022; gentler on 8-64 GPUs), none (model.lr as given, at any batch); auto: sqrt for
+# an Adam-type optimiser, linear otherwise (linear would give AdamW 8x its LR on 8 GPUs x the reference batch)
+LR_SCALING = ("auto", "linear", "sqrt", "none")
 
 
 def check_lr_scaling(rule: str) -> str:
@@ -46,10 +47,20 @@ def check_lr_scaling(rule: str) -> str:
     return rule
 
 
+def lr_scaling_rule(rule: str, optimizer: Callable[..., torch.optim.Optimizer]) -> str:
+    """The rule ``auto`` stands for with ``optimizer`` (a class or a partial of one): ``sqrt`` for the Adam
+    family (Adam, AdamW, NAdam, RAdam, ...), ``linear`` otherwise; any other rule as it is."""
+    if check_lr_scaling(rule) != "auto":
+        return rule
+    cls = getattr(optimizer, "func", optimizer)
+    return "sqrt" if "adam" in getattr(cls, "__name__", "").lower() else "linear"
+
+
 def scaled_lr(base_lr: float, global_batch: int, ref_batch: int, rule: str = "linear") -> float:
     """``base_lr`` is the LR at ``ref_batch`` images per step, whatever the hardware; ``rule`` (one of
     :data:`LR_SCALING`) carries it to ``global_batch``."""
-    check_lr_scaling(rule)
+    if check_lr_scaling(rule) == "auto":
+        raise ValueError("lr_scaling=auto depends on the optimiser: lr_scaling_rule() names the rule")
     ratio = global_batch / ref_batch
     return float(base_lr) * (ratio if rule == "linear" else math.sqrt(ratio) if rule == "sqrt" else 1.0)
 
@@ -95,7 +106,8 @@ class StrongPoseModule(L.LightningModule):
             ``focal``), ``focal_gamma``, ``focal_alpha``.
         lr: learning rate at ``lr_ref_batch`` images per optimiser step; scaled to the real global batch
             (``batch_size`` x devices x nodes x gradient accumulation) by ``lr_scaling``.
-        lr_scaling: ``linear`` (default), ``sqrt`` or ``none`` (see :func:`scaled_lr`).
+        lr_scaling: ``auto`` (default: ``sqrt`` for Adam-type optimisers, ``linear`` otherwise), ``linear``,
+            ``sqrt`` or ``none`` (see :func:`scaled_lr`).
         batch_size: per-device batch size (the data module's).
         max_nonfinite_steps: training steps with a NaN / infinite loss are skipped (no weight update) and
             counted; this many in a row are tolerated, one more stops the run naming the images.
@@ -111,7 +123,7 @@ class StrongPoseModule(L.LightningModule):
         loss: dict | None = None,
         lr: float = 1e-3,
         lr_ref_batch: int = 16,
-        lr_scaling: str = "linear",
+        lr_scaling: str = "auto",
         batch_size: int = 8,
         max_nonfinite_steps: int = 10,
     ) -> None:
@@ -206,11 +218,12 @@ class StrongPoseModule(L.LightningModule):
     def configure_optimizers(self):
         trainer = self.trainer
         batch = global_batch_size(self.hparams.batch_size, trainer.world_size, trainer.accumulate_grad_batches)
-        rule = self.hparams.lr_scaling
+        rule = lr_scaling_rule(self.hparams.lr_scaling, self.optimizer_factory)
         lr = scaled_lr(self.hparams.lr, batch, self.hparams.lr_ref_batch, rule)
         if trainer.is_global_zero:
+            how = f"{rule}, model.lr_scaling=auto" if self.hparams.lr_scaling == "auto" else rule
             log.info("learning rate %.3g = %.3g at reference batch %d, scaled (%s) to the global batch %d",
-                     lr, self.hparams.lr, self.hparams.lr_ref_batch, rule, batch)
+                     lr, self.hparams.lr, self.hparams.lr_ref_batch, how, batch)
         kind = self._optimizer_kind()
         if trainer.is_global_zero and kind.get("fused") is False and self.optimizer_factory.keywords.get("fused"):
             log.info("16-mixed: the optimiser runs unfused (the gradient scaler unscales before its step)")

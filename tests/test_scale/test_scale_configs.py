@@ -29,7 +29,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import OmegaConf
 
 from strongpose.codec import StrongPoseCodec
-from strongpose.lit_module import StrongPoseModule, global_batch_size, scaled_lr
+from strongpose.lit_module import StrongPoseModule, global_batch_size, lr_scaling_rule, scaled_lr
 from strongpose.models.backbone import ResNetBackbone
 from strongpose.slurm import check_world_size, with_slurm_environment
 from strongpose.train import CONFIG_DIR, check_no_relaunch_in_a_local_multirun
@@ -150,6 +150,10 @@ def test_global_batch_and_lr_scale_with_devices_nodes_and_accumulation():
     assert scaled_lr(1e-3, 64, ref_batch=16, rule="none") == pytest.approx(1e-3)
     with pytest.raises(ValueError, match="lr_scaling must be one of"):
         scaled_lr(1e-3, 64, ref_batch=16, rule="square-root")
+    # auto: AdamW's LR grows with the square root of the batch, SGD's linearly (8 GPUs x the reference batch)
+    assert lr_scaling_rule("auto", functools.partial(torch.optim.AdamW)) == "sqrt"
+    assert lr_scaling_rule("auto", torch.optim.SGD) == "linear"
+    assert lr_scaling_rule("linear", torch.optim.AdamW) == "linear"
 
 
 @pytest.mark.parametrize(("devices", "num_nodes", "accumulate", "expected_batch"), [(1, 1, 1, 4), (2, 1, 2, 16),

@@ -77,7 +77,7 @@ def test_lr_scaling_formula():
 
 
 def test_configure_optimizers_scales_by_devices_nodes_and_accumulation(codec):
-    module = _module(codec, lr=1e-3, lr_ref_batch=16, batch_size=8,
+    module = _module(codec, lr=1e-3, lr_ref_batch=16, batch_size=8, lr_scaling="linear",
                      scheduler=functools.partial(warmup_schedule, warmup_fraction=0.1))
     # 2 nodes x 4 devices, accumulating 2 batches of 8: 128 images per step
     module._trainer = SimpleNamespace(world_size=8, accumulate_grad_batches=2, estimated_stepping_batches=100,
