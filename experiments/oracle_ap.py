@@ -49,7 +49,7 @@ def run(ann: str, stride: int = 8, disk_radius: float = 32.0, long_range: bool =
     """Encode and decode every image; ``batch`` > 1 decodes that many (padded) images at a time."""
     coco = load_coco(ann)
     codec = StrongPoseCodec(stride=stride, disk_radius=disk_radius, long_range=long_range, **decode_kwargs)
-    category_id = person_category(coco, codec.num_keypoints, ann)
+    category_id = person_category(coco, codec.skeleton.keypoints, ann)
     image_ids = sorted(coco.getImgIds(catIds=[category_id]))[:max_images]
     # batches of same-sized images (aspect-ratio bucketing), so that padding does not inflate the maps
     order = sorted(image_ids, key=lambda i: (coco.imgs[i]["height"], coco.imgs[i]["width"], i)) if batch > 1 else image_ids

@@ -59,7 +59,8 @@ def module_from_checkpoint(path: str | Path, map_location: str | torch.device = 
         raise CheckpointError(f"checkpoint {path} has no run config ({CONFIG_KEY!r}): it was not written by "
                               f"strongpose.train, or by a version before configs were stored in checkpoints")
     codec = instantiate(cfg["codec"])
-    backbone = instantiate({**cfg["backbone"], "pretrained": False})  # the checkpoint has the weights
+    # the checkpoint has the weights: no ImageNet ones (a custom backbone without the argument is built as is)
+    backbone = instantiate({**cfg["backbone"], **({"pretrained": False} if "pretrained" in cfg["backbone"] else {})})
     model_cfg = {key: value for key, value in cfg["model"].items() if key != "backbone"}
     module = instantiate(model_cfg, codec=codec, backbone=backbone)
     module.on_load_checkpoint(checkpoint)  # codec / backbone spec check, with names

@@ -24,7 +24,8 @@ class Skeleton:
         tree_edges: the kinematic tree (K-1 undirected edges) walked by Pose Plot with mid-range offsets.
         redundant_edges: extra undirected edges (e.g. shoulder-shoulder) that keep people connected
             when a tree keypoint is unlabelled or missed.
-        sigmas: COCO OKS sigmas, one per keypoint.
+        sigmas: COCO OKS sigmas, one per keypoint (required: evaluation and duplicate removal use them;
+            COCO's run from 0.025 for the eyes to 0.107 for the hips).
         colors: RGB drawing colour per keypoint.
     """
 
@@ -45,13 +46,18 @@ class Skeleton:
             for a, b in edges:
                 if a not in names or b not in names:
                     raise ValueError(f"skeleton {self.name!r}: {group} names unknown keypoint in {(a, b)}")
-        if self.sigmas and len(self.sigmas) != len(self.keypoints):
-            raise ValueError(f"skeleton {self.name!r}: {len(self.sigmas)} sigmas for {len(self.keypoints)} keypoints")
         if self.colors and len(self.colors) != len(self.keypoints):
             raise ValueError(f"skeleton {self.name!r}: {len(self.colors)} colours for {len(self.keypoints)} keypoints")
         if len(self.tree_edges) != len(self.keypoints) - 1:
             raise ValueError(f"skeleton {self.name!r}: a tree over {len(self.keypoints)} keypoints needs "
                              f"{len(self.keypoints) - 1} edges, got {len(self.tree_edges)}")
+        unreached = set(self.keypoints) - _reached(self.keypoints[0], self.tree_edges)
+        if unreached:  # K - 1 edges that reach every keypoint make a tree (no cycle)
+            raise ValueError(f"skeleton {self.name!r}: tree_edges do not connect {sorted(unreached)} to "
+                             f"{self.keypoints[0]!r} (a cycle elsewhere?): Pose Plot could never group them")
+        if len(self.sigmas) != len(self.keypoints) or not all(s > 0 for s in self.sigmas):
+            raise ValueError(f"skeleton {self.name!r}: needs one positive OKS sigma per keypoint "
+                             f"({len(self.keypoints)}), got {tuple(self.sigmas)}: COCO AP scores keypoints with them")
 
     @property
     def num_keypoints(self) -> int:
@@ -89,6 +95,19 @@ class Skeleton:
             return tuple(lookup[(fi[a], fi[b])] for a, b in edges)
         except KeyError as err:  # the edge set must be symmetric under the flip
             raise ValueError(f"skeleton {self.name!r}: edges are not left/right symmetric ({err})") from None
+
+
+def _reached(start: str, edges: tuple[Edge, ...]) -> set[str]:
+    """The keypoints that ``edges`` (undirected) connect to ``start``."""
+    seen, todo = {start}, [start]
+    while todo:
+        node = todo.pop()
+        for a, b in edges:
+            for here, there in ((a, b), (b, a)):
+                if here == node and there not in seen:
+                    seen.add(there)
+                    todo.append(there)
+    return seen
 
 
 _COCO_NAMES = (
@@ -183,7 +202,8 @@ SKELETONS = {s.name: s for s in (COCO_PERSON, CROWDPOSE)}
 
 
 def get_skeleton(name: str) -> Skeleton:
-    """Look a skeleton up by name (used by Hydra configs: ``_target_: strongpose.skeleton.get_skeleton``)."""
+    """Look a built-in skeleton up by name (``codec.skeleton=crowdpose``: the codec calls it for a string). A
+    skeleton of your own is a ``Skeleton`` node in a config (README, "Your own skeleton, data and backbone")."""
     try:
         return SKELETONS[name]
     except KeyError:

@@ -47,6 +47,10 @@ def test_bad_skeletons_are_rejected():
         Skeleton("x", ("a", "b"), (), (("a", "c"),))
     with pytest.raises(ValueError, match="needs 1 edges"):
         Skeleton("x", ("a", "b"), (), ())
+    with pytest.raises(ValueError, match=r"do not connect \['d'\] to 'a' \(a cycle elsewhere\?\)"):
+        Skeleton("x", ("a", "b", "c", "d"), (), (("a", "b"), ("b", "c"), ("c", "a")), sigmas=(0.05,) * 4)
+    with pytest.raises(ValueError, match="needs one positive OKS sigma per keypoint"):
+        Skeleton("x", ("a", "b"), (), (("a", "b"),))  # a skeleton without sigmas failed at the first AP
     with pytest.raises(ValueError, match="unknown skeleton"):
         get_skeleton("horse")
     assert get_skeleton("crowdpose") is CROWDPOSE

@@ -167,7 +167,18 @@ def orphan_annotation(images: Path, data: dict):
     return None, ann, "orphan_annotation", ERROR, "image id 987654321 is not in images[]"
 
 
-CASES = [truncated_jpeg, png_named_jpg, empty_file, missing_image, wrong_image_size, short_keypoints, nan_keypoint,
+def keypoints_in_another_order(images: Path, data: dict):
+    names = data["categories"][0]["keypoints"]
+    names[1], names[2] = names[2], names[1]  # the eyes swapped: every flip, edge and sigma would be wrong
+    return None, None, "keypoint_names", ERROR, "in another order (1: 'right_eye' vs 'left_eye', 2: 'left_eye'"
+
+
+def keypoints_of_other_names(images: Path, data: dict):
+    data["categories"][0]["keypoints"][0] = "head"
+    return None, None, "keypoint_names", WARNING, "names differ from the skeleton's (0: 'head' vs 'nose')"
+
+
+CASES = [keypoints_in_another_order, keypoints_of_other_names, truncated_jpeg, png_named_jpg, empty_file, missing_image, wrong_image_size, short_keypoints, nan_keypoint,
          negative_keypoint, keypoint_far_outside, visibility_three, num_keypoints_disagrees, box_outside_image,
          box_of_three_numbers, box_of_zero_width, odd_polygon, two_point_polygon, rle_of_other_size, rle_undecodable,
          duplicate_image_id, duplicate_annotation_id, orphan_annotation]
@@ -200,7 +211,7 @@ def test_each_broken_input_is_reported_with_file_and_ids(case: Callable, sample_
     (problem,) = report.problems
     assert excerpt in problem.message
     assert problem.file == (image["file_name"] if image is not None else str(annotations))
-    assert problem.image_id == (image["id"] if image is not None else ann["image_id"])
+    assert problem.image_id == (image["id"] if image is not None else ann["image_id"] if ann is not None else None)
     assert problem.annotation_id == (ann["id"] if ann is not None else None)
 
     assert main([f"annotations={annotations}", f"images={images}"]) == 1

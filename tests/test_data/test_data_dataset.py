@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import logging
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from strongpose.codec import OFFSET_MAPS
-from strongpose.data import COCOKeypointDataset
+from strongpose.data import COCOKeypointDataset, sample_paths
 
 S = 128
 
@@ -134,3 +138,20 @@ def test_items_from_merged_masks_equal_each_persons_masks(sample, codec, train, 
 def test_items_from_merged_masks_on_coco_mini(coco_mini, codec, monkeypatch) -> None:
     ds = COCOKeypointDataset(*coco_mini, codec=codec, input_size=S, train=True)
     assert _merged_items_equal_per_person_ones(ds, codec, range(2), monkeypatch) > 100
+
+
+def test_keypoint_names_of_the_file_are_checked_against_the_skeleton(tmp_path, codec, caplog):
+    """Only the count was compared: a file listing the skeleton's keypoints in another order trained every
+    channel, flip pair and edge on another keypoint without a word."""
+    images, annotations = sample_paths()
+    data = json.loads(Path(annotations).read_text())
+    names = data["categories"][0]["keypoints"]
+    names[5], names[6] = names[6], names[5]
+    (tmp_path / "swapped.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"swapped\.json: the file lists the skeleton's keypoints in another order"):
+        COCOKeypointDataset(images, tmp_path / "swapped.json", codec, input_size=128)
+    names[5], names[6] = names[6], "shoulder_r"
+    (tmp_path / "renamed.json").write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING):
+        COCOKeypointDataset(images, tmp_path / "renamed.json", codec, input_size=128)
+    assert "keypoint names differ from the skeleton's (6: 'shoulder_r' vs 'right_shoulder')" in caplog.text

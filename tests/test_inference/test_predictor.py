@@ -10,6 +10,7 @@ import torch
 from oracle_module import OracleModule, marked_image, people
 
 import strongpose
+from strongpose.checkpoint import CONFIG_KEY
 from strongpose.codec import StrongPoseCodec
 from strongpose.data.annotations import BadSample
 from strongpose.data.sample import sample_paths
@@ -143,3 +144,18 @@ def test_import_strongpose_stays_light_until_load_is_used():
             "assert load is strongpose.load")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_custom_backbone_without_a_pretrained_argument_loads(tiny_checkpoint, tmp_path):
+    """load / evaluate / predict rebuild the backbone from the run config; only a backbone that has a
+    ``pretrained`` argument gets ``pretrained=False`` (the weights are in the checkpoint)."""
+    checkpoint = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    run = checkpoint[CONFIG_KEY]["backbone"]
+    checkpoint[CONFIG_KEY]["backbone"] = {"_target_": "custom_backbone.PlainResNet", "arch": run["arch"],
+                                          "output_stride": run["output_stride"], "neck_channels": run["neck_channels"]}
+    checkpoint["hyper_parameters"]["backbone"]["class"] = "PlainResNet"  # as a run with it would have saved
+    torch.save(checkpoint, tmp_path / "custom.ckpt")
+    loaded = strongpose.load(tmp_path / "custom.ckpt", device="cpu")
+    assert type(loaded.module.net.backbone).__name__ == "PlainResNet"
+    image = cv2.imread(str(sorted(sample_paths()[0].glob("*.jpg"))[0]))[..., ::-1].copy()
+    assert_same_poses(loaded.predict(image), strongpose.load(tiny_checkpoint, device="cpu").predict(image))

@@ -89,7 +89,7 @@ class StrongPoseCodec:
         self.decode_nms_oks = decode_nms_oks
         self.decode_min_keypoints = decode_min_keypoints
         self.decode_max_people = decode_max_people
-        self._sigmas = np.asarray(self.skeleton.sigmas or [0.05] * self.num_keypoints, dtype=np.float64)
+        self._sigmas = np.asarray(self.skeleton.sigmas, dtype=np.float64)
         # a perfect keypoint's smoothed Hough peak, so that keypoint scores land in [0, 1]
         self._score_norm = self._perfect_peak()
         self.last_timing: dict[str, float] = {}

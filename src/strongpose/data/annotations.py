@@ -8,7 +8,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +18,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
+
+log = logging.getLogger(__name__)
 
 REQUIRED_KEYS = ("images", "annotations", "categories")
 
@@ -89,15 +93,42 @@ def excerpt(value: object, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def person_category(coco: COCO, num_keypoints: int, source: str | Path) -> int:
-    """Id of the category with keypoints (``person`` preferred); its keypoint count must match the skeleton."""
+def person_category(coco: COCO, keypoints: int | Sequence[str], source: str | Path) -> int:
+    """Id of the category with keypoints (``person`` preferred). Its keypoint count must match the skeleton's
+    (``keypoints``: the count, or the skeleton's names); with names, the same names in another order are an
+    error and other names a logged warning (:func:`keypoint_names_problem`)."""
     cat = keypoint_category(coco.dataset["categories"])
     if cat is None:
         raise ValueError(f"{source}: no category has keypoints; is this a keypoint annotation file?")
+    num_keypoints = keypoints if isinstance(keypoints, int) else len(keypoints)
     if len(cat["keypoints"]) != num_keypoints:
         raise ValueError(f"{source}: category {cat.get('name')!r} has {len(cat['keypoints'])} keypoints, "
                          f"the skeleton has {num_keypoints}")
+    if not isinstance(keypoints, int):
+        found = keypoint_names_problem(cat["keypoints"], keypoints)
+        if found is not None and found[0] == "error":
+            raise ValueError(f"{source}: {found[1]}")
+        if found is not None:
+            log.warning("%s: %s", source, found[1])
     return cat["id"]
+
+
+def keypoint_names_problem(names: Sequence, skeleton_names: Sequence[str]) -> tuple[str, str] | None:
+    """The keypoint names of an annotation file against the skeleton's (same count): None when equal;
+    ``("error", why)`` for the same names in another order (every channel, flip pair, edge and OKS sigma
+    would belong to another keypoint); ``("warning", why)`` for other names (kept in file order: only the
+    order can say which is which)."""
+    names, skeleton_names = [str(n) for n in names], list(skeleton_names)
+    if names == skeleton_names:
+        return None
+    differ = [i for i, (a, b) in enumerate(zip(names, skeleton_names)) if a != b]
+    pairs = ", ".join(f"{i}: {names[i]!r} vs {skeleton_names[i]!r}" for i in differ[:4])
+    more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""
+    if sorted(names) == sorted(skeleton_names):
+        return "error", (f"the file lists the skeleton's keypoints in another order ({pairs}{more}): keypoint i "
+                         f"of the file is trained as the skeleton's keypoint i; reorder the skeleton's keypoints")
+    return "warning", (f"keypoint names differ from the skeleton's ({pairs}{more}): keypoint i of the file is "
+                       f"taken as the skeleton's keypoint i")
 
 
 def keypoint_category(categories: list) -> dict | None:

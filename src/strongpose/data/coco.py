@@ -90,9 +90,8 @@ class COCOKeypointDataset(Dataset):
         self.input_size = int(input_size)
         self.train = bool(train)
         self.seed = int(seed)
-        num_kp = codec.num_keypoints
         self.coco = load_coco(self.annotations_path)
-        self.category_id = person_category(self.coco, num_kp, self.annotations_path)
+        self.category_id = person_category(self.coco, codec.skeleton.keypoints, self.annotations_path)
         ids = sorted(self.coco.imgs)
         if self.train if skip_empty is None else skip_empty:
             with_people = {a["image_id"] for a in self.coco.dataset["annotations"]

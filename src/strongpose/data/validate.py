@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from strongpose.data.annotations import (INDEX_KEYS, BadSample, box_array, decode_image, excerpt, image_entry, is_int,
-                                         keypoint_array, keypoint_category, read_coco_json, segmentation_error)
+                                         keypoint_array, keypoint_category, keypoint_names_problem, read_coco_json,
+                                         segmentation_error)
 from strongpose.skeleton import COCO_PERSON, Skeleton
 
 ERROR, WARNING = "error", "warning"
@@ -32,6 +33,7 @@ KINDS = {
     "duplicate_image_id": "two images[] entries with the same id",
     "duplicate_file_name": "(warning) two images[] entries with the same file_name",
     "category": "no keypoint category, or its keypoint count differs from the skeleton",
+    "keypoint_names": "the keypoint category lists the skeleton's names in another order (warning: other names)",
     "annotation_entry": "an annotations[] entry that is not an object with integer id, image_id, category_id",
     "duplicate_annotation_id": "two annotations with the same id",
     "orphan_annotation": "an annotation whose image_id has no images[] entry",
@@ -173,6 +175,9 @@ def _keypoint_category(categories: list, skeleton: Skeleton, source: str,
         problems.append(Problem(source, None, None, "category",
                                 f"category {excerpt(cat.get('name'))} has {len(cat['keypoints'])} "
                                 f"keypoints, the {skeleton.name} skeleton has {skeleton.num_keypoints}"))
+    elif (found := keypoint_names_problem(cat["keypoints"], skeleton.keypoints)) is not None:
+        problems.append(Problem(source, None, None, "keypoint_names", f"the {skeleton.name} skeleton: {found[1]}",
+                                severity=ERROR if found[0] == "error" else WARNING))
     return cat["id"], [str(name) for name in cat["keypoints"]]
 
 
