@@ -2,12 +2,14 @@
 uninterrupted run: the resumed epoch goes on with the batches it had not trained on (for any num_workers),
 and Lightning does not warn that the loader is not resumable. The sampler skips per DDP rank."""
 
+import logging
 import os
 import signal
 
 import pytest
 import torch
 
+from strongpose.data.resumable import ResumableDataLoader
 from strongpose.data.sampling import SeededSampler
 from strongpose.lit_module import StrongPoseModule
 from strongpose.train import train
@@ -101,3 +103,13 @@ def _epoch(size, seed, world, rank, epoch):
     sampler = SeededSampler(size, seed=seed, num_replicas=world, rank=rank)
     sampler.set_epoch(epoch)
     return list(sampler)
+
+
+def test_a_loader_whose_sampler_lightning_replaced_restarts_its_epoch(caplog):
+    """trainer.overfit_batches makes Lightning rebuild the loader with a SequentialSampler, which cannot skip:
+    resuming such a run (experiment=overfit) restarts the epoch with a warning rather than failing."""
+    loader = ResumableDataLoader(list(range(8)), batch_size=2, shuffle=False)
+    with caplog.at_level(logging.WARNING):
+        loader.load_state_dict({"epoch": 3, "batches": 1})
+    assert "(SequentialSampler, not a SeededSampler) cannot skip the 1 batches already trained in epoch 3" in caplog.text
+    assert [b.tolist() for b in loader] == [[0, 1], [2, 3], [4, 5], [6, 7]]

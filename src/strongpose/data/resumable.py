@@ -10,10 +10,13 @@ need: the data order and each sample's augmentation depend on (seed, epoch, inde
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from torch.utils.data import DataLoader
+
+log = logging.getLogger(__name__)
 
 
 class ResumableDataLoader(DataLoader):
@@ -40,9 +43,12 @@ class ResumableDataLoader(DataLoader):
         if not state:
             return
         resume = getattr(self.sampler, "resume", None)
-        if not callable(resume):
-            raise TypeError(f"ResumableDataLoader needs a sampler with resume(epoch, skip) (a SeededSampler), "
-                            f"got {type(self.sampler).__name__}")
+        if not callable(resume):  # Lightning replaces the sampler for trainer.overfit_batches
+            if state["batches"]:
+                log.warning("the training loader's sampler (%s, not a SeededSampler) cannot skip the %d batches "
+                            "already trained in epoch %d: that epoch starts over", type(self.sampler).__name__,
+                            state["batches"], state["epoch"])
+            return
         # every consumed batch was full (only an epoch's last one can be short); under DDP each rank skips
         # as many keys of its own shard, since all ranks step together
         resume(state["epoch"], state["batches"] * self.batch_size)
