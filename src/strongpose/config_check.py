@@ -61,8 +61,9 @@ def report_input_errors() -> Iterator[None]:
     an exit would end the sweep at its first failing job (Hydra and submitit only catch ``Exception``)."""
     try:
         yield
-    except INPUT_ERRORS as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1" or _in_multirun():
+    except Exception as raised:
+        err = _input_error(raised)
+        if err is None or os.environ.get("HYDRA_FULL_ERROR") == "1" or _in_multirun():
             raise
         frames = traceback.extract_tb(err.__traceback__)
         # the innermost line of StrongPose's own code (a library's line says less), else the innermost
@@ -70,6 +71,18 @@ def report_input_errors() -> Iterator[None]:
         print(f"{type(err).__name__}: {err}", f"(raised at {frame.filename}:{frame.lineno}; HYDRA_FULL_ERROR=1 "
               "shows the traceback)", sep="\n", file=sys.stderr, flush=True)
         raise InputErrorExit(2) from err  # a SystemExit passes through Hydra's error handling
+
+
+def _input_error(err: BaseException) -> BaseException | None:
+    """``err`` when it is one of :data:`INPUT_ERRORS`, or the one that made ``instantiate`` fail (Hydra wraps
+    a constructor's error, e.g. a module's ConfigError, in an InstantiationException); else None."""
+    from hydra.errors import InstantiationException
+
+    if isinstance(err, INPUT_ERRORS):
+        return err
+    if isinstance(err, InstantiationException) and isinstance(err.__cause__, INPUT_ERRORS):
+        return err.__cause__
+    return None
 
 
 def _in_multirun() -> bool:

@@ -13,10 +13,11 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from strongpose.checkpoint import CONFIG_KEY, CheckpointError, spec_mismatch
+from strongpose.config_check import ConfigError
 from strongpose.codec import StrongPoseCodec
 from strongpose.collectives import mean_over_ranks
 from strongpose.faults import BufferSnapshot, NonFiniteLossGuard
-from strongpose.models.losses import strongpose_losses
+from strongpose.models.losses import HEATMAP_LOSSES, strongpose_losses
 from strongpose.models.network import StrongPoseNet, to_probabilities
 from strongpose.structures import Poses
 
@@ -39,6 +40,29 @@ def global_batch_size(batch_size: int, world_size: int = 1, accumulate_grad_batc
 # optimisers, Malladi et al. 2022; gentler on 8-64 GPUs), none (model.lr as given, at any batch); auto: sqrt for
 # an Adam-type optimiser, linear otherwise (linear would give AdamW 8x its LR on 8 GPUs x the reference batch)
 LR_SCALING = ("auto", "linear", "sqrt", "none")
+
+
+LOSS_OPTIONS = ("weights", "heatmap", "focal_gamma", "focal_alpha")
+
+
+def check_loss(loss: dict | None) -> dict:
+    """A copy of ``model.loss`` once its names and values are known to be right: a misspelt term or option
+    would otherwise be ignored (``+model.loss.weights.skmh=8`` trained with SKHM's default), a weight that is
+    no number fail at the first step."""
+    loss = dict(loss or {})
+    unknown = sorted(set(loss) - set(LOSS_OPTIONS))
+    if unknown:
+        raise ConfigError(f"model.loss has no option {unknown}; its options: {', '.join(LOSS_OPTIONS)}")
+    weights = dict(loss.get("weights") or {})
+    for name, value in weights.items():
+        if name not in DEFAULT_LOSS_WEIGHTS:
+            raise ConfigError(f"model.loss.weights.{name}: no such loss term; terms: {', '.join(DEFAULT_LOSS_WEIGHTS)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ConfigError(f"model.loss.weights.{name}={value!r}: expected a number >= 0")
+    if loss.get("heatmap", "bce") not in HEATMAP_LOSSES:
+        raise ConfigError(f"model.loss.heatmap={loss['heatmap']!r}: expected one of {', '.join(HEATMAP_LOSSES)}")
+    loss["weights"] = weights
+    return loss
 
 
 def check_lr_scaling(rule: str) -> str:
@@ -140,7 +164,7 @@ class StrongPoseModule(L.LightningModule):
         self.net = StrongPoseNet(backbone, codec, heads)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        loss = dict(loss or {})
+        loss = check_loss(loss)
         self.loss_weights = {**DEFAULT_LOSS_WEIGHTS, **loss.pop("weights", {})}
         self.loss_options = loss
         self.nonfinite = NonFiniteLossGuard(max_nonfinite_steps)

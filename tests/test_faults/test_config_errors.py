@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from strongpose.config_check import ConfigError, type_errors, unknown_key_hint
+from strongpose.config_check import ConfigError, InputErrorExit, report_input_errors, type_errors, unknown_key_hint
 from strongpose.train import CONFIG_DIR, train
 
 
@@ -64,3 +64,18 @@ def test_the_cli_explains_a_typo_a_wrong_type_and_an_unknown_option(tmp_path):
     assert "ConfigError: wrong type in the config:\n  data.input_size='big' (str): expected int" in wrong_type
     assert "Could not find 'backbone/resnet51'" in option and "Available options in 'backbone'" in option
     assert "resnet50" in option.split("Available options")[-1]
+
+
+def test_an_input_error_inside_instantiate_is_reported_in_a_line(capsys):
+    """Hydra wraps a constructor's ConfigError (a misspelt loss term) in an InstantiationException: reported
+    as the ConfigError itself, exit status 2; any other error keeps its traceback."""
+    from hydra.utils import instantiate
+
+    with pytest.raises(InputErrorExit) as stopped, report_input_errors():
+        instantiate({"_target_": "strongpose.lit_module.check_loss", "loss": {"weights": {"skmh": 8.0}}})
+    assert stopped.value.code == 2
+    message, where = capsys.readouterr().err.strip().splitlines()
+    assert message.startswith("ConfigError: model.loss.weights.skmh: no such loss term")
+    assert "strongpose/lit_module.py" in where
+    with pytest.raises(Exception, match="Error in call to target"), report_input_errors():
+        instantiate({"_target_": "strongpose.lit_module.check_loss", "loss": 3})

@@ -1,11 +1,13 @@
 import functools
 import math
+import re
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 from strongpose.checkpoint import CheckpointError
+from strongpose.config_check import ConfigError
 from strongpose.codec import StrongPoseCodec
 from strongpose.lit_module import StrongPoseModule, global_batch_size, scaled_lr, warmup_schedule
 from strongpose.models import ResNetBackbone
@@ -68,6 +70,20 @@ def test_loss_weights_default_to_the_authors_and_can_be_partial(codec):
     module = _module(codec, loss={"weights": {"mid": 1.0}, "heatmap": "focal"})
     assert module.loss_weights == {"skhm": 4.0, "bhm": 2.0, "short": 1.0, "mid": 1.0, "long": 0.1}
     assert module.loss_options == {"heatmap": "focal"}
+
+
+@pytest.mark.parametrize(("loss", "message"), [
+    ({"weights": {"skmh": 8.0}}, "model.loss.weights.skmh: no such loss term; terms: skhm, bhm"),
+    ({"weights": {"skhm": "abc"}}, "model.loss.weights.skhm='abc': expected a number >= 0"),
+    ({"weights": {"mid": -1.0}}, "model.loss.weights.mid=-1.0: expected a number >= 0"),
+    ({"heatmap": "mse"}, "model.loss.heatmap='mse': expected one of bce, focal"),
+    ({"focal_gama": 1.0}, "model.loss has no option ['focal_gama']"),
+])
+def test_a_wrong_loss_term_or_option_is_refused_by_name(codec, loss, message):
+    """A misspelt term was ignored (training went on with the default), a weight that is no number failed at
+    the first step with an indexing error."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        _module(codec, loss=loss)
 
 
 def test_lr_scaling_formula():
