@@ -188,19 +188,22 @@ def unknown_key_hint(args: Sequence[str], config_dir: str | pathlib.Path = CONFI
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     config_dir = pathlib.Path(config_dir)
+    lines, user_dirs = _overrides_and_config_dirs(args)
+    dirs = [config_dir, *user_dirs]
     try:
-        overrides = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
-        # the group choices (backbone=..., experiment=...) decide which keys exist
-        groups = [o.input_line for o in overrides if (config_dir / o.key_or_group).is_dir()]
+        overrides = OverridesParser.create().parse_overrides(lines)
+        # the group choices (backbone=..., experiment=..., also of the user's --config-dir) decide which keys exist
+        groups = [o.input_line for o in overrides if any((d / o.key_or_group).is_dir() for d in dirs)]
+        search = [f"hydra.searchpath=[{','.join(f'file://{d.resolve()}' for d in user_dirs)}]"] if user_dirs else []
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-            cfg = OmegaConf.to_container(compose(config_name, overrides=groups), resolve=False)
+            cfg = OmegaConf.to_container(compose(config_name, overrides=[*groups, *search]), resolve=False)
     except Exception:  # noqa: BLE001 - Hydra has reported the problem already; no hint then
         return None
     hints = []
     for o in overrides:
         key = o.key_or_group
         if (o.is_add() or o.is_force_add() or o.is_delete() or o.package is not None or key.startswith("hydra")
-                or (config_dir / key).is_dir()):
+                or any((d / key).is_dir() for d in dirs)):
             continue
         node: Any = cfg
         parts = key.split(".")
@@ -217,6 +220,28 @@ def unknown_key_hint(args: Sequence[str], config_dir: str | pathlib.Path = CONFI
                          + f"; its keys: {', '.join(keys)}")
             break
     return "\n".join(hints) or None
+
+
+# Hydra's command-line flags that take a value (``--config-dir DIR`` or ``--config-dir=DIR``)
+_VALUE_FLAGS = {"--config-dir": "dir", "-cd": "dir", "--config-path": None, "-cp": None, "--config-name": None,
+                "-cn": None, "--info": None, "-i": None, "--experimental-rerun": None}
+
+
+def _overrides_and_config_dirs(args: Sequence[str]) -> tuple[list[str], list[pathlib.Path]]:
+    """The overrides of a command line (its flags and their values left out) and the ``--config-dir`` folders."""
+    overrides: list[str] = []
+    dirs: list[pathlib.Path] = []
+    rest = iter(args)
+    for arg in rest:
+        if not arg.startswith("-"):
+            overrides.append(arg)
+            continue
+        flag, has_value, value = arg.partition("=")
+        if flag in _VALUE_FLAGS and not has_value and flag not in ("--info", "-i"):
+            value = next(rest, "")
+        if _VALUE_FLAGS.get(flag) == "dir" and value:
+            dirs.append(pathlib.Path(value))
+    return overrides, dirs
 
 
 def print_key_hint(config_name: str) -> None:

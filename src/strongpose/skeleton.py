@@ -38,6 +38,17 @@ class Skeleton:
     colors: tuple[tuple[int, int, int], ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
+        # plain tuples whatever came in (a config's lists: ``_target_: strongpose.skeleton.Skeleton``)
+        fields = {"keypoints": tuple(str(k) for k in self.keypoints),
+                  "sigmas": tuple(float(s) for s in self.sigmas),
+                  "colors": tuple(tuple(int(v) for v in c) for c in self.colors)}
+        for group in ("flip_pairs", "tree_edges", "redundant_edges"):
+            edges = tuple(tuple(str(n) for n in e) for e in getattr(self, group))
+            if any(len(e) != 2 for e in edges):
+                raise ValueError(f"skeleton {self.name!r}: each of {group} must be a pair of keypoint names")
+            fields[group] = edges
+        for key, value in fields.items():
+            object.__setattr__(self, key, value)  # frozen: set once, here
         names = set(self.keypoints)
         if len(names) != len(self.keypoints):
             raise ValueError(f"skeleton {self.name!r}: duplicate keypoint names")

@@ -20,7 +20,8 @@ LIMB_COLOR = (255, 255, 255)
 
 def draw_poses(image: torch.Tensor, poses: Poses, skeleton: Skeleton, score_threshold: float = 0.1,
                person_threshold: float = 0.0, radius: int = 3, width: int = 2) -> torch.Tensor:
-    """Draw ``poses`` (input-pixel coordinates) on a (3, H, W) uint8 image; returns a new image.
+    """Draw ``poses`` on a (3, H, W) uint8 image in the same pixels (a Predictor's poses on the original
+    image, a decoded batch's on the network input); returns a new image.
 
     Keypoints scoring below ``score_threshold`` (and limbs touching them) and people below
     ``person_threshold`` are left out. Limbs are the skeleton's tree edges; keypoints take the skeleton's
