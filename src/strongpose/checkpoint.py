@@ -42,9 +42,10 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def spec_mismatch(saved: dict[str, Any], current: dict[str, Any], what: str) -> list[str]:
-    """Human-readable differences between two specs, e.g. ``["codec stride: checkpoint 16, model 8"]``."""
-    return [f"{what} {key}: checkpoint {saved.get(key)!r}, model {current.get(key)!r}"
-            for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
+    """Human-readable differences between two specs, e.g. ``["codec stride: checkpoint 16, model 8"]``. Only
+    the keys both have are compared: a checkpoint from before a key was added to the spec still loads."""
+    return [f"{what} {key}: checkpoint {saved[key]!r}, model {current[key]!r}"
+            for key in sorted(set(saved) & set(current)) if saved[key] != current[key]]
 
 
 def module_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"):

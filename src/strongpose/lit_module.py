@@ -329,5 +329,7 @@ def backbone_spec(backbone: nn.Module) -> dict:
 
 def codec_spec(codec: StrongPoseCodec) -> dict:
     """What a checkpoint's weights depend on: output channels, their meaning and scale."""
-    return {"skeleton": codec.skeleton.name, "stride": codec.stride, "disk_radius": codec.disk_radius,
+    # the keypoint names too: a skeleton edited under the same name (reordered keypoints) is another model
+    return {"skeleton": codec.skeleton.name, "keypoints": list(codec.skeleton.keypoints),
+            "stride": codec.stride, "disk_radius": codec.disk_radius,
             "long_range": codec.long_range, "redundant_edges": codec.redundant_edges}

@@ -151,6 +151,13 @@ def test_checkpoint_of_another_codec_is_refused(codec):
     with pytest.raises(CheckpointError, match="codec skeleton: checkpoint 'crowdpose', model 'coco'"):
         module.on_load_checkpoint(checkpoint)
     module.on_load_checkpoint({"hyper_parameters": dict(module.hparams)})
+    # a skeleton edited under the same name: its keypoint order is compared too
+    saved = {**module.hparams["codec"], "keypoints": list(reversed(module.hparams["codec"]["keypoints"]))}
+    with pytest.raises(CheckpointError, match="codec keypoints: checkpoint \\['right_ankle'"):
+        module.on_load_checkpoint({"hyper_parameters": {"codec": saved}})
+    # a checkpoint from before the spec named the keypoints still loads
+    older = {key: value for key, value in module.hparams["codec"].items() if key != "keypoints"}
+    module.on_load_checkpoint({"hyper_parameters": {"codec": older}})
 
 
 def test_checkpoint_of_another_backbone_names_the_difference(codec):
