@@ -57,6 +57,13 @@ class Poses:
     def to(self, device: torch.device | str) -> "Poses":
         return Poses(self.keypoints.to(device), self.scores.to(device))
 
+    def on_image(self, image_size: tuple[int, int]) -> "Poses":
+        """The people with a found keypoint (score > 0) on an (H, W) image: in original-image pixels, a
+        person decoded in the padding of a resized batch (or beyond the image) is left out."""
+        found = (self.keypoints[..., 2] > 0) & inside_image(self.keypoints[..., :2], image_size)
+        keep = found.any(-1)
+        return self if bool(keep.all()) else Poses(self.keypoints[keep], self.scores[keep])
+
     def to_coco(self, image_id: int, category_id: int = 1) -> list[dict]:
         """COCO keypoint results (one dict a person)."""
         kps = self.keypoints.detach().cpu()

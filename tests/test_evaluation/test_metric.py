@@ -25,7 +25,7 @@ from pycocotools.cocoeval import COCOeval
 
 from strongpose.codec import StrongPoseCodec
 from strongpose.data import COCOKeypointDataModule, sample_paths
-from strongpose.evaluation import STAT_NAMES, COCOEvalCallback, COCOKeypointAP, coco_keypoint_stats
+from strongpose.evaluation import STAT_NAMES, COCOEvalCallback, COCOKeypointAP, coco_keypoint_stats, poses_to_coco
 from strongpose.evaluation.coco_eval import _faster_cocoeval
 from strongpose.structures import Poses
 
@@ -314,3 +314,18 @@ def test_lightning_ddp_on_two_cpu_processes_logs_the_numbers_of_one(tmp_path):
     single = (tmp_path / "stats_1_0.json").read_text()
     assert sorted(f.name for f in tmp_path.glob("stats_2_*.json")) == ["stats_2_0.json", "stats_2_1.json"]
     assert all((tmp_path / f"stats_2_{rank}.json").read_text() == single for rank in (0, 1))
+
+
+def test_people_decoded_in_the_padding_are_no_detections():
+    """A resized batch is padded: a person the network sees there maps outside the original image. The metric,
+    poses_to_coco and the Predictor keep only people with a found keypoint on the image."""
+    inside = torch.tensor([[[10.0, 20.0, 0.9], [30.0, 40.0, 0.0]]])
+    outside = torch.tensor([[[10.0, 700.0, 0.9], [30.0, 40.0, 0.0]]])  # its only found keypoint below the image
+    poses = Poses(torch.cat([inside, outside]), torch.tensor([0.9, 0.8]))
+    assert len(poses.on_image((480, 640))) == 1 and poses.on_image((800, 640)) is poses
+    meta = {"image_id": torch.tensor([7]), "affine": torch.eye(2, 3)[None], "orig_size": torch.tensor([[480, 640]])}
+    assert [r["score"] for r in poses_to_coco([poses], meta)] == pytest.approx([0.9])
+    metric = COCOKeypointAP(_coco(), sigmas=[0.05, 0.05])
+    metric.update([poses], meta)
+    results, _ = metric.results()
+    assert [r["score"] for r in results] == pytest.approx([0.9])

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
+import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
@@ -32,13 +33,17 @@ def check_backend(backend: str) -> str:
 
 
 def poses_to_coco(poses: Sequence[Poses], meta: Mapping, category_id: int = 1) -> list[dict]:
-    """A batch's decoded people (input pixels) -> COCO keypoint results in original-image pixels."""
+    """A batch's decoded people (input pixels) -> COCO keypoint results in original-image pixels (people off
+    the image, e.g. in the batch's padding, left out when ``meta`` has ``orig_size``)."""
     results = []
+    sizes = torch.as_tensor(meta["orig_size"]).tolist() if "orig_size" in meta else None  # (H, W) each
     for i, p in enumerate(poses):
         if len(p) == 0:
             continue
-        kps = to_original(p.keypoints, meta["affine"][i].cpu())
-        results += Poses(kps, p.scores).to_coco(int(meta["image_id"][i]), category_id)
+        people = Poses(to_original(p.keypoints, meta["affine"][i].cpu()), p.scores)
+        if sizes is not None:
+            people = people.on_image(sizes[i])
+        results += people.to_coco(int(meta["image_id"][i]), category_id)
     return results
 
 

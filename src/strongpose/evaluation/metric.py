@@ -82,14 +82,18 @@ class COCOKeypointAP(Metric):
         if len(image_ids) != len(poses):
             raise ValueError(f"{len(poses)} images of poses but {len(image_ids)} image ids")
         counts, keypoints, scores = [], [], []
+        sizes = torch.as_tensor(meta["orig_size"]).tolist() if "orig_size" in meta else None  # (H, W) each
         for i, p in enumerate(poses):
             kps = p.keypoints.detach()
             if len(p) and kps.shape[1:] != (self.num_keypoints, 3):
                 raise ValueError(f"expected keypoints of shape (N, {self.num_keypoints}, 3), got {tuple(kps.shape)}")
             kps = to_original(kps.to(torch.float64), torch.as_tensor(meta["affine"][i]).to(kps.device))
-            keypoints.append(kps.reshape(-1))
-            scores.append(p.scores.detach().to(torch.float64).reshape(-1))
-            counts.append(len(p))
+            people = Poses(kps, p.scores.detach().to(torch.float64).reshape(-1))
+            if sizes is not None:  # people decoded in the batch's padding are no detections
+                people = people.on_image(sizes[i])
+            keypoints.append(people.keypoints.reshape(-1))
+            scores.append(people.scores)
+            counts.append(len(people))
         device = self.device
         self.image_ids.append(image_ids.to(device=device, dtype=torch.float64))
         self.num_people.append(torch.tensor(counts, dtype=torch.float64, device=device))

@@ -142,8 +142,9 @@ class Predictor:
             ref_hw = self.codec.map_size((self.input_size, self.input_size))
             fused, scores = fuse_scales(per_scale, ref_affines, ref_hw, self.codec)
             poses = self.codec.decode(fused, keypoint_scores=scores)
-        poses = [threshold_poses(Poses(to_original(p.keypoints, a), p.scores), self.keypoint_threshold,
-                                 self.person_threshold) for p, a in zip(poses, ref_affines)]
+        poses = [threshold_poses(Poses(to_original(p.keypoints, a), p.scores).on_image(image.shape[:2]),
+                                 self.keypoint_threshold, self.person_threshold)
+                 for p, a, image in zip(poses, ref_affines, arrays)]
         timing["decode_ms"] += 1e3 * (time.perf_counter() - t3)
         timing["images"] += len(arrays)
         return poses
