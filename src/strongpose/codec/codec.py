@@ -278,10 +278,13 @@ class StrongPoseCodec:
         votes[0, 0, c, c] = float((((yy - c) ** 2 + (xx - c) ** 2) <= r * r).sum())
         return float(gaussian_blur(votes, self.decode_sigma)[0, 0, c, c])
 
-    def keypoint_scores(self, skhm: torch.Tensor, short: torch.Tensor) -> torch.Tensor:
-        """(B, K, h, w) Hough maps, normalised so that a perfect keypoint scores about 1 (unclamped)."""
+    def keypoint_scores(self, skhm: torch.Tensor, short: torch.Tensor, to_grid: torch.Tensor | None = None,
+                        grid_hw: tuple[int, int] | None = None) -> torch.Tensor:
+        """(B, K, h, w) Hough maps, normalised so that a perfect keypoint scores about 1 (unclamped); with
+        ``to_grid`` (B, 2, 3) and ``grid_hw``, voted onto that grid (:func:`strongpose.codec.hough.hough_vote`)."""
         # normalising the few votes is cheaper than the whole map
-        hough = hough_vote(skhm, short, self.stride, self.decode_vote_threshold, scale=1.0 / self._score_norm)
+        hough = hough_vote(skhm, short, self.stride, self.decode_vote_threshold, scale=1.0 / self._score_norm,
+                           to_grid=to_grid, grid_hw=grid_hw)
         return smooth_votes(hough, self.decode_sigma)
 
     def decode(self, outputs: dict[str, torch.Tensor], keypoint_scores: torch.Tensor | None = None) -> list[Poses]:

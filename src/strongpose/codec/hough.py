@@ -177,14 +177,18 @@ def max_filter3(maps: torch.Tensor) -> torch.Tensor:
 
 
 def hough_vote(skhm: torch.Tensor, short: torch.Tensor, stride: int, vote_threshold: float = 0.01,
-               scale: float = 1.0) -> torch.Tensor:
+               scale: float = 1.0, to_grid: torch.Tensor | None = None,
+               grid_hw: tuple[int, int] | None = None) -> torch.Tensor:
     """Each cell votes its probability (times ``scale``) at (cell + short offset), bilinearly splatted.
 
     skhm: (B, K, h, w) probabilities; short: (B, 2K, h, w) offsets in input pixels, (dx, dy) per type.
-    Returns (B, K, h, w) vote sums (unnormalised).
+    Returns (B, K, h, w) vote sums (unnormalised). ``to_grid`` (B, 2, 3), with ``grid_hw``: the votes land on
+    another grid (B, K, *grid_hw) instead, each image's vote positions mapped there by its affine (map cells
+    of this grid -> cells of that one): a multi-scale test votes every scale onto the reference scale's grid.
     """
     b, k, h, w = skhm.shape
-    hw, wr = h * w, w + 3
+    gh, gw = grid_hw if to_grid is not None else (h, w)
+    hw, wr = h * w, gw + 3
     dev, dtype = skhm.device, skhm.dtype
     # only cells with some probability vote: for real outputs most of the map is background
     sel = nonzero_above(skhm, vote_threshold)  # flat (b * K + k) * hw + cell
@@ -197,21 +201,24 @@ def hough_vote(skhm: torch.Tensor, short: torch.Tensor, stride: int, vote_thresh
     # (2, V) layout throughout: on the CPU, ops on two long rows beat ops on V rows of two
     dxy = take(short.reshape(-1), (sel + channel * hw) + _column((0, hw), dev))
     xy = _cell_grid(h, w, dev, dtype).index_select(1, cell).add_(dxy, alpha=1.0 / stride)
+    if to_grid is not None:  # each vote through its image's affine: (2, 3) @ (x, y, 1)
+        m = to_grid.to(dtype).index_select(0, torch.div(channel, k, rounding_mode="floor"))  # (V, 2, 3)
+        xy = torch.einsum("vij,jv->iv", m[:, :, :2], xy).add_(m[:, :, 2].T)
     xy = xy.nan_to_num_(nan=-1.0)  # a vote without a finite offset lands in the ring: cut off with it
     # clamped to a ring around the map: votes that leave the map land in the ring, which is cut off below
     # (no masking needed). The ring is one cell wide at the top / left and two at the bottom / right,
     # where a vote clamped to x = w still names its (zero-weight) corner x + 1
-    xy = xy.clamp_(min=_column((-1.0, -1.0), dev, dtype), max=_column((float(w), float(h)), dev, dtype))
+    xy = xy.clamp_(min=_column((-1.0, -1.0), dev, dtype), max=_column((float(gw), float(gh)), dev, dtype))
     low = xy.floor()
     frac = xy - low
     # x + y * row as a vector-matrix product: exact for these integers, faster than a sum over rows
-    corner = (_const((1.0, float(wr)), dev, dtype) @ low).long() + channel * ((h + 3) * wr)
+    corner = (_const((1.0, float(wr)), dev, dtype) @ low).long() + channel * ((gh + 3) * wr)
     index = corner + _column((wr + 1, wr + 2, 2 * wr + 1, 2 * wr + 2), dev)  # the 4 cells around (x, y)
     g = torch.stack((1 - frac, frac))  # (2: low / high cell, 2: x / y, V)
     weight = (g[:, None, 1] * prob) * g[None, :, 0]  # (2 rows, 2 columns, V), in the order of ``index``
-    votes = skhm.new_zeros(b * k * (h + 3) * wr)
+    votes = skhm.new_zeros(b * k * (gh + 3) * wr)
     votes.index_add_(0, index.view(-1), weight.view(-1))
-    return votes.view(b, k, h + 3, wr)[:, :, 1:h + 1, 1:w + 1]
+    return votes.view(b, k, gh + 3, wr)[:, :, 1:gh + 1, 1:gw + 1]
 
 
 def find_peaks(
