@@ -163,6 +163,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     callbacks = instantiate_callbacks(cfg.get("callbacks"), has_logger=bool(loggers))
     plugins = with_slurm_environment(with_atomic_checkpoints(instantiate(cfg.trainer.get("plugins"))))
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=plugins)
+    if trainer.fast_dev_run:  # Lightning says checkpointing is suppressed, but its on_train_end still writes
+        for callback in trainer.checkpoint_callbacks:  # last.ckpt (2.6): every job of a dev sweep left one
+            callback.save_last = False
     check_world_size(trainer)  # before anything is written: SLURM's tasks must be the trainer's ranks
     check_no_relaunch_in_a_local_multirun(trainer)
     for logger in loggers:

@@ -16,6 +16,7 @@ def test_fast_dev_run_of_the_default_config(train_config, tmp_path):
     cfg = train_config(["trainer.fast_dev_run=true", "logger=none"], output_dir=tmp_path, tiny=False)
     metrics, objects = train(cfg)
     assert objects["trainer"].global_step == 1
+    assert not list(tmp_path.rglob("*.ckpt"))  # a dev run writes no checkpoint (ModelCheckpoint's save_last did)
     assert {"train/loss", "val/loss", "train/loss_skhm", "val/loss_long"} <= set(metrics)
     assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
 
