@@ -152,6 +152,10 @@ def check_no_relaunch_in_a_local_multirun(trainer: L.Trainer) -> None:
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Train (or resume, with ``ckpt_path``) as ``cfg`` says; returns the final metrics and the objects."""
     check_types(cfg)  # a wrong type fails here, naming the key, not deep in the run
+    backbone = cfg.get("backbone") or {}
+    if backbone.get("norm") == "frozen" and not backbone.get("pretrained"):
+        log.warning("backbone.norm=frozen without backbone.pretrained=true: the frozen statistics are the "
+                    "identity, so the backbone trains without normalisation (norm=batch trains them)")
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     # the codec first: the data encode targets with it, the model sizes its heads and decodes with it

@@ -1,5 +1,6 @@
 """End-to-end training runs on the embedded sample (tiny inputs, CPU, no logger)."""
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,10 @@ def test_multirun_gives_each_job_its_own_folder(tmp_path, train_cli):
     jobs = sorted(p.parent.parent.name for p in (tmp_path / "sweep").glob("*/.hydra/overrides.yaml"))
     assert jobs == ["0", "1"]
 
+
+
+def test_frozen_norm_without_pretrained_weights_is_warned_about(train_config, tmp_path, caplog):
+    cfg = train_config(["backbone.norm=frozen", "trainer.fast_dev_run=true"], output_dir=tmp_path)
+    with caplog.at_level(logging.WARNING, logger="strongpose.train"):
+        train(cfg)
+    assert "backbone.norm=frozen without backbone.pretrained=true" in caplog.text
