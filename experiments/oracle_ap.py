@@ -22,6 +22,7 @@ import torch.nn.functional as F  # noqa: E402
 from pycocotools.coco import COCO  # noqa: E402
 
 from strongpose.codec import StrongPoseCodec  # noqa: E402
+from strongpose.skeleton import SKELETONS  # noqa: E402
 from strongpose.data.annotations import image_annotations, load_coco, person_category  # noqa: E402
 from strongpose.evaluation import STAT_NAMES, coco_keypoint_stats  # noqa: E402
 
@@ -45,10 +46,12 @@ def pad_and_stack(maps: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor
 
 
 def run(ann: str, stride: int = 8, disk_radius: float = 32.0, long_range: bool = True, device: str = "cpu",
-        max_images: int | None = None, quiet: bool = False, batch: int = 1, **decode_kwargs) -> dict[str, float]:
+        max_images: int | None = None, quiet: bool = False, batch: int = 1, skeleton: str = "coco",
+        **decode_kwargs) -> dict[str, float]:
     """Encode and decode every image; ``batch`` > 1 decodes that many (padded) images at a time."""
     coco = load_coco(ann)
-    codec = StrongPoseCodec(stride=stride, disk_radius=disk_radius, long_range=long_range, **decode_kwargs)
+    codec = StrongPoseCodec(skeleton=skeleton, stride=stride, disk_radius=disk_radius, long_range=long_range,
+                            **decode_kwargs)
     category_id = person_category(coco, codec.skeleton.keypoints, ann)
     image_ids = sorted(coco.getImgIds(catIds=[category_id]))[:max_images]
     # batches of same-sized images (aspect-ratio bucketing), so that padding does not inflate the maps
@@ -80,7 +83,8 @@ def run(ann: str, stride: int = 8, disk_radius: float = 32.0, long_range: bool =
             decode_pending()
     if pending:
         decode_pending()
-    stats = coco_keypoint_stats(coco, results, image_ids, verbose=not quiet)
+    stats = coco_keypoint_stats(coco, results, image_ids, codec.skeleton.sigmas, verbose=not quiet,
+                                category_id=category_id)
     stats["encode_ms"] = 1e3 * float(np.mean(enc_t))
     stats["decode_ms"] = 1e3 * float(np.sum(dec_t)) / len(image_ids)
     stats["images"] = len(image_ids)
@@ -90,6 +94,7 @@ def run(ann: str, stride: int = 8, disk_radius: float = 32.0, long_range: bool =
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ann", required=True, help="COCO person keypoint annotation JSON")
+    p.add_argument("--skeleton", default="coco", choices=sorted(SKELETONS), help="the annotation file's skeleton")
     p.add_argument("--stride", type=int, default=8)
     p.add_argument("--disk-radius", type=float, default=32.0)
     p.add_argument("--no-long-range", action="store_true")
@@ -105,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     stats = run(args.ann, args.stride, args.disk_radius, not args.no_long_range, args.device, args.max_images,
-                batch=args.batch)
+                batch=args.batch, skeleton=args.skeleton)
     print(" ".join(f"{k}={stats[k]:.3f}" for k in STAT_NAMES)
           + f" encode_ms={stats['encode_ms']:.2f} decode_ms={stats['decode_ms']:.2f}")
 
