@@ -84,8 +84,8 @@ def link_candidates(
     pred = (centres.index_select(1, plan["src"]) + read(mid, plan["mid"], src_cells)).nan_to_num_(nan=float("inf"))
     if mid_refine:  # one step of PersonLab's refinement: follow the short offset where the edge lands
         pcells, pcentres = nearest_cells(pred, stride, (h, w))
-        step = read(short, plan["short"], pcells[..., None])
-        pred = torch.where(torch.isfinite(pred) & torch.isfinite(step), pcentres + step, pred)
+        step = read(short, plan["short"], pcells[..., None]).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+        pred = torch.where(pred.isinf(), pred, pcentres + step)  # nowhere stays nowhere
     mid_dist, mid_idx = _nearest(pred, pos.index_select(1, plan["dst"]), valid.index_select(1, plan["dst"]), topn)
     if mid_valid is not None:  # decoding targets: an offset is only defined where its mask says so
         mid_dist = torch.where(read(mid_valid, plan["edge"], src_cells), mid_dist, float("inf"))
@@ -224,11 +224,15 @@ def group_image(
     # a keypoint not found gets a best guess: where the person's strongest keypoint's long-range
     # offset points, else the mean of its found keypoints (COCO's OKS scores every position)
     strongest = np.where(found, kps[..., 2], -1.0).argmax(1)
-    mean = (kps[..., :2] * found[..., None]).sum(1, keepdims=True) / found.sum(1, keepdims=True)[..., None]
-    guess = mean
+    def mean() -> np.ndarray:  # (P, 1, 2) of the found keypoints
+        return (kps[..., :2] * found[..., None]).sum(1, keepdims=True) / found.sum(1, keepdims=True)[..., None]
+
     if long_pred is not None:  # (P, K, 2); where it is not finite (a diverged network), the mean
         guess = long_pred[strongest, assign[np.arange(len(people)), strongest]]
-        guess = np.where(np.isfinite(guess), guess, mean)
+        if not np.isfinite(guess).all():
+            guess = np.where(np.isfinite(guess), guess, mean())
+    else:
+        guess = mean()
     kps[..., :2] = np.where(found[..., None], kps[..., :2], guess)
     # mean over all K keypoint scores (unfound = 0) ranks fragments below whole people
     scores = kps[..., 2].sum(1) / k
