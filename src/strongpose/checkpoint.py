@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import inspect
 import pickle
 import zipfile
 from pathlib import Path
@@ -48,6 +49,17 @@ def spec_mismatch(saved: dict[str, Any], current: dict[str, Any], what: str) -> 
             for key in sorted(set(saved) & set(current)) if saved[key] != current[key]]
 
 
+def _has_parameter(target: Any, name: str) -> bool:
+    """Whether the class or function a ``_target_`` names takes an argument ``name`` (False when it cannot
+    be told: instantiate then reports the target as it would)."""
+    from hydra.utils import get_object
+
+    try:
+        return name in inspect.signature(get_object(target)).parameters
+    except Exception:  # noqa: BLE001 - an unknown or odd target: instantiate says what is wrong with it
+        return False
+
+
 def module_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"):
     """Rebuild the :class:`~strongpose.lit_module.StrongPoseModule` a checkpoint was trained as (codec,
     backbone, heads from the run config stored in it) and load its weights (the EMA ones when EMA was
@@ -61,7 +73,10 @@ def module_from_checkpoint(path: str | Path, map_location: str | torch.device = 
                               f"strongpose.train, or by a version before configs were stored in checkpoints")
     codec = instantiate(cfg["codec"])
     # the checkpoint has the weights: no ImageNet ones (a custom backbone without the argument is built as is)
-    backbone = instantiate({**cfg["backbone"], **({"pretrained": False} if "pretrained" in cfg["backbone"] else {})})
+    backbone_cfg = dict(cfg["backbone"])
+    if "pretrained" in backbone_cfg or _has_parameter(backbone_cfg.get("_target_"), "pretrained"):
+        backbone_cfg["pretrained"] = False
+    backbone = instantiate(backbone_cfg)
     model_cfg = {key: value for key, value in cfg["model"].items() if key != "backbone"}
     module = instantiate(model_cfg, codec=codec, backbone=backbone)
     module.on_load_checkpoint(checkpoint)  # codec / backbone spec check, with names

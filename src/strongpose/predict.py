@@ -1,8 +1,8 @@
 """People in images or a video: ``python -m strongpose.predict ckpt_path=CKPT input=PATH [output=DIR]
 [score_threshold=0.3] [batch_size=8] [test.flip=true]`` (Hydra, config ``strongpose/conf/predict.yaml``).
 
-PATH is an image, a folder of images or a video (OpenCV reads it). Writes into DIR (the run folder, with
-``predict.log`` and ``.hydra/``; default ``outputs/predict/<date>/<time>``) ``results.json``: COCO keypoint results in original-image pixels, each with its ``file_name``
+PATH is an image, a folder of images or a video (OpenCV reads it). Writes into DIR (default: the run
+folder) ``results.json``: COCO keypoint results in original-image pixels, each with its ``file_name``
 (``image_id`` is the file name's stem, as an integer when it is one, or the frame number of a video);
 ``summary.json`` (counts, skipped files and why, options, timing); and the drawn images (same file names)
 or the drawn video (``<name>_poses.mp4``). Unreadable images are reported and skipped; the others go on.
@@ -20,7 +20,7 @@ import cv2
 import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 from strongpose.config_check import CONFIG_DIR, ConfigError, InputError, report_input_errors, run_with_key_hints
@@ -30,10 +30,6 @@ from strongpose.inference.images import (IMAGE_SUFFIXES, VIDEO_SUFFIXES, ImageFi
                                          list_images, video_writer)
 from strongpose.structures import Poses
 from strongpose.viz import draw_poses
-
-
-# predict.yaml's run folder is ``output`` when given (registered on import, before Hydra composes the config)
-OmegaConf.register_new_resolver("if_null", lambda value, default: default if value is None else value, replace=True)
 
 
 def image_id(stem: str) -> int | str:
@@ -111,11 +107,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if source.is_file() and suffix not in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
         raise ConfigError(f"input {source}: unknown file type {suffix!r}; images: {' '.join(IMAGE_SUFFIXES)}, "
                          f"videos: {' '.join(VIDEO_SUFFIXES)}")
-    out = Path(cfg.output if cfg.output is not None else cfg.paths.output_dir)  # the same folder under Hydra
-    if source.is_dir() and out.resolve() == source.resolve() and cfg.draw:
-        raise ConfigError(f"output {out} is the input folder: the drawn images would replace the originals")
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(cfg.output if cfg.output is not None else cfg.paths.output_dir)
     is_video = source.is_file() and suffix in VIDEO_SUFFIXES
+    images_folder = source if source.is_dir() else source.parent  # drawn images keep the input's file names
+    if cfg.draw and not is_video and out.resolve() == images_folder.resolve():
+        raise ConfigError(f"output {out} is the input's folder: the drawn images would replace the originals")
+    out.mkdir(parents=True, exist_ok=True)
     predictor = predictor_from_config(cfg, cfg.input_size)
     totals: dict[str, float] = {}
     skipped: list[dict] = []

@@ -71,6 +71,13 @@ def test_non_finite_outputs_are_dropped_not_decoded():
     got = codec.decode(dirty)[0]
     assert len(got) == len(expected) and torch.isfinite(got.keypoints).all() and torch.isfinite(got.scores).all()
     assert torch.allclose(got.keypoints, expected.keypoints, atol=1e-4)
+    # a peak whose own cell has no finite short offset (its neighbours voted there): found at the cell centre
+    nose = people[0][0, :2]
+    u, v = (int(round((c - 3.5) / 8)) for c in nose)  # the nose's own cell (map_to_input: u * 8 + 3.5)
+    peak_cell = {k: v_.clone() for k, v_ in clean.items()}
+    peak_cell["short"][0, 0:2, v, u] = float("nan")
+    got = codec.decode(peak_cell)[0]
+    assert len(got) == len(expected) and torch.isfinite(got.keypoints).all()
     for key in ("short", "skhm", "mid", "long"):
         nothing = {k: v.clone() for k, v in clean.items()}
         nothing[key][:] = float("nan")

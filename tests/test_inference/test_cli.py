@@ -89,16 +89,6 @@ def test_evaluate_cli(tiny_checkpoint, tmp_path):
     assert summary["images"] == 2 and (tmp_path / "run" / "results.json").is_file()
 
 
-@pytest.mark.slow
-def test_predict_cli_output_is_its_run_folder(cli, tiny_checkpoint, image_folder, tmp_path):
-    """output=DIR gets the log and the options too, and no second folder appears under outputs/."""
-    folder, first = image_folder
-    cli("strongpose.predict", [f"ckpt_path={tiny_checkpoint}", f"input={folder / first.name}", "output=out",
-                               "draw=false"], tmp_path, timeout=300)
-    assert {p.name for p in (tmp_path / "out").iterdir()} == {"results.json", "summary.json", "predict.log", ".hydra"}
-    assert not (tmp_path / "outputs").exists()
-
-
 def test_predict_folder_skips_the_corrupt_file_and_does_the_rest(tiny_checkpoint, image_folder, tmp_path):
     folder, first = image_folder
     summary = predict.run(config("predict", [f"ckpt_path={tiny_checkpoint}", f"input={folder}",
@@ -154,6 +144,9 @@ def test_predict_refuses_bad_inputs(tiny_checkpoint, image_folder, tmp_path):
         predict.run(config("predict", [f"ckpt_path={tiny_checkpoint}", f"input={tmp_path / 'nothing-here'}"]))
     with pytest.raises(ValueError, match="replace the originals"):
         predict.run(config("predict", [f"ckpt_path={tiny_checkpoint}", f"input={folder}", f"output={folder}"]))
+    image = next(folder.glob("street*.jpg"))  # one image, output its own folder: the drawing would replace it
+    with pytest.raises(ValueError, match="replace the originals"):
+        predict.run(config("predict", [f"ckpt_path={tiny_checkpoint}", f"input={image}", f"output={folder}"]))
     with pytest.raises(ValueError, match="unknown file type"):
         predict.run(config("predict", [f"ckpt_path={tiny_checkpoint}", f"input={folder / 'notes.txt'}"]))
 

@@ -100,6 +100,17 @@ def test_people_come_back_in_original_pixels(hw, options):
     assert module.flipped == [False, True] * len(scales) if options.get("flip") else not any(module.flipped)
 
 
+def test_a_person_seen_in_the_padding_is_no_detection():
+    """A landscape image is resized to 128 x 77 and padded to 128 x 128: a person the network finds in the
+    padding rows lies below the original image, where nobody can be."""
+    h, w = 240, 400
+    gt = people([(w * 0.3, 0.1 * h, 0.75 * h), (w * 0.7, 1.1 * h, 0.4 * h)])  # the second one below the image
+    module = OracleModule(StrongPoseCodec(stride=8, disk_radius=24.0), gt, (h, w))
+    poses = Predictor(module, 128, "cpu").predict(marked_image(h, w))
+    assert len(poses) == 1
+    torch.testing.assert_close(poses.keypoints[0, :, :2], gt[0, :, :2], rtol=0, atol=0.02)
+
+
 @pytest.mark.parametrize("flip", [False, True])
 def test_flip_test_pads_the_input_to_a_multiple_of_the_stride(flip):
     hw = (240, 400)
@@ -146,16 +157,18 @@ def test_import_strongpose_stays_light_until_load_is_used():
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-def test_a_custom_backbone_without_a_pretrained_argument_loads(tiny_checkpoint, tmp_path):
-    """load / evaluate / predict rebuild the backbone from the run config; only a backbone that has a
-    ``pretrained`` argument gets ``pretrained=False`` (the weights are in the checkpoint)."""
+@pytest.mark.parametrize("cls", ["PlainResNet", "HubResNet"])
+def test_a_custom_backbone_is_rebuilt_without_imagenet_weights(tiny_checkpoint, tmp_path, cls):
+    """load / evaluate / predict rebuild the backbone from the run config (the weights are in the checkpoint):
+    one without a ``pretrained`` argument is built as it is, one with it gets ``pretrained=False``, whether or
+    not its config names it (HubResNet defaults to ImageNet weights)."""
     checkpoint = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
     run = checkpoint[CONFIG_KEY]["backbone"]
-    checkpoint[CONFIG_KEY]["backbone"] = {"_target_": "custom_backbone.PlainResNet", "arch": run["arch"],
+    checkpoint[CONFIG_KEY]["backbone"] = {"_target_": f"custom_backbone.{cls}", "arch": run["arch"],
                                           "output_stride": run["output_stride"], "neck_channels": run["neck_channels"]}
-    checkpoint["hyper_parameters"]["backbone"]["class"] = "PlainResNet"  # as a run with it would have saved
+    checkpoint["hyper_parameters"]["backbone"]["class"] = cls  # as a run with it would have saved
     torch.save(checkpoint, tmp_path / "custom.ckpt")
     loaded = strongpose.load(tmp_path / "custom.ckpt", device="cpu")
-    assert type(loaded.module.net.backbone).__name__ == "PlainResNet"
+    assert type(loaded.module.net.backbone).__name__ == cls
     image = cv2.imread(str(sorted(sample_paths()[0].glob("*.jpg"))[0]))[..., ::-1].copy()
     assert_same_poses(loaded.predict(image), strongpose.load(tiny_checkpoint, device="cpu").predict(image))
