@@ -26,7 +26,7 @@ class Skeleton:
             when a tree keypoint is unlabelled or missed.
         sigmas: COCO OKS sigmas, one per keypoint (required: evaluation and duplicate removal use them;
             COCO's run from 0.025 for the eyes to 0.107 for the hips).
-        colors: RGB drawing colour per keypoint.
+        colors: RGB drawing colour per keypoint (default: orange left, blue right, green centre, by name).
     """
 
     name: str
@@ -42,6 +42,8 @@ class Skeleton:
         fields = {"keypoints": tuple(str(k) for k in self.keypoints),
                   "sigmas": tuple(float(s) for s in self.sigmas),
                   "colors": tuple(tuple(int(v) for v in c) for c in self.colors)}
+        if not fields["colors"]:  # drawings still tell left from right
+            fields["colors"] = _side_colors(fields["keypoints"])
         for group in ("flip_pairs", "tree_edges", "redundant_edges"):
             edges = tuple(tuple(str(n) for n in e) for e in getattr(self, group))
             if any(len(e) != 2 for e in edges):
@@ -146,10 +148,20 @@ def _left_right_pairs(names: tuple[str, ...]) -> tuple[Edge, ...]:
     return tuple((n, "right_" + n[5:]) for n in names if n.startswith("left_") and "right_" + n[5:] in names)
 
 
+def _side(name: str) -> str:
+    """``left``, ``right`` or ``centre``, from a name like ``left_wrist``, ``l_wrist``, ``LWrist``."""
+    lower = name.lower()
+    for side in ("left", "right"):
+        if lower.startswith(side) or lower.startswith(side[0] + "_") or (name[:1] == side[0].upper()
+                                                                         and name[1:2].isupper()):
+            return side
+    return "centre"
+
+
 def _side_colors(names: tuple[str, ...]) -> tuple[tuple[int, int, int], ...]:
     # left = orange, right = blue, centre = green: the usual convention in pose drawings
-    return tuple((255, 128, 0) if n.startswith("left") else (0, 128, 255) if n.startswith("right")
-                 else (0, 200, 0) for n in names)
+    palette = {"left": (255, 128, 0), "right": (0, 128, 255), "centre": (0, 200, 0)}
+    return tuple(palette[_side(n)] for n in names)
 
 
 # PersonLab's kinematic tree rooted at the nose (16 edges), plus the redundant edges that the

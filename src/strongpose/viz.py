@@ -36,7 +36,7 @@ def draw_poses(image: torch.Tensor, poses: Poses, skeleton: Skeleton, score_thre
     visible = kps[..., 2] >= score_threshold  # (N, K)
     out = draw_keypoints(image.cpu(), kps[..., :2], connectivity=list(skeleton.edges(redundant=False)),
                          colors=LIMB_COLOR, radius=0, width=width, visibility=visible)
-    colors = skeleton.colors or ((255, 0, 0),) * skeleton.num_keypoints
+    colors = skeleton.colors
     # one pass per colour: draw_keypoints takes a single keypoint colour per call
     for color in sorted(set(colors)):
         of_color = torch.tensor([c == color for c in colors])
@@ -95,7 +95,7 @@ def draw_targets(image: torch.Tensor, targets: dict[str, torch.Tensor], codec, *
     if "weight" in maps:
         ignored = to_pixels(1 - maps["weight"].float().clamp(0, 1))
         out = out * (1 - 0.4 * ignored) + 0.4 * ignored * torch.tensor(IGNORE_COLOR, dtype=torch.float32)[:, None, None]
-    colors = torch.tensor(codec.skeleton.colors or [(255, 0, 0)] * codec.num_keypoints, dtype=torch.float32)
+    colors = torch.tensor(codec.skeleton.colors, dtype=torch.float32)
     cover = skhm.clamp(0, 1)  # (K, h, w)
     total = cover.sum(0, keepdim=True)
     mixed = torch.einsum("khw,kc->chw", cover, colors) / total.clamp(min=1e-6)  # mean colour of the disks

@@ -44,3 +44,10 @@ def test_bad_skeletons_are_rejected():
     with pytest.raises(ValueError, match="unknown skeleton"):
         get_skeleton("horse")
     assert get_skeleton("crowdpose") is CROWDPOSE
+
+
+def test_a_skeleton_without_colours_is_drawn_by_side():
+    sk = Skeleton("x", ("head", "l_hand", "RHand", "left_foot"), (), (("head", "l_hand"), ("head", "RHand"),
+                                                                    ("head", "left_foot")), sigmas=(0.05,) * 4)
+    assert sk.colors == ((0, 200, 0), (255, 128, 0), (0, 128, 255), (255, 128, 0))
+    assert COCO_PERSON.colors[COCO_PERSON.index("left_wrist")] == (255, 128, 0)
