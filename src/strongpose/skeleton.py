@@ -64,6 +64,11 @@ class Skeleton:
         if len(self.tree_edges) != len(self.keypoints) - 1:
             raise ValueError(f"skeleton {self.name!r}: a tree over {len(self.keypoints)} keypoints needs "
                              f"{len(self.keypoints) - 1} edges, got {len(self.tree_edges)}")
+        paired = [name for pair in self.flip_pairs for name in pair]
+        if len(paired) != len(set(paired)):  # a keypoint in two pairs (or paired with itself): no swap at all
+            twice = sorted({name for name in paired if paired.count(name) > 1})
+            raise ValueError(f"skeleton {self.name!r}: flip_pairs name {twice} more than once")
+        self.directed_edge_flip_index()  # raises unless a mirrored person's edges are edges too
         unreached = set(self.keypoints) - _reached(self.keypoints[0], self.tree_edges)
         if unreached:  # K - 1 edges that reach every keypoint make a tree (no cycle)
             raise ValueError(f"skeleton {self.name!r}: tree_edges do not connect {sorted(unreached)} to "

@@ -119,7 +119,9 @@ def test_body_map_falls_back_to_boxes_without_masks(codec):
     t = codec.encode(kp, (256, 256), boxes=torch.tensor([[40.0, 20.0, 120.0, 200.0]]))
     h, w = t["bhm"].shape[1:]
     xs, ys = map_to_input(torch.arange(w).float(), 8), map_to_input(torch.arange(h).float(), 8)
-    inside = ((xs[None] >= 40) & (xs[None] <= 160) & (ys[:, None] >= 20) & (ys[:, None] <= 220))
+    # the COCO box spans pixel edges 40 .. 160 x 20 .. 220: pixel centres 39.5 .. 159.5 x 19.5 .. 219.5 (the cell
+    # centres of row 2 lie at y = 19.5)
+    inside = ((xs[None] >= 39.5) & (xs[None] <= 159.5) & (ys[:, None] >= 19.5) & (ys[:, None] <= 219.5))
     assert torch.equal(t["bhm"][0] > 0, inside)
     hull = codec.encode(kp, (256, 256))["bhm"][0]  # keypoints' box grown by R / 2
     assert hull[int(0.5 * h), int(100 / 8)] == 1 and hull[0, -1] == 0

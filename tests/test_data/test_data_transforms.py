@@ -8,7 +8,8 @@ import torch
 
 from strongpose.data import AugmentConfig, COCOKeypointDataset, TrainTransform, ValTransform, to_original
 from strongpose.data.annotations import ImageAnnotations
-from strongpose.data.transforms import AugmentParams, augment_matrix, pack_masks, sample_params, unpack_masks
+from strongpose.data.transforms import (AugmentParams, _sample, augment_matrix, pack_masks, sample_params,
+                                        unpack_masks)
 from strongpose.skeleton import COCO_PERSON
 
 S = 128
@@ -283,3 +284,19 @@ def test_merged_masks_are_the_unions_of_the_warped_masks(train: bool) -> None:
         np.testing.assert_array_equal(merged.body_mask, each.masks[labelled].any(0))
         np.testing.assert_array_equal(merged.ignore_mask, each.masks[~labelled].any(0) | each.crowd)
         np.testing.assert_array_equal(merged.has_mask, [True] * 5 + [False] + [True] * 3)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_a_box_moves_with_its_mask_in_the_coco_edge_convention(flip):
+    """A COCO box [x, y, w, h] spans pixel edges x .. x + w (pixel centres x - 0.5 .. x + w - 0.5): moved, it
+    still spans the moved mask's pixels (it sat half a pixel off, right and below, or left when mirrored)."""
+    h, w = 60, 80
+    mask = np.zeros((1, h, w), np.uint8)
+    mask[0, 20:40, 10:40] = 1  # columns 10..39, rows 20..39: the box [10, 20, 30, 20]
+    people = ImageAnnotations(keypoints=np.zeros((1, 17, 3), np.float32), masks=mask,
+                              crowd=np.zeros((h, w), np.uint8), boxes=np.array([[10.0, 20.0, 30.0, 20.0]], np.float32))
+    to_input = np.array([[-1.0 if flip else 1.0, 0.0, w - 1.0 if flip else 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    sample = _sample(np.zeros((h, w, 3), np.uint8), people, to_input, size=max(h, w))
+    cols = np.flatnonzero(sample.masks[0].any(0))
+    x, _, bw, _ = sample.boxes[0]
+    assert (x, x + bw) == (cols[0], cols[-1] + 1)  # pixel edges of the moved mask's columns

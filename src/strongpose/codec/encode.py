@@ -106,7 +106,8 @@ def _body_and_ignore(kx, ky, labelled, masks, ignore_mask, boxes, image_size, st
         kp_box = kp_box + torch.tensor([-1.0, -1.0, 1.0, 1.0], device=device) * (disk_radius / 2)
         if boxes is not None:
             xywh = torch.as_tensor(boxes, dtype=torch.float32, device=device).reshape(n, 4)
-            given = torch.cat((xywh[:, :2], xywh[:, :2] + xywh[:, 2:]), 1)
+            # COCO boxes span pixel edges x .. x + w: pixel centres x - 0.5 .. x + w - 0.5 (structures.py)
+            given = torch.cat((xywh[:, :2] - 0.5, xywh[:, :2] + xywh[:, 2:] - 0.5), 1)
             fallback = torch.where((xywh[:, 2:] > 0).all(1, keepdim=True), given, kp_box)
         else:
             fallback = kp_box

@@ -153,17 +153,19 @@ def warp_planes(planes: np.ndarray, to_input: np.ndarray, size: int) -> np.ndarr
 
 
 def _box_corners(boxes: np.ndarray) -> np.ndarray:
-    """(N, 4) xywh -> (4N, 2) corners, moved as keypoints to get approximate boxes after the transform."""
-    x0, y0 = boxes[:, 0], boxes[:, 1]
+    """(N, 4) COCO xywh -> (4N, 2) corners, moved as keypoints to get approximate boxes after the transform.
+    A COCO box spans pixel edges x .. x + w; in the pixel-centre convention that is x - 0.5 .. x + w - 0.5."""
+    x0, y0 = boxes[:, 0] - 0.5, boxes[:, 1] - 0.5
     x1, y1 = x0 + boxes[:, 2], y0 + boxes[:, 3]
     return np.stack([np.stack([x0, y0], 1), np.stack([x1, y0], 1), np.stack([x0, y1], 1),
                      np.stack([x1, y1], 1)], 1).reshape(-1, 2)
 
 
 def _corners_to_boxes(corners: np.ndarray) -> np.ndarray:
+    """Moved corners (pixel-centre coordinates) -> COCO xywh (pixel edges) of their bounding box."""
     c = corners.reshape(-1, 4, 2)
     lo, hi = c.min(1), c.max(1)
-    return np.concatenate([lo, hi - lo], 1).astype(np.float32)
+    return np.concatenate([lo + 0.5, hi - lo], 1).astype(np.float32)
 
 
 def _inside(xy: np.ndarray, size: int) -> np.ndarray:

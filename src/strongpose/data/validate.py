@@ -25,8 +25,9 @@ from strongpose.skeleton import COCO_PERSON, Skeleton
 
 ERROR, WARNING = "error", "warning"
 
-# kind -> what it means; errors make the training pipeline skip the sample or make the file inconsistent,
-# warnings are usable but suspicious (the README's "Checking a dataset" lists the same)
+# kind -> what it means; errors are values that cannot be right (some make the training pipeline skip the
+# sample, some make the file inconsistent; others, such as negative coordinates or visibility 3, training
+# takes as they are), warnings are usable but suspicious (the README's "Checking a dataset" lists the same)
 KINDS = {
     "image_entry": "an images[] entry without an integer id, a file_name or positive integer height/width "
                    "(at most 2**28 pixels)",
