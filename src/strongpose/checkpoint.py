@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import inspect
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +27,21 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
     size = path.stat().st_size
+    with path.open("rb") as file:
+        head = file.read(2)
+    # torch.save writes a zip archive ("PK"; a pickle, 0x80, before torch 1.6): anything else (an image, a
+    # JSON or YAML file) is not a checkpoint, whatever torch.load would make of it (a KeyError for a text file)
+    if head != b"PK" and head[:1] != b"\x80":
+        raise CheckpointError(f"{path} ({size} bytes) is not a PyTorch checkpoint (starts with {head!r}; "
+                              f"strongpose.train writes checkpoints/last.ckpt)")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:  # weights_only refuses arbitrary objects
-        raise CheckpointError(f"checkpoint {path} holds objects that weights_only=True refuses to load "
-                              f"(saved by another program?): {err}") from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        # torch's own message goes on to suggest weights_only=False: not for a file of unknown origin
+        why = next((line.strip() for line in str(err).splitlines() if "WeightsUnpickler error" in line), "")
+        raise CheckpointError(f"checkpoint {path} holds objects that weights_only=True refuses to load: not "
+                              f"a checkpoint of strongpose.train" + (f" ({why})" if why else "")) from err
+    except Exception as err:  # noqa: BLE001 - whatever the loader trips on, the file is the problem
         raise CheckpointError(f"checkpoint {path} ({size} bytes) cannot be read: truncated, still being "
                               f"written, or not a PyTorch checkpoint ({type(err).__name__}: {err})") from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:

@@ -3,7 +3,8 @@
 
 PATH is an image, a folder of images or a video (OpenCV reads it). Writes into DIR (default: the run
 folder) ``results.json``: COCO keypoint results in original-image pixels, each with its ``file_name``
-(``image_id`` is the file name's stem, as an integer when it is one, or the frame number of a video);
+(``image_id`` is the file name's stem, as an integer when it is one, the file name where two files would
+share one, or the frame number of a video; pixels of the image as shown: turned as its EXIF orientation says);
 ``summary.json`` (counts, skipped files and why, options, timing); and the drawn images (same file names)
 or the drawn video (``<name>_poses.mp4``). Unreadable images are reported and skipped; the others go on.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import sys
+from collections import Counter
 import time
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,15 @@ from strongpose.viz import draw_poses
 
 def image_id(stem: str) -> int | str:
     """COCO image id of a file: its stem as an integer when it is one (COCO's ``000000000785.jpg`` -> 785)."""
-    return int(stem) if stem.isdigit() else stem
+    return int(stem) if stem.isascii() and stem.isdecimal() else stem  # not "12³": isdigit, but no int
+
+
+def image_ids(paths: list[Path]) -> dict[Path, int | str]:
+    """:func:`image_id` of each file, or its file name where two files would share one (``1.jpg`` and
+    ``001.png`` are both 1): tools that key on image_id must not merge two images."""
+    ids = {path: image_id(path.stem) for path in paths}
+    counts = Counter(ids.values())
+    return {path: value if counts[value] == 1 else path.name for path, value in ids.items()}
 
 
 def coco_entries(poses: Poses, image_id: int | str, file_name: str) -> list[dict]:
@@ -53,6 +63,7 @@ def predict_images(predictor: Predictor, paths: list[Path], out: Path, cfg: Dict
                    totals: dict) -> tuple[list, list, int]:
     """Results of image files; returns (results, skipped [{file, reason}], images done)."""
     results, skipped, done = [], [], 0
+    ids = image_ids(paths)
     with tqdm(total=len(paths), unit="img", desc="predict", file=sys.stderr) as bar:
         for batch in image_batches(ImageFiles(paths), int(cfg.batch_size), int(cfg.num_workers)):
             good = [item for item in batch if item["image"] is not None]
@@ -64,7 +75,7 @@ def predict_images(predictor: Predictor, paths: list[Path], out: Path, cfg: Dict
             add_timing(totals, predictor.last_timing)
             for item, p in zip(good, poses):
                 path: Path = item["key"]
-                results += coco_entries(p, image_id(path.stem), path.name)
+                results += coco_entries(p, ids[path], path.name)
                 if cfg.draw and not cv2.imwrite(str(out / path.name), draw(item["image"], p, predictor,
                                                                            cfg.draw_keypoint_threshold)):
                     raise OSError(f"cannot write the drawn image {out / path.name}")

@@ -73,11 +73,23 @@ class _Arbitrary:  # not a tensor or a plain container: weights_only=True refuse
 def test_loading_refuses_arbitrary_objects(tmp_path):
     path = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "payload": _Arbitrary()}, path)
-    with pytest.raises(CheckpointError, match="weights_only=True refuses"):
+    with pytest.raises(CheckpointError, match="weights_only=True refuses") as refused:
         AtomicCheckpointIO().load_checkpoint(path)
+    assert "weights_only` set to `False`" not in str(refused.value)  # torch's advice: not for unknown files
 
 
 def test_the_trainer_gets_atomic_io_unless_it_has_its_own():
     assert [type(p) for p in with_atomic_checkpoints(None)] == [AtomicCheckpointIO]
     own = TorchCheckpointIO()
     assert with_atomic_checkpoints([own]) == [own]
+
+
+@pytest.mark.parametrize(("name", "content"), [("notes.ckpt", b"ema: true\n"), ("results.json", b'[{"a": 1}]'),
+                                                ("photo.jpg", b"\xff\xd8\xff\xe0 not much of a jpeg")])
+def test_a_file_of_another_kind_is_no_checkpoint(tmp_path, name, content):
+    """A text file made torch.load raise a bare KeyError; a JPEG or JSON got the weights_only message, with
+    torch's advice to load it with weights_only=False."""
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=rf"{name} \(\d+ bytes\) is not a PyTorch checkpoint \(starts with"):
+        AtomicCheckpointIO().load_checkpoint(path)

@@ -89,6 +89,13 @@ def test_evaluate_cli(tiny_checkpoint, tmp_path):
     assert summary["images"] == 2 and (tmp_path / "run" / "results.json").is_file()
 
 
+def test_image_ids_are_numbers_when_they_can_be_and_never_shared(tmp_path):
+    assert predict.image_id("000000000785") == 785 and predict.image_id("street scene") == "street scene"
+    assert predict.image_id("12\u00b3") == "12\u00b3"  # isdigit, but int() refuses it: the run died at the end
+    paths = [tmp_path / name for name in ("1.jpg", "001.PNG", "7.jpg", "a.jpg", "a.png")]
+    assert predict.image_ids(paths) == dict(zip(paths, ["1.jpg", "001.PNG", 7, "a.jpg", "a.png"]))
+
+
 def test_predict_folder_skips_the_corrupt_file_and_does_the_rest(tiny_checkpoint, image_folder, tmp_path):
     folder, first = image_folder
     summary = predict.run(config("predict", [f"ckpt_path={tiny_checkpoint}", f"input={folder}",

@@ -12,9 +12,11 @@ from oracle_module import OracleModule, marked_image, people
 import strongpose
 from strongpose.checkpoint import CONFIG_KEY
 from strongpose.codec import StrongPoseCodec
-from strongpose.data.annotations import BadSample
+from strongpose.config_check import ConfigError
+from strongpose.data.annotations import BadSample, read_image
 from strongpose.data.sample import sample_paths
 from strongpose.inference import Predictor
+from strongpose.inference.images import as_rgb_array
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +149,29 @@ def test_bad_inputs_say_what_is_wrong(predictor, tmp_path):
         predictor.predict(broken)
     with pytest.raises(ValueError, match="batch_size"):
         predictor.predict_batch([], batch_size=0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_asking_for_cuda_without_it_says_so(tiny_checkpoint):
+    """It said the checkpoint could not be read (torch.load onto a device that is not there)."""
+    with pytest.raises(ConfigError, match="device=cuda: torch sees no CUDA device here"):
+        strongpose.load(tiny_checkpoint, device="cuda")
+
+
+def test_a_phone_photo_is_read_as_it_is_shown(tmp_path):
+    """A portrait photo is stored sideways with an EXIF orientation: a path is read turned upright (as viewers
+    and OpenCV's videos do), while the data pipeline reads the stored grid that annotations refer to."""
+    from PIL import Image
+
+    shown = marked_image(40, 60)  # (H, W) = (40, 60): bright left half
+    stored = Image.fromarray(shown).transpose(Image.Transpose.ROTATE_90)  # 60 x 40 on disk
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to show"
+    stored.save(tmp_path / "phone.jpg", exif=exif, quality=98)
+    upright = as_rgb_array(tmp_path / "phone.jpg")
+    assert upright.shape == (40, 60, 3)
+    assert np.abs(upright.astype(int) - shown.astype(int)).mean() < 8  # JPEG's loss only
+    assert read_image(tmp_path / "phone.jpg").shape == (60, 40, 3)
 
 
 def test_import_strongpose_stays_light_until_load_is_used():

@@ -405,17 +405,19 @@ def image_annotations(coco: COCO, image_id: int, category_id: int, num_keypoints
     return people.decoded() if decode else people
 
 
-def read_image(path: Path, expected_hw: tuple[int, int] | None = None) -> np.ndarray:
+def read_image(path: Path, expected_hw: tuple[int, int] | None = None, upright: bool = False) -> np.ndarray:
     """(H, W, 3) uint8 RGB; a missing, empty, undecodable or truncated file, or one whose size is not
-    ``expected_hw``, raises :class:`BadSample`."""
-    image = decode_image(path)
+    ``expected_hw``, raises :class:`BadSample`. ``upright``: turned as its EXIF orientation says (a phone's
+    portrait photo as it is shown; for prediction), else the stored pixel grid (annotations refer to it)."""
+    image = decode_image(path, upright)
     if expected_hw is not None and image.shape[:2] != tuple(expected_hw):
         raise BadSample(path.name, f"image is {image.shape[:2]}, annotations say {tuple(expected_hw)}")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def decode_image(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 BGR of the file's stored pixel grid (no EXIF rotation: annotations refer to it)."""
+def decode_image(path: Path, upright: bool = False) -> np.ndarray:
+    """(H, W, 3) uint8 BGR of the file's stored pixel grid (no EXIF rotation: annotations refer to it), or with
+    ``upright`` turned as its EXIF orientation says."""
     if not path.is_file():
         raise BadSample(path.name, f"image file not found ({path})")
     try:
@@ -426,7 +428,7 @@ def decode_image(path: Path) -> np.ndarray:
         raise BadSample(path.name, f"empty image file ({path})")
     try:
         # imdecode, unlike imread (which returns the decoded part, grey below), fails on a truncated JPEG
-        image = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR if upright else cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     except cv2.error as err:
         raise BadSample(path.name, f"cannot decode image ({path}): {err}") from err
     if image is None:

@@ -25,10 +25,11 @@ ImageLike = str | Path | np.ndarray | torch.Tensor
 
 
 def as_rgb_array(image: ImageLike) -> np.ndarray:
-    """A path (read with the data pipeline's reader), an (H, W, 3) uint8 RGB array or a (3, H, W) uint8
-    tensor -> (H, W, 3) uint8 RGB array."""
+    """A path (read with the data pipeline's reader, turned upright as its EXIF orientation says, as image
+    viewers and OpenCV's videos do: results are in the pixels of the image as it is shown), an (H, W, 3)
+    uint8 RGB array or a (3, H, W) uint8 tensor -> (H, W, 3) uint8 RGB array."""
     if isinstance(image, (str, Path)):
-        return read_image(Path(image))
+        return read_image(Path(image), upright=True)
     if isinstance(image, torch.Tensor):
         if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
             raise ValueError(f"image tensors must be (3, H, W) uint8 RGB, got {tuple(image.shape)} {image.dtype}")

@@ -22,10 +22,17 @@ from strongpose.structures import Poses
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """None: the first CUDA device when there is one, else the CPU."""
+    """None: the first CUDA device when there is one, else the CPU. A CUDA device that torch cannot see is
+    refused here (loading a checkpoint onto it would fail as if the file were broken)."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    from strongpose.config_check import ConfigError  # here: `import strongpose` stays light
+
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={device}: torch sees no CUDA device here (torch.cuda.is_available() is False; "
+                          f"torch {torch.__version__}); use device=cpu, or null for the best one there is")
+    return device
 
 
 class Predictor:
