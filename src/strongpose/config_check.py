@@ -224,7 +224,8 @@ def unknown_key_hint(args: Sequence[str], config_dir: str | pathlib.Path = CONFI
 
 # Hydra's command-line flags that take a value (``--config-dir DIR`` or ``--config-dir=DIR``)
 _VALUE_FLAGS = {"--config-dir": "dir", "-cd": "dir", "--config-path": None, "-cp": None, "--config-name": None,
-                "-cn": None, "--info": None, "-i": None, "--experimental-rerun": None}
+                "-cn": None, "--cfg": None, "-c": None, "--package": None, "-p": None, "--info": None, "-i": None,
+                "--experimental-rerun": None}
 
 
 def _overrides_and_config_dirs(args: Sequence[str]) -> tuple[list[str], list[pathlib.Path]]:

@@ -57,7 +57,7 @@ def test_the_readme_skeleton_trains_and_evaluates(user_config_dir, train_config,
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
 
 
-@pytest.mark.parametrize("form", ["--config-dir={}", "--config-dir {}", "-cd {}"])
+@pytest.mark.parametrize("form", ["--config-dir={}", "--config-dir {}", "-cd {}", "-cd {} --cfg job"])
 def test_a_typo_gets_its_hint_with_a_config_dir_of_ones_own(user_config_dir, form):
     args = [*form.format(user_config_dir).split(" "), "codec=hands", "codec.decode_sigmaa=2", "model.lr=3"]
     hint = unknown_key_hint(args, CONFIG_DIR)
