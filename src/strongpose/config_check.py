@@ -222,10 +222,11 @@ def unknown_key_hint(args: Sequence[str], config_dir: str | pathlib.Path = CONFI
     return "\n".join(hints) or None
 
 
-# Hydra's command-line flags that take a value (``--config-dir DIR`` or ``--config-dir=DIR``)
-_VALUE_FLAGS = {"--config-dir": "dir", "-cd": "dir", "--config-path": None, "-cp": None, "--config-name": None,
-                "-cn": None, "--cfg": None, "-c": None, "--package": None, "-p": None, "--info": None, "-i": None,
-                "--experimental-rerun": None}
+# Hydra's command-line flags that take a value (``--config-dir DIR`` or ``--config-dir=DIR``); ``--info``
+# takes one optionally, so ``--info=...`` only
+_DIR_FLAGS = {"--config-dir", "-cd"}
+_VALUE_FLAGS = _DIR_FLAGS | {"--config-path", "-cp", "--config-name", "-cn", "--cfg", "-c", "--package", "-p",
+                             "--experimental-rerun"}
 
 
 def _overrides_and_config_dirs(args: Sequence[str]) -> tuple[list[str], list[pathlib.Path]]:
@@ -238,9 +239,9 @@ def _overrides_and_config_dirs(args: Sequence[str]) -> tuple[list[str], list[pat
             overrides.append(arg)
             continue
         flag, has_value, value = arg.partition("=")
-        if flag in _VALUE_FLAGS and not has_value and flag not in ("--info", "-i"):
+        if flag in _VALUE_FLAGS and not has_value:
             value = next(rest, "")
-        if _VALUE_FLAGS.get(flag) == "dir" and value:
+        if flag in _DIR_FLAGS and value:
             dirs.append(pathlib.Path(value))
     return overrides, dirs
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import itertools
 import sys
-from collections import Counter
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 

@@ -113,7 +113,7 @@ def test_reader_raises_only_documented_errors(data, scratch) -> None:
     path = _write(scratch, data)
     try:
         coco = load_coco(path)
-        category = person_category(coco, K, path)
+        category = person_category(coco, COCO_PERSON.keypoints, path)
     except ValueError as err:
         assert str(path) in str(err)
         return
@@ -196,7 +196,7 @@ def test_valid_datasets_are_clean_and_read_back_exactly(data, scratch) -> None:
     assert validate_coco(path).problems == []
     coco = load_coco(path)
     for info in data["images"]:
-        people = image_annotations(coco, info["id"], person_category(coco, K, path), K)
+        people = image_annotations(coco, info["id"], person_category(coco, COCO_PERSON.keypoints, path), K)
         anns = [a for a in data["annotations"] if a["image_id"] == info["id"]]
         expected = np.array([a["keypoints"] for a in anns], np.float32).reshape(len(anns), K, 3)
         np.testing.assert_array_equal(people.keypoints, expected)
@@ -207,7 +207,7 @@ def test_valid_datasets_are_clean_and_read_back_exactly(data, scratch) -> None:
                 x, y, w, h = ann["bbox"]
                 assert mask.sum() == w * h and mask[y:y + h, x:x + w].all()
         # undecoded (what training reads): the unions it decodes instead are those of the masks above
-        lazy = image_annotations(coco, info["id"], person_category(coco, K, path), K, decode=False)
+        lazy = image_annotations(coco, info["id"], person_category(coco, COCO_PERSON.keypoints, path), K, decode=False)
         assert lazy.masks is None and lazy.crowd is None
         np.testing.assert_array_equal(lazy.has_mask(), [m.any() for m in people.masks])
         for pick in (np.arange(len(anns)) % 2 == 0, np.ones(len(anns), bool), np.zeros(len(anns), bool)):
@@ -223,7 +223,7 @@ def test_an_absurd_image_size_is_refused_not_allocated(scratch) -> None:
     path = _write(scratch, data)
     coco = load_coco(path)
     with pytest.raises(BadSample, match="exceeds"):
-        image_annotations(coco, 0, person_category(coco, K, path), K)
+        image_annotations(coco, 0, person_category(coco, COCO_PERSON.keypoints, path), K)
     assert any(p.kind == "image_entry" and "exceeds" in p.message for p in validate_coco(path).problems)
 
 

@@ -93,23 +93,21 @@ def excerpt(value: object, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def person_category(coco: COCO, keypoints: int | Sequence[str], source: str | Path) -> int:
-    """Id of the category with keypoints (``person`` preferred). Its keypoint count must match the skeleton's
-    (``keypoints``: the count, or the skeleton's names); with names, the same names in another order are an
-    error and other names a logged warning (:func:`keypoint_names_problem`)."""
+def person_category(coco: COCO, keypoints: Sequence[str], source: str | Path) -> int:
+    """Id of the category with keypoints (``person`` preferred). Its keypoints must be the skeleton's
+    ``keypoints`` (names): another count or the same names in another order are an error, other names a
+    logged warning (:func:`keypoint_names_problem`)."""
     cat = keypoint_category(coco.dataset["categories"])
     if cat is None:
         raise ValueError(f"{source}: no category has keypoints; is this a keypoint annotation file?")
-    num_keypoints = keypoints if isinstance(keypoints, int) else len(keypoints)
-    if len(cat["keypoints"]) != num_keypoints:
+    if len(cat["keypoints"]) != len(keypoints):
         raise ValueError(f"{source}: category {cat.get('name')!r} has {len(cat['keypoints'])} keypoints, "
-                         f"the skeleton has {num_keypoints}")
-    if not isinstance(keypoints, int):
-        found = keypoint_names_problem(cat["keypoints"], keypoints)
-        if found is not None and found[0] == "error":
-            raise ValueError(f"{source}: {found[1]}")
-        if found is not None:
-            log.warning("%s: %s", source, found[1])
+                         f"the skeleton has {len(keypoints)}")
+    found = keypoint_names_problem(cat["keypoints"], keypoints)
+    if found is not None and found[0] == "error":
+        raise ValueError(f"{source}: {found[1]}")
+    if found is not None:
+        log.warning("%s: %s", source, found[1])
     return cat["id"]
 
 

@@ -10,7 +10,7 @@ pixel i is coordinate i). :func:`to_original` applies it.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
 import albumentations as A
@@ -22,6 +22,7 @@ import torch
 from strongpose.codec.encode import labelled_keypoints
 from strongpose.data.annotations import ImageAnnotations
 from strongpose.skeleton import Skeleton
+from strongpose.structures import Poses
 
 
 @dataclass(frozen=True)
@@ -352,3 +353,19 @@ def to_original(keypoints_xy: torch.Tensor | np.ndarray, meta: Mapping | torch.T
     out = kp.clone() if kp.is_floating_point() else kp.to(torch.float32)
     out[..., :2] = mapped.to(out.dtype)
     return out.numpy() if is_numpy else out
+
+
+def poses_to_original(poses: Sequence[Poses], meta: Mapping, dtype: torch.dtype | None = None) -> list[Poses]:
+    """A batch's decoded people (input pixels) in original-image pixels (:func:`to_original` of
+    ``meta["affine"]``); with ``meta["orig_size"]`` ((H, W) each), only those with a found keypoint on their
+    image (:meth:`Poses.on_image`: a person decoded in the padding of a letterboxed batch is none).
+    ``dtype``: of the keypoints and scores returned (None: as decoded)."""
+    sizes = torch.as_tensor(meta["orig_size"]).tolist() if "orig_size" in meta else None  # one host read
+    out = []
+    for i, p in enumerate(poses):
+        kps, scores = p.keypoints.detach(), p.scores.detach().reshape(-1)
+        if dtype is not None:
+            kps, scores = kps.to(dtype), scores.to(dtype)
+        people = Poses(to_original(kps, meta["affine"][i]), scores)
+        out.append(people if sizes is None else people.on_image(tuple(sizes[i])))
+    return out

@@ -8,13 +8,12 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
-import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from strongpose.config_check import ConfigError
 from strongpose.data.annotations import keypoint_category
-from strongpose.data.transforms import to_original
+from strongpose.data.transforms import poses_to_original
 from strongpose.structures import Poses
 
 # names of COCOeval's first six keypoint statistics, in order (logged as val/AP, val/AP50, ...)
@@ -35,16 +34,8 @@ def check_backend(backend: str) -> str:
 def poses_to_coco(poses: Sequence[Poses], meta: Mapping, category_id: int = 1) -> list[dict]:
     """A batch's decoded people (input pixels) -> COCO keypoint results in original-image pixels (people off
     the image, e.g. in the batch's padding, left out when ``meta`` has ``orig_size``)."""
-    results = []
-    sizes = torch.as_tensor(meta["orig_size"]).tolist() if "orig_size" in meta else None  # (H, W) each
-    for i, p in enumerate(poses):
-        if len(p) == 0:
-            continue
-        people = Poses(to_original(p.keypoints, meta["affine"][i].cpu()), p.scores)
-        if sizes is not None:
-            people = people.on_image(sizes[i])
-        results += people.to_coco(int(meta["image_id"][i]), category_id)
-    return results
+    return [result for i, people in enumerate(poses_to_original(poses, meta))
+            for result in people.to_coco(int(meta["image_id"][i]), category_id)]
 
 
 def evaluated_category(coco: COCO) -> int:

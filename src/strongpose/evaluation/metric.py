@@ -26,7 +26,7 @@ from pycocotools.coco import COCO
 from torchmetrics import Metric
 
 from strongpose.data.annotations import load_coco
-from strongpose.data.transforms import to_original
+from strongpose.data.transforms import poses_to_original
 from strongpose.evaluation.coco_eval import STAT_NAMES, check_backend, coco_keypoint_stats, evaluated_category
 from strongpose.structures import Poses
 
@@ -81,19 +81,15 @@ class COCOKeypointAP(Metric):
         image_ids = torch.as_tensor(meta["image_id"]).reshape(-1)
         if len(image_ids) != len(poses):
             raise ValueError(f"{len(poses)} images of poses but {len(image_ids)} image ids")
-        counts, keypoints, scores = [], [], []
-        sizes = torch.as_tensor(meta["orig_size"]).tolist() if "orig_size" in meta else None  # (H, W) each
-        for i, p in enumerate(poses):
-            kps = p.keypoints.detach()
-            if len(p) and kps.shape[1:] != (self.num_keypoints, 3):
-                raise ValueError(f"expected keypoints of shape (N, {self.num_keypoints}, 3), got {tuple(kps.shape)}")
-            kps = to_original(kps.to(torch.float64), torch.as_tensor(meta["affine"][i]).to(kps.device))
-            people = Poses(kps, p.scores.detach().to(torch.float64).reshape(-1))
-            if sizes is not None:  # people decoded in the batch's padding are no detections
-                people = people.on_image(sizes[i])
-            keypoints.append(people.keypoints.reshape(-1))
-            scores.append(people.scores)
-            counts.append(len(people))
+        for p in poses:
+            if len(p) and p.keypoints.shape[1:] != (self.num_keypoints, 3):
+                raise ValueError(f"expected keypoints of shape (N, {self.num_keypoints}, 3), "
+                                 f"got {tuple(p.keypoints.shape)}")
+        # in original pixels; people decoded in the batch's padding are no detections
+        originals = poses_to_original(poses, meta, dtype=torch.float64)
+        keypoints = [people.keypoints.reshape(-1) for people in originals]
+        scores = [people.scores for people in originals]
+        counts = [len(people) for people in originals]
         device = self.device
         self.image_ids.append(image_ids.to(device=device, dtype=torch.float64))
         self.num_people.append(torch.tensor(counts, dtype=torch.float64, device=device))

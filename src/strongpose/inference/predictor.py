@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from strongpose.codec import StrongPoseCodec
 from strongpose.data.coco import to_chw
-from strongpose.data.transforms import ValTransform, to_original
+from strongpose.data.transforms import ValTransform, poses_to_original
 from strongpose.inference.images import ImageLike, as_rgb_array
 from strongpose.inference.test_time import flip_average, fuse_scales, scale_sizes, threshold_poses
 from strongpose.models.network import to_probabilities
@@ -149,9 +149,8 @@ class Predictor:
             ref_hw = self.codec.map_size((self.input_size, self.input_size))
             fused, scores = fuse_scales(per_scale, ref_affines, ref_hw, self.codec)
             poses = self.codec.decode(fused, keypoint_scores=scores)
-        poses = [threshold_poses(Poses(to_original(p.keypoints, a), p.scores).on_image(image.shape[:2]),
-                                 self.keypoint_threshold, self.person_threshold)
-                 for p, a, image in zip(poses, ref_affines, arrays)]
+        originals = poses_to_original(poses, {"affine": ref_affines, "orig_size": [a.shape[:2] for a in arrays]})
+        poses = [threshold_poses(p, self.keypoint_threshold, self.person_threshold) for p in originals]
         timing["decode_ms"] += 1e3 * (time.perf_counter() - t3)
         timing["images"] += len(arrays)
         return poses

@@ -43,11 +43,7 @@ def reference_grid(affine: torch.Tensor, ref_affine: torch.Tensor, map_hw: tuple
     b = affine.shape[0]
     device = affine.device
     h, w = ref_map_hw
-    # reference input -> this scale's input, through the original image (3x3 homogeneous matrices)
-    bottom = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64, device=device).expand(b, 1, 3)
-    ref3 = torch.cat([ref_affine.to(torch.float64), bottom], 1)
-    src3 = torch.cat([affine.to(torch.float64), bottom], 1)
-    ref_to_src = torch.linalg.solve(src3, ref3)  # (B, 3, 3)
+    ref_to_src = _input_to_input(ref_affine, affine)  # (B, 3, 3)
     ys = map_to_input(torch.arange(h, dtype=torch.float64, device=device), stride)
     xs = map_to_input(torch.arange(w, dtype=torch.float64, device=device), stride)
     yy, xx = torch.meshgrid(ys, xs, indexing="ij")
@@ -62,14 +58,19 @@ def reference_grid(affine: torch.Tensor, ref_affine: torch.Tensor, map_hw: tuple
     return grid.to(torch.float32), beyond.to(torch.float32), to_ref.to(torch.float32)
 
 
+def _input_to_input(affine: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """(B, 3, 3) homogeneous map from the input pixels of one scale to another's, through the original image;
+    ``affine`` / ``other``: their (B, 2, 3) input -> original affines."""
+    bottom = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64, device=affine.device).expand(affine.shape[0], 1, 3)
+    src3 = torch.cat([affine.to(torch.float64), bottom], 1)
+    dst3 = torch.cat([other.to(torch.float64), bottom], 1)
+    return torch.linalg.solve(dst3, src3)
+
+
 def cells_to_reference(affine: torch.Tensor, ref_affine: torch.Tensor, stride: int) -> torch.Tensor:
     """(B, 2, 3) affine taking this scale's map cells to the reference scale's (both at ``stride``), through
     input pixels and the original image; ``affine`` / ``ref_affine`` as in :func:`reference_grid`."""
-    b = affine.shape[0]
-    bottom = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64, device=affine.device).expand(b, 1, 3)
-    ref3 = torch.cat([ref_affine.to(torch.float64), bottom], 1)
-    src3 = torch.cat([affine.to(torch.float64), bottom], 1)
-    src_to_ref = torch.linalg.solve(ref3, src3)  # this scale's input -> reference input
+    src_to_ref = _input_to_input(affine, ref_affine)  # this scale's input -> reference input
     shift = (stride - 1) / 2.0  # map_to_input(u) = u * stride + shift, input_to_map its inverse
     to_input = torch.tensor([[stride, 0.0, shift], [0.0, stride, shift], [0.0, 0.0, 1.0]], dtype=torch.float64,
                             device=affine.device)

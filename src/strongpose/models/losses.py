@@ -30,7 +30,7 @@ def _heatmap_sum(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
             loss = loss * (focal_alpha * target + (1 - focal_alpha) * (1 - target))
     # a positive target always counts: a labelled keypoint's disk (in its own channel only) or a labelled
     # person's body inside a crowd region or beside an unlabelled person; the negatives there are unknown
-    weight = torch.where(target > 0, 1.0, weight.expand_as(loss).float())
+    weight = torch.where(target > 0, 1.0, weight.float())  # (B, C, h, w), broadcast
     # where(), not a product, so that nothing at all (not even a NaN) passes from ignored cells
     return torch.where(weight > 0, loss * weight, 0.0).sum(), weight.sum()
 
