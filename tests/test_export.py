@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 
 from strongpose import export
 from strongpose.checkpoint import CONFIG_KEY, CheckpointError, module_from_checkpoint
+from strongpose.config_check import ConfigError
 from strongpose.export import INPUT_CONTRACT, ExportError, run
 from strongpose.train import resolved_config
 
@@ -102,6 +103,12 @@ def test_missing_onnxruntime_says_what_to_install(tiny_checkpoint, tmp_path, mon
     assert not (tmp_path / "m.onnx").exists()
 
 
+def test_a_wrong_exporter_name_is_an_input_error(tiny_checkpoint, tmp_path):
+    with pytest.raises(ConfigError, match=r"exporter must be one of \('auto', 'dynamo', 'torchscript'\), got 'dinamo'"):
+        run({"ckpt_path": str(tiny_checkpoint), "output": str(tmp_path / "m.onnx"), "exporter": "dinamo"})
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_a_wrong_checkpoint_path_is_named(tmp_path):
     with pytest.raises(CheckpointError, match="nowhere.ckpt does not exist"):
         run({"ckpt_path": str(tmp_path / "nowhere.ckpt"), "output": str(tmp_path / "m.onnx")})
@@ -111,8 +118,9 @@ def test_cli_reports_a_wrong_checkpoint_in_one_line_and_writes_nothing(tmp_path)
     env = {**os.environ, "WANDB_MODE": "disabled"}
     done = subprocess.run([sys.executable, "-m", "strongpose.export", "ckpt_path=missing.ckpt", "output=m.onnx"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 1
-    assert done.stderr.strip() == "strongpose.export: checkpoint missing.ckpt does not exist"
+    assert done.returncode == 2  # a mistake in the input, as in train / evaluate / predict
+    assert done.stderr.startswith("CheckpointError: checkpoint missing.ckpt does not exist\n(raised at ")
+    assert len(done.stderr.strip().splitlines()) == 2
     assert list(tmp_path.iterdir()) == []  # no outputs/ folder, no log, no model
 
 

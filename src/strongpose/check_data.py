@@ -1,5 +1,8 @@
 """``python -m strongpose.check_data annotations=FILE [images=DIR]``: every problem of a COCO keypoint dataset.
 
+The keypoints are checked against a skeleton: ``skeleton=crowdpose`` (a built-in one; default coco), or a codec
+config's (``--config-dir DIR codec=NAME``, the skeleton of one's own that training would use).
+
 Prints one line per problem (up to ``max_problems_shown``, then counts by kind) and a summary line; exit
 code 0 when clean, 1 when problems were found, 2 when the annotation file cannot be read (or an argument is
 wrong). The checks are :func:`strongpose.data.validate.validate_coco`.
@@ -13,24 +16,28 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from strongpose.config_check import CONFIG_DIR, print_key_hint
 from strongpose.data.validate import Report, validate_coco
-from strongpose.skeleton import get_skeleton
+from strongpose.skeleton import Skeleton, get_skeleton
 
 CLEAN, PROBLEMS, UNREADABLE = 0, 1, 2
-USAGE = "usage: python -m strongpose.check_data annotations=FILE [images=DIR] [workers=N] [max_problems_shown=N]"
+USAGE = ("usage: python -m strongpose.check_data annotations=FILE [images=DIR] [skeleton=NAME | --config-dir DIR "
+         "codec=NAME] [workers=N] [max_problems_shown=N]")
 
 
-def check(annotations: str, images: str | None = None, skeleton: str = "coco", workers: int = 4,
+def check(annotations: str, images: str | None = None, skeleton: str | Skeleton = "coco", workers: int = 4,
           max_problems_shown: int = 50) -> int:
-    """Validate, print the report and return the exit code."""
+    """Validate, print the report and return the exit code; ``skeleton``: a built-in one's name or a Skeleton."""
     if images is not None and not Path(images).is_dir():  # an argument, not 5000 missing images
         print(f"check_data: images folder not found: {images}", file=sys.stderr)
         return UNREADABLE
     try:
-        report = validate_coco(annotations, images, skeleton=get_skeleton(skeleton), workers=workers)
+        if isinstance(skeleton, str):
+            skeleton = get_skeleton(skeleton)
+        report = validate_coco(annotations, images, skeleton=skeleton, workers=workers)
     except (FileNotFoundError, ValueError) as err:
         print(f"check_data: {err}", file=sys.stderr)
         return UNREADABLE
@@ -64,8 +71,15 @@ def _hydra_main(cfg: DictConfig) -> None:
         print(USAGE, file=sys.stderr)
         raise _Finished(UNREADABLE)
     images = None if cfg.images is None else str(cfg.images)
+    skeleton = cfg.skeleton
+    if isinstance(skeleton, DictConfig):  # a codec config's Skeleton node (a skeleton of one's own)
+        try:
+            skeleton = instantiate(skeleton)
+        except Exception as err:  # noqa: BLE001 - Hydra wraps the Skeleton's own ValueError
+            print(f"check_data: the codec's skeleton cannot be built: {err.__cause__ or err}", file=sys.stderr)
+            raise _Finished(UNREADABLE) from err
     # Hydra drops a task's return value; an exception derived from SystemExit passes through it
-    raise _Finished(check(str(cfg.annotations), images, cfg.skeleton, int(cfg.workers), int(cfg.max_problems_shown)))
+    raise _Finished(check(str(cfg.annotations), images, skeleton, int(cfg.workers), int(cfg.max_problems_shown)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

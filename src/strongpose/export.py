@@ -24,8 +24,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from strongpose.checkpoint import CheckpointError, module_from_checkpoint
-from strongpose.config_check import CONFIG_DIR, run_with_key_hints
+from strongpose.checkpoint import module_from_checkpoint
+from strongpose.config_check import CONFIG_DIR, ConfigError, report_input_errors, run_with_key_hints
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,8 @@ DEFAULT_INPUT_SIZE = 512  # traced size when neither the config nor the checkpoi
 
 
 class ExportError(RuntimeError):
-    """Export impossible (missing dependency, bad option) or its result differs from PyTorch."""
+    """Export impossible (missing dependency, the exporter fails) or its result differs from PyTorch: exit
+    status 1. A mistake in what the command was given (checkpoint, option) is an ``InputError``: status 2."""
 
 
 def require_onnx() -> None:
@@ -77,7 +78,7 @@ def export_onnx(net: nn.Module, names: list[str], output: str | Path, example: t
     TorchScript-based one when it fails.
     """
     if exporter not in EXPORTERS:
-        raise ExportError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
+        raise ConfigError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
     require_onnx()
     model = OutputTuple(net, names).eval()
     output = Path(output)
@@ -227,13 +228,16 @@ def run(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
 def main(cfg: DictConfig) -> None:
     for name in ("onnx_ir", "onnxscript"):  # Hydra's INFO root logger would print every graph-pass step
         logging.getLogger(name).setLevel(logging.WARNING)
-    try:
+    # like train / evaluate / predict: a wrong checkpoint or option is reported in a line, exit status 2 (the
+    # ckpt_path=??? left unset too); an export that fails (exporter, onnxruntime differs) in a line, status 1
+    with report_input_errors():
         if OmegaConf.is_missing(cfg, "ckpt_path"):
-            raise ExportError("which checkpoint? python -m strongpose.export ckpt_path=CKPT output=model.onnx")
-        run(cfg)
-    except (CheckpointError, ExportError) as err:
-        print(f"strongpose.export: {err}", file=sys.stderr, flush=True)
-        sys.exit(1)
+            raise ConfigError("which checkpoint? python -m strongpose.export ckpt_path=CKPT output=model.onnx")
+        try:
+            run(cfg)
+        except ExportError as err:
+            print(f"strongpose.export: {err}", file=sys.stderr, flush=True)
+            sys.exit(1)
 
 
 def cli() -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from hydra.utils import instantiate
 
+from strongpose import check_data
 from strongpose.config_check import unknown_key_hint
 from strongpose.data import sample_paths
 from strongpose.train import CONFIG_DIR, train
@@ -55,6 +56,18 @@ def test_the_readme_skeleton_trains_and_evaluates(user_config_dir, train_config,
     metrics, _ = train(cfg)
     assert "val/AP" in metrics  # COCO AP with the skeleton's 5 sigmas ran
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_check_data_takes_the_skeleton_of_a_codec_of_ones_own(user_config_dir, tmp_path, capsys):
+    five = five_keypoint_sample(tmp_path)
+    own = ["--config-dir", str(user_config_dir), "codec=hands"]
+    assert check_data.main([*own, f"annotations={five}"]) == check_data.CLEAN
+    assert "0 problems" in capsys.readouterr().out
+    # the 17-keypoint file against the 5-keypoint skeleton, and the 5-keypoint file against COCO's: refused
+    assert check_data.main([*own, f"annotations={sample_paths()[1]}"]) == check_data.PROBLEMS
+    assert "category 'person' has 17 keypoints, the head_hands_feet" in capsys.readouterr().out
+    assert check_data.main([f"annotations={five}"]) == check_data.PROBLEMS
+    assert "category 'person' has 5 keypoints, the coco" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("form", ["--config-dir={}", "--config-dir {}", "-cd {}", "-cd {} --cfg job"])
