@@ -10,14 +10,22 @@ from collections.abc import Sequence
 
 import lightning as L
 import torch
+import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar, WeightAveraging
+from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
 
 
 class EMA(WeightAveraging):
     """Polyak averaging of weights and BatchNorm statistics, built on Lightning's ``WeightAveraging``.
 
     Validation runs on the averaged weights, checkpoints' ``state_dict`` holds them (the raw weights go
-    to ``current_model_state`` so that resuming continues both), and the model ends training with them.
+    to ``current_model_state`` so that resuming continues both), and the model ends training with them:
+    they are copied into it when ``fit`` ends (Lightning's ``WeightAveraging`` does it at ``on_train_end``,
+    before the checkpoint written then, whose ``current_model_state`` would hold the averaged weights too).
+
+    Under DDP each rank averages its own BatchNorm statistics (its batches' running stats; the weights are
+    the same on every rank): they are averaged over the ranks before every validation and checkpoint, so
+    that all ranks validate the one model that is saved (one all-reduce of the float buffers, then).
 
     The decay warms up as ``min(decay, (1 + n) / (10 + n))`` after n updates (TensorFlow's
     ExponentialMovingAverage): a plain 0.999 would keep ~90 % of the random initial weights after a
@@ -56,6 +64,38 @@ class EMA(WeightAveraging):
         super().setup(trainer, pl_module, stage)
         if stage == "fit":  # WeightAveraging made a new averaged model
             self._updates = 0
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.sync_buffers()
+        super().on_validation_epoch_start(trainer, pl_module)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        self.sync_buffers()  # every rank writes the dict (rank 0 saves it): one collective for all
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # not WeightAveraging's copy into the model yet: a checkpoint written now (ModelCheckpoint's final
+        # last.ckpt, the callbacks Lightning calls last) keeps the raw weights beside the averaged ones
+        self.sync_buffers()
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._average_model is not None:
+            self._copy_average_to_current(pl_module)
+
+    @torch.no_grad()
+    def sync_buffers(self) -> None:
+        """Average the averaged model's floating-point buffers (BatchNorm statistics) over the DDP ranks."""
+        if self._average_model is None or not (dist.is_available() and dist.is_initialized()):
+            return
+        if dist.get_world_size() == 1:
+            return
+        buffers = [b for b in self._average_model.module.buffers() if torch.is_floating_point(b)]
+        if buffers:
+            flat = torch.cat([b.reshape(-1).float() for b in buffers])
+            dist.all_reduce(flat)
+            flat /= dist.get_world_size()
+            parts = flat.split([b.numel() for b in buffers])
+            torch._foreach_copy_(buffers, [part.view_as(b) for part, b in zip(parts, buffers)])
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         super().on_load_checkpoint(trainer, pl_module, checkpoint)
@@ -128,6 +168,18 @@ class EMA(WeightAveraging):
             torch._foreach_lerp_(averaged, current, 1.0 - self.current_decay(updates))
         else:  # integer buffers (BatchNorm's num_batches_tracked) just follow the model
             torch._foreach_copy_(averaged, current)
+
+
+class ModelCheckpoint(LightningModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` that also writes ``last.ckpt`` when training ends after steps no
+    checkpoint holds: Lightning's own writes it then only when no last checkpoint was written during the run,
+    so the epochs after the last validation (``max_epochs`` not a multiple of ``check_val_every_n_epoch``,
+    ``max_steps``, an early stop) would be lost, and a resume would train them again."""
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # skipped as Lightning skips its saves: fast_dev_run, sanity check, this step already saved
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class ImagesPerSecond(Callback):

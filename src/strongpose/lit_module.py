@@ -28,6 +28,7 @@ OPTIMIZER_KIND = ("fused", "foreach")  # param-group keys that choose how a step
 # logged names: f"{stage}/{LOSS}" (total, what checkpoints monitor) and f"{stage}/{LOSS}_{term}"
 LOSS = "loss"
 NONFINITE = "train/nonfinite_steps"  # logged: training steps skipped for a NaN / infinite loss so far
+BATCH_LAYOUT = "strongpose_batch_layout"  # checkpoint key: per-device batch, ranks, accumulation of the run
 DEFAULT_LOSS_WEIGHTS = {"skhm": 4.0, "bhm": 2.0, "short": 1.0, "mid": 0.4, "long": 0.1}  # the authors' code
 
 
@@ -239,9 +240,15 @@ class StrongPoseModule(L.LightningModule):
     def predict_step(self, batch: dict, batch_idx: int) -> list[Poses]:
         return self.decode(self(batch["image"]))
 
+    def batch_layout(self) -> dict[str, int]:
+        """Per-device batch, ranks (devices x nodes) and gradient accumulation of this run."""
+        trainer = self.trainer
+        return {"batch_size": int(self.hparams.batch_size), "world_size": int(trainer.world_size),
+                "accumulate_grad_batches": int(trainer.accumulate_grad_batches)}
+
     def configure_optimizers(self):
         trainer = self.trainer
-        batch = global_batch_size(self.hparams.batch_size, trainer.world_size, trainer.accumulate_grad_batches)
+        batch = global_batch_size(**self.batch_layout())
         rule = lr_scaling_rule(self.hparams.lr_scaling, self.optimizer_factory)
         lr = scaled_lr(self.hparams.lr, batch, self.hparams.lr_ref_batch, rule)
         if trainer.is_global_zero:
@@ -289,13 +296,36 @@ class StrongPoseModule(L.LightningModule):
         if self.run_config is not None:
             checkpoint[CONFIG_KEY] = self.run_config
         checkpoint[NONFINITE] = self.nonfinite.total
+        if self._trainer is not None:
+            checkpoint[BATCH_LAYOUT] = self.batch_layout()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Lightning calls this before load_state_dict, also when resuming (trainer.fit(ckpt_path=...)):
         # a checkpoint of another backbone / skeleton / stride gets the differences, not a wall of keys
         check_compatible(checkpoint, self)
         self.nonfinite.total = int(checkpoint.get(NONFINITE, 0))
+        if self._trainer is not None and getattr(self._trainer, "training", False):  # resuming a fit, not load()
+            check_same_global_batch(checkpoint.get(BATCH_LAYOUT), self.batch_layout())
         self._resume_with_this_optimizer_kind(checkpoint)  # before Lightning loads the optimiser state
+
+
+def check_same_global_batch(saved: dict[str, int] | None, now: dict[str, int]) -> None:
+    """Raise :class:`ConfigError` when a resumed run's global batch is not its checkpoint's: Lightning restores
+    the optimiser's learning rate and the schedule's base rate (scaled to the old global batch), the schedule
+    counts optimiser steps of the old size, and the epoch's position is in old batches. A checkpoint written
+    before the layout was recorded (None) is resumed as it is."""
+    if saved is None or global_batch_size(**saved) == global_batch_size(**now):
+        return
+
+    def say(layout: dict[str, int]) -> str:
+        return (f"{global_batch_size(**layout)} ({layout['batch_size']} per device x {layout['world_size']} devices "
+                f"x {layout['accumulate_grad_batches']} accumulated)")
+
+    raise ConfigError(
+        f"the checkpoint was trained with a global batch of {say(saved)}, this run's is {say(now)}: its learning "
+        f"rate, schedule and position in the epoch are per optimiser step of the checkpoint's size. Resume with "
+        f"the checkpoint's data.batch_size, trainer.devices x trainer.num_nodes and trainer.accumulate_grad_batches "
+        f"(at an epoch's end, the same product is enough)")
 
 
 def _step_counters_to_host(state: dict, params) -> None:

@@ -66,7 +66,7 @@ def wandb_logger(save_dir: str, project: str = "strongpose", offline: bool | Non
     else:
         say(f"W&B: logging online to project {project!r}")
         job = slurm_job_id()
-        chosen = "id" in kwargs or "version" in kwargs or os.environ.get("WANDB_RUN_ID")
+        chosen = kwargs.get("id") or kwargs.get("version") or os.environ.get("WANDB_RUN_ID")
         if job and run_resume == "auto" and not chosen:
             # a requeued SLURM job keeps its id and folder and resumes from its checkpoint: it logs on to the same
             # W&B run (charts go by trainer/global_step) rather than starting a new one per requeue. After the

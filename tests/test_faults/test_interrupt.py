@@ -68,7 +68,7 @@ def test_with_gradient_accumulation_the_save_waits_for_the_optimiser_step(train_
     assert calls == [0, 1, 2, 3]  # batch 3 completed the optimiser step, then the run stopped
     saved = read_checkpoint(tmp_path / "checkpoints" / "interrupted.ckpt")
     assert saved["global_step"] == 2
-    assert saved["COCOKeypointDataModule"]["train_position"] == {"epoch": 0, "batches": 4}
+    assert saved["COCOKeypointDataModule"]["train_position"] == {"epoch": 0, "batches": 4, "batch_size": 1, "world_size": 1}
 
 
 def test_with_accumulation_a_validation_between_two_optimiser_steps_does_not_hold_the_save(
@@ -84,7 +84,7 @@ def test_with_accumulation_a_validation_between_two_optimiser_steps_does_not_hol
     assert calls == [0, 1, 2]
     saved = read_checkpoint(tmp_path / "checkpoints" / "interrupted.ckpt")
     assert saved["global_step"] == 1
-    assert saved["COCOKeypointDataModule"]["train_position"] == {"epoch": 0, "batches": 3}
+    assert saved["COCOKeypointDataModule"]["train_position"] == {"epoch": 0, "batches": 3, "batch_size": 1, "world_size": 1}
     assert saved["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"]["total"]["started"] == 0  # not run
     assert "before a validation, between two optimiser steps" in capsys.readouterr().out
 

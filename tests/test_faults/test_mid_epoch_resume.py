@@ -9,6 +9,7 @@ import signal
 import pytest
 import torch
 
+from strongpose.config_check import ConfigError
 from strongpose.data.resumable import ResumableDataLoader
 from strongpose.data.sampling import SeededSampler
 from strongpose.lit_module import StrongPoseModule
@@ -64,7 +65,8 @@ def test_interrupted_mid_epoch_and_resumed_matches_the_uninterrupted_run(train_c
     saved = tmp_path / "run" / "checkpoints" / "interrupted.ckpt"
     checkpoint = torch.load(saved, map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] == INTERRUPT_AT and checkpoint["epoch"] == 1  # mid-epoch
-    assert checkpoint["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches": 1}]
+    assert checkpoint["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
+        {"epoch": 1, "batches": 1, "batch_size": 2, "world_size": 1}]
     interrupted = list(interrupted)
 
     resumed = ctrl_c_during_step(None)
@@ -113,3 +115,20 @@ def test_a_loader_whose_sampler_lightning_replaced_restarts_its_epoch(caplog):
         loader.load_state_dict({"epoch": 3, "batches": 1})
     assert "(SequentialSampler, not a SeededSampler) cannot skip the 1 batches already trained in epoch 3" in caplog.text
     assert [b.tolist() for b in loader] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+
+
+@pytest.mark.parametrize(("batch_size", "world", "refused"), [(2, 2, False), (4, 1, True), (2, 1, True), (1, 4, True)])
+def test_a_position_inside_an_epoch_needs_the_same_batch_and_ranks(batch_size, world, refused):
+    """Saved after 3 batches of 2 on each of 2 ranks: with another split each rank would skip 3 x its batch
+    of its own (other) shard, and Lightning would count the epoch's batches in the old size."""
+    loader = ResumableDataLoader(list(range(32)), batch_size=batch_size,
+                                 sampler=SeededSampler(32, num_replicas=world, rank=0))
+    state = {"epoch": 1, "batches": 3, "batch_size": 2, "world_size": 2}
+    if refused:
+        with pytest.raises(ConfigError, match=r"stopped inside epoch 1, after 3 batches of 2 images per device on 2 "
+                                              rf"devices; .* this run has {batch_size} on {world}\."):
+            loader.load_state_dict(state)
+    else:
+        loader.load_state_dict(state)
+    loader.load_state_dict({**state, "batches": 0})  # at an epoch's end any split goes on
+    loader.load_state_dict({"epoch": 1, "batches": 3})  # saved before the split was recorded: as it is

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from strongpose.checkpoint import CheckpointError
+from strongpose.config_check import ConfigError
 from strongpose.train import train
 
 # one step per epoch, no validation, no COCO evaluation: the cheapest run that writes last.ckpt
@@ -59,3 +60,17 @@ def test_resuming_loads_with_weights_only(train_config, tmp_path, last_ckpt, mon
     _, objects = train(cfg)
     assert objects["trainer"].global_step == 2
     assert calls and all(value is True for value in calls)
+
+
+def test_resuming_with_another_global_batch_is_refused(train_config, tmp_path, last_ckpt):
+    """The learning rate (scaled to the global batch), the schedule's steps and the epoch's position would all
+    be the checkpoint's: Lightning restores them over the new run's. The same product at an epoch's end goes on."""
+    cfg = train_config([*QUICK, "trainer.max_epochs=2", "data.batch_size=1", f"ckpt_path={last_ckpt}"],
+                       output_dir=tmp_path / "other")
+    with pytest.raises(ConfigError, match=r"global batch of 2 \(2 per device x 1 devices x 1 accumulated\), this "
+                                          r"run's is 1 \(1 per device x 1 devices x 1 accumulated\)"):
+        train(cfg)
+    same = train_config([*QUICK, "trainer.max_epochs=2", "data.batch_size=1", "trainer.accumulate_grad_batches=2",
+                         f"ckpt_path={last_ckpt}"], output_dir=tmp_path / "same")
+    _, objects = train(same)
+    assert objects["trainer"].global_step == 2

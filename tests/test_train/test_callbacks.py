@@ -1,6 +1,8 @@
 import lightning as L
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 
@@ -108,3 +110,31 @@ def test_ema_before_its_start_step_is_the_trained_model_not_the_initial_one():
     trainer.fit(model, data, data)
     assert len(model.validated) == 4 and all(w > 1.0 for w in model.validated)  # not the initial 0
     assert float(model.w) == pytest.approx(model.validated[-1]) and float(model.w) > 1.0
+
+
+def _sync_worker(rank: int, store: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2))
+        ema = EMA()
+        ema._average_model = AveragedModel(model, use_buffers=True)  # what WeightAveraging.setup makes  # noqa: SLF001
+        bn = ema._average_model.module[1]  # noqa: SLF001
+        bn.running_mean.fill_(float(rank))  # each rank's own batches' statistics
+        bn.running_var.fill_(1.0 + 2 * rank)
+        bn.num_batches_tracked.fill_(7)
+        ema.sync_buffers()
+        torch.save({k: v.clone() for k, v in bn.state_dict().items()}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ema_averages_batchnorm_statistics_over_the_ranks(tmp_path):
+    """Under DDP each rank's average follows its own batches' BatchNorm statistics: before a validation or a
+    checkpoint they are averaged, so that every rank validates the model that is saved."""
+    mp.spawn(_sync_worker, args=(str(tmp_path / "store"), str(tmp_path / "bn")), nprocs=2, join=True)
+    states = [torch.load(tmp_path / f"bn.{rank}", weights_only=True) for rank in range(2)]
+    for state in states:
+        assert torch.equal(state["running_mean"], torch.full((2,), 0.5))
+        assert torch.equal(state["running_var"], torch.full((2,), 2.0))
+        assert int(state["num_batches_tracked"]) == 7

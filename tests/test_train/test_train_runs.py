@@ -46,6 +46,24 @@ def test_resume_from_last_checkpoint_continues_the_step_count(train_config, tmp_
     assert second["trainer"].current_epoch == 2
 
 
+@pytest.mark.parametrize("schedule", [["trainer.max_epochs=3", "trainer.check_val_every_n_epoch=2"],
+                                      ["trainer.max_epochs=-1", "trainer.max_steps=3"]], ids=["epochs", "steps"])
+def test_last_checkpoint_holds_the_final_step_and_the_raw_weights(train_config, tmp_path, schedule):
+    """Epochs after the last validation (or a max_steps end) are saved at the end, and that checkpoint keeps
+    the trained weights beside the averaged ones: Lightning wrote none (epoch 3 lost) or, at the end, one
+    whose current_model_state was the EMA's (WeightAveraging copies it into the model first)."""
+    _, run = train(train_config(schedule, output_dir=tmp_path))
+    trainer, model = run["trainer"], run["model"]
+    assert trainer.global_step == 3
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == 3
+    raw, averaged = checkpoint["current_model_state"], checkpoint["state_dict"]
+    name = next(k for k in raw if k.endswith("conv1.weight"))
+    assert not torch.equal(raw[name], averaged[name])  # EMA (decay warm-up 2/11 ...) lags the weights
+    # the model ends fit with the averaged weights, as before
+    assert all(torch.equal(value, averaged[key]) for key, value in model.state_dict().items())
+
+
 def test_cli_runs_from_any_folder_and_says_where_the_checkpoint_is(tmp_path, train_cli):
     args = ["logger=csv", "trainer=cpu", "data.input_size=64", "data.batch_size=2", "data.max_train_images=2",
             "data.max_val_images=2", "trainer.max_epochs=1", "trainer.check_val_every_n_epoch=1",

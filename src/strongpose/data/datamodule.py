@@ -171,7 +171,8 @@ class COCOKeypointDataModule(L.LightningDataModule):
 
     def state_dict(self) -> dict[str, Any]:
         """Saved in checkpoints: where training is in its epoch (see :class:`ResumableDataLoader`)."""
-        state = position_state(self._train_position())
+        trainer = self.trainer
+        state = position_state(self._train_position(), self.batch_size, trainer.world_size if trainer else 1)
         return {"train_position": state} if state else {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -16,6 +16,8 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
+from strongpose.config_check import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -37,11 +39,13 @@ class ResumableDataLoader(DataLoader):
         self.position = position
 
     def state_dict(self) -> dict[str, int]:
-        return position_state(self.position() if self.position is not None else None)
+        return position_state(self.position() if self.position is not None else None, self.batch_size,
+                              getattr(self.sampler, "num_replicas", 1))
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if not state:
             return
+        check_same_split(state, self.batch_size, getattr(self.sampler, "num_replicas", 1))
         resume = getattr(self.sampler, "resume", None)
         if not callable(resume):  # Lightning replaces the sampler for trainer.overfit_batches
             if state["batches"]:
@@ -54,10 +58,27 @@ class ResumableDataLoader(DataLoader):
         resume(state["epoch"], state["batches"] * self.batch_size)
 
 
-def position_state(position: tuple[int, int] | None) -> dict[str, int]:
+def position_state(position: tuple[int, int] | None, batch_size: int, world_size: int) -> dict[str, int]:
     """The saved form of an ``(epoch, batches)`` position (what :meth:`ResumableDataLoader.load_state_dict`
-    takes); empty when it is unknown."""
+    takes), with the per-device batch and the number of ranks it counts in; empty when it is unknown."""
     if position is None:
         return {}
     epoch, batches = position
-    return {"epoch": int(epoch), "batches": int(batches)}
+    return {"epoch": int(epoch), "batches": int(batches), "batch_size": int(batch_size),
+            "world_size": int(world_size)}
+
+
+def check_same_split(state: dict[str, int], batch_size: int, world_size: int) -> None:
+    """Raise :class:`ConfigError` when ``state`` is a position inside an epoch counted with another
+    per-device batch or number of ranks: each rank would skip its own shard's first ``batches`` x
+    ``batch_size`` keys of another shard (images trained twice or never), and Lightning, which counts the
+    epoch's batches done, would end the epoch early or late. At an epoch's end (``batches`` 0) nothing is
+    skipped; a position saved before the layout was recorded is taken as it is."""
+    saved = (state.get("batch_size"), state.get("world_size"))
+    if not state.get("batches") or None in saved or saved == (int(batch_size), int(world_size)):
+        return
+    raise ConfigError(
+        f"the checkpoint stopped inside epoch {state['epoch']}, after {state['batches']} batches of {saved[0]} images "
+        f"per device on {saved[1]} devices; going on from there needs the same data.batch_size and devices x "
+        f"nodes, this run has {batch_size} on {world_size}. Resume with those, or from a checkpoint written at an "
+        f"epoch's end")
