@@ -109,6 +109,15 @@ def test_a_wrong_exporter_name_is_an_input_error(tiny_checkpoint, tmp_path):
     assert not (tmp_path / "m.onnx").exists()
 
 
+def test_an_output_that_cannot_be_written_is_refused_before_exporting(tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setattr(export, "export_onnx", lambda *a, **k: pytest.fail("exported"))
+    with pytest.raises(ConfigError, match=r"output=.* is a folder; name the file to write"):
+        run({"ckpt_path": str(tiny_checkpoint), "output": str(tmp_path)})
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="its folder cannot be made"):
+        run({"ckpt_path": str(tiny_checkpoint), "output": str(tmp_path / "file" / "m.onnx")})
+
+
 def test_a_wrong_checkpoint_path_is_named(tmp_path):
     with pytest.raises(CheckpointError, match="nowhere.ckpt does not exist"):
         run({"ckpt_path": str(tmp_path / "nowhere.ckpt"), "output": str(tmp_path / "m.onnx")})

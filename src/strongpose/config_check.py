@@ -40,6 +40,15 @@ class ConfigError(InputError, ValueError):
     """A config value that cannot be right (a wrong type for its key, values that do not go together)."""
 
 
+def require_positive(prefix: str, **values: float | None) -> None:
+    """Raise :class:`ConfigError` naming every ``prefix.key=value`` that is not > 0 (None: unset, allowed):
+    sizes and rates that would otherwise fail deep inside a library, or as another number (a scaled LR)."""
+    bad = [f"{prefix}{'.' if prefix else ''}{key}={value!r}" for key, value in values.items()
+           if value is not None and not value > 0]
+    if bad:
+        raise ConfigError(f"{', '.join(bad)}: must be > 0")
+
+
 class InputErrorExit(SystemExit):
     """A run stopped by an :class:`InputError` (or a missing file, an unresolvable ``${...}``), already
     reported on stderr; exit code 2."""

@@ -96,7 +96,7 @@ def export_onnx(net: nn.Module, names: list[str], output: str | Path, example: t
             describe_input(output)
             return "dynamo"
         except Exception as err:  # noqa: BLE001 - torch.export raises many error types
-            if exporter == "dynamo":
+            if exporter == "dynamo" or isinstance(err, OSError):  # a file that cannot be written: no fallback
                 raise ExportError(f"the dynamo (torch.export) ONNX exporter failed: {err}") from err
             log.warning("dynamo ONNX exporter failed (%s: %s); falling back to the TorchScript exporter",
                         type(err).__name__, str(err).splitlines()[0] if str(err) else "")
@@ -170,6 +170,16 @@ def check_batches(images: torch.Tensor, stride: int, dynamic: bool) -> list[torc
     return batches
 
 
+def check_output(output: Path) -> None:
+    """Refuse an ``output`` that cannot be written (a folder, a folder that cannot be made), before exporting."""
+    if output.is_dir():
+        raise ConfigError(f"output={output} is a folder; name the file to write, e.g. output={output / 'model.onnx'}")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"output={output}: its folder cannot be made ({err})") from None
+
+
 def export_input_size(requested: int | None, run_cfg: dict[str, Any]) -> tuple[int, str]:
     """The size to trace and check at, and where it comes from: ``input_size`` when set, else the
     checkpoint's ``data.input_size``, else :data:`DEFAULT_INPUT_SIZE` (with a warning saying how to choose)."""
@@ -189,6 +199,7 @@ def run(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     ({output: max abs diff}), ``size_mb``."""
     cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     require_onnx()  # before the (slow) model build
+    check_output(Path(cfg.get("output") or "model.onnx"))  # and before the (slow) export
     module, run_cfg = module_from_checkpoint(cfg["ckpt_path"], map_location="cpu")
     net = module.net.eval()
     names = list(module.codec.channels)

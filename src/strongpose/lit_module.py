@@ -13,7 +13,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from strongpose.checkpoint import CONFIG_KEY, CheckpointError, spec_mismatch
-from strongpose.config_check import ConfigError
+from strongpose.config_check import ConfigError, require_positive
 from strongpose.codec import StrongPoseCodec
 from strongpose.collectives import mean_over_ranks
 from strongpose.faults import BufferSnapshot, NonFiniteLossGuard
@@ -154,6 +154,7 @@ class StrongPoseModule(L.LightningModule):
     ) -> None:
         super().__init__()
         check_lr_scaling(lr_scaling)  # here, not at fit
+        require_positive("model", lr=lr, lr_ref_batch=lr_ref_batch, batch_size=batch_size)
         # codec and backbone are objects; the run's Hydra config (saved beside the checkpoints) has them
         self.save_hyperparameters(ignore=["codec", "backbone", "optimizer", "scheduler"], logger=False)
         self.hparams["codec"] = codec_spec(codec)  # checked when a checkpoint is loaded

@@ -134,6 +134,19 @@ def two_point_polygon(images: Path, data: dict):
     return _image(data, ann["image_id"]), ann, "segmentation", ERROR, "polygon 0 has 2 points"
 
 
+def polygon_far_outside(images: Path, data: dict):
+    ann = _person(data)
+    info = _image(data, ann["image_id"])
+    ann["segmentation"] = [[0, 0, 1e9, 0, 1e9, 1e9]]  # pycocotools' rasteriser would ask for ~26 GB and crash
+    return info, ann, "segmentation", ERROR, f"polygon 0 reaches far beyond the {info['width']}x{info['height']} image"
+
+
+def unknown_category(images: Path, data: dict):
+    ann = _person(data)
+    ann["category_id"] = 0
+    return _image(data, ann["image_id"]), ann, "unknown_category", ERROR, "category id 0 is not in categories[]"
+
+
 def rle_of_other_size(images: Path, data: dict):
     ann = _person(data)
     info = _image(data, ann["image_id"])
@@ -180,8 +193,8 @@ def keypoints_of_other_names(images: Path, data: dict):
 
 CASES = [keypoints_in_another_order, keypoints_of_other_names, truncated_jpeg, png_named_jpg, empty_file, missing_image, wrong_image_size, short_keypoints, nan_keypoint,
          negative_keypoint, keypoint_far_outside, visibility_three, num_keypoints_disagrees, box_outside_image,
-         box_of_three_numbers, box_of_zero_width, odd_polygon, two_point_polygon, rle_of_other_size, rle_undecodable,
-         duplicate_image_id, duplicate_annotation_id, orphan_annotation]
+         box_of_three_numbers, box_of_zero_width, odd_polygon, two_point_polygon, polygon_far_outside, unknown_category,
+         rle_of_other_size, rle_undecodable, duplicate_image_id, duplicate_annotation_id, orphan_annotation]
 
 
 @pytest.fixture

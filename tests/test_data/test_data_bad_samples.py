@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from strongpose.data import COCOKeypointDataModule, COCOKeypointDataset, load_coco
+from strongpose.data.annotations import AnnotationFileError
 from strongpose.data.collate import SkipBadCollate, SkippedSample
 
 S = 96
@@ -131,3 +132,70 @@ def test_all_bad_batch_encoded_on_the_device_has_size_zero_and_the_usual_targets
     assert set(empty["targets"]) == set(good["targets"])
     for key, value in good["targets"].items():
         assert empty["targets"][key].shape == (0, *value.shape[1:]) and empty["targets"][key].dtype == value.dtype
+
+
+def _first_person(data: dict) -> dict:
+    return next(a for a in data["annotations"] if a["num_keypoints"] > 0 and not a["iscrowd"])
+
+
+def test_a_polygon_far_beyond_the_image_is_a_named_bad_sample(sample_copy, codec) -> None:
+    """pycocotools rasterises a polygon at its full extent: a vertex at 1e9 crashed the worker (segfault)."""
+    images, annotations, data = sample_copy
+    ann = _first_person(data)
+    ann["segmentation"] = [[0, 0, 1e9, 0, 1e9, 1e9]]
+    annotations.write_text(json.dumps(data))
+    ds = COCOKeypointDataset(images, annotations, codec=codec, input_size=S, train=True)
+    item = ds[ds.image_ids.index(ann["image_id"])]
+    assert isinstance(item, SkippedSample) and f"annotation id {ann['id']}" in item.reason
+    assert "polygon 0 reaches far beyond the" in item.reason
+
+
+def _repeated_id(section: str):
+    def repeat(data: dict) -> str:
+        data[section][4]["id"] = data[section][1]["id"]
+        return rf"{section}\[4\] repeats the id {data[section][1]['id']} of {section}\[1\]"
+    return repeat
+
+
+def _no_person_of_the_keypoint_category(data: dict) -> str:
+    for ann in data["annotations"]:
+        ann["category_id"] = 0
+    return r"none of its 13 images has an annotation of the keypoint category \(id 1\); the annotations name category ids \[0\]"
+
+
+@pytest.mark.parametrize("break_file", [_repeated_id("images"), _repeated_id("annotations"),
+                                        _no_person_of_the_keypoint_category], ids=["image_id", "ann_id", "category"])
+def test_an_annotation_file_that_cannot_be_used_is_refused(sample_copy, codec, break_file) -> None:
+    """Repeated ids: pycocotools keeps one entry per id (another image's people on these pixels, another ground
+    truth). No person of the keypoint category: nothing to train on, no ground truth to evaluate against."""
+    images, annotations, data = sample_copy
+    expected = break_file(data)
+    annotations.write_text(json.dumps(data))
+    with pytest.raises(AnnotationFileError, match=expected):
+        COCOKeypointDataset(images, annotations, codec=codec, input_size=S)
+
+
+def test_a_visibility_flag_other_than_0_1_2_is_a_named_bad_sample(sample_copy, codec) -> None:
+    images, annotations, data = sample_copy
+    ann = _first_person(data)
+    ann["keypoints"][2] = 3
+    annotations.write_text(json.dumps(data))
+    ds = COCOKeypointDataset(images, annotations, codec=codec, input_size=S)
+    item = ds[ds.image_ids.index(ann["image_id"])]
+    assert isinstance(item, SkippedSample) and "visibility flags must be 0, 1 or 2, got [0.0, 2.0, 3.0]" in item.reason
+
+
+def test_labelled_keypoints_outside_the_image_are_unlabelled_and_counted(sample_copy, codec, caplog) -> None:
+    images, annotations, data = sample_copy
+    ann = _first_person(data)
+    info = next(i for i in data["images"] if i["id"] == ann["image_id"])
+    labelled = [k for k in range(17) if ann["keypoints"][3 * k + 2] > 0]
+    ann["keypoints"][3 * labelled[0]] = info["width"] + 40.0  # past the right edge
+    ann["keypoints"][3 * labelled[1] + 1] = -30.0  # above the top
+    annotations.write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING, logger="strongpose.data.coco"):
+        ds = COCOKeypointDataset(images, annotations, codec=codec, input_size=S, train=True)
+    assert f"2 labelled keypoints of 1 annotations (ids {ann['id']}) lie outside their image" in caplog.text
+    people = ds.load(ds.image_ids.index(ann["image_id"]))[1]
+    person = next(p for p in people.keypoints if p[labelled[2], 0] == ann["keypoints"][3 * labelled[2]])
+    assert person[labelled[0], 2] == 0 and person[labelled[1], 2] == 0 and person[labelled[2], 2] > 0

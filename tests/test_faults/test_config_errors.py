@@ -34,6 +34,18 @@ def test_train_refuses_a_wrong_type_before_building_anything(train_config, tmp_p
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["data.input_size=-128"], "data.input_size=-128: must be > 0"),  # was albumentations' min_height error
+    (["data.batch_size=0"], "data.batch_size=0: must be > 0"),  # was a torch sampler error
+    (["model.lr=-1"], "model.lr=-1: must be > 0"),  # was the scaled LR, a number the user never typed
+    (["model.lr_ref_batch=0", "data.val_batch_size=-2"], "data.val_batch_size=-2: must be > 0"),
+])
+def test_sizes_and_rates_that_cannot_be_right_are_named(train_config, tmp_path, capsys, overrides, message):
+    with pytest.raises(InputErrorExit), report_input_errors():  # as the entry points report it: one line
+        train(train_config(overrides, output_dir=tmp_path))
+    assert capsys.readouterr().err.startswith(f"ConfigError: {message}\n")
+
+
 def test_unknown_keys_get_the_closest_key_and_the_list():
     hint = unknown_key_hint(["backbone=resnet50", "model.lr_typo=1", "modle.lr=3", "data.augment.rotate=5",
                              "+model.new_key=1", "model.lr=3", "hydra.run.dir=x"], CONFIG_DIR)

@@ -147,8 +147,21 @@ def test_bad_inputs_say_what_is_wrong(predictor, tmp_path):
     broken.write_bytes(b"not a jpeg")
     with pytest.raises(BadSample, match="broken.jpg"):
         predictor.predict(broken)
-    with pytest.raises(ValueError, match="batch_size"):
+    with pytest.raises(ValueError, match=r"H, W > 0, got \(10, 0, 3\)"):  # was an OpenCV resize assertion
+        predictor.predict(np.zeros((10, 0, 3), np.uint8))
+    with pytest.raises(ConfigError, match="batch_size must be >= 1, got 0"):
         predictor.predict_batch([], batch_size=0)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"device": "gpu"}, "device='gpu' is not a device: Expected one of"),
+    ({"scales": [0]}, r"test.scales must be positive, got \[0.0\]"),
+    ({"input_size": 0}, "input_size=0: must be > 0"),
+])
+def test_options_that_cannot_be_right_are_config_errors(tiny_checkpoint, options, message):
+    """Reported in a line by predict / evaluate (exit 2), not as a traceback."""
+    with pytest.raises(ConfigError, match=message):
+        strongpose.load(tiny_checkpoint, **options)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

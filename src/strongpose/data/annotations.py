@@ -19,6 +19,8 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from strongpose.config_check import InputError
+
 log = logging.getLogger(__name__)
 
 REQUIRED_KEYS = ("images", "annotations", "categories")
@@ -33,11 +35,16 @@ class BadSample(Exception):
         self.file_name, self.reason, self.ann_id = file_name, reason, ann_id
 
 
+class AnnotationFileError(InputError, ValueError):
+    """An annotation file that cannot be used as a whole (not JSON, wrong structure, duplicate ids, no keypoint
+    category, another skeleton): the entry points report it in a line (exit 2); it names the file."""
+
+
 def read_coco_json(path: str | Path) -> dict:
     """The parsed JSON of a COCO file with list-valued ``images``, ``annotations`` and ``categories``.
 
-    Raises FileNotFoundError (no such file) or ValueError (unreadable, not JSON, wrong top-level
-    structure), each naming the path and the cause.
+    Raises FileNotFoundError (no such file) or :class:`AnnotationFileError` (unreadable, not JSON, wrong
+    top-level structure), each naming the path and the cause.
     """
     path = Path(path)
     if not path.is_file():
@@ -45,13 +52,13 @@ def read_coco_json(path: str | Path) -> dict:
     try:
         data = json.loads(path.read_bytes())  # bytes: json detects UTF-8/16/32 and a byte-order mark
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        raise ValueError(f"cannot parse COCO annotation file {path}: {err}") from err
+        raise AnnotationFileError(f"cannot parse COCO annotation file {path}: {err}") from err
     if not isinstance(data, dict):
-        raise ValueError(f"{path} is not a COCO annotation file: the top level is a {type(data).__name__}, "
+        raise AnnotationFileError(f"{path} is not a COCO annotation file: the top level is a {type(data).__name__}, "
                          "not an object")
     missing = [k for k in REQUIRED_KEYS if not isinstance(data.get(k), list)]
     if missing:
-        raise ValueError(f"{path} is not a COCO annotation file: missing or non-list {missing}")
+        raise AnnotationFileError(f"{path} is not a COCO annotation file: missing or non-list {missing}")
     return data
 
 
@@ -70,22 +77,33 @@ INDEX_KEYS = {"images": ("id",), "annotations": ("id", "image_id", "category_id"
 
 
 def load_coco(path: str | Path) -> COCO:
-    """pycocotools ``COCO`` for ``path``; missing or malformed files raise with the path and the cause."""
+    """pycocotools ``COCO`` for ``path``; missing or malformed files raise with the path and the cause.
+
+    Repeated image or annotation ids are refused: pycocotools indexes by id and keeps one entry of each, so
+    one image's people would be trained on another's pixels, and evaluated against another's ground truth."""
     data = read_coco_json(path)
+    check = f"`python -m strongpose.check_data annotations={path}` lists every problem"
     for section, keys in INDEX_KEYS.items():
+        seen: dict[int, int] = {}
         for i, entry in enumerate(data[section]):
             if not isinstance(entry, dict) or not all(is_int(entry.get(k)) for k in keys):
-                raise ValueError(f"malformed COCO annotation file {path}: {section}[{i}] = {excerpt(entry)} is "
-                                 f"not an object with integer {list(keys)}; `python -m strongpose.check_data "
-                                 f"annotations={path}` lists every problem")
+                raise AnnotationFileError(f"malformed COCO annotation file {path}: {section}[{i}] = "
+                                          f"{excerpt(entry)} is not an object with integer {list(keys)}; {check}")
+            if section != "categories" and seen.setdefault(entry["id"], i) != i:
+                raise AnnotationFileError(f"malformed COCO annotation file {path}: {section}[{i}] repeats the id "
+                                          f"{entry['id']} of {section}[{seen[entry['id']]}]; {check}")
     coco = COCO()
     coco.dataset = data
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
             coco.createIndex()
     except (KeyError, TypeError) as err:
-        raise ValueError(f"malformed COCO annotation file {path}: an entry lacks {err}") from err
+        raise AnnotationFileError(f"malformed COCO annotation file {path}: an entry lacks {err}") from err
     return coco
+
+
+def _span(values: Sequence[float]) -> str:
+    return f"{min(values):.6g}..{max(values):.6g}"
 
 
 def excerpt(value: object, limit: int = 80) -> str:
@@ -99,13 +117,13 @@ def person_category(coco: COCO, keypoints: Sequence[str], source: str | Path) ->
     logged warning (:func:`keypoint_names_problem`)."""
     cat = keypoint_category(coco.dataset["categories"])
     if cat is None:
-        raise ValueError(f"{source}: no category has keypoints; is this a keypoint annotation file?")
+        raise AnnotationFileError(f"{source}: no category has keypoints; is this a keypoint annotation file?")
     if len(cat["keypoints"]) != len(keypoints):
-        raise ValueError(f"{source}: category {cat.get('name')!r} has {len(cat['keypoints'])} keypoints, "
-                         f"the skeleton has {len(keypoints)}")
+        raise AnnotationFileError(f"{source}: category {cat.get('name')!r} has {len(cat['keypoints'])} keypoints, "
+                                  f"the skeleton has {len(keypoints)}")
     found = keypoint_names_problem(cat["keypoints"], keypoints)
     if found is not None and found[0] == "error":
-        raise ValueError(f"{source}: {found[1]}")
+        raise AnnotationFileError(f"{source}: {found[1]}")
     if found is not None:
         log.warning("%s: %s", source, found[1])
     return cat["id"]
@@ -260,6 +278,12 @@ def segmentation_error(seg: object, height: int, width: int) -> str | None:
                 return f"polygon {i} has {len(poly) // 2} points, at least 3 are needed"
             if not all(isinstance(v, int) or math.isfinite(v) for v in poly):  # big ints overflow numpy
                 return f"polygon {i} has non-finite coordinates"
+            # pycocotools rasterises a polygon at its full extent (clipping after): a vertex at 1e9 asks for
+            # gigabytes and crashes the process (a segfault in a worker). A polygon may leave the image a little.
+            xs, ys = poly[0::2], poly[1::2]
+            if not (-width <= min(xs) and max(xs) <= 2 * width and -height <= min(ys) and max(ys) <= 2 * height):
+                return (f"polygon {i} reaches far beyond the {width}x{height} image (x {_span(xs)}, y {_span(ys)}; "
+                        f"at most one image size outside)")
         return None
     if not isinstance(seg, dict):
         return f"segmentation is a {type(seg).__name__}, expected a list of polygons or an RLE object"
@@ -390,6 +414,9 @@ def image_annotations(coco: COCO, image_id: int, category_id: int, num_keypoints
             if nonfinite:
                 raise ValueError(f"NaN, infinite or beyond-float32 values in {' and '.join(nonfinite)}"
                                  + (f" {excerpt(ann.get('bbox'))}" if nonfinite[0] == "bbox" else ""))
+            if not np.isin(kp[:, 2], (0, 1, 2)).all():  # 3 or -1 would be taken as labelled / unlabelled
+                raise ValueError(f"visibility flags must be 0, 1 or 2, got {sorted(set(kp[:, 2].tolist()))}")
+            kp[outside_image(kp, height, width), 2] = 0  # no pixels there: unlabelled (the dataset counts them)
         except Exception as err:  # pycocotools raises assorted types on malformed segmentations
             raise BadSample(file_name, f"malformed annotation: {err}", ann.get("id")) from err
         keypoints.append(kp.astype(np.float32))
@@ -401,6 +428,36 @@ def image_annotations(coco: COCO, image_id: int, category_id: int, num_keypoints
         boxes=np.stack(boxes) if boxes else np.zeros((0, 4), np.float32),
         masks=None, crowd=None, rles=rles)
     return people.decoded() if decode else people
+
+
+def outside_image(keypoints: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Which of the (..., 3) labelled ``keypoints`` lie outside the ``width`` x ``height`` image (pixel edges
+    0..W, 0..H): a labelling mistake, with no pixels to learn from; training takes them as unlabelled."""
+    x, y, v = keypoints[..., 0], keypoints[..., 1], keypoints[..., 2]
+    return (v > 0) & ((x < 0) | (y < 0) | (x > width) | (y > height))
+
+
+def count_keypoints_outside(coco: COCO, image_ids: Sequence[int], category_id: int) -> tuple[int, list[int]]:
+    """Labelled keypoints of the images' people that lie outside their image, and the ids of their
+    annotations (well-formed ones; the others are reported as bad samples when read)."""
+    count, ann_ids = 0, []
+    for image_id in image_ids:
+        info = coco.imgs[image_id]
+        height, width = info.get("height"), info.get("width")
+        if not (is_number(height) and is_number(width)):
+            continue
+        for ann in coco.imgToAnns.get(image_id, []):
+            kps = ann.get("keypoints")
+            if ann.get("category_id") != category_id or not isinstance(kps, list) or len(kps) % 3:
+                continue
+            try:
+                outside = int(outside_image(np.asarray(kps, np.float64).reshape(-1, 3), height, width).sum())
+            except (TypeError, ValueError, OverflowError):
+                continue
+            if outside:
+                count += outside
+                ann_ids.append(ann.get("id"))
+    return count, ann_ids
 
 
 def read_image(path: Path, expected_hw: tuple[int, int] | None = None, upright: bool = False) -> np.ndarray:

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from strongpose.codec import StrongPoseCodec
-from strongpose.config_check import ConfigError, InputError
+from strongpose.config_check import ConfigError, InputError, require_positive
 from strongpose.data.coco import ENCODE_ON, COCOKeypointDataset, empty_sample
 from strongpose.data.collate import SkipBadCollate, SkippedSample
 from strongpose.data.resumable import ResumableDataLoader, position_state
@@ -98,6 +98,7 @@ class COCOKeypointDataModule(L.LightningDataModule):
         super().__init__()
         if encode_on not in ENCODE_ON:
             raise ValueError(f"data.encode_on must be one of {ENCODE_ON}, got {encode_on!r}")
+        require_positive("data", input_size=input_size, batch_size=batch_size, val_batch_size=val_batch_size)
         self.encode_on = encode_on
         self.save_hyperparameters(ignore=["codec"], logger=False)
         self.codec = codec

@@ -26,8 +26,9 @@ from strongpose.skeleton import COCO_PERSON, Skeleton
 ERROR, WARNING = "error", "warning"
 
 # kind -> what it means; errors are values that cannot be right (some make the training pipeline skip the
-# sample, some make the file inconsistent; others, such as negative coordinates or visibility 3, training
-# takes as they are), warnings are usable but suspicious (the README's "Checking a dataset" lists the same)
+# sample, e.g. visibility 3; some make it refuse the file, e.g. duplicate ids; labelled keypoints outside the
+# image it takes as unlabelled), warnings are usable but suspicious (the README's "Checking a dataset" lists
+# the same)
 KINDS = {
     "image_entry": "an images[] entry without an integer id, a file_name or positive integer height/width "
                    "(at most 2**28 pixels)",
@@ -38,6 +39,8 @@ KINDS = {
     "annotation_entry": "an annotations[] entry that is not an object with integer id, image_id, category_id",
     "duplicate_annotation_id": "two annotations with the same id",
     "orphan_annotation": "an annotation whose image_id has no images[] entry",
+    "unknown_category": "an annotation whose category_id has no categories[] entry (its person would be "
+                        "background)",
     "keypoints_length": "keypoints is not a list of 3 x K numbers",
     "keypoints_nonfinite": "NaN, infinite or beyond-float32 keypoint values",
     "keypoints_negative": "a labelled keypoint (v > 0) with a negative coordinate",
@@ -46,7 +49,8 @@ KINDS = {
     "num_keypoints": "(warning) num_keypoints differs from the number of labelled keypoints",
     "bbox": "bbox not 4 finite numbers, non-positive width/height or entirely outside the image "
             "(warning: missing, or partly outside)",
-    "segmentation": "odd-length or < 3-point polygon, RLE size differing from the image, undecodable RLE counts",
+    "segmentation": "odd-length or < 3-point polygon, a polygon more than an image size outside the image, RLE "
+                    "size differing from the image, undecodable RLE counts",
     "missing_image": "the image file does not exist",
     "corrupt_image": "the image file is empty, truncated or cannot be decoded",
     "image_size": "the decoded image's size differs from the JSON's height/width",
@@ -121,8 +125,9 @@ def validate_coco(annotations: str | Path, images_dir: str | Path | None = None,
     images, known = _check_images(data["images"], str(path), report.problems)
     category = _keypoint_category(data["categories"], skeleton, str(path), report.problems)
     seen_ids: set[int] = set()
+    category_ids = {c.get("id") for c in data["categories"] if isinstance(c, dict) and is_int(c.get("id"))}
     for i, ann in enumerate(data["annotations"]):
-        report.problems.extend(_check_annotation(i, ann, images, known, category, seen_ids, str(path)))
+        report.problems.extend(_check_annotation(i, ann, images, known, category, category_ids, seen_ids, str(path)))
     if images_dir is not None:
         with ThreadPoolExecutor(max(1, int(workers))) as pool:
             jobs = [(image_id, *entry) for image_id, entry in images.items()]
@@ -183,7 +188,7 @@ def _keypoint_category(categories: list, skeleton: Skeleton, source: str,
 
 
 def _check_annotation(i: int, ann: object, images: dict, known: set[int], category: tuple[int, list[str]] | None,
-                      seen_ids: set[int], source: str) -> Iterator[Problem]:
+                      category_ids: set[int], seen_ids: set[int], source: str) -> Iterator[Problem]:
     if not isinstance(ann, dict) or not all(is_int(ann.get(k)) for k in INDEX_KEYS["annotations"]):
         ids = [ann.get(k) if isinstance(ann, dict) and is_int(ann.get(k)) else None for k in ("image_id", "id")]
         yield Problem(source, *ids, "annotation_entry",
@@ -197,6 +202,9 @@ def _check_annotation(i: int, ann: object, images: dict, known: set[int], catego
     seen_ids.add(ann_id)
     if image_id not in known:
         yield Problem(source, image_id, ann_id, "orphan_annotation", f"image id {image_id} is not in images[]")
+    if ann["category_id"] not in category_ids:  # its person would be background: not trained, not evaluated
+        yield Problem(file_name, image_id, ann_id, "unknown_category",
+                      f"category id {ann['category_id']} is not in categories[]")
     if image_id not in images:
         return  # size unknown: nothing else can be checked against the image
     _, height, width = images[image_id]

@@ -31,12 +31,13 @@ def as_rgb_array(image: ImageLike) -> np.ndarray:
     if isinstance(image, (str, Path)):
         return read_image(Path(image), upright=True)
     if isinstance(image, torch.Tensor):
-        if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
-            raise ValueError(f"image tensors must be (3, H, W) uint8 RGB, got {tuple(image.shape)} {image.dtype}")
+        if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3 or not image[0].numel():
+            raise ValueError(f"image tensors must be (3, H, W) uint8 RGB with H, W > 0, got {tuple(image.shape)} "
+                             f"{image.dtype}")
         return np.ascontiguousarray(image.detach().cpu().permute(1, 2, 0).numpy())
     if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"image arrays must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or not image[..., 0].size:
+            raise ValueError(f"image arrays must be (H, W, 3) uint8 RGB with H, W > 0, got {image.shape} {image.dtype}")
         return image
     raise TypeError(f"an image must be a path, an (H, W, 3) uint8 array or a (3, H, W) uint8 tensor, "
                     f"got {type(image).__name__}")

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from strongpose.codec import StrongPoseCodec
+from strongpose.config_check import ConfigError, require_positive
 from strongpose.data.coco import to_chw
 from strongpose.data.transforms import ValTransform, poses_to_original
 from strongpose.inference.images import ImageLike, as_rgb_array
@@ -26,9 +27,10 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     refused here (loading a checkpoint onto it would fail as if the file were broken)."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    from strongpose.config_check import ConfigError  # here: `import strongpose` stays light
-
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:  # e.g. "gpu": torch lists the device types it knows
+        raise ConfigError(f"device={device!r} is not a device: {err}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={device}: torch sees no CUDA device here (torch.cuda.is_available() is False; "
                           f"torch {torch.__version__}); use device=cpu, or null for the best one there is")
@@ -54,6 +56,7 @@ class Predictor:
     def __init__(self, module: torch.nn.Module, input_size: int, device: str | torch.device | None = None,
                  flip: bool = False, scales: Iterable[float] = (1.0,), keypoint_threshold: float | None = None,
                  person_threshold: float | None = None) -> None:
+        require_positive("", input_size=input_size)
         self.device = resolve_device(device)
         self.module = module.to(self.device).eval()
         self.input_size = int(input_size)
@@ -92,7 +95,7 @@ class Predictor:
         this call's totals: ``preprocess_ms`` (reading, resizing), ``network_ms``, ``decode_ms`` (fusion,
         decoding, mapping back) and ``images``."""
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         timing = {"preprocess_ms": 0.0, "network_ms": 0.0, "decode_ms": 0.0, "images": 0}
         results: list[Poses] = []
         iterator = iter(images)

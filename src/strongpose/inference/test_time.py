@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from strongpose.codec import OFFSET_MAPS, StrongPoseCodec
+from strongpose.config_check import ConfigError
 from strongpose.structures import Poses, input_to_map, map_to_input
 
 
@@ -134,11 +135,11 @@ def scale_sizes(input_size: int, scales: Sequence[float], stride: int) -> list[i
     """Square input size of each scale: ``input_size`` itself at scale 1, else ``input_size * s`` rounded
     to a multiple of the stride (so that those inputs mirror exactly in the flip test)."""
     if not scales:
-        raise ValueError("scales must hold at least one scale")
+        raise ConfigError("test.scales must hold at least one scale")
     sizes = []
     for s in scales:
         if not s > 0:
-            raise ValueError(f"scales must be positive, got {list(scales)}")
+            raise ConfigError(f"test.scales must be positive, got {list(scales)}")
         sizes.append(int(input_size) if s == 1 else max(stride, round(input_size * s / stride) * stride))
     return sizes
 
