@@ -69,6 +69,19 @@ def test_predict_batch_equals_one_image_at_a_time(predictor, sample_images):
     assert predictor.last_timing["images"] == 1  # per call
 
 
+def test_a_bad_file_in_a_batch_is_skipped_when_asked_and_the_others_kept(predictor, sample_images, tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"")
+    paths = [sample_images[0], broken, sample_images[1]]
+    with pytest.raises(BadSample, match="broken.jpg: empty image file"):
+        predictor.predict_batch(paths, batch_size=2)
+    got = predictor.predict_batch(paths, batch_size=2, skip_bad=True)
+    assert got[1] is None and predictor.last_skipped == [(1, f"broken.jpg: empty image file ({broken})")]
+    assert_same_poses(got[0], predictor.predict(sample_images[0]))
+    assert_same_poses(got[2], predictor.predict(sample_images[1]))
+    assert predictor.predict_batch([broken], skip_bad=True) == [None]
+
+
 def test_thresholds(predictor, sample_images):
     plain = predictor.predict(sample_images[0])
     assert len(plain) >= 2

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from strongpose.codec import StrongPoseCodec
 from strongpose.config_check import ConfigError, require_positive
+from strongpose.data.annotations import BadSample
 from strongpose.data.coco import to_chw
 from strongpose.data.transforms import ValTransform, poses_to_original
 from strongpose.inference.images import ImageLike, as_rgb_array
@@ -68,6 +69,7 @@ class Predictor:
         # the reference grid the scales are fused on is scale 1 (input_size), run or not
         self._transforms = {size: ValTransform(size) for size in {*self.sizes, self.input_size}}
         self.last_timing: dict[str, float] = {}
+        self.last_skipped: list[tuple[int, str]] = []  # predict_batch(..., skip_bad=True): (index, reason)
         self.checkpoint: Path | None = None
         self.run_config: dict | None = None
 
@@ -90,17 +92,24 @@ class Predictor:
         """People of one image (a path, an (H, W, 3) uint8 RGB array or a (3, H, W) uint8 tensor)."""
         return self.predict_batch([image], batch_size=1)[0]
 
-    def predict_batch(self, images: Iterable[ImageLike], batch_size: int = 8) -> list[Poses]:
+    def predict_batch(self, images: Iterable[ImageLike], batch_size: int = 8,
+                      skip_bad: bool = False) -> list[Poses | None]:
         """People of each image, in order, ``batch_size`` images per network call. ``last_timing`` gets
         this call's totals: ``preprocess_ms`` (reading, resizing), ``network_ms``, ``decode_ms`` (fusion,
-        decoding, mapping back) and ``images``."""
+        decoding, mapping back) and ``images``. A file that cannot be read (missing, empty, corrupt) raises
+        :class:`~strongpose.data.BadSample`, or with ``skip_bad`` gives None in its place and goes into
+        ``last_skipped`` as (index, reason), so that one bad file does not lose the others' results."""
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         timing = {"preprocess_ms": 0.0, "network_ms": 0.0, "decode_ms": 0.0, "images": 0}
-        results: list[Poses] = []
+        results: list[Poses | None] = []
+        self.last_skipped = []
         iterator = iter(images)
         while chunk := list(itertools.islice(iterator, batch_size)):
-            results += self._predict_chunk(chunk, timing)
+            arrays = self._read(chunk, len(results), skip_bad, timing)
+            good = [a for a in arrays if a is not None]
+            poses = iter(self._predict_arrays(good, timing) if good else [])
+            results += [None if a is None else next(poses) for a in arrays]
         self.last_timing = timing
         return results
 
@@ -129,11 +138,22 @@ class Predictor:
         n = len(batch)
         return flip_average({k: v[:n] for k, v in both.items()}, {k: v[n:] for k, v in both.items()}, self.codec)
 
-    @torch.inference_mode()
-    def _predict_chunk(self, chunk: list[ImageLike], timing: dict) -> list[Poses]:
+    def _read(self, chunk: list[ImageLike], first: int, skip_bad: bool, timing: dict) -> list[np.ndarray | None]:
         t0 = time.perf_counter()
-        arrays = [as_rgb_array(image) for image in chunk]
+        arrays: list[np.ndarray | None] = []
+        for i, image in enumerate(chunk, first):
+            try:
+                arrays.append(as_rgb_array(image))
+            except BadSample as err:
+                if not skip_bad:
+                    raise
+                self.last_skipped.append((i, str(err)))
+                arrays.append(None)
         timing["preprocess_ms"] += 1e3 * (time.perf_counter() - t0)
+        return arrays
+
+    @torch.inference_mode()
+    def _predict_arrays(self, arrays: list[np.ndarray], timing: dict) -> list[Poses]:
         per_scale = []
         for size in self.sizes:
             t1 = time.perf_counter()
