@@ -147,6 +147,12 @@ def unknown_category(images: Path, data: dict):
     return _image(data, ann["image_id"]), ann, "unknown_category", ERROR, "category id 0 is not in categories[]"
 
 
+def iscrowd_not_0_or_1(images: Path, data: dict):
+    ann = _person(data)
+    ann["iscrowd"] = "yes"
+    return _image(data, ann["image_id"]), ann, "iscrowd", ERROR, "iscrowd must be 0 or 1, got 'yes'"
+
+
 def rle_of_other_size(images: Path, data: dict):
     ann = _person(data)
     info = _image(data, ann["image_id"])
@@ -193,7 +199,7 @@ def keypoints_of_other_names(images: Path, data: dict):
 
 CASES = [keypoints_in_another_order, keypoints_of_other_names, truncated_jpeg, png_named_jpg, empty_file, missing_image, wrong_image_size, short_keypoints, nan_keypoint,
          negative_keypoint, keypoint_far_outside, visibility_three, num_keypoints_disagrees, box_outside_image,
-         box_of_three_numbers, box_of_zero_width, odd_polygon, two_point_polygon, polygon_far_outside, unknown_category,
+         box_of_three_numbers, box_of_zero_width, odd_polygon, two_point_polygon, polygon_far_outside, unknown_category, iscrowd_not_0_or_1,
          rle_of_other_size, rle_undecodable, duplicate_image_id, duplicate_annotation_id, orphan_annotation]
 
 
@@ -285,6 +291,8 @@ def test_unreadable_annotation_file_exits_2_with_path_and_cause(content, excerpt
 def test_missing_annotation_file_and_bad_arguments_exit_2(tmp_path, cwd, capsys) -> None:
     assert main([f"annotations={tmp_path / 'nope.json'}"]) == 2
     assert f"not found: {tmp_path / 'nope.json'}" in capsys.readouterr().err
+    assert main([f"annotations={tmp_path}"]) == 2
+    assert f"{tmp_path} is a folder; name the COCO annotation file (.json) in it" in capsys.readouterr().err
     assert main([]) == 2
     assert "usage: python -m strongpose.check_data annotations=FILE" in capsys.readouterr().err
     assert main(["annotation=typo.json"]) == 2  # Hydra refuses unknown keys; the hint names the right one

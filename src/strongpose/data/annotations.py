@@ -47,6 +47,8 @@ def read_coco_json(path: str | Path) -> dict:
     top-level structure), each naming the path and the cause.
     """
     path = Path(path)
+    if path.is_dir():
+        raise AnnotationFileError(f"{path} is a folder; name the COCO annotation file (.json) in it")
     if not path.is_file():
         raise FileNotFoundError(f"COCO annotation file not found: {path}")
     try:

@@ -41,6 +41,7 @@ KINDS = {
     "orphan_annotation": "an annotation whose image_id has no images[] entry",
     "unknown_category": "an annotation whose category_id has no categories[] entry (its person would be "
                         "background)",
+    "iscrowd": "iscrowd other than 0 or 1 (anything else that is true makes the person a crowd region)",
     "keypoints_length": "keypoints is not a list of 3 x K numbers",
     "keypoints_nonfinite": "NaN, infinite or beyond-float32 keypoint values",
     "keypoints_negative": "a labelled keypoint (v > 0) with a negative coordinate",
@@ -212,6 +213,8 @@ def _check_annotation(i: int, ann: object, images: dict, known: set[int], catego
     def problem(kind: str, message: str, severity: str = ERROR) -> Problem:
         return Problem(file_name, image_id, ann_id, kind, message, severity)
 
+    if ann.get("iscrowd", 0) not in (0, 1):  # True / False are 1 / 0; "yes" or 2 would be read as a crowd
+        yield problem("iscrowd", f"iscrowd must be 0 or 1, got {excerpt(ann['iscrowd'])}")
     yield from _check_box(ann, height, width, problem)
     seg = segmentation_error(ann.get("segmentation"), height, width)
     if seg:
