@@ -93,3 +93,20 @@ def module_from_checkpoint(path: str | Path, map_location: str | torch.device = 
         raise CheckpointError(f"checkpoint {path} does not fit the model its own config builds: missing "
                               f"{missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}")
     return module.to(map_location).eval(), cfg
+
+
+def init_from_checkpoint(module: torch.nn.Module, path: str | Path) -> tuple[list[str], list[str]]:
+    """Start ``module`` (a new run: fresh optimiser, schedule, step count) from the weights of the checkpoint
+    at ``path`` (its ``state_dict``: the EMA weights when EMA was on), for fine-tuning or a run with another
+    global batch. Every tensor whose name and shape match is copied; the others keep their initial values (the
+    heads' last layers of another skeleton, a neck of another width). Returns (loaded, kept) names; a
+    checkpoint that fits nothing raises :class:`CheckpointError`."""
+    saved = read_checkpoint(path)["state_dict"]
+    own = module.state_dict()
+    loaded = [name for name, value in own.items()
+              if name in saved and isinstance(saved[name], torch.Tensor) and saved[name].shape == value.shape]
+    if not loaded:
+        raise CheckpointError(f"init_from={path}: none of its {len(saved)} tensors fits this model (names or "
+                              f"shapes differ: another backbone?)")
+    module.load_state_dict({name: saved[name] for name in loaded}, strict=False)
+    return loaded, [name for name in own if name not in set(loaded)]

@@ -326,7 +326,7 @@ def check_same_global_batch(saved: dict[str, int] | None, now: dict[str, int]) -
         f"the checkpoint was trained with a global batch of {say(saved)}, this run's is {say(now)}: its learning "
         f"rate, schedule and position in the epoch are per optimiser step of the checkpoint's size. Resume with "
         f"the checkpoint's data.batch_size, trainer.devices x trainer.num_nodes and trainer.accumulate_grad_batches "
-        f"(at an epoch's end, the same product is enough)")
+        f"(at an epoch's end, the same product is enough), or start a new run from its weights: init_from=CKPT")
 
 
 def _step_counters_to_host(state: dict, params) -> None:

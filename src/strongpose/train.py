@@ -26,6 +26,7 @@ from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher  # 
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from strongpose.checkpoint import init_from_checkpoint
 from strongpose.checkpoint_io import AtomicCheckpointIO
 from strongpose.config_check import CONFIG_DIR, ConfigError, check_types, report_input_errors, run_with_key_hints
 from strongpose.slurm import check_world_size, with_slurm_environment
@@ -101,6 +102,18 @@ def resolved_config(cfg: DictConfig) -> dict[str, Any]:
         return OmegaConf.to_container(OmegaConf.create(plain), resolve=True)
 
 
+def start_from_weights(model: L.LightningModule, path: str, resuming: bool) -> None:
+    """``init_from``: the weights of another run's checkpoint, then a new run (optimiser, schedule, steps)."""
+    if resuming:
+        raise ConfigError("init_from and ckpt_path both set: ckpt_path resumes a run (weights, optimiser, step), "
+                          "init_from starts a new one from a checkpoint's weights; give one")
+    loaded, kept = init_from_checkpoint(model, path)
+    total = len(loaded) + len(kept)
+    more = f"; {len(kept)} keep their initial values (no tensor of that name and shape in it): " if kept else ""
+    say(f"init_from={path}: {len(loaded)} of {total} tensors loaded{more}{', '.join(kept[:6])}"
+        f"{', ...' if len(kept) > 6 else ''}")
+
+
 def checkpoint_to_resume(ckpt_path: str | None, resume: str | None, trainer: L.Trainer) -> str | None:
     """What ``trainer.fit`` resumes from: ``ckpt_path`` when given; else, with ``resume="auto"``, the newest
     checkpoint already in this run's folder (``checkpoints/*.ckpt``: ``interrupted.ckpt`` of a requeued SLURM
@@ -162,6 +175,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     codec = instantiate(cfg.codec)
     datamodule = instantiate(cfg.data, codec=codec)
     model = instantiate(cfg.model, codec=codec)
+    if cfg.get("init_from"):
+        start_from_weights(model, cfg.init_from, resuming=cfg.get("ckpt_path") is not None)
     model.run_config = resolved_config(cfg)  # saved in every checkpoint
     loggers = instantiate_loggers(cfg.get("logger"))
     callbacks = instantiate_callbacks(cfg.get("callbacks"), has_logger=bool(loggers))

@@ -1,0 +1,60 @@
+"""init_from=CKPT: a new run (optimiser, schedule, step 0) that starts from another run's weights, every tensor
+that fits; for fine-tuning on another skeleton, or going on with another global batch."""
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from strongpose.checkpoint import CheckpointError
+from strongpose.config_check import ConfigError
+from strongpose.train import start_from_weights, train
+
+QUICK = ["trainer.limit_val_batches=0", "callbacks.coco_eval=null", "callbacks.model_checkpoint.monitor=null"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, train_config):
+    folder = tmp_path_factory.mktemp("trained")
+    train(train_config([*QUICK, "trainer.max_epochs=1"], output_dir=folder))
+    return folder / "checkpoints" / "last.ckpt"
+
+
+def _model(train_config, overrides):
+    cfg = train_config(overrides, output_dir="/unused")
+    return instantiate(cfg.model, codec=instantiate(cfg.codec))
+
+
+def test_the_same_model_gets_every_weight(trained, train_config, capsys):
+    model = _model(train_config, [])
+    start_from_weights(model, str(trained), resuming=False)
+    saved = torch.load(trained, weights_only=True)["state_dict"]  # the EMA weights
+    assert all(torch.equal(value, saved[name]) for name, value in model.state_dict().items())
+    assert f"init_from={trained}: {len(saved)} of {len(saved)} tensors loaded" in capsys.readouterr().out
+
+
+def test_another_skeleton_keeps_only_the_heads_last_layers_new(trained, train_config, capsys):
+    """COCO's 17 keypoints -> CrowdPose's 14: backbone, neck and the heads' hidden layers come from the run."""
+    model = _model(train_config, ["codec.skeleton=crowdpose"])
+    fresh = {name: value.clone() for name, value in model.state_dict().items()}
+    start_from_weights(model, str(trained), resuming=False)
+    saved = torch.load(trained, weights_only=True)["state_dict"]
+    state = model.state_dict()
+    kept = [name for name in state if name not in saved or saved[name].shape != state[name].shape]
+    assert kept and all(".backbone." not in name for name in kept)  # only per-keypoint / per-edge outputs differ
+    assert all(torch.equal(state[name], fresh[name]) for name in kept)
+    assert all(torch.equal(state[name], saved[name]) for name in state if name not in kept)
+    assert f"{len(state) - len(kept)} of {len(state)} tensors loaded; {len(kept)} keep their initial values" in \
+        capsys.readouterr().out
+
+
+def test_a_run_from_weights_starts_at_step_0(trained, train_config, tmp_path):
+    _, run = train(train_config([*QUICK, "trainer.max_steps=1", "data.batch_size=1", f"init_from={trained}"],
+                                output_dir=tmp_path))
+    assert run["trainer"].global_step == 1  # a new run (another global batch than the checkpoint's: allowed)
+
+
+def test_init_from_refuses_what_cannot_be_meant(trained, train_config, tmp_path):
+    with pytest.raises(ConfigError, match="init_from and ckpt_path both set"):
+        train(train_config([f"init_from={trained}", f"ckpt_path={trained}"], output_dir=tmp_path))
+    with pytest.raises(CheckpointError, match="none of its .* tensors fits this model"):
+        start_from_weights(torch.nn.Linear(2, 2), str(trained), resuming=False)
