@@ -135,6 +135,6 @@ def test_cli_reports_a_wrong_checkpoint_in_one_line_and_writes_nothing(tmp_path)
 
 def test_cli_lists_the_keys_for_a_typo(cli, tmp_path):
     done = cli("strongpose.export", ["ckpt_path=missing.ckpt", "opsett=17"], tmp_path, timeout=120, check=False)
-    assert done.returncode != 0 and "is not in struct" in done.stderr
+    assert done.returncode == 2 and "is not in struct" in done.stderr
     assert "the config has no key 'opsett' (did you mean 'opset'?); its keys: check, ckpt_path" in done.stderr
     assert list(tmp_path.iterdir()) == []

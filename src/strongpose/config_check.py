@@ -61,6 +61,9 @@ INPUT_ERRORS = (InputError, FileNotFoundError, MissingMandatoryValue, Interpolat
                 GrammarParseError)
 
 
+_task = {"started": False}  # set when an entry point's task runs: Hydra accepted the command line
+
+
 @contextlib.contextmanager
 def report_input_errors() -> Iterator[None]:
     """Around an entry point's work (inside its ``@hydra.main`` function, whose own file names the Hydra job):
@@ -68,6 +71,7 @@ def report_input_errors() -> Iterator[None]:
     process exits with 2, instead of a traceback through Hydra, Lightning and torch that buries the message;
     ``HYDRA_FULL_ERROR=1`` keeps the traceback. In a multirun (``-m``) the error goes on to Hydra as it is:
     an exit would end the sweep at its first failing job (Hydra and submitit only catch ``Exception``)."""
+    _task["started"] = True
     try:
         yield
     except Exception as raised:
@@ -264,12 +268,16 @@ def print_key_hint(config_name: str) -> None:
 
 def run_with_key_hints(main: Callable[[], Any], config_name: str) -> None:
     """Run an entry point's ``@hydra.main`` function; when Hydra refuses an override because its key does
-    not exist ("Key 'lr_typo' is not in struct"), also print the keys that do (and the closest one)."""
+    not exist ("Key 'lr_typo' is not in struct"), also print the keys that do (and the closest one). A command
+    line Hydra refuses (a key or group option that does not exist, a syntax error) is an input mistake like
+    the others: exit status 2 (Hydra's is 1, which stays that of a run that failed)."""
+    _task["started"] = False
     try:
         main()
     except InputErrorExit:
         raise  # the run started: its keys exist
     except SystemExit as exit:
-        if exit.code not in (0, None):  # a run that started had only existing keys: no hint then
+        if exit.code not in (0, None) and not _task["started"]:  # refused before the task ran
             print_key_hint(config_name)
+            raise SystemExit(2) from None
         raise

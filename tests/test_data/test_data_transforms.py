@@ -48,6 +48,20 @@ def test_forced_flip_swaps_left_and_right() -> None:
         assert out.keypoints[0, COCO_PERSON.index(left), 0] > out.keypoints[0, COCO_PERSON.index(right), 0]
 
 
+def test_a_flip_moves_the_visibility_flags_with_the_keypoints() -> None:
+    """A left wrist that was not labelled is, mirrored, the right wrist that is not labelled: the flags swap
+    with the positions (else the labelled side would move to the other side's unlabelled (0, 0))."""
+    kp = _person_facing_camera()
+    unlabelled = [COCO_PERSON.index("left_wrist"), COCO_PERSON.index("right_ankle"), COCO_PERSON.index("nose")]
+    kp[0, unlabelled, 2] = 0
+    out = TrainTransform(S, COCO_PERSON, {**NO_RANDOM, "flip_prob": 1.0})(
+        np.zeros((S, S, 3), np.uint8), _people(kp, (S, S)), np.random.default_rng(0))
+    flip = np.array(COCO_PERSON.flip_index)
+    np.testing.assert_array_equal(out.keypoints[0, :, 2], kp[0, flip, 2])
+    assert out.keypoints[0, COCO_PERSON.index("right_wrist"), 2] == 0
+    assert out.keypoints[0, COCO_PERSON.index("left_wrist"), 2] > 0
+
+
 def test_no_flip_keeps_order() -> None:
     kp = _person_facing_camera()
     out = TrainTransform(S, COCO_PERSON, {**NO_RANDOM, "flip_prob": 0.0})(
@@ -97,6 +111,24 @@ def test_to_original_batched_keeps_extra_columns() -> None:
     out = to_original(kp, {"affine": affine})
     torch.testing.assert_close(out, torch.tensor([[[[3.0, 5.0, 0.9]]], [[[5.0, 6.0, 0.5]]]]))
     assert isinstance(to_original(kp[0].numpy(), affine[0].numpy()), np.ndarray)
+
+
+def test_to_original_batched_equals_one_image_at_a_time_for_rotated_affines() -> None:
+    """Training views are rotated: a batched mapping that used a transposed 2x2 would only agree on diagonal
+    affines (scale and shift)."""
+    g = torch.Generator().manual_seed(0)
+    angles = torch.tensor([0.3, -1.1, 2.0])
+    affine = torch.zeros(3, 2, 3)
+    affine[:, 0, 0], affine[:, 0, 1], affine[:, 1, 0], affine[:, 1, 1] = (
+        1.5 * angles.cos(), -1.5 * angles.sin(), 1.5 * angles.sin(), 1.5 * angles.cos())
+    affine[:, :, 2] = torch.randn(3, 2, generator=g) * 20
+    kp = torch.rand(3, 4, 17, 3, generator=g) * 100  # (B, N, K, 3)
+    batched = to_original(kp, {"affine": affine})
+    for i in range(3):
+        torch.testing.assert_close(batched[i], to_original(kp[i], affine[i]))
+    x, y = kp[1, 2, 5, :2].double()
+    expected = affine[1].double() @ torch.stack([x, y, torch.ones((), dtype=torch.float64)])
+    torch.testing.assert_close(batched[1, 2, 5, :2].double(), expected, rtol=1e-5, atol=1e-4)
 
 
 def test_masks_pack_round_trip() -> None:

@@ -1,5 +1,8 @@
+import math
+
 import pytest
 import torch
+from torchvision.ops import sigmoid_focal_loss
 
 from strongpose.codec import OFFSET_MAPS
 from strongpose.models.losses import heatmap_loss, offset_loss, strongpose_losses
@@ -64,11 +67,37 @@ def test_offset_loss_is_l1_in_disk_radius_units_averaged_over_valid_cells():
     assert offset_loss(pred, target, torch.zeros_like(valid), 10.0) == 0
 
 
+@pytest.mark.parametrize("alpha", [None, 0.25])
+def test_focal_loss_is_torchvisions_sigmoid_focal_loss(batch, alpha):
+    """The modulating factor (1 - p_t)^gamma and the alpha balance, against torchvision's reference."""
+    t = batch["targets"]
+    logits = torch.randn(t["skhm"].shape, generator=torch.Generator().manual_seed(3)) * 3
+    ones = torch.ones_like(t["weight"])
+    reference = sigmoid_focal_loss(logits, t["skhm"], alpha=-1 if alpha is None else alpha, gamma=2.0, reduction="mean")
+    assert heatmap_loss(logits, t["skhm"], ones, "focal", 2.0, alpha) == pytest.approx(float(reference), rel=1e-5)
+
+
+def test_the_heatmap_loss_is_a_mean_over_the_counted_cells(batch, codec):
+    """Zero logits cost ln 2 in every cell: a mean over the counted cells is ln 2 whatever is ignored; a sum
+    divided by all cells (or counting ignored cells) is less."""
+    t = batch["targets"]
+    assert (t["weight"] == 0).any()
+    zeros = torch.zeros_like(t["skhm"])
+    assert heatmap_loss(zeros, t["skhm"], t["weight"]) == pytest.approx(math.log(2))
+    out = {**_outputs_like(t), "skhm": zeros, "bhm": torch.zeros_like(t["bhm"])}
+    losses = strongpose_losses(out, t, WEIGHTS, codec.disk_radius)
+    assert losses["skhm"] == pytest.approx(math.log(2)) and losses["bhm"] == pytest.approx(math.log(2))
+
+
 def test_all_terms_and_weighted_total(batch, codec):
     t = batch["targets"]
     out = _outputs_like(t)
     losses = strongpose_losses(out, t, WEIGHTS, codec.disk_radius)
     assert set(losses) == {"skhm", "bhm", "short", "mid", "long", "total"}
+    for name in OFFSET_MAPS:  # each offset term in disk-radius units, as offset_loss alone
+        assert losses[name] == pytest.approx(float(offset_loss(out[name], t[name], t[f"{name}_valid"],
+                                                               codec.disk_radius)))
+        assert t[f"{name}_valid"].any()
     assert losses["total"] == pytest.approx(sum(WEIGHTS[k] * float(losses[k]) for k in WEIGHTS))
     without_long = {k: v for k, v in out.items() if k != "long"}
     assert "long" not in strongpose_losses(without_long, t, WEIGHTS, codec.disk_radius)
