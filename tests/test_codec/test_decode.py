@@ -32,6 +32,16 @@ def test_round_trip_well_separated_people(stride, long_range):
     assert_recovered(codec, people, (300, 520))
 
 
+@pytest.mark.parametrize("stride", [4, 8, 16])
+def test_a_clean_keypoints_score_is_near_1(stride):
+    """Scores are the smoothed vote mass over its value for a perfect keypoint: 0.65 at a cell's corner to 1 at
+    its centre (a score normaliser off by 2 would halve them, and rank people the same: AP would not see it)."""
+    codec = StrongPoseCodec(stride=stride)
+    poses = codec.decode(codec.encode(as_tensor([person(140, 30, 200)]), (256, 320)))[0]
+    scores = poses.keypoints[0, :, 2]
+    assert len(poses) >= 1 and bool((scores > 0.6).all()) and bool((scores <= 1.0).all()), scores
+
+
 def test_long_range_bridges_a_missing_shoulder():
     vis = np.ones(17, bool)
     vis[[5, 6, 11, 12]] = False  # no shoulders, no hips: the tree is cut into pieces

@@ -57,6 +57,24 @@ def test_disk_and_short_offsets_point_at_the_keypoint(codec):
         assert (t["short"][2 * k : 2 * k + 2][:, ~m] == 0).all()
 
 
+def test_a_cell_exactly_one_radius_away_is_in_the_disk(codec):
+    """Cell centres lie at 8 i + 3.5 (stride 8): a nose at (43.5, 43.5) has the cell centre (75.5, 43.5) at
+    exactly R = 32, inside the closed disk d <= R, and (83.5, 43.5) outside."""
+    kp = torch.zeros(1, 17, 3)
+    kp[0, 0] = torch.tensor([43.5, 43.5, 2.0])
+    disk = codec.encode(kp, (128, 128))["skhm"][0] > 0
+    assert disk[5, 9] and not disk[5, 10] and disk[5, 1]
+
+
+def test_the_body_map_takes_cells_at_least_half_covered(codec):
+    kp = torch.zeros(1, 17, 3)
+    kp[0, 0] = torch.tensor([20.0, 20.0, 2.0])  # a labelled person
+    mask = torch.zeros(1, 64, 64, dtype=torch.bool)
+    mask[0, 16:24, 22:30] = True  # cell (2, 2) spans pixels 16..23: 2 of its 8 columns; cell (2, 3): 6 of 8
+    bhm = codec.encode(kp, (64, 64), masks=mask)["bhm"][0]
+    assert not bhm[2, 2] and bhm[2, 3] and int(bhm.sum()) == 1
+
+
 def test_overlapping_disks_belong_to_the_nearer_keypoint(codec):
     a, b = person(100, 40, 200), person(130, 40, 200)  # same pose, 30 px apart
     t = codec.encode(as_tensor([a, b]), (256, 256))

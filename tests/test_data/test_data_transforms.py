@@ -234,6 +234,16 @@ def test_a_fixed_rng_fixes_the_sample(sample, codec) -> None:
     assert not np.array_equal(a.affine, other.affine)
 
 
+def test_each_image_of_an_epoch_draws_its_own_augmentation(sample, codec) -> None:
+    """The per-sample generator is seeded by (seed, epoch, index): two images of the same size in one epoch
+    get different views (without the index every image of an epoch would be scaled and turned alike)."""
+    ds = COCOKeypointDataset(*sample, codec=codec, input_size=128, train=True)
+    sizes = {i: (ds.coco.imgs[image_id]["height"], ds.coco.imgs[image_id]["width"])
+             for i, image_id in enumerate(ds.image_ids)}
+    a, b = [i for i in sizes if sizes[i] == (427, 640)][:2]
+    assert not np.allclose(ds.transformed(a, epoch=1).affine, ds.transformed(b, epoch=1).affine)
+
+
 def test_parameters_cover_the_configured_ranges() -> None:
     cfg = AugmentConfig(scale_range=(0.7, 1.3), rotation=25.0, translate=0.1, flip_prob=0.3)
     rng = np.random.default_rng(0)

@@ -3,11 +3,13 @@ of processes, and Lightning keeps it instead of wrapping it in a second shuffle.
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from lightning.pytorch import Trainer
 from torch.utils.data import DataLoader
 
-from strongpose.data.sampling import SeededSampler
+from strongpose.data.sampling import EndlessSampler, SeededSampler
 
 
 def _keys(sampler: SeededSampler, epoch: int) -> list[tuple[int, int]]:
@@ -60,3 +62,16 @@ def test_lightning_keeps_it_under_ddp():
     requires_wrapper = trainer._data_connector._requires_distributed_sampler  # noqa: SLF001
     assert requires_wrapper(DataLoader(range(8), shuffle=True))  # what happens to other samplers
     assert not requires_wrapper(DataLoader(range(8), sampler=SeededSampler(8, num_replicas=2, rank=0)))
+
+
+def test_seed_and_epoch_are_not_interchangeable():
+    """(seed 0, epoch 1) and (seed 1, epoch 0) are different shuffles: a seed sweep must not replay another
+    seed's epochs."""
+    assert [i for i, _ in _keys(SeededSampler(50, seed=0), 1)] != [i for i, _ in _keys(SeededSampler(50, seed=1), 0)]
+
+
+def test_the_endless_sampler_reshuffles_every_epoch():
+    keys = list(itertools.islice(iter(EndlessSampler(20)), 60))
+    epochs = [[i for i, e in keys if e == epoch] for epoch in range(3)]
+    assert all(sorted(order) == list(range(20)) for order in epochs)
+    assert epochs[0] != epochs[1] != epochs[2]

@@ -1,0 +1,61 @@
+"""Pose Plot grouping's last stage on hand-made detections: OKS-NMS, min_keypoints, max_people and the guess
+for keypoints that were not found (the round-trip tests decode clean targets, where none of these acts)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from strongpose.codec.grouping import group_image, oks_matrix
+
+SIGMAS = np.array([0.1, 0.1])
+EDGES = np.array([[0, 1], [1, 0]])  # two keypoint types, one skeleton edge both ways
+
+
+def detections(second_person_has_type_1: bool = True, shift: float = 1.0) -> dict:
+    """Two people of 2 keypoints, A at (10, 10) - (30, 40), B the same moved ``shift`` px right (a duplicate
+    detection); slot l of each type is person l's; mid links join the slots of the same person."""
+    pos = np.array([[[10.0, 10.0], [10.0 + shift, 10.0]], [[30.0, 40.0], [30.0 + shift, 40.0]]], np.float32)
+    score = np.array([[0.9, 0.8], [0.9, 0.7]], np.float32)
+    valid = np.ones((2, 2), bool)
+    valid[1, 1] = second_person_has_type_1
+    mid_idx = np.array([[[0], [1]], [[0], [1]]])  # (E, L, T): slot l links to slot l of the other type
+    mid_dist = np.zeros((2, 2, 1), np.float32)
+    return dict(pos=pos, score=score, valid=valid, edges=EDGES, mid_dist=mid_dist, mid_idx=mid_idx,
+                snap_radius=5.0, sigmas=SIGMAS)
+
+
+def test_oks_between_two_people_is_cocos_formula():
+    kps = np.array([[[10.0, 10.0], [30.0, 40.0]], [[11.0, 10.0], [31.0, 40.0]]])
+    oks = oks_matrix(kps, np.ones((2, 2), bool), SIGMAS)
+    # d^2 = 1 for each keypoint, area = 20 x 30 (the first person's keypoint box), var = (2 sigma)^2
+    assert oks[0, 1] == pytest.approx(math.exp(-1 / (2 * 600 * 0.2**2)))
+    assert oks[0, 0] == pytest.approx(1.0)
+    assert oks_matrix(kps, np.array([[True, False], [False, True]]), SIGMAS)[0, 1] == 0  # no keypoint in common
+
+
+def test_oks_nms_drops_a_duplicate_and_keeps_distinct_people():
+    kps, scores = group_image(**detections(), nms_oks=0.5)
+    assert len(kps) == 1 and scores[0] == pytest.approx(0.9)  # the stronger of the two duplicates
+    assert len(group_image(**detections(), nms_oks=1.0)[0]) == 2  # NMS off
+    assert len(group_image(**detections(shift=40.0), nms_oks=0.5)[0]) == 2  # far apart: two people
+
+
+def test_min_keypoints_and_max_people():
+    args = detections(second_person_has_type_1=False, shift=40.0)
+    kps, scores = group_image(**args, nms_oks=1.0)
+    assert len(kps) == 2 and scores.tolist() == pytest.approx([0.9, 0.4])  # mean over K of the scores found
+    assert len(group_image(**args, nms_oks=1.0, min_keypoints=2)[0]) == 1
+    assert len(group_image(**args, nms_oks=1.0, min_keypoints=3)[0]) == 0
+    kept, kept_scores = group_image(**detections(shift=40.0), nms_oks=1.0, max_people=1)
+    assert len(kept) == 1 and kept_scores[0] == pytest.approx(0.9)
+
+
+def test_a_keypoint_not_found_goes_where_the_long_range_offsets_say():
+    args = detections(second_person_has_type_1=False, shift=40.0)
+    long_pred = np.zeros((2, 2, 2, 2), np.float32)  # (K, L, K, 2): where detection (type, slot) puts each type
+    long_pred[0, 1, 1] = (77.0, 88.0)
+    kps, _ = group_image(**args, nms_oks=1.0, long_pred=long_pred)
+    assert kps[1, 1].tolist() == [77.0, 88.0, 0.0]  # position guessed, score 0: not found
+    kps, _ = group_image(**args, nms_oks=1.0)
+    assert kps[1, 1].tolist() == [50.0, 10.0, 0.0]  # without long-range offsets: the mean of its found ones
