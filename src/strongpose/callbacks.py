@@ -92,6 +92,8 @@ class EMA(WeightAveraging):
         buffers = [b for b in self._average_model.module.buffers() if torch.is_floating_point(b)]
         if buffers:
             flat = torch.cat([b.reshape(-1).float() for b in buffers])
+            if dist.get_backend() == "nccl" and flat.device.type != "cuda":  # the average kept on the host
+                flat = flat.to(torch.device("cuda", torch.cuda.current_device()))  # NCCL reduces CUDA tensors
             dist.all_reduce(flat)
             flat /= dist.get_world_size()
             parts = flat.split([b.numel() for b in buffers])
@@ -179,7 +181,11 @@ class ModelCheckpoint(LightningModelCheckpoint):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # skipped as Lightning skips its saves: fast_dev_run, sanity check, this step already saved
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            link, self.save_last = self.save_last, True  # save_last="link" would point at an older top-k file
+            try:
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            finally:
+                self.save_last = link
 
 
 class ImagesPerSecond(Callback):

@@ -61,9 +61,6 @@ INPUT_ERRORS = (InputError, FileNotFoundError, MissingMandatoryValue, Interpolat
                 GrammarParseError)
 
 
-_task = {"started": False}  # set when an entry point's task runs: Hydra accepted the command line
-
-
 @contextlib.contextmanager
 def report_input_errors() -> Iterator[None]:
     """Around an entry point's work (inside its ``@hydra.main`` function, whose own file names the Hydra job):
@@ -71,7 +68,6 @@ def report_input_errors() -> Iterator[None]:
     process exits with 2, instead of a traceback through Hydra, Lightning and torch that buries the message;
     ``HYDRA_FULL_ERROR=1`` keeps the traceback. In a multirun (``-m``) the error goes on to Hydra as it is:
     an exit would end the sweep at its first failing job (Hydra and submitit only catch ``Exception``)."""
-    _task["started"] = True
     try:
         yield
     except Exception as raised:
@@ -270,14 +266,17 @@ def run_with_key_hints(main: Callable[[], Any], config_name: str) -> None:
     """Run an entry point's ``@hydra.main`` function; when Hydra refuses an override because its key does
     not exist ("Key 'lr_typo' is not in struct"), also print the keys that do (and the closest one). A command
     line Hydra refuses (a key or group option that does not exist, a syntax error) is an input mistake like
-    the others: exit status 2 (Hydra's is 1, which stays that of a run that failed)."""
-    _task["started"] = False
+    the others: exit status 2 (Hydra's is 1, which stays that of a run or a sweep's job that failed)."""
+    from hydra.errors import ConfigCompositionException, OverrideParseException
+
     try:
         main()
     except InputErrorExit:
         raise  # the run started: its keys exist
     except SystemExit as exit:
-        if exit.code not in (0, None) and not _task["started"]:  # refused before the task ran
+        if exit.code not in (0, None):  # a run that started had only existing keys: no hint then
             print_key_hint(config_name)
-            raise SystemExit(2) from None
+            # Hydra reports the error it caught and exits 1 from its handler: the error is the exit's context
+            if isinstance(exit.__context__, (ConfigCompositionException, OverrideParseException)):
+                raise SystemExit(2) from None
         raise

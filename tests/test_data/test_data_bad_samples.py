@@ -163,16 +163,17 @@ def _no_person_of_the_keypoint_category(data: dict) -> str:
     return r"none of its 13 images has an annotation of the keypoint category \(id 1\); the annotations name category ids \[0\]"
 
 
+@pytest.mark.parametrize("train", [False, True])
 @pytest.mark.parametrize("break_file", [_repeated_id("images"), _repeated_id("annotations"),
                                         _no_person_of_the_keypoint_category], ids=["image_id", "ann_id", "category"])
-def test_an_annotation_file_that_cannot_be_used_is_refused(sample_copy, codec, break_file) -> None:
+def test_an_annotation_file_that_cannot_be_used_is_refused(sample_copy, codec, break_file, train) -> None:
     """Repeated ids: pycocotools keeps one entry per id (another image's people on these pixels, another ground
     truth). No person of the keypoint category: nothing to train on, no ground truth to evaluate against."""
     images, annotations, data = sample_copy
     expected = break_file(data)
     annotations.write_text(json.dumps(data))
-    with pytest.raises(AnnotationFileError, match=expected):
-        COCOKeypointDataset(images, annotations, codec=codec, input_size=S)
+    with pytest.raises(AnnotationFileError, match=expected):  # training: before the images without people go
+        COCOKeypointDataset(images, annotations, codec=codec, input_size=S, train=train)
 
 
 def test_a_visibility_flag_other_than_0_1_2_is_a_named_bad_sample(sample_copy, codec) -> None:

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from strongpose.config_check import ConfigError, InputErrorExit, report_input_errors, type_errors, unknown_key_hint
+from strongpose.config_check import (ConfigError, InputErrorExit, report_input_errors, run_with_key_hints, type_errors,
+                                     unknown_key_hint)
 from strongpose.train import CONFIG_DIR, train
 
 
@@ -38,12 +39,33 @@ def test_train_refuses_a_wrong_type_before_building_anything(train_config, tmp_p
     (["data.input_size=-128"], "data.input_size=-128: must be > 0"),  # was albumentations' min_height error
     (["data.batch_size=0"], "data.batch_size=0: must be > 0"),  # was a torch sampler error
     (["model.lr=-1"], "model.lr=-1: must be > 0"),  # was the scaled LR, a number the user never typed
-    (["model.lr_ref_batch=0", "data.val_batch_size=-2"], "data.val_batch_size=-2: must be > 0"),
+    (["data.val_batch_size=-2"], "data.val_batch_size=-2: must be > 0"),
+    (["model.lr_ref_batch=0"], "model.lr_ref_batch=0: must be > 0"),
 ])
 def test_sizes_and_rates_that_cannot_be_right_are_named(train_config, tmp_path, capsys, overrides, message):
     with pytest.raises(InputErrorExit), report_input_errors():  # as the entry points report it: one line
         train(train_config(overrides, output_dir=tmp_path))
     assert capsys.readouterr().err.startswith(f"ConfigError: {message}\n")
+
+
+def test_only_a_command_line_hydra_refuses_exits_2(monkeypatch, capsys):
+    """Hydra reports what it caught and exits 1 from its handler: a composition error (unknown key or option)
+    becomes 2, any other failure (a sweep's job that failed, raised in the launcher) stays 1."""
+    from hydra.errors import ConfigCompositionException
+
+    def hydra_exit(error):
+        def main():
+            try:
+                raise error
+            except Exception:
+                sys.exit(1)
+        return main
+
+    monkeypatch.setattr(sys, "argv", ["train", "model.lr=3"])
+    for error, code in ((ConfigCompositionException("Key 'x' is not in struct"), 2), (RuntimeError("job 3 failed"), 1)):
+        with pytest.raises(SystemExit) as stopped:
+            run_with_key_hints(hydra_exit(error), "train")
+        assert stopped.value.code == code
 
 
 def test_unknown_keys_get_the_closest_key_and_the_list():

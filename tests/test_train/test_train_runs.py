@@ -47,16 +47,21 @@ def test_resume_from_last_checkpoint_continues_the_step_count(train_config, tmp_
 
 
 @pytest.mark.parametrize("schedule", [["trainer.max_epochs=3", "trainer.check_val_every_n_epoch=2"],
-                                      ["trainer.max_epochs=-1", "trainer.max_steps=3"]], ids=["epochs", "steps"])
+                                      ["trainer.max_epochs=-1", "trainer.max_steps=3"],
+                                      ["trainer.max_epochs=3", "trainer.check_val_every_n_epoch=2",
+                                       "callbacks.model_checkpoint.save_last=link"]], ids=["epochs", "steps", "link"])
 def test_last_checkpoint_holds_the_final_step_and_the_raw_weights(train_config, tmp_path, schedule):
     """Epochs after the last validation (or a max_steps end) are saved at the end, and that checkpoint keeps
     the trained weights beside the averaged ones: Lightning wrote none (epoch 3 lost) or, at the end, one
-    whose current_model_state was the EMA's (WeightAveraging copies it into the model first)."""
+    whose current_model_state was the EMA's (WeightAveraging copies it into the model first). A resume goes
+    on with epoch 3 (its position was one epoch ahead: epoch 3's shuffle skipped, epoch 4's used twice)."""
     _, run = train(train_config(schedule, output_dir=tmp_path))
     trainer, model = run["trainer"], run["model"]
     assert trainer.global_step == 3
-    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert checkpoint["global_step"] == 3
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == 3 and not last.is_symlink()  # link mode: not the older top-k file
+    assert checkpoint["COCOKeypointDataModule"]["train_position"]["epoch"] == 3
     raw, averaged = checkpoint["current_model_state"], checkpoint["state_dict"]
     name = next(k for k in raw if k.endswith("conv1.weight"))
     assert not torch.equal(raw[name], averaged[name])  # EMA (decay warm-up 2/11 ...) lags the weights

@@ -93,27 +93,28 @@ class COCOKeypointDataset(Dataset):
         self.coco = load_coco(self.annotations_path)
         self.category_id = person_category(self.coco, codec.skeleton.keypoints, self.annotations_path)
         ids = sorted(self.coco.imgs)
+        self._check_people(ids)
         if self.train if skip_empty is None else skip_empty:
             with_people = {a["image_id"] for a in self.coco.dataset["annotations"]
                            if a.get("category_id") == self.category_id}
             ids = [i for i in ids if i in with_people]
         self.image_ids = ids[:max_images] if max_images is not None else ids
-        self._check_people()
         self.transform = (TrainTransform(self.input_size, codec.skeleton, augment) if self.train
                           else ValTransform(self.input_size))
 
-    def _check_people(self) -> None:
-        """Refuse a file whose images have no person of the keypoint category (e.g. annotations under
-        another category id): training would have nothing to learn, evaluation no ground truth. Say how many
-        labelled keypoints lie outside their image: they are taken as unlabelled."""
-        anns = [a for i in self.image_ids for a in self.coco.imgToAnns.get(i, [])]
-        if self.image_ids and not any(a.get("category_id") == self.category_id for a in anns):
+    def _check_people(self, image_ids: list[int]) -> None:
+        """Refuse a file whose images (all of them, before ``skip_empty`` and ``max_images``) have no person of
+        the keypoint category (e.g. annotations under another category id): training would have nothing to
+        learn, evaluation no ground truth. Say how many labelled keypoints lie outside their image: they are
+        taken as unlabelled."""
+        anns = self.coco.dataset["annotations"]
+        if image_ids and not any(a.get("category_id") == self.category_id for a in anns):
             others = sorted({a.get("category_id") for a in anns} - {self.category_id})
             raise AnnotationFileError(
-                f"{self.annotations_path}: none of its {len(self.image_ids)} images has an annotation of the keypoint "
+                f"{self.annotations_path}: none of its {len(image_ids)} images has an annotation of the keypoint "
                 f"category (id {self.category_id})" + (f"; the annotations name category ids {others[:10]}" if others
                                                        else ": it has no annotations"))
-        count, ann_ids = count_keypoints_outside(self.coco, self.image_ids, self.category_id)
+        count, ann_ids = count_keypoints_outside(self.coco, image_ids, self.category_id)
         if count:
             log.warning("%s: %d labelled keypoints of %d annotations (ids %s%s) lie outside their image: taken as "
                         "unlabelled; `python -m strongpose.check_data annotations=%s` lists them",

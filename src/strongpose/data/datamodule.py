@@ -192,7 +192,9 @@ class COCOKeypointDataModule(L.LightningDataModule):
             return None
         epoch, done = trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
         if done >= trainer.num_training_batches:  # the epoch is over (also with limit_train_batches)
-            return epoch + 1, 0
+            # the epochs started so far: the next one's index, at the epoch's end and once the fit loop has
+            # counted it as completed (when training ends: then current_epoch is already the next one)
+            return trainer.fit_loop.epoch_progress.current.started, 0
         return epoch, done
 
     def val_dataloader(self) -> DataLoader:
