@@ -17,6 +17,7 @@ from strongpose.data.annotations import BadSample, read_image
 from strongpose.data.sample import sample_paths
 from strongpose.inference import Predictor
 from strongpose.inference.images import as_rgb_array
+from strongpose.structures import Poses
 
 
 @pytest.fixture(scope="module")
@@ -166,10 +167,28 @@ def test_bad_inputs_say_what_is_wrong(predictor, tmp_path):
         predictor.predict_batch([], batch_size=0)
 
 
+def test_bf16_runs_the_network_in_bf16_and_decodes_float32(predictor, tiny_checkpoint, sample_images):
+    """precision=bf16: autocast around the network only (its convolutions in bfloat16), maps back in float32."""
+    fast = strongpose.load(tiny_checkpoint, device="cpu", precision="bf16")
+    seen = []
+    hook = fast.module.net.backbone.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    batch, _ = fast.preprocess([as_rgb_array(sample_images[0])], fast.input_size)
+    with torch.inference_mode():
+        low, full = fast.network(batch), predictor.network(batch)
+    hook.remove()
+    assert seen == [torch.bfloat16] and fast.options["precision"] == "bf16"
+    for name, value in full.items():
+        assert low[name].dtype == torch.float32
+        scale = float(value.abs().max())
+        assert float((low[name] - value).abs().max()) < 0.05 * max(scale, 1.0), name  # bf16: 8 bits of mantissa
+    assert isinstance(fast.predict(sample_images[0]), Poses)
+
+
 @pytest.mark.parametrize(("options", "message"), [
     ({"device": "gpu"}, "device='gpu' is not a device: Expected one of"),
     ({"scales": [0]}, r"test.scales must be positive, got \[0.0\]"),
     ({"input_size": 0}, "input_size=0: must be > 0"),
+    ({"precision": "fp8"}, "precision must be one of"),
 ])
 def test_options_that_cannot_be_right_are_config_errors(tiny_checkpoint, options, message):
     """Reported in a line by predict / evaluate (exit 2), not as a traceback."""

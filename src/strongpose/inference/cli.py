@@ -12,11 +12,12 @@ from strongpose.inference.predictor import Predictor, load
 
 
 def predictor_from_config(cfg: DictConfig, input_size: int | None) -> Predictor:
-    """``strongpose.load`` with the ``ckpt_path``, ``device`` and ``test.*`` options of an entry point's config."""
+    """``strongpose.load`` with the ``ckpt_path``, ``device``, ``precision`` and ``test.*`` options of an entry
+    point's config."""
     test = cfg.test
     return load(cfg.ckpt_path, device=cfg.get("device"), flip=test.flip, scales=list(test.scales),
                 keypoint_threshold=test.keypoint_threshold, person_threshold=test.person_threshold,
-                input_size=input_size)
+                input_size=input_size, precision=cfg.get("precision", "32"))
 
 
 def timing_summary(totals: dict[str, float], images: int, wall_s: float) -> dict[str, float]:
