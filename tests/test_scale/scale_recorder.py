@@ -61,6 +61,21 @@ class Recorder(Callback):
         (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(self.record))
 
 
+class BatchNormAtValidation(Callback):
+    """Writes ``bn_rank<R>.pt``: the model's floating-point buffers (BatchNorm statistics) as validation starts,
+    after the EMA callback (listed before this one) swapped its averaged weights in."""
+
+    def __init__(self, out: str) -> None:
+        self.out = Path(out)
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        buffers = {k: v.detach().cpu().clone() for k, v in pl_module.named_buffers() if v.is_floating_point()}
+        self.out.mkdir(parents=True, exist_ok=True)
+        torch.save(buffers, self.out / f"bn_rank{trainer.global_rank}.pt")
+
+
 class RecordingCOCOEval(COCOEvalCallback):
     """COCOEvalCallback that also writes ``evaluated_rank<R>.json``: for each validation epoch, the ids of
     the images that went to COCOeval (after the metric gathered all ranks and dropped the sampler's repeats)."""
