@@ -62,6 +62,18 @@ def test_a_flip_moves_the_visibility_flags_with_the_keypoints() -> None:
     assert out.keypoints[0, COCO_PERSON.index("left_wrist"), 2] > 0
 
 
+def test_keypoints_moved_off_the_input_are_unlabelled() -> None:
+    """A shift that moves the lower body below the S x S input leaves those keypoints without a flag, the
+    others labelled where they moved."""
+    kp = _person_facing_camera()  # y = 20 + 5 k
+    shift = np.array([[1.0, 0, 0], [0, 1.0, S - 62.0], [0, 0, 1.0]])  # keypoint k lands at y = S - 42 + 5 k
+    out = _sample(np.zeros((S, S, 3), np.uint8), _people(kp, (S, S)), shift, S)
+    below = kp[0, :, 1] + S - 62.0 > S
+    assert below.any() and not below.all()
+    np.testing.assert_array_equal(out.keypoints[0, below, 2], 0)
+    np.testing.assert_array_equal(out.keypoints[0, ~below, 2], 2)
+
+
 def test_no_flip_keeps_order() -> None:
     kp = _person_facing_camera()
     out = TrainTransform(S, COCO_PERSON, {**NO_RANDOM, "flip_prob": 0.0})(
