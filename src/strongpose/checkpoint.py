@@ -95,18 +95,57 @@ def module_from_checkpoint(path: str | Path, map_location: str | torch.device = 
     return module.to(map_location).eval(), cfg
 
 
-def init_from_checkpoint(module: torch.nn.Module, path: str | Path) -> tuple[list[str], list[str]]:
+def init_from_checkpoint(module: torch.nn.Module, path: str | Path) -> tuple[list[str], list[str], str]:
     """Start ``module`` (a new run: fresh optimiser, schedule, step count) from the weights of the checkpoint
     at ``path`` (its ``state_dict``: the EMA weights when EMA was on), for fine-tuning or a run with another
-    global batch. Every tensor whose name and shape match is copied; the others keep their initial values (the
-    heads' last layers of another skeleton, a neck of another width). Returns (loaded, kept) names; a
-    checkpoint that fits nothing raises :class:`CheckpointError`."""
-    saved = read_checkpoint(path)["state_dict"]
+    global batch. Every tensor whose name and shape match is copied, except where the checkpoint's specs say
+    the same shape means something else: another backbone architecture (a ResNet-18's 3x3 block convolution
+    is not a ResNet-50's), another skeleton (the heads' output channels are other keypoints and edges). The
+    others keep their initial values. Returns (loaded, kept) names and why some were kept; a checkpoint that
+    fits nothing raises :class:`CheckpointError`."""
+    checkpoint = read_checkpoint(path)
+    saved, specs = checkpoint["state_dict"], checkpoint.get("hyper_parameters", {})
     own = module.state_dict()
-    loaded = [name for name, value in own.items()
-              if name in saved and isinstance(saved[name], torch.Tensor) and saved[name].shape == value.shape]
+    fresh, why = set(), ["no tensor of that name and shape in the checkpoint"]
+    hparams = getattr(module, "hparams", {})
+    backbone, codec = hparams.get("backbone") or {}, hparams.get("codec") or {}
+    if _another_kind_of_backbone(specs.get("backbone") or {}, backbone):
+        fresh |= {name for name in own if name.startswith("net.backbone.")}
+        why.append(f"another kind of backbone: {specs['backbone'].get('arch')} -> {backbone.get('arch')}")
+    if spec_mismatch(specs.get("codec") or {}, {k: v for k, v in codec.items() if k in ("skeleton", "keypoints")},
+                     "codec"):
+        fresh |= _skeleton_layers(module)
+        why.append("another skeleton: the heads' output layers")
+    loaded = [name for name, value in own.items() if name not in fresh and name in saved
+              and isinstance(saved[name], torch.Tensor) and saved[name].shape == value.shape]
     if not loaded:
         raise CheckpointError(f"init_from={path}: none of its {len(saved)} tensors fits this model (names or "
                               f"shapes differ: another backbone?)")
     module.load_state_dict({name: saved[name] for name in loaded}, strict=False)
-    return loaded, [name for name in own if name not in set(loaded)]
+    return loaded, [name for name in own if name not in set(loaded)], "; ".join(why)
+
+
+# torchvision ResNets by block: a ResNet-34 starts with a ResNet-18's blocks (fine-tuning one from the other
+# loads those), a ResNet-50's bottleneck blocks hold other tensors under the same names and shapes
+RESNET_BLOCKS = {"resnet18": "basic", "resnet34": "basic", "resnet50": "bottleneck", "resnet101": "bottleneck",
+                 "resnet152": "bottleneck"}
+
+
+def _another_kind_of_backbone(saved: dict[str, Any], current: dict[str, Any]) -> bool:
+    """Another backbone class, or a ResNet of the other block type (unknown specs: the same kind)."""
+    if not saved or not current:
+        return False
+    kind = [(spec.get("class"), RESNET_BLOCKS.get(spec.get("arch"), spec.get("arch"))) for spec in (saved, current)]
+    return kind[0] != kind[1]
+
+
+def _skeleton_layers(module: torch.nn.Module) -> set[str]:
+    """Names of the heads' output layers whose channels are keypoints or edges (all but the body map's)."""
+    heads = getattr(getattr(getattr(module, "net", None), "heads", None), "heads", None)
+    names: set[str] = set()
+    for head, layers in (heads.items() if heads is not None else ()):
+        convs = [name for name, layer in layers.named_modules() if isinstance(layer, torch.nn.Conv2d)]
+        if head != "bhm" and convs:
+            last = layers.get_submodule(convs[-1])
+            names |= {f"net.heads.heads.{head}.{convs[-1]}.{p}" for p, _ in last.named_parameters()}
+    return names

@@ -16,6 +16,7 @@ from strongpose.checkpoint import CONFIG_KEY, CheckpointError, spec_mismatch
 from strongpose.config_check import ConfigError, require_positive
 from strongpose.codec import StrongPoseCodec
 from strongpose.collectives import mean_over_ranks
+from strongpose.data.resumable import stopped_inside_an_epoch
 from strongpose.faults import BufferSnapshot, NonFiniteLossGuard
 from strongpose.models.losses import HEATMAP_LOSSES, strongpose_losses
 from strongpose.models.network import StrongPoseNet, to_probabilities
@@ -299,6 +300,8 @@ class StrongPoseModule(L.LightningModule):
         checkpoint[NONFINITE] = self.nonfinite.total
         if self._trainer is not None:
             checkpoint[BATCH_LAYOUT] = self.batch_layout()
+            if "loops" in checkpoint and stopped_inside_an_epoch(self._trainer):
+                _as_inside_the_epoch(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Lightning calls this before load_state_dict, also when resuming (trainer.fit(ckpt_path=...)):
@@ -308,6 +311,15 @@ class StrongPoseModule(L.LightningModule):
         if self._trainer is not None and getattr(self._trainer, "training", False):  # resuming a fit, not load()
             check_same_global_batch(checkpoint.get(BATCH_LAYOUT), self.batch_layout())
         self._resume_with_this_optimizer_kind(checkpoint)  # before Lightning loads the optimiser state
+
+
+def _as_inside_the_epoch(checkpoint: dict) -> None:
+    """Save the epoch that ``max_steps`` stopped as unfinished (see :func:`stopped_inside_an_epoch`): what an
+    interrupt's checkpoint records, which Lightning resumes at the epoch's next batch."""
+    progress = checkpoint["loops"]["fit_loop"]["epoch_progress"]
+    for counts in (progress["total"], progress["current"]):
+        counts["processed"] = counts["completed"] = counts["started"] - 1
+    checkpoint["epoch"] = progress["current"]["started"] - 1
 
 
 def check_same_global_batch(saved: dict[str, int] | None, now: dict[str, int]) -> None:
@@ -326,7 +338,8 @@ def check_same_global_batch(saved: dict[str, int] | None, now: dict[str, int]) -
         f"the checkpoint was trained with a global batch of {say(saved)}, this run's is {say(now)}: its learning "
         f"rate, schedule and position in the epoch are per optimiser step of the checkpoint's size. Resume with "
         f"the checkpoint's data.batch_size, trainer.devices x trainer.num_nodes and trainer.accumulate_grad_batches "
-        f"(at an epoch's end, the same product is enough), or start a new run from its weights: init_from=CKPT")
+        f"(at an epoch's end, the same product is enough), or start a new run from its weights: init_from=CKPT in "
+        f"another run folder (or with resume=null, when resume=auto found this checkpoint in the run folder)")
 
 
 def _step_counters_to_host(state: dict, params) -> None:

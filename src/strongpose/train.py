@@ -102,14 +102,11 @@ def resolved_config(cfg: DictConfig) -> dict[str, Any]:
         return OmegaConf.to_container(OmegaConf.create(plain), resolve=True)
 
 
-def start_from_weights(model: L.LightningModule, path: str, resuming: bool) -> None:
+def start_from_weights(model: L.LightningModule, path: str) -> None:
     """``init_from``: the weights of another run's checkpoint, then a new run (optimiser, schedule, steps)."""
-    if resuming:
-        raise ConfigError("init_from and ckpt_path both set: ckpt_path resumes a run (weights, optimiser, step), "
-                          "init_from starts a new one from a checkpoint's weights; give one")
-    loaded, kept = init_from_checkpoint(model, path)
+    loaded, kept, why = init_from_checkpoint(model, path)
     total = len(loaded) + len(kept)
-    more = f"; {len(kept)} keep their initial values (no tensor of that name and shape in it): " if kept else ""
+    more = f"; {len(kept)} keep their initial values ({why}): " if kept else ""
     say(f"init_from={path}: {len(loaded)} of {total} tensors loaded{more}{', '.join(kept[:6])}"
         f"{', ...' if len(kept) > 6 else ''}")
 
@@ -175,8 +172,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     codec = instantiate(cfg.codec)
     datamodule = instantiate(cfg.data, codec=codec)
     model = instantiate(cfg.model, codec=codec)
-    if cfg.get("init_from"):
-        start_from_weights(model, cfg.init_from, resuming=cfg.get("ckpt_path") is not None)
+    if cfg.get("init_from") and cfg.get("ckpt_path") is not None:
+        raise ConfigError("init_from and ckpt_path both set: ckpt_path resumes a run (weights, optimiser, step), "
+                          "init_from starts a new one from a checkpoint's weights; give one")
     model.run_config = resolved_config(cfg)  # saved in every checkpoint
     loggers = instantiate_loggers(cfg.get("logger"))
     callbacks = instantiate_callbacks(cfg.get("callbacks"), has_logger=bool(loggers))
@@ -191,6 +189,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         logger.log_hyperparams(model.run_config)
 
     ckpt_path = checkpoint_to_resume(cfg.get("ckpt_path"), cfg.get("resume"), trainer)
+    if cfg.get("init_from") and ckpt_path is not None:  # resume=auto found this run's own (a requeued job)
+        say(f"init_from={cfg.init_from} not loaded: this run resumes its own checkpoint {ckpt_path} (resume=auto; "
+            f"a new run from init_from needs a new run folder or resume=null)")
+    elif cfg.get("init_from"):
+        start_from_weights(model, cfg.init_from)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}

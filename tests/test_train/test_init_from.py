@@ -7,6 +7,7 @@ from hydra.utils import instantiate
 
 from strongpose.checkpoint import CheckpointError
 from strongpose.config_check import ConfigError
+from strongpose.skeleton import COCO_PERSON
 from strongpose.train import start_from_weights, train
 
 QUICK = ["trainer.limit_val_batches=0", "callbacks.coco_eval=null", "callbacks.model_checkpoint.monitor=null"]
@@ -26,7 +27,7 @@ def _model(train_config, overrides):
 
 def test_the_same_model_gets_every_weight(trained, train_config, capsys):
     model = _model(train_config, [])
-    start_from_weights(model, str(trained), resuming=False)
+    start_from_weights(model, str(trained))
     saved = torch.load(trained, weights_only=True)["state_dict"]  # the EMA weights
     assert all(torch.equal(value, saved[name]) for name, value in model.state_dict().items())
     assert f"init_from={trained}: {len(saved)} of {len(saved)} tensors loaded" in capsys.readouterr().out
@@ -36,7 +37,7 @@ def test_another_skeleton_keeps_only_the_heads_last_layers_new(trained, train_co
     """COCO's 17 keypoints -> CrowdPose's 14: backbone, neck and the heads' hidden layers come from the run."""
     model = _model(train_config, ["codec.skeleton=crowdpose"])
     fresh = {name: value.clone() for name, value in model.state_dict().items()}
-    start_from_weights(model, str(trained), resuming=False)
+    start_from_weights(model, str(trained))
     saved = torch.load(trained, weights_only=True)["state_dict"]
     state = model.state_dict()
     kept = [name for name in state if name not in saved or saved[name].shape != state[name].shape]
@@ -57,4 +58,45 @@ def test_init_from_refuses_what_cannot_be_meant(trained, train_config, tmp_path)
     with pytest.raises(ConfigError, match="init_from and ckpt_path both set"):
         train(train_config([f"init_from={trained}", f"ckpt_path={trained}"], output_dir=tmp_path))
     with pytest.raises(CheckpointError, match="none of its .* tensors fits this model"):
-        start_from_weights(torch.nn.Linear(2, 2), str(trained), resuming=False)
+        start_from_weights(torch.nn.Linear(2, 2), str(trained))
+
+
+def test_another_kind_of_backbone_starts_afresh_and_a_resnet34_takes_the_resnet18_blocks(trained, train_config):
+    """A ResNet-18's 3x3 block convolutions have the shapes of a ResNet-50's bottleneck middles, not their meaning."""
+    saved = torch.load(trained, weights_only=True)["state_dict"]
+    for arch, backbone_loaded in (("resnet50", False), ("resnet34", True)):
+        model = _model(train_config, [f"backbone={arch}"])
+        start_from_weights(model, str(trained))
+        name = "net.backbone.stages.layer1.0.conv1.weight"
+        same = name in saved and torch.equal(model.state_dict()[name], saved[name])
+        assert same == backbone_loaded, arch
+        assert torch.equal(model.state_dict()["net.heads.heads.bhm.3.weight"], saved["net.heads.heads.bhm.3.weight"])
+
+
+def test_a_skeleton_of_as_many_keypoints_gets_new_output_layers(trained, train_config, capsys):
+    """17 keypoints in another order: the same shapes, other meanings (its heads' channels)."""
+    names = list(COCO_PERSON.keypoints)
+    names[1], names[2] = names[2], names[1]
+    order = [COCO_PERSON.keypoints.index(n) for n in names]
+    swapped = {"_target_": "strongpose.skeleton.Skeleton", "name": "swapped_eyes", "keypoints": names,
+               "flip_pairs": [list(p) for p in COCO_PERSON.flip_pairs], "tree_edges": [list(e) for e in COCO_PERSON.tree_edges],
+               "sigmas": [COCO_PERSON.sigmas[i] for i in order]}
+    cfg = train_config([], output_dir="/unused")
+    cfg.codec.skeleton = swapped
+    model = instantiate(cfg.model, codec=instantiate(cfg.codec))
+    start_from_weights(model, str(trained))
+    saved = torch.load(trained, weights_only=True)["state_dict"]
+    state = model.state_dict()
+    assert not torch.equal(state["net.heads.heads.skhm.3.weight"], saved["net.heads.heads.skhm.3.weight"])
+    assert torch.equal(state["net.heads.heads.skhm.0.weight"], saved["net.heads.heads.skhm.0.weight"])
+    assert torch.equal(state["net.heads.heads.bhm.3.weight"], saved["net.heads.heads.bhm.3.weight"])
+    assert "another skeleton: the heads' output layers" in capsys.readouterr().out
+
+
+def test_a_requeued_run_resumes_its_own_checkpoint_not_init_from(trained, train_config, tmp_path, capsys):
+    train(train_config([*QUICK, "trainer.max_epochs=-1", "trainer.max_steps=1", f"init_from={trained}"], output_dir=tmp_path))
+    gone = tmp_path / "gone.ckpt"  # the file it started from need not be there any more
+    _, run = train(train_config([*QUICK, "trainer.max_epochs=-1", "trainer.max_steps=2", f"init_from={gone}"],
+                                output_dir=tmp_path))
+    assert run["trainer"].global_step == 2
+    assert f"init_from={gone} not loaded: this run resumes its own checkpoint" in capsys.readouterr().out

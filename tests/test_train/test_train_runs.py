@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from strongpose.checkpoint import CONFIG_KEY
+from strongpose.lit_module import StrongPoseModule
 from strongpose.train import train
 
 DEPTHS = ["resnet18", "resnet34", "resnet50",
@@ -67,6 +68,30 @@ def test_last_checkpoint_holds_the_final_step_and_the_raw_weights(train_config, 
     assert not torch.equal(raw[name], averaged[name])  # EMA (decay warm-up 2/11 ...) lags the weights
     # the model ends fit with the averaged weights, as before
     assert all(torch.equal(value, averaged[key]) for key, value in model.state_dict().items())
+
+
+def test_a_run_stopped_by_max_steps_inside_an_epoch_goes_on_with_that_epoch(train_config, tmp_path, monkeypatch):
+    """Lightning counts an epoch that max_steps stopped as completed (and keeps its batch count): the
+    checkpoint saves it as unfinished, so that a longer resumed run trains the batches a straight run does
+    (it went on with the next epoch, one batch in: one batch of each epoch lost)."""
+    seen = []
+    step = StrongPoseModule.training_step
+
+    def recording(self, batch, batch_idx):
+        seen.append(batch["meta"]["image_id"].tolist())
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(StrongPoseModule, "training_step", recording)
+    run = ["data.max_train_images=4", "trainer.max_epochs=-1", "callbacks.coco_eval=null"]  # 2 steps an epoch
+    train(train_config([*run, "trainer.max_steps=1"], output_dir=tmp_path / "a"))
+    checkpoint = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert checkpoint["COCOKeypointDataModule"]["train_position"] == {"epoch": 0, "batches": 1, "batch_size": 2,
+                                                                      "world_size": 1}
+    train(train_config([*run, "trainer.max_steps=3"], output_dir=tmp_path / "a"))  # resume=auto
+    resumed = list(seen)
+    seen.clear()
+    train(train_config([*run, "trainer.max_steps=3"], output_dir=tmp_path / "b"))
+    assert resumed == seen and len(seen) == 3
 
 
 def test_cli_runs_from_any_folder_and_says_where_the_checkpoint_is(tmp_path, train_cli):

@@ -68,6 +68,17 @@ def position_state(position: tuple[int, int] | None, batch_size: int, world_size
             "world_size": int(world_size)}
 
 
+def stopped_inside_an_epoch(trainer: Any) -> bool:
+    """``max_steps`` (or ``max_time``) ended training inside an epoch: Lightning's fit loop has counted that epoch
+    as completed although batches of it were left. A checkpoint written then is saved as one from inside the
+    epoch (:meth:`StrongPoseModule.on_save_checkpoint` and the data position), so that a longer resumed run
+    goes on with that epoch's remaining batches, as after an interrupt, rather than with the next epoch
+    one batch in (Lightning keeps the batch count)."""
+    epochs = trainer.fit_loop.epoch_progress.current
+    done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+    return epochs.started > 0 and epochs.completed >= epochs.started and 0 < done < trainer.num_training_batches
+
+
 def check_same_split(state: dict[str, int], batch_size: int, world_size: int) -> None:
     """Raise :class:`ConfigError` when ``state`` is a position inside an epoch counted with another
     per-device batch or number of ranks: each rank would skip its own shard's first ``batches`` x

@@ -225,6 +225,7 @@ def load(checkpoint: str | Path, device: str | torch.device | None = None, flip:
     run's ``data.input_size``; the other arguments are :class:`Predictor`'s."""
     from strongpose.checkpoint import CheckpointError, module_from_checkpoint
 
+    autocast_dtype(precision)  # a wrong value before the checkpoint is read
     device = resolve_device(device)
     module, cfg = module_from_checkpoint(checkpoint, map_location=device)
     if input_size is None:
