@@ -122,7 +122,8 @@ def init_from_checkpoint(module: torch.nn.Module, path: str | Path) -> tuple[lis
         raise CheckpointError(f"init_from={path}: none of its {len(saved)} tensors fits this model (names or "
                               f"shapes differ: another backbone?)")
     module.load_state_dict({name: saved[name] for name in loaded}, strict=False)
-    return loaded, [name for name in own if name not in set(loaded)], "; ".join(why)
+    kept = own.keys() - set(loaded)
+    return loaded, [name for name in own if name in kept], "; ".join(why)
 
 
 # torchvision ResNets by block: a ResNet-34 starts with a ResNet-18's blocks (fine-tuning one from the other

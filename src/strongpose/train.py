@@ -162,6 +162,9 @@ def check_no_relaunch_in_a_local_multirun(trainer: L.Trainer) -> None:
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Train (or resume, with ``ckpt_path``) as ``cfg`` says; returns the final metrics and the objects."""
     check_types(cfg)  # a wrong type fails here, naming the key, not deep in the run
+    if cfg.get("init_from") and cfg.get("ckpt_path") is not None:
+        raise ConfigError("init_from and ckpt_path both set: ckpt_path resumes a run (weights, optimiser, step), "
+                          "init_from starts a new one from a checkpoint's weights; give one")
     backbone = cfg.get("backbone") or {}
     if backbone.get("norm") == "frozen" and not backbone.get("pretrained"):
         log.warning("backbone.norm=frozen without backbone.pretrained=true: the frozen statistics are the "
@@ -172,9 +175,6 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     codec = instantiate(cfg.codec)
     datamodule = instantiate(cfg.data, codec=codec)
     model = instantiate(cfg.model, codec=codec)
-    if cfg.get("init_from") and cfg.get("ckpt_path") is not None:
-        raise ConfigError("init_from and ckpt_path both set: ckpt_path resumes a run (weights, optimiser, step), "
-                          "init_from starts a new one from a checkpoint's weights; give one")
     model.run_config = resolved_config(cfg)  # saved in every checkpoint
     loggers = instantiate_loggers(cfg.get("logger"))
     callbacks = instantiate_callbacks(cfg.get("callbacks"), has_logger=bool(loggers))

@@ -93,23 +93,22 @@ class COCOKeypointDataset(Dataset):
         self.coco = load_coco(self.annotations_path)
         self.category_id = person_category(self.coco, codec.skeleton.keypoints, self.annotations_path)
         ids = sorted(self.coco.imgs)
-        self._check_people(ids)
+        with_people = {a["image_id"] for a in self.coco.dataset["annotations"]
+                       if a.get("category_id") == self.category_id}
+        self._check_people(ids, with_people)
         if self.train if skip_empty is None else skip_empty:
-            with_people = {a["image_id"] for a in self.coco.dataset["annotations"]
-                           if a.get("category_id") == self.category_id}
             ids = [i for i in ids if i in with_people]
         self.image_ids = ids[:max_images] if max_images is not None else ids
         self.transform = (TrainTransform(self.input_size, codec.skeleton, augment) if self.train
                           else ValTransform(self.input_size))
 
-    def _check_people(self, image_ids: list[int]) -> None:
+    def _check_people(self, image_ids: list[int], with_people: set[int]) -> None:
         """Refuse a file whose images (all of them, before ``skip_empty`` and ``max_images``) have no person of
         the keypoint category (e.g. annotations under another category id): training would have nothing to
         learn, evaluation no ground truth. Say how many labelled keypoints lie outside their image: they are
         taken as unlabelled."""
-        anns = self.coco.dataset["annotations"]
-        if image_ids and not any(a.get("category_id") == self.category_id for a in anns):
-            others = sorted({a.get("category_id") for a in anns} - {self.category_id})
+        if image_ids and not with_people:
+            others = sorted({a.get("category_id") for a in self.coco.dataset["annotations"]})
             raise AnnotationFileError(
                 f"{self.annotations_path}: none of its {len(image_ids)} images has an annotation of the keypoint "
                 f"category (id {self.category_id})" + (f"; the annotations name category ids {others[:10]}" if others

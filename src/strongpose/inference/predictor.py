@@ -14,10 +14,9 @@ import torch.nn.functional as F
 
 from strongpose.codec import StrongPoseCodec
 from strongpose.config_check import ConfigError, require_positive
-from strongpose.data.annotations import BadSample
 from strongpose.data.coco import to_chw
 from strongpose.data.transforms import ValTransform, poses_to_original
-from strongpose.inference.images import ImageLike, as_rgb_array
+from strongpose.inference.images import ImageFiles, ImageLike, as_rgb_array
 from strongpose.inference.test_time import flip_average, fuse_scales, scale_sizes, threshold_poses
 from strongpose.models.network import to_probabilities
 from strongpose.structures import Poses
@@ -158,16 +157,16 @@ class Predictor:
         return flip_average({k: v[:n] for k, v in both.items()}, {k: v[n:] for k, v in both.items()}, self.codec)
 
     def _read(self, chunk: list[ImageLike], first: int, skip_bad: bool, timing: dict) -> list[np.ndarray | None]:
+        """The chunk's RGB arrays; with ``skip_bad``, None for a file that cannot be read (ImageFiles' error
+        entry, as predict and evaluate read folders), noted in ``last_skipped``; else its BadSample raises."""
         t0 = time.perf_counter()
-        arrays: list[np.ndarray | None] = []
-        for i, image in enumerate(chunk, first):
-            try:
-                arrays.append(as_rgb_array(image))
-            except BadSample as err:
-                if not skip_bad:
-                    raise
-                self.last_skipped.append((i, str(err)))
-                arrays.append(None)
+        if skip_bad:
+            files = ImageFiles(chunk)
+            items = [files[i] for i in range(len(files))]
+            self.last_skipped += [(first + i, item["error"]) for i, item in enumerate(items) if item["error"]]
+            arrays = [item["image"] for item in items]
+        else:
+            arrays = [as_rgb_array(image) for image in chunk]
         timing["preprocess_ms"] += 1e3 * (time.perf_counter() - t0)
         return arrays
 
