@@ -30,7 +30,7 @@ TINY = ["trainer=cpu", "logger=none", "data.input_size=64", "data.batch_size=2",
         "callbacks.coco_eval=null", "backbone.neck_channels=32", "model.heads.width=32",
         "callbacks.model_checkpoint.monitor=null",
         "+callbacks.model_checkpoint.save_on_train_epoch_end=true"]
-EVERY_STEP = ["+callbacks.model_checkpoint.every_n_train_steps=1"]
+EVERY_STEP = ["callbacks.model_checkpoint.last_every_n_train_steps=1"]  # last.ckpt after every step
 
 
 def start(args: list[str], cwd: Path, log_name: str) -> subprocess.Popen:

@@ -14,6 +14,8 @@ import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar, WeightAveraging
 from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
 
+from strongpose.config_check import ConfigError
+
 
 class EMA(WeightAveraging):
     """Polyak averaging of weights and BatchNorm statistics, built on Lightning's ``WeightAveraging``.
@@ -173,19 +175,53 @@ class EMA(WeightAveraging):
 
 
 class ModelCheckpoint(LightningModelCheckpoint):
-    """Lightning's ``ModelCheckpoint`` that also writes ``last.ckpt`` when training ends after steps no
-    checkpoint holds: Lightning's own writes it then only when no last checkpoint was written during the run,
-    so the epochs after the last validation (``max_epochs`` not a multiple of ``check_val_every_n_epoch``,
-    ``max_steps``, an early stop) would be lost, and a resume would train them again."""
+    """Lightning's ``ModelCheckpoint`` that also writes ``last.ckpt``
+
+    - when training ends after steps no checkpoint holds: Lightning's own writes it then only when no last
+      checkpoint was written during the run, so the epochs after the last validation (``max_epochs`` not a
+      multiple of ``check_val_every_n_epoch``, ``max_steps``, an early stop) would be lost, and a resume
+      would train them again;
+    - with ``save_last``, every ``last_every_n_train_steps`` optimiser steps (None: only at validations
+      and the end), so that a job that dies without warning (a node failure; SLURM requeues it and
+      ``resume=auto`` finds ``last.ckpt``) loses at most that many steps, not the epochs since the last
+      validation. Lightning's ``every_n_train_steps`` would do it too, but it also moves the top-k saves
+      from the validations to those steps, where the monitored metric is the last validation's.
+    """
+
+    def __init__(self, *args, last_every_n_train_steps: int | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if last_every_n_train_steps is not None and (isinstance(last_every_n_train_steps, bool)
+                                                     or not isinstance(last_every_n_train_steps, int)
+                                                     or last_every_n_train_steps < 1):
+            raise ConfigError(f"callbacks.model_checkpoint.last_every_n_train_steps must be a positive integer or "
+                              f"null, got {last_every_n_train_steps!r}")
+        self.last_every_n_train_steps = last_every_n_train_steps
+        self._step_before_batch = -1
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        self._step_before_batch = trainer.global_step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        every = self.last_every_n_train_steps
+        # after the batch that completes an optimiser step only (gradient accumulation: the micro-batches
+        # in between hold gradients a checkpoint would lose); the same decision on every DDP rank
+        if (every and trainer.global_step != self._step_before_batch and trainer.global_step % every == 0
+                and self.save_last and not self._should_skip_saving_checkpoint(trainer)):
+            self._write_last(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # skipped as Lightning skips its saves: fast_dev_run, sanity check, this step already saved
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):
-            link, self.save_last = self.save_last, True  # save_last="link" would point at an older top-k file
-            try:
-                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-            finally:
-                self.save_last = link
+            self._write_last(trainer)
+
+    def _write_last(self, trainer: L.Trainer) -> None:
+        link, self.save_last = self.save_last, True  # save_last="link" would point at an older top-k file
+        try:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        finally:
+            self.save_last = link
 
 
 class ImagesPerSecond(Callback):

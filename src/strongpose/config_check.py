@@ -146,8 +146,21 @@ def _signature_types(target: str) -> dict[str, Any]:
 
     try:
         obj = get_object(target)
-        return typing.get_type_hints(obj.__init__ if inspect.isclass(obj) else obj)
     except Exception:  # noqa: BLE001 - an unimportable target is reported by instantiate itself
+        return {}
+    if not inspect.isclass(obj):
+        return _hints(obj)
+    hints: dict[str, Any] = {}
+    for cls in reversed(obj.__mro__):  # a subclass whose __init__ passes **kwargs on keeps its bases' types
+        if "__init__" in vars(cls):
+            hints.update(_hints(cls.__init__))
+    return hints
+
+
+def _hints(function: Any) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(function)
+    except Exception:  # noqa: BLE001 - an annotation that does not resolve: that signature is not checked
         return {}
 
 

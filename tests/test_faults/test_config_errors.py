@@ -29,6 +29,15 @@ def test_wrong_types_name_the_key_and_the_expected_type(train_config):
     assert "backbone.output_stride=8.5 (float from ${codec.stride}): expected int" in errors
 
 
+def test_a_subclass_passing_kwargs_on_keeps_its_base_classes_types(train_config):
+    """strongpose.callbacks.ModelCheckpoint adds one argument and hands the rest to Lightning's as **kwargs."""
+    cfg = train_config(["callbacks.model_checkpoint.save_top_k=x",
+                        "callbacks.model_checkpoint.last_every_n_train_steps=abc"], output_dir="/unused")
+    errors = "\n".join(type_errors(cfg))
+    assert "callbacks.model_checkpoint.save_top_k='x' (str): expected int (argument 'save_top_k'" in errors
+    assert "last_every_n_train_steps='abc' (str): expected int or null" in errors
+
+
 def test_train_refuses_a_wrong_type_before_building_anything(train_config, tmp_path):
     with pytest.raises(ConfigError, match=r"model\.lr_ref_batch='sixteen' \(str\): expected int"):
         train(train_config(["model.lr_ref_batch=sixteen"], output_dir=tmp_path))

@@ -80,6 +80,43 @@ def test_interrupted_mid_epoch_and_resumed_matches_the_uninterrupted_run(train_c
     assert all(torch.equal(a[k], b[k]) for k in a), "weights differ"  # bit for bit
 
 
+@pytest.mark.slow
+def test_a_run_that_dies_resumes_from_its_periodic_last_checkpoint_as_the_uninterrupted_run(train_config, tmp_path,
+                                                                                           monkeypatch):
+    """A job that dies without a signal (a node failure: no interrupted.ckpt) resumes from the last.ckpt that
+    last_every_n_train_steps wrote inside an epoch, and ends as a straight run does."""
+    run = [*RUN, "callbacks.model_checkpoint.last_every_n_train_steps=3"]
+    real_step = StrongPoseModule.training_step
+    seen, dies_after = [], [None]
+
+    def step(self, batch, batch_idx):
+        if len(seen) == dies_after[0]:
+            raise RuntimeError("node failure")  # in the middle of a step: nothing more is saved
+        seen.append(batch["meta"]["image_id"].tolist())
+        return real_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(StrongPoseModule, "training_step", step)
+    train(train_config(run, output_dir=tmp_path / "reference"))
+    reference = seen[:]
+
+    seen.clear()
+    dies_after[0] = 3
+    with pytest.raises(RuntimeError, match="node failure"):
+        train(train_config(run, output_dir=tmp_path / "run"))
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == 3 and checkpoint["epoch"] == 1  # 1 batch into epoch 1
+
+    seen.clear()
+    dies_after[0] = None
+    train(train_config([*run, f"ckpt_path={last}"], output_dir=tmp_path / "resumed"))
+    assert reference[:3] + seen == reference  # the remaining batches, none replayed, none missed
+    step_a, a = weights(tmp_path / "reference" / "checkpoints" / "last.ckpt")
+    step_b, b = weights(tmp_path / "resumed" / "checkpoints" / "last.ckpt")
+    assert step_a == step_b == 4 and a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "weights differ"  # bit for bit
+
+
 @pytest.mark.parametrize("world", [1, 2, 3])
 def test_each_rank_skips_its_own_consumed_keys(world):
     size, epoch, batch, done = 11, 3, 2, 1

@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from strongpose.callbacks import ModelCheckpoint
 from strongpose.checkpoint import CONFIG_KEY
+from strongpose.config_check import ConfigError
 from strongpose.lit_module import StrongPoseModule
 from strongpose.train import train
 
@@ -68,6 +70,34 @@ def test_last_checkpoint_holds_the_final_step_and_the_raw_weights(train_config, 
     assert not torch.equal(raw[name], averaged[name])  # EMA (decay warm-up 2/11 ...) lags the weights
     # the model ends fit with the averaged weights, as before
     assert all(torch.equal(value, averaged[key]) for key, value in model.state_dict().items())
+
+
+def test_last_checkpoint_every_n_steps_after_whole_optimiser_steps_only(train_config, tmp_path, monkeypatch):
+    """last_every_n_train_steps=1 with 2 micro-batches per optimiser step: last.ckpt after batches 2 and 4
+    (a save between them would lose the accumulated gradients), none again at the end (step 2 is saved); the
+    same after a resume from step 2, whose first micro-batch is still at step 2."""
+    saves = []
+    write = ModelCheckpoint._write_last
+    monkeypatch.setattr(ModelCheckpoint, "_write_last", lambda self, trainer: (
+        saves.append((trainer.global_step, trainer.fit_loop.epoch_loop.batch_progress.current.ready)),
+        write(self, trainer)))
+    run = ["data.batch_size=1", "trainer.accumulate_grad_batches=2", "trainer.max_steps=-1",
+           "data.max_train_images=4", "trainer.limit_val_batches=0", "callbacks.coco_eval=null",
+           "callbacks.model_checkpoint.monitor=null", "callbacks.model_checkpoint.last_every_n_train_steps=1"]
+    train(train_config([*run, "trainer.max_epochs=1"], output_dir=tmp_path))
+    assert saves == [(1, 2), (2, 4)]  # (optimiser steps, batches of the epoch) when last.ckpt was written
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 2
+
+    saves.clear()
+    train(train_config([*run, "trainer.max_epochs=2", f"ckpt_path={last}"], output_dir=tmp_path / "resumed"))
+    assert saves == [(3, 2), (4, 4)]
+
+
+@pytest.mark.parametrize("every", [0, -3, True, 2.5])
+def test_last_checkpoint_every_n_steps_must_be_a_positive_integer(every):
+    with pytest.raises(ConfigError, match=rf"last_every_n_train_steps must be a positive integer or null, got {every}"):
+        ModelCheckpoint(last_every_n_train_steps=every)
 
 
 def test_a_run_stopped_by_max_steps_inside_an_epoch_goes_on_with_that_epoch(train_config, tmp_path, monkeypatch):
