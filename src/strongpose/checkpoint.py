@@ -68,10 +68,12 @@ def _has_parameter(target: Any, name: str) -> bool:
         return False
 
 
-def module_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"):
+def module_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
+                           codec: dict[str, Any] | None = None):
     """Rebuild the :class:`~strongpose.lit_module.StrongPoseModule` a checkpoint was trained as (codec,
     backbone, heads from the run config stored in it) and load its weights (the EMA ones when EMA was
-    on); returns ``(module in eval mode, run config dict)``. No ImageNet weights are read."""
+    on); returns ``(module in eval mode, run config dict)``. No ImageNet weights are read. ``codec``:
+    arguments of the codec to change (decoding settings; the run config returned is as stored)."""
     from hydra.utils import instantiate  # here: keeps `import strongpose.checkpoint` light
 
     checkpoint = read_checkpoint(path, map_location)
@@ -79,7 +81,7 @@ def module_from_checkpoint(path: str | Path, map_location: str | torch.device = 
     if not isinstance(cfg, dict) or not all(key in cfg for key in ("codec", "backbone", "model")):
         raise CheckpointError(f"checkpoint {path} has no run config ({CONFIG_KEY!r}): it was not written by "
                               f"strongpose.train, or by a version before configs were stored in checkpoints")
-    codec = instantiate(cfg["codec"])
+    codec = instantiate({**cfg["codec"], **(codec or {})})
     # the checkpoint has the weights: no ImageNet ones (a custom backbone without the argument is built as is)
     backbone_cfg = dict(cfg["backbone"])
     if "pretrained" in backbone_cfg or _has_parameter(backbone_cfg.get("_target_"), "pretrained"):

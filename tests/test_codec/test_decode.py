@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 
 from helpers import as_tensor, match_people, person
 from strongpose.codec import StrongPoseCodec
+from strongpose.codec.codec import link_groups
 
 
 def assert_recovered(codec, people, image_size, tol=1.0):
@@ -54,14 +55,28 @@ def test_long_range_bridges_a_missing_shoulder():
 
 
 def test_batch_decode_equals_single_decode():
+    """Also when the images have different numbers of detections (linked in groups of their own size)."""
     codec = StrongPoseCodec(stride=8)
     a = codec.encode(as_tensor([person(80, 30, 200), person(200, 40, 150)]), (256, 320))
     b = codec.encode(as_tensor([person(150, 20, 220)]), (256, 320))
-    batch = {key: torch.stack([a[key], b[key]]) for key in a}
-    together = codec.decode(batch)
-    assert codec.last_timing["images"] == 2
-    for single, joint in zip([codec.decode(a)[0], codec.decode(b)[0]], together):
+    c = codec.encode(as_tensor([person(25 + 55 * i, 10 + 60 * (i % 2), 90) for i in range(5)]), (256, 320))
+    d = codec.encode(as_tensor([person(90, 20, 200), person(215, 40, 150)]), (256, 320))  # in a's group
+    images = [a, b, c, d]
+    together = codec.decode({key: torch.stack([image[key] for image in images]) for key in a})
+    assert codec.last_timing["images"] == 4 and [len(p) for p in together] == [2, 1, 5, 2]
+    alone = [codec.decode(image)[0] for image in images]
+    for single, joint in zip(alone, together):
         assert torch.allclose(single.keypoints, joint.keypoints) and torch.allclose(single.scores, joint.scores)
+    for single, joint in zip(alone, codec.decode({key: torch.stack([a[key], b[key]]) for key in a})):  # one group
+        assert torch.allclose(single.keypoints, joint.keypoints) and torch.allclose(single.scores, joint.scores)
+
+
+def test_a_busy_image_is_linked_apart_when_padding_the_others_would_cost_more():
+    # 15 images of 3 detections and one of 32: 16 x 32^2 in one call, or 15 x 3^2 + 32^2 and one call more
+    assert link_groups([3] * 7 + [32] + [3] * 8, call_cost=64) == [([*range(7), *range(8, 16)], 3), ([7], 32)]
+    assert link_groups([3, 4, 2, 0], call_cost=64) == [([3, 2, 0, 1], 4)]  # a call more would cost more
+    assert link_groups([3] * 7 + [32], call_cost=None) == [([*range(7), 7], 32)]  # on a GPU: one call
+    assert link_groups([1, 5, 9, 13], call_cost=0) == [([0], 1), ([1], 5), ([2], 9), ([3], 13)]
 
 
 def test_non_finite_outputs_are_dropped_not_decoded():

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from strongpose.codec.grouping import group_image, oks_matrix
+from strongpose.codec.grouping import group_image, oks_nms
 
 SIGMAS = np.array([0.1, 0.1])
 EDGES = np.array([[0, 1], [1, 0]])  # two keypoint types, one skeleton edge both ways
@@ -25,13 +25,18 @@ def detections(second_person_has_type_1: bool = True, shift: float = 1.0) -> dic
                 snap_radius=5.0, sigmas=SIGMAS)
 
 
-def test_oks_between_two_people_is_cocos_formula():
-    kps = np.array([[[10.0, 10.0], [30.0, 40.0]], [[11.0, 10.0], [31.0, 40.0]]])
-    oks = oks_matrix(kps, np.ones((2, 2), bool), SIGMAS)
-    # d^2 = 1 for each keypoint, area = 20 x 30 (the first person's keypoint box), var = (2 sigma)^2
-    assert oks[0, 1] == pytest.approx(math.exp(-1 / (2 * 600 * 0.2**2)))
-    assert oks[0, 0] == pytest.approx(1.0)
-    assert oks_matrix(kps, np.array([[True, False], [False, True]]), SIGMAS)[0, 1] == 0  # no keypoint in common
+def test_oks_nms_uses_cocos_formula_at_the_kept_persons_scale():
+    kps = np.array([[[10.0, 10.0], [30.0, 40.0]], [[11.0, 10.0], [31.0, 40.0]], [[12.0, 10.0], [32.0, 40.0]]])
+    found = np.ones((3, 2), bool)
+    # d^2 = 1 for each keypoint, area = 20 x 30 (the kept person's keypoint box), var = (2 sigma)^2
+    oks = math.exp(-1 / (2 * 600 * 0.2**2))
+    assert oks_nms(kps[:2], found[:2], SIGMAS, oks - 1e-6, max_people=5) == [0]
+    assert oks_nms(kps[:2], found[:2], SIGMAS, oks + 1e-6, max_people=5) == [0, 1]
+    # person 2 is compared with the kept person 0 (d^2 = 4), not with the dropped person 1 (d^2 = 1)
+    assert oks_nms(kps, found, SIGMAS, math.exp(-4 / (2 * 600 * 0.2**2)) + 1e-6, max_people=5) == [0, 2]
+    assert oks_nms(kps, found, SIGMAS, 0.99, max_people=2) == [0, 1]  # stops at max_people
+    disjoint = np.array([[True, False], [False, True], [True, False]])
+    assert oks_nms(kps, disjoint, SIGMAS, 0.0, max_people=5) == [0, 1]  # no keypoint in common: OKS 0
 
 
 def test_oks_nms_drops_a_duplicate_and_keeps_distinct_people():
@@ -49,6 +54,19 @@ def test_min_keypoints_and_max_people():
     assert len(group_image(**args, nms_oks=1.0, min_keypoints=3)[0]) == 0
     kept, kept_scores = group_image(**detections(shift=40.0), nms_oks=1.0, max_people=1)
     assert len(kept) == 1 and kept_scores[0] == pytest.approx(0.9)
+
+
+def test_the_body_map_scales_person_scores_and_a_nan_in_it_is_skipped():
+    plain = group_image(**detections(shift=40.0), nms_oks=1.0)[1]
+    bhm_at = np.array([[0.5, 1.0], [0.5, 1.0]], np.float32)  # (K, L): person 0 stands on 0.5, person 1 on 1
+    scaled = group_image(**detections(shift=40.0), nms_oks=1.0, bhm_at=bhm_at, bhm_weight=2.0)[1]
+    assert scaled.tolist() == pytest.approx([plain[1], plain[0] * 0.25])  # re-ranked
+    bhm_at[0, 0] = np.nan  # person 0's first keypoint: its second one alone counts
+    assert group_image(**detections(shift=40.0), nms_oks=1.0, bhm_at=bhm_at, bhm_weight=2.0)[1].tolist() == \
+        pytest.approx(scaled.tolist())
+    bhm_at[1, 0] = np.nan  # none known: unscaled, not 1e-6
+    assert group_image(**detections(shift=40.0), nms_oks=1.0, bhm_at=bhm_at, bhm_weight=2.0)[1].tolist() == \
+        pytest.approx(sorted([plain[0], plain[1]], reverse=True))
 
 
 def test_a_keypoint_not_found_goes_where_the_long_range_offsets_say():

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
+import strongpose
 from strongpose import evaluate, predict
-from strongpose.config_check import InputError
+from strongpose.config_check import ConfigError, InputError
 from strongpose.data.sample import sample_paths
 from strongpose.evaluation import STAT_NAMES
 from strongpose.train import CONFIG_DIR
@@ -125,6 +126,32 @@ def test_score_threshold_filters_people(tiny_checkpoint, image_folder, tmp_path)
     assert [r["score"] for r in kept] == pytest.approx([scores[-1]])
 
 
+def test_decoding_settings_change_at_test_time_and_are_recorded(tiny_checkpoint, image_folder, tmp_path):
+    _, first = image_folder
+    args = [f"ckpt_path={tiny_checkpoint}", f"input={first}", "draw=false"]
+    every = predict.run(config("predict", [*args, f"output={tmp_path / 'all'}"]))
+    one = predict.run(config("predict", [*args, f"output={tmp_path / 'one'}", "test.codec.decode_max_people=1"]))
+    assert len(json.loads((tmp_path / "all" / "results.json").read_text())) >= 2 and every["options"]["codec"] == {}
+    assert len(json.loads((tmp_path / "one" / "results.json").read_text())) == 1
+    assert one["options"]["codec"] == {"decode_max_people": 1}
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"stride": 4}, "codec: stride cannot change after training"),
+    ({"decode_nms_oks": "high"}, "codec.decode_nms_oks='high' (str): expected float"),
+])
+def test_only_decoding_settings_of_the_right_type_change_at_test_time(tiny_checkpoint, change, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        strongpose.load(tiny_checkpoint, device="cpu", codec=change)
+
+
+def test_a_training_codec_setting_given_to_evaluate_is_refused(tiny_checkpoint, tmp_path):
+    cfg = config("evaluate", [f"ckpt_path={tiny_checkpoint}", f"paths.output_dir={tmp_path}",
+                              "+codec.decode_max_people=0"])
+    with pytest.raises(ConfigError, match=r"test.codec.decode_\*, e.g. test.codec.decode_nms_oks=0.3"):
+        evaluate.run(cfg)
+
+
 def test_predict_video(tiny_checkpoint, tmp_path):
     video = tmp_path / "clip.mp4"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 5, (96, 64))
@@ -160,7 +187,7 @@ def test_predict_refuses_bad_inputs(tiny_checkpoint, image_folder, tmp_path):
 
 @pytest.mark.parametrize("module, args, hint", [
     ("strongpose.evaluate", ["ckpt_path=x.ckpt", "test.flipp=true"],
-     "test has no key 'flipp' (did you mean 'flip'?); its keys: flip, keypoint_threshold"),
+     "test has no key 'flipp' (did you mean 'flip'?); its keys: codec, flip, keypoint_threshold"),
     ("strongpose.predict", ["ckpt_path=x.ckpt", "input=.", "batch_sise=2"],
      "the config has no key 'batch_sise' (did you mean 'batch_size'?); its keys: batch_size, ckpt_path"),
 ])

@@ -6,18 +6,24 @@ import json
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from strongpose.inference.predictor import Predictor, load
+from strongpose.config_check import ConfigError
+from strongpose.inference.predictor import Predictor, decode_settings, load
 
 
 def predictor_from_config(cfg: DictConfig, input_size: int | None) -> Predictor:
     """``strongpose.load`` with the ``ckpt_path``, ``device``, ``precision`` and ``test.*`` options of an entry
     point's config."""
+    if "codec" in cfg:  # +codec.decode_x=... adds a key nothing here reads: the checkpoint holds the codec
+        raise ConfigError("codec.* is a training setting (the checkpoint holds the codec): for evaluate and "
+                          "predict, decoding settings are test.codec.decode_*, e.g. test.codec.decode_nms_oks=0.3")
     test = cfg.test
+    codec = OmegaConf.to_container(test.codec) if test.get("codec") is not None else None
+    decode_settings(codec, "test.codec")  # named as the command line spells them
     return load(cfg.ckpt_path, device=cfg.get("device"), flip=test.flip, scales=list(test.scales),
                 keypoint_threshold=test.keypoint_threshold, person_threshold=test.person_threshold,
-                input_size=input_size, precision=cfg.get("precision", "32"))
+                input_size=input_size, precision=cfg.get("precision", "32"), codec=codec)
 
 
 def timing_summary(totals: dict[str, float], images: int, wall_s: float) -> dict[str, float]:

@@ -3,10 +3,12 @@ checkpoint alone (README: Evaluation and prediction)."""
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -90,6 +92,7 @@ class Predictor:
         self.last_skipped: list[tuple[int, str]] = []  # predict_batch(..., skip_bad=True): (index, reason)
         self.checkpoint: Path | None = None
         self.run_config: dict | None = None
+        self.codec_changes: dict[str, Any] = {}  # load(codec=...): the decoding settings changed from the run's
 
     @property
     def codec(self) -> StrongPoseCodec:
@@ -99,7 +102,8 @@ class Predictor:
     def options(self) -> dict:
         """The test-time options, as the ``test`` config group spells them."""
         return {"flip": self.flip, "scales": list(self.scales), "keypoint_threshold": self.keypoint_threshold,
-                "person_threshold": self.person_threshold, "input_size": self.input_size, "precision": self.precision}
+                "person_threshold": self.person_threshold, "input_size": self.input_size, "precision": self.precision,
+                "codec": dict(self.codec_changes)}
 
     def __repr__(self) -> str:
         return (f"Predictor({self.codec}, input_size={self.input_size}, device={self.device}, "
@@ -215,18 +219,40 @@ class Predictor:
             torch.cuda.synchronize(self.device)
 
 
+def decode_settings(codec: Mapping[str, Any] | None, where: str = "codec") -> dict[str, Any]:
+    """The codec's ``decode_*`` arguments to change after training, ``{name: value}`` (None: as trained), checked:
+    another name, or a value of the wrong type, raises :class:`ConfigError` naming ``<where>.<name>``. The
+    other arguments (stride, skeleton, disk radius, ...) describe what the network was trained to output."""
+    from omegaconf import OmegaConf
+
+    from strongpose.config_check import type_errors
+
+    names = [name for name in inspect.signature(StrongPoseCodec).parameters if name.startswith("decode_")]
+    given = {str(key): value for key, value in (codec or {}).items() if value is not None}
+    if unknown := [key for key in given if key not in names]:
+        raise ConfigError(f"{where}: {', '.join(unknown)} cannot change after training (the network was trained "
+                          f"for it) or is not a codec setting; the decoding settings are: {', '.join(names)}")
+    node = OmegaConf.create({"_target_": f"{StrongPoseCodec.__module__}.{StrongPoseCodec.__name__}", **given})
+    if errors := type_errors(node, where):
+        raise ConfigError("wrong type:\n  " + "\n  ".join(errors))
+    return given
+
+
 def load(checkpoint: str | Path, device: str | torch.device | None = None, flip: bool = False,
          scales: Iterable[float] = (1.0,), keypoint_threshold: float | None = None,
          person_threshold: float | None = None, input_size: int | None = None,
-         precision: str | int | None = "32") -> Predictor:
+         precision: str | int | None = "32", codec: Mapping[str, Any] | None = None) -> Predictor:
     """A :class:`Predictor` of a checkpoint written by ``strongpose.train`` (the checkpoint alone: codec,
     backbone and heads come from the run config stored in it). ``input_size`` defaults to the training
-    run's ``data.input_size``; the other arguments are :class:`Predictor`'s."""
+    run's ``data.input_size``; ``codec``: decoding settings to use instead of the run's, e.g.
+    ``{"decode_nms_oks": 0.3, "decode_max_people": 100}`` (:func:`decode_settings`); the other arguments
+    are :class:`Predictor`'s."""
     from strongpose.checkpoint import CheckpointError, module_from_checkpoint
 
     autocast_dtype(precision)  # a wrong value before the checkpoint is read
+    changed = decode_settings(codec)
     device = resolve_device(device)
-    module, cfg = module_from_checkpoint(checkpoint, map_location=device)
+    module, cfg = module_from_checkpoint(checkpoint, map_location=device, codec=changed)
     if input_size is None:
         input_size = (cfg.get("data") or {}).get("input_size")
         if input_size is None:
@@ -234,5 +260,5 @@ def load(checkpoint: str | Path, device: str | torch.device | None = None, flip:
                                   f"pass input_size")
     predictor = Predictor(module, int(input_size), device, flip=flip, scales=scales,
                           keypoint_threshold=keypoint_threshold, person_threshold=person_threshold, precision=precision)
-    predictor.checkpoint, predictor.run_config = Path(checkpoint), cfg
+    predictor.checkpoint, predictor.run_config, predictor.codec_changes = Path(checkpoint), cfg, changed
     return predictor
