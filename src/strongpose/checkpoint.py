@@ -52,9 +52,17 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def spec_mismatch(saved: dict[str, Any], current: dict[str, Any], what: str) -> list[str]:
     """Human-readable differences between two specs, e.g. ``["codec stride: checkpoint 16, model 8"]``. Only
-    the keys both have are compared: a checkpoint from before a key was added to the spec still loads."""
-    return [f"{what} {key}: checkpoint {saved[key]!r}, model {current[key]!r}"
+    the keys both have are compared: a checkpoint from before a key was added to the spec still loads. Lists of
+    the same items in another order are shown whole, other lists by what only one side has."""
+    return [_difference(f"{what} {key}", saved[key], current[key])
             for key in sorted(set(saved) & set(current)) if saved[key] != current[key]]
+
+
+def _difference(name: str, saved: Any, current: Any) -> str:
+    if isinstance(saved, list) and isinstance(current, list) and sorted(map(str, saved)) != sorted(map(str, current)):
+        only = [[x for x in a if x not in b] for a, b in ((saved, current), (current, saved))]
+        return f"{name}: only the checkpoint has {only[0]}, only the model {only[1]}"
+    return f"{name}: checkpoint {saved!r}, model {current!r}"
 
 
 def _has_parameter(target: Any, name: str) -> bool:
@@ -114,8 +122,8 @@ def init_from_checkpoint(module: torch.nn.Module, path: str | Path) -> tuple[lis
     if _another_kind_of_backbone(specs.get("backbone") or {}, backbone):
         fresh |= {name for name in own if name.startswith("net.backbone.")}
         why.append(f"another kind of backbone: {specs['backbone'].get('arch')} -> {backbone.get('arch')}")
-    if spec_mismatch(specs.get("codec") or {}, {k: v for k, v in codec.items() if k in ("skeleton", "keypoints")},
-                     "codec"):
+    if spec_mismatch(specs.get("codec") or {},
+                     {k: v for k, v in codec.items() if k in ("skeleton", "keypoints", "edges")}, "codec"):
         fresh |= _skeleton_layers(module)
         why.append("another skeleton: the heads' output layers")
     loaded = [name for name, value in own.items() if name not in fresh and name in saved

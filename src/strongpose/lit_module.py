@@ -30,6 +30,7 @@ OPTIMIZER_KIND = ("fused", "foreach")  # param-group keys that choose how a step
 LOSS = "loss"
 NONFINITE = "train/nonfinite_steps"  # logged: training steps skipped for a NaN / infinite loss so far
 BATCH_LAYOUT = "strongpose_batch_layout"  # checkpoint key: per-device batch, ranks, accumulation of the run
+CATEGORY = "strongpose_category_id"  # checkpoint key: the training annotations' category id (predict's results)
 DEFAULT_LOSS_WEIGHTS = {"skhm": 4.0, "bhm": 2.0, "short": 1.0, "mid": 0.4, "long": 0.1}  # the authors' code
 
 
@@ -163,6 +164,7 @@ class StrongPoseModule(L.LightningModule):
         # the run's resolved config, stored in every checkpoint (train() sets it): a checkpoint alone
         # is then enough to rebuild the model (strongpose.load)
         self.run_config: dict | None = None
+        self.category_id: int | None = None  # of the people in the training annotations (the data module's)
         self.codec = codec
         self.net = StrongPoseNet(backbone, codec, heads)
         self.optimizer_factory = optimizer
@@ -294,9 +296,15 @@ class StrongPoseModule(L.LightningModule):
         if changed and self._trainer is not None and self._trainer.is_global_zero:
             log.info("resuming with this run's optimiser kind (%s)", ", ".join(sorted(changed)))
 
+    def on_fit_start(self) -> None:
+        dataset = getattr(getattr(self.trainer, "datamodule", None), "train_dataset", None)
+        self.category_id = getattr(dataset, "category_id", self.category_id)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.run_config is not None:
             checkpoint[CONFIG_KEY] = self.run_config
+        if self.category_id is not None:
+            checkpoint[CATEGORY] = int(self.category_id)
         checkpoint[NONFINITE] = self.nonfinite.total
         if self._trainer is not None:
             checkpoint[BATCH_LAYOUT] = self.batch_layout()
@@ -308,6 +316,7 @@ class StrongPoseModule(L.LightningModule):
         # a checkpoint of another backbone / skeleton / stride gets the differences, not a wall of keys
         check_compatible(checkpoint, self)
         self.nonfinite.total = int(checkpoint.get(NONFINITE, 0))
+        self.category_id = checkpoint.get(CATEGORY, self.category_id)
         if self._trainer is not None and getattr(self._trainer, "training", False):  # resuming a fit, not load()
             check_same_global_batch(checkpoint.get(BATCH_LAYOUT), self.batch_layout())
         self._resume_with_this_optimizer_kind(checkpoint)  # before Lightning loads the optimiser state
@@ -373,7 +382,10 @@ def backbone_spec(backbone: nn.Module) -> dict:
 
 def codec_spec(codec: StrongPoseCodec) -> dict:
     """What a checkpoint's weights depend on: output channels, their meaning and scale."""
-    # the keypoint names too: a skeleton edited under the same name (reordered keypoints) is another model
-    return {"skeleton": codec.skeleton.name, "keypoints": list(codec.skeleton.keypoints),
+    # the keypoint names and edges too: a skeleton edited under the same name (reordered keypoints, another
+    # edge: the mid-range head's channels are the directed edges in order) is another model
+    names = codec.skeleton.keypoints
+    return {"skeleton": codec.skeleton.name, "keypoints": list(names),
+            "edges": [f"{names[a]}->{names[b]}" for a, b in codec.edges.tolist()],
             "stride": codec.stride, "disk_radius": codec.disk_radius,
             "long_range": codec.long_range, "redundant_edges": codec.redundant_edges}

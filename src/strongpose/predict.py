@@ -47,9 +47,9 @@ def image_ids(paths: list[Path]) -> dict[Path, int | str]:
     return {path: value if counts[value] == 1 else path.name for path, value in ids.items()}
 
 
-def coco_entries(poses: Poses, image_id: int | str, file_name: str) -> list[dict]:
+def coco_entries(poses: Poses, image_id: int | str, file_name: str, category_id: int = 1) -> list[dict]:
     """:meth:`Poses.to_coco`, with ids that need not be integers and the image's file name."""
-    return [{**entry, "image_id": image_id, "file_name": file_name} for entry in poses.to_coco(0)]
+    return [{**entry, "image_id": image_id, "file_name": file_name} for entry in poses.to_coco(0, category_id)]
 
 
 def draw(image: np.ndarray, poses: Poses, predictor: Predictor, keypoint_threshold: float) -> np.ndarray:
@@ -75,7 +75,7 @@ def predict_images(predictor: Predictor, paths: list[Path], out: Path, cfg: Dict
             add_timing(totals, predictor.last_timing)
             for item, p in zip(good, poses):
                 path: Path = item["key"]
-                results += coco_entries(p, ids[path], path.name)
+                results += coco_entries(p, ids[path], path.name, predictor.category_id)
                 if cfg.draw and not cv2.imwrite(str(out / path.name), draw(item["image"], p, predictor,
                                                                            cfg.draw_keypoint_threshold)):
                     raise OSError(f"cannot write the drawn image {out / path.name}")
@@ -98,7 +98,7 @@ def predict_video(predictor: Predictor, path: Path, out: Path, cfg: DictConfig,
                 poses = predictor.predict_batch(chunk, batch_size=int(cfg.batch_size))
                 add_timing(totals, predictor.last_timing)
                 for image, p in zip(chunk, poses):
-                    results += coco_entries(p, frame, path.name)
+                    results += coco_entries(p, frame, path.name, predictor.category_id)
                     if writer is not None:
                         writer.write(draw(image, p, predictor, cfg.draw_keypoint_threshold))
                     frame += 1

@@ -7,6 +7,7 @@ index forms are derived, so a new skeleton (CrowdPose below) needs no code chang
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -54,6 +55,9 @@ class Skeleton:
         names = set(self.keypoints)
         if len(names) != len(self.keypoints):
             raise ValueError(f"skeleton {self.name!r}: duplicate keypoint names")
+        if len(self.keypoints) < 2:  # the mid-range offsets, Pose Plot and the codec's edge tables need an edge
+            raise ValueError(f"skeleton {self.name!r}: needs at least 2 keypoints joined by an edge, got "
+                             f"{list(self.keypoints)} (StrongPose groups keypoints into people along edges)")
         for group, edges in (("flip_pairs", self.flip_pairs), ("tree_edges", self.tree_edges),
                              ("redundant_edges", self.redundant_edges)):
             for a, b in edges:
@@ -68,6 +72,12 @@ class Skeleton:
         if len(paired) != len(set(paired)):  # a keypoint in two pairs (or paired with itself): no swap at all
             twice = sorted({name for name in paired if paired.count(name) > 1})
             raise ValueError(f"skeleton {self.name!r}: flip_pairs name {twice} more than once")
+        if unpaired := [n for n in self.keypoints if _side(n) != "centre" and n not in paired]:
+            # a flip would leave them in place: each such channel learns both sides (the drawing colours
+            # them by side all the same)
+            warnings.warn(f"skeleton {self.name!r}: {unpaired} are named as left / right keypoints but are in no "
+                          f"flip pair, so a horizontal flip (augmentation, flip test) does not swap them; add "
+                          f"them to flip_pairs (or rename them if they are not sides)", stacklevel=2)
         self.directed_edge_flip_index()  # raises unless a mirrored person's edges are edges too
         unreached = set(self.keypoints) - _reached(self.keypoints[0], self.tree_edges)
         if unreached:  # K - 1 edges that reach every keypoint make a tree (no cycle)

@@ -7,6 +7,7 @@ import torch
 from helpers import as_tensor, person
 from strongpose.codec import OFFSET_MAPS, StrongPoseCodec
 from strongpose.codec.encode import labelled_keypoints
+from strongpose.config_check import ConfigError
 from strongpose.structures import map_to_input
 
 
@@ -175,6 +176,18 @@ def test_bad_inputs_raise(codec):
         codec.encode(torch.zeros(1, 17, 3), (64, 64), masks=torch.zeros(1, 32, 32, dtype=torch.bool))
     with pytest.raises(ValueError, match="image_size"):
         codec.encode(torch.zeros(1, 17, 3), (0, 64))
+
+
+@pytest.mark.parametrize("stride", [8, 16])
+def test_a_disk_too_small_to_hold_a_cell_is_refused(stride):
+    """Below stride / sqrt(2), a keypoint near a cell's corner has no cell centre in its disk: no target."""
+    smallest = stride / math.sqrt(2)
+    corner = 3 * stride - 0.5  # as far from the four nearest cell centres (u * stride + (stride - 1) / 2) as can be
+    keypoints = torch.tensor([[[corner, corner, 2.0]] * 17])
+    skhm = StrongPoseCodec(stride=stride, disk_radius=smallest + 1e-6).encode(keypoints, (128, 128))["skhm"]
+    assert skhm.flatten(1).sum(1).tolist() == [4.0] * 17  # at the bound: the four cells around the corner
+    with pytest.raises(ConfigError, match=rf"disk_radius {smallest - 0.1:g} is below stride / sqrt\(2\)"):
+        StrongPoseCodec(stride=stride, disk_radius=smallest - 0.1)
 
 
 @pytest.mark.parametrize("stride", [4, 8, 16])

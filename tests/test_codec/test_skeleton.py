@@ -45,13 +45,24 @@ def test_bad_skeletons_are_rejected():
         Skeleton("x", ("l", "r", "c"), (("l", "r"),), (("l", "c"), ("l", "r")), sigmas=(0.05,) * 3)
     with pytest.raises(ValueError, match="needs one positive OKS sigma per keypoint"):
         Skeleton("x", ("a", "b"), (), (("a", "b"),))  # a skeleton without sigmas failed at the first AP
+    with pytest.raises(ValueError, match=r"needs at least 2 keypoints joined by an edge, got \['centre'\]"):
+        Skeleton("x", ("centre",), (), (), sigmas=(0.05,))  # the codec's edge tables failed with an IndexError
     with pytest.raises(ValueError, match="unknown skeleton"):
         get_skeleton("horse")
+
+
+def test_sides_named_but_not_paired_are_warned_about():
+    with pytest.warns(UserWarning, match=r"\['l_foot', 'r_foot'\] are named as left / right keypoints but are in no "
+                                         r"flip pair"):
+        Skeleton("x", ("head", "l_hand", "r_hand", "l_foot", "r_foot"), (("l_hand", "r_hand"),),
+                 (("head", "l_hand"), ("head", "r_hand"), ("head", "l_foot"), ("head", "r_foot")),
+                 sigmas=(0.05,) * 5)
     assert get_skeleton("crowdpose") is CROWDPOSE
 
 
 def test_a_skeleton_without_colours_is_drawn_by_side():
-    sk = Skeleton("x", ("head", "l_hand", "RHand", "left_foot"), (), (("head", "l_hand"), ("head", "RHand"),
-                                                                    ("head", "left_foot")), sigmas=(0.05,) * 4)
+    with pytest.warns(UserWarning, match="in no flip pair"):
+        sk = Skeleton("x", ("head", "l_hand", "RHand", "left_foot"), (), (("head", "l_hand"), ("head", "RHand"),
+                                                                        ("head", "left_foot")), sigmas=(0.05,) * 4)
     assert sk.colors == ((0, 200, 0), (255, 128, 0), (0, 128, 255), (255, 128, 0))
     assert COCO_PERSON.colors[COCO_PERSON.index("left_wrist")] == (255, 128, 0)

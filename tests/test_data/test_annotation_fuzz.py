@@ -132,7 +132,7 @@ def test_reader_raises_only_documented_errors(data, scratch) -> None:
 def test_dataset_items_are_samples_or_named_skips(data, scratch) -> None:
     path = _write(scratch, data)
     try:
-        ds = COCOKeypointDataset(scratch / "no_images", path, StrongPoseCodec(stride=8, disk_radius=4.0),
+        ds = COCOKeypointDataset(scratch / "no_images", path, StrongPoseCodec(stride=8, disk_radius=6.0),
                                  input_size=16)
     except ValueError as err:
         assert str(path) in str(err)

@@ -10,6 +10,7 @@ import sys
 import cv2
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 import strongpose
@@ -17,6 +18,7 @@ from strongpose import evaluate, predict
 from strongpose.config_check import ConfigError, InputError
 from strongpose.data.sample import sample_paths
 from strongpose.evaluation import STAT_NAMES
+from strongpose.lit_module import CATEGORY
 from strongpose.train import CONFIG_DIR
 
 
@@ -134,6 +136,18 @@ def test_decoding_settings_change_at_test_time_and_are_recorded(tiny_checkpoint,
     assert len(json.loads((tmp_path / "all" / "results.json").read_text())) >= 2 and every["options"]["codec"] == {}
     assert len(json.loads((tmp_path / "one" / "results.json").read_text())) == 1
     assert one["options"]["codec"] == {"decode_max_people": 1}
+
+
+def test_predict_names_the_training_annotations_category(tiny_checkpoint, image_folder, tmp_path):
+    checkpoint = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    assert checkpoint[CATEGORY] == 1  # the embedded sample's person category, saved by training
+    checkpoint[CATEGORY] = 3  # e.g. a dataset whose people are category 3
+    other = tmp_path / "category3.ckpt"
+    torch.save(checkpoint, other)
+    _, first = image_folder
+    predict.run(config("predict", [f"ckpt_path={other}", f"input={first}", "draw=false", f"output={tmp_path}"]))
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results and {r["category_id"] for r in results} == {3}
 
 
 @pytest.mark.parametrize(("change", "message"), [

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -43,6 +45,28 @@ def test_heatmaps_start_at_the_prior():
 def test_stride_mismatch_fails():
     with pytest.raises(ValueError, match="stride"):
         StrongPoseNet(ResNetBackbone(output_stride=16), StrongPoseCodec(stride=8))
+
+
+class PatchStem(torch.nn.Module):
+    """A ViT-style backbone: 8 x 8 patches without padding, i.e. floor(H / 8) cells."""
+
+    out_channels, output_stride = 8, 8
+
+    def __init__(self):
+        super().__init__()
+        self.patches = torch.nn.Conv2d(3, 8, kernel_size=8, stride=8)
+
+    def forward(self, x):
+        return self.patches(x)
+
+
+def test_a_backbone_whose_maps_are_not_the_codecs_size_is_named():
+    net = StrongPoseNet(PatchStem(), StrongPoseCodec(stride=8, disk_radius=12.0))
+    with torch.no_grad():
+        assert net(torch.rand(1, 3, 64, 96) * 255)["skhm"].shape[-2:] == (8, 12)  # a multiple of 8: the same
+        with pytest.raises(ValueError, match=re.escape("backbone PatchStem gives (7, 12) feature maps for (63, 96) "
+                                                       "images; output stride 8 means (8, 12)")):
+            net(torch.rand(1, 3, 63, 96) * 255)
 
 
 def test_the_network_normalises_uint8_pixels_itself():

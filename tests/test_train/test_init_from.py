@@ -93,6 +93,24 @@ def test_a_skeleton_of_as_many_keypoints_gets_new_output_layers(trained, train_c
     assert "another skeleton: the heads' output layers" in capsys.readouterr().out
 
 
+def test_a_skeleton_with_an_edge_moved_gets_new_output_layers(trained, train_config, capsys):
+    """The same keypoints and number of edges, two joining other keypoints: the mid-range channels mean others."""
+    edges = [list(e) for e in COCO_PERSON.tree_edges]
+    for side in ("left", "right"):  # (the edges must stay left/right symmetric)
+        edges[edges.index([f"{side}_shoulder", f"{side}_hip"])] = ["nose", f"{side}_hip"]
+    moved = {"_target_": "strongpose.skeleton.Skeleton", "name": COCO_PERSON.name, "keypoints": list(COCO_PERSON.keypoints),
+             "flip_pairs": [list(p) for p in COCO_PERSON.flip_pairs], "tree_edges": edges,
+             "redundant_edges": [list(e) for e in COCO_PERSON.redundant_edges], "sigmas": list(COCO_PERSON.sigmas)}
+    cfg = train_config([], output_dir="/unused")
+    cfg.codec.skeleton = moved
+    model = instantiate(cfg.model, codec=instantiate(cfg.codec))
+    start_from_weights(model, str(trained))
+    saved = torch.load(trained, weights_only=True)["state_dict"]
+    mid = "net.heads.heads.mid.3.weight"
+    assert model.state_dict()[mid].shape == saved[mid].shape and not torch.equal(model.state_dict()[mid], saved[mid])
+    assert "another skeleton: the heads' output layers" in capsys.readouterr().out
+
+
 def test_a_requeued_run_resumes_its_own_checkpoint_not_init_from(trained, train_config, tmp_path, capsys):
     train(train_config([*QUICK, "trainer.max_epochs=-1", "trainer.max_steps=1", f"init_from={trained}"], output_dir=tmp_path))
     gone = tmp_path / "gone.ckpt"  # the file it started from need not be there any more

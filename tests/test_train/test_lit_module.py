@@ -155,8 +155,13 @@ def test_checkpoint_of_another_codec_is_refused(codec):
     saved = {**module.hparams["codec"], "keypoints": list(reversed(module.hparams["codec"]["keypoints"]))}
     with pytest.raises(CheckpointError, match="codec keypoints: checkpoint \\['right_ankle'"):
         module.on_load_checkpoint({"hyper_parameters": {"codec": saved}})
-    # a checkpoint from before the spec named the keypoints still loads
-    older = {key: value for key, value in module.hparams["codec"].items() if key != "keypoints"}
+    # or another edge: the mid-range head's channels are the edges
+    moved = ["nose->left_hip" if e == "nose->left_eye" else e for e in module.hparams["codec"]["edges"]]
+    with pytest.raises(CheckpointError, match=re.escape("codec edges: only the checkpoint has ['nose->left_hip'], "
+                                                        "only the model ['nose->left_eye']")):
+        module.on_load_checkpoint({"hyper_parameters": {"codec": {**module.hparams["codec"], "edges": moved}}})
+    # a checkpoint from before the spec named the keypoints and edges still loads
+    older = {key: value for key, value in module.hparams["codec"].items() if key not in ("keypoints", "edges")}
     module.on_load_checkpoint({"hyper_parameters": {"codec": older}})
 
 

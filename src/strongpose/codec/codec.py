@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 from strongpose.codec.encode import encode_keypoint_maps, encode_regions, out_edge_table
 from strongpose.codec.grouping import group_image, link_candidates
 from strongpose.codec.hough import find_peaks, gaussian_blur, hough_vote, smooth_votes
+from strongpose.config_check import ConfigError
 from strongpose.skeleton import COCO_PERSON, Skeleton, get_skeleton
 from strongpose.structures import Poses, map_size
 
@@ -98,6 +100,11 @@ class StrongPoseCodec:
         self.skeleton = get_skeleton(skeleton) if isinstance(skeleton, str) else skeleton
         if stride < 1 or disk_radius <= 0:
             raise ValueError(f"stride must be >= 1 and disk_radius > 0, got {stride}, {disk_radius}")
+        if disk_radius < stride / math.sqrt(2):  # the farthest a point is from its nearest cell centre
+            raise ConfigError(f"codec: disk_radius {disk_radius:g} is below stride / sqrt(2) = {stride / math.sqrt(2):.2f}"
+                              f" at stride {stride}: a keypoint near a cell's corner would have no cell in its "
+                              f"disk (no positive target, nothing to learn or decode); use a disk_radius of at "
+                              f"least {math.ceil(stride / math.sqrt(2) * 100) / 100:g} or a smaller stride")
         self.stride = int(stride)
         self.disk_radius = float(disk_radius)
         self.long_range = bool(long_range)

@@ -99,6 +99,12 @@ class Predictor:
         return self.module.codec
 
     @property
+    def category_id(self) -> int:
+        """COCO category id of the people found: the training annotations' (kept in the checkpoint), else 1."""
+        category = getattr(self.module, "category_id", None)
+        return 1 if category is None else int(category)
+
+    @property
     def options(self) -> dict:
         """The test-time options, as the ``test`` config group spells them."""
         return {"flip": self.flip, "scales": list(self.scales), "keypoint_threshold": self.keypoint_threshold,

@@ -7,6 +7,7 @@ from torch import nn
 
 from strongpose.codec import StrongPoseCodec
 from strongpose.models.heads import HEATMAP_HEADS, Heads
+from strongpose.structures import map_size
 
 
 # ImageNet statistics of torchvision's pretrained ResNets, in 0..255 pixel units (RGB)
@@ -79,9 +80,17 @@ class StrongPoseNet(nn.Module):
         self.backbone = backbone
         self.heads = Heads(backbone.out_channels, codec.channels, **dict(heads or {}))
         self.disk_radius = float(codec.disk_radius)
+        self.stride = int(codec.stride)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        raw = self.heads(self.backbone(self.normalize(images)))
+        features = self.backbone(self.normalize(images))
+        if not _tracing():  # shapes only (no device read): a backbone whose maps are not what the targets are
+            expected = map_size(tuple(images.shape[-2:]), self.stride)
+            if tuple(features.shape[-2:]) != expected:  # (a custom one; floor where the codec takes ceil)
+                raise ValueError(f"backbone {type(self.backbone).__name__} gives {tuple(features.shape[-2:])} "
+                                 f"feature maps for {tuple(images.shape[-2:])} images; output stride "
+                                 f"{self.stride} means {expected} (ceil(H / stride), ceil(W / stride))")
+        raw = self.heads(features)
         return {name: out if name in HEATMAP_HEADS else out * self.disk_radius for name, out in raw.items()}
 
 
