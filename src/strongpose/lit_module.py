@@ -64,6 +64,12 @@ def check_loss(loss: dict | None) -> dict:
             raise ConfigError(f"model.loss.weights.{name}={value!r}: expected a number >= 0")
     if loss.get("heatmap", "bce") not in HEATMAP_LOSSES:
         raise ConfigError(f"model.loss.heatmap={loss['heatmap']!r}: expected one of {', '.join(HEATMAP_LOSSES)}")
+    for name, low, high in (("focal_gamma", 0.0, math.inf), ("focal_alpha", 0.0, 1.0)):
+        value = loss.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not low <= value <= high):
+            raise ConfigError(f"model.loss.{name}={value!r}: expected a number in [{low:g}, {high:g}]"
+                              + (" or null" if name == "focal_alpha" else ""))
     loss["weights"] = weights
     return loss
 

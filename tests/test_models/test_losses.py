@@ -77,6 +77,18 @@ def test_focal_loss_is_torchvisions_sigmoid_focal_loss(batch, alpha):
     assert heatmap_loss(logits, t["skhm"], ones, "focal", 2.0, alpha) == pytest.approx(float(reference), rel=1e-5)
 
 
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
+def test_focal_gradients_stay_finite_for_confident_logits(gamma):
+    """1 - sigmoid(20) is 0 in float32, where (1 - p_t) ** gamma has an infinite slope for gamma < 1: the loss
+    was finite and its gradient NaN (one step made most weights NaN, past the non-finite loss guard)."""
+    logits = torch.tensor([[[[-20.0, 20.0, 0.3, -40.0]]]], requires_grad=True)
+    target = torch.tensor([[[[0.0, 1.0, 1.0, 1.0]]]])
+    loss = heatmap_loss(logits, target, torch.ones(1, 1, 1, 4), "focal", gamma)
+    loss.backward()
+    assert torch.isfinite(loss) and bool(torch.isfinite(logits.grad).all()), logits.grad
+    assert logits.grad[0, 0, 0, 3] < 0  # a confident miss is still pushed the right way
+
+
 def test_the_heatmap_loss_is_a_mean_over_the_counted_cells(batch, codec):
     """Zero logits cost ln 2 in every cell: a mean over the counted cells is ln 2 whatever is ignored; a sum
     divided by all cells (or counting ignored cells) is less."""

@@ -23,9 +23,12 @@ def _heatmap_sum(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
     logits = logits.float()
     loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     if kind == "focal":
-        p = logits.sigmoid()
-        p_true = p * target + (1 - p) * (1 - target)
-        loss = loss * (1 - p_true) ** focal_gamma
+        # 1 - p_true, with sigmoid(-x) for 1 - p: 1 - sigmoid(x) is exactly 0 in float32 from x ~ 16.6, and
+        # there m ** gamma has an infinite slope for gamma < 1 (a NaN gradient from a finite loss); the floor
+        # keeps that slope finite for any gamma (its own gradient is 0 below it)
+        p, q = logits.sigmoid(), (-logits).sigmoid()
+        miss = (p * (1 - target) + q * target).clamp(min=1e-12)
+        loss = loss * miss ** focal_gamma
         if focal_alpha is not None:
             loss = loss * (focal_alpha * target + (1 - focal_alpha) * (1 - target))
     # a positive target always counts: a labelled keypoint's disk (in its own channel only) or a labelled
