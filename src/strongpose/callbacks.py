@@ -209,7 +209,11 @@ class ModelCheckpoint(LightningModelCheckpoint):
         # in between hold gradients a checkpoint would lose); the same decision on every DDP rank
         if (every and trainer.global_step != self._step_before_batch and trainer.global_step % every == 0
                 and self.save_last and not self._should_skip_saving_checkpoint(trainer)):
+            # Lightning skips its own saves (the best checkpoints, last.ckpt) at a step marked saved: a
+            # validation right after this step must still save
+            saved = self._last_global_step_saved
             self._write_last(trainer)
+            self._last_global_step_saved = saved
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # skipped as Lightning skips its saves: fast_dev_run, sanity check, this step already saved

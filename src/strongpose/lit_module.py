@@ -67,9 +67,9 @@ def check_loss(loss: dict | None) -> dict:
     for name, low, high in (("focal_gamma", 0.0, math.inf), ("focal_alpha", 0.0, 1.0)):
         value = loss.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not low <= value <= high):
-            raise ConfigError(f"model.loss.{name}={value!r}: expected a number in [{low:g}, {high:g}]"
-                              + (" or null" if name == "focal_alpha" else ""))
+                                  or not low <= value <= high or not math.isfinite(value)):
+            raise ConfigError(f"model.loss.{name}={value!r}: expected a number in [{low:g}, {high:g}"
+                              f"{')' if math.isinf(high) else ']'}" + (" or null" if name == "focal_alpha" else ""))
     loss["weights"] = weights
     return loss
 

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from helpers import as_tensor, match_people, person
 from strongpose.codec import StrongPoseCodec
-from strongpose.codec.codec import link_groups
+from strongpose.codec.codec import LINK_CALL_COST, link_groups
 
 
 def assert_recovered(codec, people, image_size, tol=1.0):
@@ -54,9 +54,12 @@ def test_long_range_bridges_a_missing_shoulder():
     assert len(poses) > 2  # the arms and legs come out as fragments
 
 
-def test_batch_decode_equals_single_decode():
+@pytest.mark.parametrize("call_cost", [None, 0.0, 64.0])  # one group, one per count, as the CPU decides
+@pytest.mark.parametrize("snap_radius", [None, float("inf")])
+def test_batch_decode_equals_single_decode(monkeypatch, call_cost, snap_radius):
     """Also when the images have different numbers of detections (linked in groups of their own size)."""
-    codec = StrongPoseCodec(stride=8)
+    monkeypatch.setitem(LINK_CALL_COST, "cpu", call_cost)
+    codec = StrongPoseCodec(stride=8, decode_snap_radius=snap_radius)
     a = codec.encode(as_tensor([person(80, 30, 200), person(200, 40, 150)]), (256, 320))
     b = codec.encode(as_tensor([person(150, 20, 220)]), (256, 320))
     c = codec.encode(as_tensor([person(25 + 55 * i, 10 + 60 * (i % 2), 90) for i in range(5)]), (256, 320))

@@ -35,6 +35,7 @@ def test_oks_nms_uses_cocos_formula_at_the_kept_persons_scale():
     # person 2 is compared with the kept person 0 (d^2 = 4), not with the dropped person 1 (d^2 = 1)
     assert oks_nms(kps, found, SIGMAS, math.exp(-4 / (2 * 600 * 0.2**2)) + 1e-6, max_people=5) == [0, 2]
     assert oks_nms(kps, found, SIGMAS, 0.99, max_people=2) == [0, 1]  # stops at max_people
+    assert oks_nms(kps, found, SIGMAS, 0.99, max_people=0) == []
     disjoint = np.array([[True, False], [False, True], [True, False]])
     assert oks_nms(kps, disjoint, SIGMAS, 0.0, max_people=5) == [0, 1]  # no keypoint in common: OKS 0
 

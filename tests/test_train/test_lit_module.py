@@ -78,7 +78,8 @@ def test_loss_weights_default_to_the_authors_and_can_be_partial(codec):
     ({"weights": {"mid": -1.0}}, "model.loss.weights.mid=-1.0: expected a number >= 0"),
     ({"heatmap": "mse"}, "model.loss.heatmap='mse': expected one of bce, focal"),
     ({"focal_gama": 1.0}, "model.loss has no option ['focal_gama']"),
-    ({"focal_gamma": -1}, "model.loss.focal_gamma=-1: expected a number in [0, inf]"),
+    ({"focal_gamma": -1}, "model.loss.focal_gamma=-1: expected a number in [0, inf)"),
+    ({"focal_gamma": math.inf}, "model.loss.focal_gamma=inf: expected a number in [0, inf)"),
     ({"focal_alpha": 1.5}, "model.loss.focal_alpha=1.5: expected a number in [0, 1] or null"),
 ])
 def test_a_wrong_loss_term_or_option_is_refused_by_name(codec, loss, message):

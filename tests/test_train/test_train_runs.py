@@ -94,6 +94,19 @@ def test_last_checkpoint_every_n_steps_after_whole_optimiser_steps_only(train_co
     assert saves == [(3, 2), (4, 4)]
 
 
+def test_a_periodic_last_checkpoint_leaves_the_validations_saves_alone(train_config, tmp_path):
+    """A validation right after a periodic save (the same step): Lightning skipped its saves there, as if that
+    step were saved already: no best-model file at all, and a last.ckpt from before the validation."""
+    train(train_config(["data.max_train_images=2", "trainer.max_epochs=3", "callbacks.coco_eval=null",
+                        "callbacks.model_checkpoint.save_top_k=-1",
+                        "callbacks.model_checkpoint.last_every_n_train_steps=1"], output_dir=tmp_path))
+    saved = sorted(path.name for path in (tmp_path / "checkpoints").iterdir())
+    assert saved == ["epoch000-step000001.ckpt", "epoch001-step000002.ckpt", "epoch002-step000003.ckpt", "last.ckpt"]
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    state = next(v for k, v in last["callbacks"].items() if k.startswith("ModelCheckpoint"))
+    assert len(state["best_k_models"]) == 3  # written after the last validation
+
+
 @pytest.mark.parametrize("every", [0, -3, True, 2.5])
 def test_last_checkpoint_every_n_steps_must_be_a_positive_integer(every):
     with pytest.raises(ConfigError, match=rf"last_every_n_train_steps must be a positive integer or null, got {every}"):

@@ -146,7 +146,7 @@ def oks_nms(kps: np.ndarray, found: np.ndarray, sigmas: np.ndarray, threshold: f
     kept_kps, kept_found, kept_scale = np.empty_like(kps[:max_people]), np.empty_like(found[:max_people]), \
         np.empty(min(len(kps), max_people))
     keep: list[int] = []
-    for i in range(len(kps)):
+    for i in range(len(kps) if max_people > 0 else 0):
         m = len(keep)
         if m:
             both = kept_found[:m] & found[i]
@@ -188,7 +188,9 @@ def group_image(
     out_edges = _out_edges(edges.tobytes(), edges.shape[0], k)
     claimed = ~valid
     # each (edge, source slot)'s detections within the snap radius, nearest first, -1 after
-    mid_cands = np.where(mid_dist <= snap_radius, mid_idx, -1).tolist()
+    # (slots past this image's own, which a batch's busier image has, are at an infinite distance: out too,
+    # also with an infinite snap radius)
+    mid_cands = np.where((mid_dist <= snap_radius) & (mid_idx < num), mid_idx, -1).tolist()
     order = np.argsort(-np.where(valid, score, -1.0), axis=None, kind="stable")[: int(valid.sum())]
     if long_idx is not None:
         link = _long_links(long_dist, long_idx, snap_radius)  # (K*L, K, L)
