@@ -22,7 +22,7 @@ import torch.nn.functional as F  # noqa: E402
 from pycocotools.coco import COCO  # noqa: E402
 
 from strongpose.codec import StrongPoseCodec  # noqa: E402
-from strongpose.skeleton import SKELETONS  # noqa: E402
+from strongpose.skeleton import SKELETONS, Skeleton  # noqa: E402
 from strongpose.data.annotations import image_annotations, load_coco, person_category  # noqa: E402
 from strongpose.evaluation import STAT_NAMES, coco_keypoint_stats  # noqa: E402
 
@@ -46,7 +46,7 @@ def pad_and_stack(maps: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor
 
 
 def run(ann: str, stride: int = 8, disk_radius: float = 32.0, long_range: bool = True, device: str = "cpu",
-        max_images: int | None = None, quiet: bool = False, batch: int = 1, skeleton: str = "coco",
+        max_images: int | None = None, quiet: bool = False, batch: int = 1, skeleton: str | Skeleton = "coco",
         **decode_kwargs) -> dict[str, float]:
     """Encode and decode every image; ``batch`` > 1 decodes that many (padded) images at a time."""
     coco = load_coco(ann)
@@ -91,10 +91,30 @@ def run(ann: str, stride: int = 8, disk_radius: float = 32.0, long_range: bool =
     return stats
 
 
+def skeleton_arg(value: str) -> str | Skeleton:
+    """A built-in skeleton's name, or the :class:`Skeleton` of a YAML file (your own, README: "Your own
+    skeleton, data and backbone"): the file's ``skeleton:`` node, or the file itself."""
+    if value in SKELETONS:
+        return value
+    if not os.path.isfile(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is neither a built-in skeleton ({', '.join(sorted(SKELETONS))}) "
+                                         f"nor a YAML file")
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(value)
+    skeleton = instantiate(cfg.skeleton if "skeleton" in cfg else cfg)
+    if not isinstance(skeleton, Skeleton):
+        raise argparse.ArgumentTypeError(f"{value} does not describe a strongpose.skeleton.Skeleton")
+    return skeleton
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ann", required=True, help="COCO person keypoint annotation JSON")
-    p.add_argument("--skeleton", default="coco", choices=sorted(SKELETONS), help="the annotation file's skeleton")
+    p.add_argument("--skeleton", default="coco", type=skeleton_arg,
+                   help=f"the annotation file's skeleton: {', '.join(sorted(SKELETONS))}, or a YAML file holding a "
+                        f"Skeleton (_target_: strongpose.skeleton.Skeleton) or a codec config with one under skeleton:")
     p.add_argument("--stride", type=int, default=8)
     p.add_argument("--disk-radius", type=float, default=32.0)
     p.add_argument("--no-long-range", action="store_true")

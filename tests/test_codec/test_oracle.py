@@ -5,6 +5,8 @@ from pathlib import Path
 import oracle_ap as oracle  # experiments/ (pytest's pythonpath)
 import pytest
 
+from strongpose.skeleton import COCO_PERSON
+
 ROOT = Path(__file__).resolve().parents[2]
 ANN = ROOT.parent / "shared" / "data" / "coco-val-part" / "person_keypoints_val2017_part.json"
 
@@ -17,6 +19,31 @@ def test_oracle_ap_on_val_slice():
     assert stats["AP"] >= 0.93, stats
     tree_only = oracle.run(str(ANN), stride=8, long_range=False, max_images=80, quiet=True)
     assert tree_only["AP"] < stats["AP"], (tree_only, stats)  # long-range offsets are worth their keep
+
+
+def test_oracle_cli_takes_a_skeleton_from_a_yaml_file(tmp_path, capsys):
+    """A codec config as the README writes one for your own skeleton (here COCO's, under another name)."""
+    yaml = tmp_path / "own.yaml"
+    pairs = lambda edges: "[" + ", ".join(f"[{a}, {b}]" for a, b in edges) + "]"  # noqa: E731
+    yaml.write_text(f"""defaults:
+  - default
+  - _self_
+skeleton:
+  _target_: strongpose.skeleton.Skeleton
+  name: own
+  keypoints: [{', '.join(COCO_PERSON.keypoints)}]
+  flip_pairs: {pairs(COCO_PERSON.flip_pairs)}
+  tree_edges: {pairs(COCO_PERSON.tree_edges)}
+  redundant_edges: {pairs(COCO_PERSON.redundant_edges)}
+  sigmas: {list(COCO_PERSON.sigmas)}
+""")
+    oracle.main(["--ann", str(ANN), "--max-images", "10", "--skeleton", str(yaml)])
+    own = capsys.readouterr().out.strip().splitlines()[-1].split()[0]
+    oracle.main(["--ann", str(ANN), "--max-images", "10"])
+    assert own == capsys.readouterr().out.strip().splitlines()[-1].split()[0]  # AP=... as COCO's
+    with pytest.raises(SystemExit):
+        oracle.main(["--ann", str(ANN), "--skeleton", "horse"])
+    assert "'horse' is neither a built-in skeleton" in capsys.readouterr().err
 
 
 def test_oracle_cli_prints_summary_line(capsys):
