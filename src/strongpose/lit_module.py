@@ -306,6 +306,17 @@ class StrongPoseModule(L.LightningModule):
         dataset = getattr(getattr(self.trainer, "datamodule", None), "train_dataset", None)
         self.category_id = getattr(dataset, "category_id", self.category_id)
 
+    def on_train_start(self) -> None:
+        # the LR of the step to come, from this run's schedule: a resume with a longer one (more epochs) restores
+        # the optimiser's LR of the old schedule (its end: the floor), and the scheduler, rebuilt for this run,
+        # sets its own only after the first step. The same value as restored when the schedule is the same.
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            if isinstance(scheduler, LambdaLR):
+                for group, base, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs,
+                                               scheduler.lr_lambdas):
+                    group["lr"] = base * factor(scheduler.last_epoch)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.run_config is not None:
             checkpoint[CONFIG_KEY] = self.run_config

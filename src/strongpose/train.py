@@ -8,15 +8,18 @@ copies would drift apart).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import netrc
 import os
+import traceback
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.fabric.plugins.io import CheckpointIO
@@ -76,7 +79,23 @@ def wandb_logger(save_dir: str, project: str = "strongpose", offline: bool | Non
             # With resume=null it starts over: a new W&B run then
             folder = hashlib.sha1(str(Path(save_dir).resolve()).encode()).hexdigest()[:8]
             kwargs["id"] = f"slurm-{job}-{folder}"  # (WandbLogger passes resume="allow")
+    for key, value in sweep_run_names().items():
+        if kwargs.get(key) is None:  # logger.wandb.name / group given: theirs
+            kwargs[key] = value
     return WandbLogger(save_dir=save_dir, project=project, offline=offline, **kwargs)
+
+
+def sweep_run_names() -> dict[str, str]:
+    """In a multirun: W&B ``name`` = the job's overrides (``model.lr=0.0003,backbone=resnet34``), ``group`` = the
+    sweep folder's name, so that a sweep's runs are told apart and kept together (W&B would give them random
+    names). Empty outside a multirun; ``logger.wandb.name`` / ``group`` win."""
+    if not HydraConfig.initialized():
+        return {}
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return {}
+    name = hydra_cfg.job.override_dirname or f"job{hydra_cfg.job.num}"
+    return {"name": name, "group": Path(hydra_cfg.sweep.dir).name}
 
 
 def instantiate_loggers(cfg: DictConfig | None) -> list[Logger]:
@@ -194,24 +213,92 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             f"a new run from init_from needs a new run folder or resume=null)")
     elif cfg.get("init_from"):
         start_from_weights(model, cfg.init_from)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except BaseException:
+        finish_wandb(loggers, exit_code=1)
+        raise
+    finish_wandb(loggers, exit_code=0)
 
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
     checkpoint = trainer.checkpoint_callback
     where = (checkpoint.last_model_path or checkpoint.best_model_path) if checkpoint is not None else ""
+    best = best_checkpoint(checkpoint)
     logs = next((lg.log_dir or lg.save_dir for lg in loggers if (lg.log_dir or lg.save_dir)), cfg.paths.output_dir)
-    say(f"Done: checkpoint {where if where and Path(where).is_file() else 'none written'}; logs in {logs}")
+    summary = write_run_summary(cfg, metrics, where, best, trainer)
+    say(f"Done: checkpoint {where if where and Path(where).is_file() else 'none written'}"
+        + (f"; best {best['monitor']}={best['score']:.4f}: {best['path']}" if best else "")
+        + f"; logs in {logs}" + (f"; final metrics in {summary}" if summary else ""))
     objects = {"cfg": cfg, "codec": codec, "datamodule": datamodule, "model": model, "trainer": trainer,
                "loggers": loggers, "callbacks": callbacks}
     return metrics, objects
 
 
+def finish_wandb(loggers: list[Logger], exit_code: int) -> None:
+    """End this process's W&B run: WandbLogger leaves it open, and the next job of a multirun (the same
+    process) would log into it (one W&B run holding every job, its config the last job's)."""
+    if any(isinstance(logger, WandbLogger) for logger in loggers):
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish(exit_code=exit_code)
+
+
+def best_checkpoint(callback: Any) -> dict[str, Any] | None:
+    """The best checkpoint of a ``ModelCheckpoint`` that monitors a metric: path, monitor and score."""
+    score = getattr(callback, "best_model_score", None)
+    if callback is None or not callback.monitor or score is None or not callback.best_model_path:
+        return None
+    return {"path": callback.best_model_path, "monitor": callback.monitor, "score": float(score)}
+
+
+@rank_zero_only
+def record_failure(cfg: DictConfig, err: BaseException) -> None:
+    """``<output_dir>/failed.txt``: the error and its traceback, in the run's own folder (its train.log has
+    none: Hydra prints the error on the console, a sweep only its first failing job's, at the end); in a
+    multirun one line says which job failed, when it does."""
+    folder = cfg.get("paths", {}).get("output_dir")
+    if not folder:
+        return
+    path = Path(folder) / "failed.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(traceback.format_exception(err)))
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        job = HydraConfig.get().job
+        cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ is not None else err
+        log.error("job %s (%s) failed: %s: %s (traceback in %s)", job.num, job.override_dirname,
+                  type(cause).__name__, cause, path)
+
+
+@rank_zero_only
+def write_run_summary(cfg: DictConfig, metrics: dict[str, float], last: str, best: dict | None,
+                      trainer: L.Trainer) -> Path | None:
+    """``<output_dir>/metrics.json``: the final metrics, the best and last checkpoints, the step reached: what
+    a run leaves for a researcher (and a sweep's comparison) beside the logger's files."""
+    folder = cfg.get("paths", {}).get("output_dir")
+    if not folder:
+        return None
+    path = Path(folder) / "metrics.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"metrics": metrics, "best_checkpoint": best, "last_checkpoint": last or None,
+                                "global_step": int(trainer.global_step), "epoch": int(trainer.current_epoch),
+                                "optimized_metric": cfg.get("optimized_metric")}, indent=1))
+    return path
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Returns ``optimized_metric`` so that Hydra sweepers can minimise it."""
-    with report_input_errors():
-        metrics, _ = train(cfg)
-    return metrics.get(cfg.get("optimized_metric"))
+    """Returns ``optimized_metric`` so that Hydra sweepers can minimise it: its best value when the checkpoint
+    callback monitors it (the epoch a sweep would pick), else its last."""
+    try:
+        with report_input_errors():
+            metrics, objects = train(cfg)
+    except Exception as err:  # (an input error of a single run has exited with 2 and its one line already)
+        record_failure(cfg, err)
+        raise
+    name = cfg.get("optimized_metric")
+    best = best_checkpoint(objects["trainer"].checkpoint_callback)
+    return best["score"] if best and best["monitor"] == name else metrics.get(name)
 
 
 def cli() -> None:

@@ -49,6 +49,24 @@ def test_resume_from_last_checkpoint_continues_the_step_count(train_config, tmp_
     assert second["trainer"].current_epoch == 2
 
 
+def test_a_resume_with_a_longer_schedule_steps_at_its_rate_from_the_first_step(train_config, tmp_path, monkeypatch):
+    """The optimiser came back with the old schedule's last rate (its floor) and kept it for one step."""
+    rates = []
+    step = StrongPoseModule.training_step
+    monkeypatch.setattr(StrongPoseModule, "training_step", lambda self, batch, batch_idx: (
+        rates.append(self.optimizers().param_groups[0]["lr"]), step(self, batch, batch_idx))[1])
+    quick = ["trainer.limit_val_batches=0", "callbacks.coco_eval=null", "callbacks.model_checkpoint.monitor=null",
+             "data.max_train_images=4"]
+    train(train_config([*quick, "trainer.max_epochs=4"], output_dir=tmp_path / "straight"))
+    straight = rates[:]
+    rates.clear()
+    train(train_config([*quick, "trainer.max_epochs=2"], output_dir=tmp_path / "short"))
+    rates.clear()
+    train(train_config([*quick, "trainer.max_epochs=4", f"ckpt_path={tmp_path / 'short' / 'checkpoints' / 'last.ckpt'}"],
+                       output_dir=tmp_path / "resumed"))
+    assert len(straight) == 8 and rates == straight[4:]
+
+
 @pytest.mark.parametrize("schedule", [["trainer.max_epochs=3", "trainer.check_val_every_n_epoch=2"],
                                       ["trainer.max_epochs=-1", "trainer.max_steps=3"],
                                       ["trainer.max_epochs=3", "trainer.check_val_every_n_epoch=2",

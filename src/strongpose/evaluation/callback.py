@@ -94,9 +94,12 @@ class COCOEvalCallback(Callback):
         if self.verbose and trainer.is_global_zero:
             log.info("COCO keypoints: %s", ", ".join(f"{name} {float(stats[name]):.4f}" for name in STAT_NAMES))
         if self._drawn:
+            # at the step Lightning logs this validation's metrics at (the optimiser steps before it, counted by
+            # the epoch loop; global_step is one more after an epoch-end validation), so they line up in W&B
+            step = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step)
             for logger in trainer.loggers:
                 if hasattr(logger, "log_image"):  # W&B media; CSV and others take no images
-                    logger.log_image(key=f"{self.prefix}predictions", images=self._drawn, step=trainer.global_step)
+                    logger.log_image(key=f"{self.prefix}predictions", images=self._drawn, step=step)
             self._drawn = []
         for name in STAT_NAMES:
             # already global: no sync_dist (which would average identical values over the ranks anyway)

@@ -1,0 +1,75 @@
+"""What a run leaves for the researcher: one W&B run per job of a sweep, named and grouped, and metrics.json with
+the final metrics and the best checkpoint."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from strongpose.train import best_checkpoint, sweep_run_names, train
+
+TINY_RUN = ["trainer=cpu", "data.input_size=64", "data.batch_size=2", "data.max_train_images=2",
+            "data.max_val_images=2", "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1",
+            "trainer.enable_model_summary=false", "callbacks.coco_eval.log_images=1"]
+
+
+def test_a_run_writes_its_final_metrics_and_names_its_best_checkpoint(train_config, tmp_path, capsys):
+    _, run = train(train_config(["trainer.max_epochs=2", "callbacks.model_checkpoint.save_top_k=2"],
+                                output_dir=tmp_path))
+    summary = json.loads((tmp_path / "metrics.json").read_text())
+    best = best_checkpoint(run["trainer"].checkpoint_callback)
+    assert summary["best_checkpoint"] == best and best["monitor"] == "val/loss" and summary["global_step"] == 2
+    losses = [float(v) for v in run["trainer"].checkpoint_callback.best_k_models.values()]
+    assert best["score"] == pytest.approx(min(losses))  # the best of the validations, not the last
+    assert summary["metrics"]["val/loss"] == pytest.approx(float(run["trainer"].callback_metrics["val/loss"]))
+    done = capsys.readouterr().out.strip().splitlines()[-1]
+    assert f"best val/loss={best['score']:.4f}: {best['path']}" in done and str(tmp_path / "metrics.json") in done
+
+
+def test_a_sweep_job_is_named_by_its_overrides_and_grouped_by_its_sweep(train_config):
+    assert sweep_run_names() == {}  # not a multirun
+    cfg = train_config(["model.lr=0.001"], output_dir="/unused", return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.mode = "MULTIRUN"
+        cfg.hydra.job.override_dirname = "model.lr=0.001"
+        cfg.hydra.sweep.dir = "/runs/lr_sweep"
+    HydraConfig.instance().set_config(cfg)
+    try:
+        assert sweep_run_names() == {"name": "model.lr=0.001", "group": "lr_sweep"}
+    finally:
+        HydraConfig.instance().cfg = None
+
+
+def test_every_failing_job_of_a_sweep_is_named_and_leaves_its_traceback(tmp_path):
+    """Hydra prints the first failing job's error at the end of the sweep, and the jobs' train.log were empty."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
+    done = subprocess.run([sys.executable, "-m", "strongpose.train", "-m", "logger=none", *TINY_RUN,
+                           "data.train_images=/nothing", "data.train_annotations=/nothing/a.json,/nothing/b.json",
+                           f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 1
+    for job, name in (("0", "a.json"), ("1", "b.json")):
+        line = f"failed: FileNotFoundError: train_annotations: COCO annotation file not found: /nothing/{name} " \
+               f"(traceback in {tmp_path / 'sweep' / job / 'failed.txt'})"  # after "job N (its overrides)"
+        assert line in done.stderr + done.stdout
+        assert f"job {job} (" in (tmp_path / "sweep" / job / "train.log").read_text()
+        assert line in (tmp_path / "sweep" / job / "train.log").read_text()
+        assert "Traceback" in (tmp_path / "sweep" / job / "failed.txt").read_text()
+
+
+@pytest.mark.slow
+def test_each_job_of_a_sweep_logs_to_its_own_wandb_run(tmp_path):
+    """WandbLogger leaves its run open: the next job of the multirun (the same process) logged into it."""
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
+    done = subprocess.run([sys.executable, "-m", "strongpose.train", "-m", "logger=wandb", *TINY_RUN,
+                           "model.lr=1e-3,3e-4", f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert "already in progress" not in done.stdout + done.stderr
+    for job in ("0", "1"):
+        assert len(list((tmp_path / "sweep" / job / "wandb").glob("offline-run-*"))) == 1, job
+        assert json.loads((tmp_path / "sweep" / job / "metrics.json").read_text())["best_checkpoint"]
