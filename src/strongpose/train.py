@@ -230,7 +230,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         + (f"; best {best['monitor']}={best['score']:.4f}: {best['path']}" if best else "")
         + f"; logs in {logs}" + (f"; final metrics in {summary}" if summary else ""))
     objects = {"cfg": cfg, "codec": codec, "datamodule": datamodule, "model": model, "trainer": trainer,
-               "loggers": loggers, "callbacks": callbacks}
+               "loggers": loggers, "callbacks": callbacks, "best_checkpoint": best}
     return metrics, objects
 
 
@@ -257,12 +257,9 @@ def record_failure(cfg: DictConfig, err: BaseException) -> None:
     """``<output_dir>/failed.txt``: the error and its traceback, in the run's own folder (its train.log has
     none: Hydra prints the error on the console, a sweep only its first failing job's, at the end); in a
     multirun one line says which job failed, when it does."""
-    folder = cfg.get("paths", {}).get("output_dir")
-    if not folder:
+    path = run_file(cfg, "failed.txt", "".join(traceback.format_exception(err)))
+    if path is None:
         return
-    path = Path(folder) / "failed.txt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(traceback.format_exception(err)))
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         job = HydraConfig.get().job
         cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ is not None else err
@@ -275,14 +272,20 @@ def write_run_summary(cfg: DictConfig, metrics: dict[str, float], last: str, bes
                       trainer: L.Trainer) -> Path | None:
     """``<output_dir>/metrics.json``: the final metrics, the best and last checkpoints, the step reached: what
     a run leaves for a researcher (and a sweep's comparison) beside the logger's files."""
+    return run_file(cfg, "metrics.json", json.dumps({
+        "metrics": metrics, "best_checkpoint": best, "last_checkpoint": last or None,
+        "global_step": int(trainer.global_step), "epoch": int(trainer.current_epoch),
+        "optimized_metric": cfg.get("optimized_metric")}, indent=1))
+
+
+def run_file(cfg: DictConfig, name: str, text: str) -> Path | None:
+    """Write ``text`` to ``<paths.output_dir>/<name>``; None (nothing written) without an output folder."""
     folder = cfg.get("paths", {}).get("output_dir")
     if not folder:
         return None
-    path = Path(folder) / "metrics.json"
+    path = Path(folder) / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"metrics": metrics, "best_checkpoint": best, "last_checkpoint": last or None,
-                                "global_step": int(trainer.global_step), "epoch": int(trainer.current_epoch),
-                                "optimized_metric": cfg.get("optimized_metric")}, indent=1))
+    path.write_text(text)
     return path
 
 
@@ -296,8 +299,7 @@ def main(cfg: DictConfig) -> float | None:
     except Exception as err:  # (an input error of a single run has exited with 2 and its one line already)
         record_failure(cfg, err)
         raise
-    name = cfg.get("optimized_metric")
-    best = best_checkpoint(objects["trainer"].checkpoint_callback)
+    name, best = cfg.get("optimized_metric"), objects["best_checkpoint"]
     return best["score"] if best and best["monitor"] == name else metrics.get(name)
 
 

@@ -22,7 +22,8 @@ def test_a_run_writes_its_final_metrics_and_names_its_best_checkpoint(train_conf
                                 output_dir=tmp_path))
     summary = json.loads((tmp_path / "metrics.json").read_text())
     best = best_checkpoint(run["trainer"].checkpoint_callback)
-    assert summary["best_checkpoint"] == best and best["monitor"] == "val/loss" and summary["global_step"] == 2
+    assert summary["best_checkpoint"] == best == run["best_checkpoint"] and best["monitor"] == "val/loss"
+    assert summary["global_step"] == 2
     losses = [float(v) for v in run["trainer"].checkpoint_callback.best_k_models.values()]
     assert best["score"] == pytest.approx(min(losses))  # the best of the validations, not the last
     assert summary["metrics"]["val/loss"] == pytest.approx(float(run["trainer"].callback_metrics["val/loss"]))
