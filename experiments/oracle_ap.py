@@ -97,16 +97,27 @@ def skeleton_arg(value: str) -> str | Skeleton:
     if value in SKELETONS:
         return value
     if not os.path.isfile(value):
-        raise argparse.ArgumentTypeError(f"{value!r} is neither a built-in skeleton ({', '.join(sorted(SKELETONS))}) "
-                                         f"nor a YAML file")
+        _unknown(value)
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.load(value)
-    skeleton = instantiate(cfg.skeleton if "skeleton" in cfg else cfg)
+    if "skeleton" in cfg:  # a codec config: its skeleton only (the flags set stride and disk radius)
+        if ignored := sorted(key for key in ("stride", "disk_radius", "long_range") if key in cfg):
+            raise argparse.ArgumentTypeError(f"{value} sets {', '.join(ignored)}: give them as --stride / "
+                                             f"--disk-radius / --no-long-range (only its skeleton is read)")
+        cfg = cfg.skeleton
+    if isinstance(cfg, str):
+        return skeleton_arg(cfg) if cfg in SKELETONS else _unknown(cfg)
+    skeleton = instantiate(cfg)
     if not isinstance(skeleton, Skeleton):
         raise argparse.ArgumentTypeError(f"{value} does not describe a strongpose.skeleton.Skeleton")
     return skeleton
+
+
+def _unknown(name: str):
+    raise argparse.ArgumentTypeError(f"{name!r} is neither a built-in skeleton ({', '.join(sorted(SKELETONS))}) "
+                                     f"nor a YAML file")
 
 
 def main(argv: list[str] | None = None) -> None:

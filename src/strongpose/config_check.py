@@ -72,7 +72,7 @@ def report_input_errors() -> Iterator[None]:
         yield
     except Exception as raised:
         err = _input_error(raised)
-        if err is None or os.environ.get("HYDRA_FULL_ERROR") == "1" or _in_multirun():
+        if err is None or os.environ.get("HYDRA_FULL_ERROR") == "1" or in_multirun():
             raise
         frames = traceback.extract_tb(err.__traceback__)
         # the innermost line of StrongPose's own code (a library's line says less), else the innermost
@@ -94,7 +94,8 @@ def _input_error(err: BaseException) -> BaseException | None:
     return None
 
 
-def _in_multirun() -> bool:
+def in_multirun() -> bool:
+    """Inside a Hydra multirun job (``-m``, ``hydra.mode=MULTIRUN``; also each job submitit starts)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 

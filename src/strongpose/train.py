@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import netrc
 import os
 import traceback
@@ -20,7 +21,6 @@ import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.fabric.plugins.io import CheckpointIO
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
@@ -31,7 +31,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from strongpose.checkpoint import init_from_checkpoint
 from strongpose.checkpoint_io import AtomicCheckpointIO
-from strongpose.config_check import CONFIG_DIR, ConfigError, check_types, report_input_errors, run_with_key_hints
+from strongpose.config_check import (CONFIG_DIR, ConfigError, check_types, in_multirun, report_input_errors,
+                                     run_with_key_hints)
 from strongpose.slurm import check_world_size, with_slurm_environment
 from strongpose.slurm import job_id as slurm_job_id
 
@@ -89,13 +90,12 @@ def sweep_run_names() -> dict[str, str]:
     """In a multirun: W&B ``name`` = the job's overrides (``model.lr=0.0003,backbone=resnet34``), ``group`` = the
     sweep folder's name, so that a sweep's runs are told apart and kept together (W&B would give them random
     names). Empty outside a multirun; ``logger.wandb.name`` / ``group`` win."""
-    if not HydraConfig.initialized():
+    if not in_multirun():
         return {}
     hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode != RunMode.MULTIRUN:
-        return {}
     name = hydra_cfg.job.override_dirname or f"job{hydra_cfg.job.num}"
-    return {"name": name, "group": Path(hydra_cfg.sweep.dir).name}
+    sweep = Path(hydra_cfg.sweep.dir)  # Hydra's default multirun/<date>/<time>: the time alone is no name
+    return {"name": name, "group": f"{sweep.parent.name}/{sweep.name}"}
 
 
 def instantiate_loggers(cfg: DictConfig | None) -> list[Logger]:
@@ -165,7 +165,7 @@ def check_no_relaunch_in_a_local_multirun(trainer: L.Trainer) -> None:
     """Lightning starts a DDP run's other processes by running the command line again (plus
     ``hydra.run.dir``): inside a local multirun (``-m``) each of them would run the whole sweep again. Refused
     before anything starts; under SLURM (or torchrun) the ranks are started from outside and nothing re-runs."""
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+    if not in_multirun():
         return
     launcher = getattr(trainer.strategy, "launcher", None)
     if (isinstance(launcher, _SubprocessScriptLauncher) and launcher.num_processes > 1
@@ -188,6 +188,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if backbone.get("norm") == "frozen" and not backbone.get("pretrained"):
         log.warning("backbone.norm=frozen without backbone.pretrained=true: the frozen statistics are the "
                     "identity, so the backbone trains without normalisation (norm=batch trains them)")
+    clear_run_files(cfg)  # a requeued or repeated run in the same folder: the last attempt's say nothing now
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     # the codec first: the data encode targets with it, the model sizes its heads and decodes with it
@@ -196,6 +197,16 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     model = instantiate(cfg.model, codec=codec)
     model.run_config = resolved_config(cfg)  # saved in every checkpoint
     loggers = instantiate_loggers(cfg.get("logger"))
+    try:
+        return _fit(cfg, codec, datamodule, model, loggers)
+    except BaseException:
+        finish_wandb(loggers, exit_code=1)
+        raise
+
+
+def _fit(cfg: DictConfig, codec: Any, datamodule: L.LightningDataModule, model: L.LightningModule,
+         loggers: list[Logger]) -> tuple[dict[str, float], dict[str, Any]]:
+    """:func:`train` from its loggers on (a W&B run may have started: whatever fails here, it is finished)."""
     callbacks = instantiate_callbacks(cfg.get("callbacks"), has_logger=bool(loggers))
     plugins = with_slurm_environment(with_atomic_checkpoints(instantiate(cfg.trainer.get("plugins"))))
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=plugins)
@@ -213,11 +224,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             f"a new run from init_from needs a new run folder or resume=null)")
     elif cfg.get("init_from"):
         start_from_weights(model, cfg.init_from)
-    try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    except BaseException:
-        finish_wandb(loggers, exit_code=1)
-        raise
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     finish_wandb(loggers, exit_code=0)
 
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
@@ -260,7 +267,7 @@ def record_failure(cfg: DictConfig, err: BaseException) -> None:
     path = run_file(cfg, "failed.txt", "".join(traceback.format_exception(err)))
     if path is None:
         return
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+    if in_multirun():
         job = HydraConfig.get().job
         cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ is not None else err
         log.error("job %s (%s) failed: %s: %s (traceback in %s)", job.num, job.override_dirname,
@@ -272,10 +279,23 @@ def write_run_summary(cfg: DictConfig, metrics: dict[str, float], last: str, bes
                       trainer: L.Trainer) -> Path | None:
     """``<output_dir>/metrics.json``: the final metrics, the best and last checkpoints, the step reached: what
     a run leaves for a researcher (and a sweep's comparison) beside the logger's files."""
+    finite = {name: value if math.isfinite(value) else None for name, value in metrics.items()}  # JSON: no NaN
+    if best is not None and not math.isfinite(best["score"]):
+        best = {**best, "score": None}
     return run_file(cfg, "metrics.json", json.dumps({
-        "metrics": metrics, "best_checkpoint": best, "last_checkpoint": last or None,
+        "metrics": finite, "best_checkpoint": best, "last_checkpoint": last or None,
         "global_step": int(trainer.global_step), "epoch": int(trainer.current_epoch),
-        "optimized_metric": cfg.get("optimized_metric")}, indent=1))
+        "optimized_metric": cfg.get("optimized_metric")}, indent=1, allow_nan=False))
+
+
+RUN_FILES = ("metrics.json", "failed.txt")  # what train() leaves in its folder besides checkpoints and logs
+
+
+@rank_zero_only
+def clear_run_files(cfg: DictConfig) -> None:
+    folder = cfg.get("paths", {}).get("output_dir")
+    for name in RUN_FILES if folder else ():
+        (Path(folder) / name).unlink(missing_ok=True)
 
 
 def run_file(cfg: DictConfig, name: str, text: str) -> Path | None:

@@ -44,6 +44,14 @@ skeleton:
     with pytest.raises(SystemExit):
         oracle.main(["--ann", str(ANN), "--skeleton", "horse"])
     assert "'horse' is neither a built-in skeleton" in capsys.readouterr().err
+    named = tmp_path / "named.yaml"
+    named.write_text("defaults:\n  - default\n  - _self_\nskeleton: crowdpose\n")  # a built-in's name
+    assert oracle.skeleton_arg(str(named)) == "crowdpose"
+    strided = tmp_path / "strided.yaml"
+    strided.write_text("skeleton: coco\nstride: 16\n")
+    with pytest.raises(SystemExit):  # not silently the stride-8 ceiling
+        oracle.main(["--ann", str(ANN), "--skeleton", str(strided)])
+    assert "sets stride: give them as --stride" in capsys.readouterr().err
 
 
 def test_oracle_cli_prints_summary_line(capsys):

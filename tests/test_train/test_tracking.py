@@ -2,15 +2,17 @@
 the final metrics and the best checkpoint."""
 
 import json
+import math
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
-from strongpose.train import best_checkpoint, sweep_run_names, train
+from strongpose.train import best_checkpoint, sweep_run_names, train, write_run_summary
 
 TINY_RUN = ["trainer=cpu", "data.input_size=64", "data.batch_size=2", "data.max_train_images=2",
             "data.max_val_images=2", "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1",
@@ -31,16 +33,47 @@ def test_a_run_writes_its_final_metrics_and_names_its_best_checkpoint(train_conf
     assert f"best val/loss={best['score']:.4f}: {best['path']}" in done and str(tmp_path / "metrics.json") in done
 
 
+def test_a_new_attempt_removes_the_last_ones_run_files(train_config, tmp_path):
+    (tmp_path / "failed.txt").write_text("an earlier attempt's traceback")
+    (tmp_path / "metrics.json").write_text("{}")
+    train(train_config(["trainer.limit_val_batches=0", "callbacks.coco_eval=null",
+                        "callbacks.model_checkpoint.monitor=null"], output_dir=tmp_path))
+    assert not (tmp_path / "failed.txt").exists()
+    assert json.loads((tmp_path / "metrics.json").read_text())["global_step"] == 1
+
+
+def test_non_finite_metrics_are_null_in_metrics_json(tmp_path):
+    cfg = OmegaConf.create({"paths": {"output_dir": str(tmp_path)}, "optimized_metric": "val/loss"})
+    best = {"path": "x.ckpt", "monitor": "val/loss", "score": math.inf}
+    path = write_run_summary(cfg, {"val/loss": math.nan, "val/AP": 0.5}, "last.ckpt", best,
+                             SimpleNamespace(global_step=3, current_epoch=1))
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text  # strict JSON readers (jq, JavaScript) refuse them
+    summary = json.loads(text)
+    assert summary["metrics"] == {"val/loss": None, "val/AP": 0.5} and summary["best_checkpoint"]["score"] is None
+
+
+def test_a_run_that_fails_before_fit_finishes_its_wandb_run(train_config, tmp_path, monkeypatch):
+    """log_hyperparams starts the W&B run; a bad init_from then failed with it open, and the next job of a
+    multirun logged into it."""
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    with pytest.raises(Exception, match="nothing.ckpt"):
+        train(train_config(["logger=wandb", f"init_from={tmp_path / 'nothing.ckpt'}"], output_dir=tmp_path))
+    assert list((tmp_path / "wandb").glob("offline-run-*")) and wandb.run is None
+
+
 def test_a_sweep_job_is_named_by_its_overrides_and_grouped_by_its_sweep(train_config):
     assert sweep_run_names() == {}  # not a multirun
     cfg = train_config(["model.lr=0.001"], output_dir="/unused", return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.mode = "MULTIRUN"
         cfg.hydra.job.override_dirname = "model.lr=0.001"
-        cfg.hydra.sweep.dir = "/runs/lr_sweep"
+        cfg.hydra.sweep.dir = "/multirun/2026-11-27/11-10-18"
     HydraConfig.instance().set_config(cfg)
     try:
-        assert sweep_run_names() == {"name": "model.lr=0.001", "group": "lr_sweep"}
+        assert sweep_run_names() == {"name": "model.lr=0.001", "group": "2026-11-27/11-10-18"}
     finally:
         HydraConfig.instance().cfg = None
 
