@@ -97,7 +97,7 @@ def skeleton_arg(value: str) -> str | Skeleton:
     if value in SKELETONS:
         return value
     if not os.path.isfile(value):
-        _unknown(value)
+        raise _unknown(value)
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
@@ -108,15 +108,17 @@ def skeleton_arg(value: str) -> str | Skeleton:
                                              f"--disk-radius / --no-long-range (only its skeleton is read)")
         cfg = cfg.skeleton
     if isinstance(cfg, str):
-        return skeleton_arg(cfg) if cfg in SKELETONS else _unknown(cfg)
+        if cfg not in SKELETONS:
+            raise _unknown(cfg)
+        return cfg
     skeleton = instantiate(cfg)
     if not isinstance(skeleton, Skeleton):
         raise argparse.ArgumentTypeError(f"{value} does not describe a strongpose.skeleton.Skeleton")
     return skeleton
 
 
-def _unknown(name: str):
-    raise argparse.ArgumentTypeError(f"{name!r} is neither a built-in skeleton ({', '.join(sorted(SKELETONS))}) "
+def _unknown(name: str) -> argparse.ArgumentTypeError:
+    return argparse.ArgumentTypeError(f"{name!r} is neither a built-in skeleton ({', '.join(sorted(SKELETONS))}) "
                                      f"nor a YAML file")
 
 

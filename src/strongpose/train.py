@@ -264,7 +264,7 @@ def record_failure(cfg: DictConfig, err: BaseException) -> None:
     """``<output_dir>/failed.txt``: the error and its traceback, in the run's own folder (its train.log has
     none: Hydra prints the error on the console, a sweep only its first failing job's, at the end); in a
     multirun one line says which job failed, when it does."""
-    path = run_file(cfg, "failed.txt", "".join(traceback.format_exception(err)))
+    path = run_file(cfg, FAILED_FILE, "".join(traceback.format_exception(err)))
     if path is None:
         return
     if in_multirun():
@@ -282,31 +282,36 @@ def write_run_summary(cfg: DictConfig, metrics: dict[str, float], last: str, bes
     finite = {name: value if math.isfinite(value) else None for name, value in metrics.items()}  # JSON: no NaN
     if best is not None and not math.isfinite(best["score"]):
         best = {**best, "score": None}
-    return run_file(cfg, "metrics.json", json.dumps({
+    return run_file(cfg, METRICS_FILE, json.dumps({
         "metrics": finite, "best_checkpoint": best, "last_checkpoint": last or None,
         "global_step": int(trainer.global_step), "epoch": int(trainer.current_epoch),
         "optimized_metric": cfg.get("optimized_metric")}, indent=1, allow_nan=False))
 
 
-RUN_FILES = ("metrics.json", "failed.txt")  # what train() leaves in its folder besides checkpoints and logs
+# what train() leaves in its folder besides checkpoints and logs
+METRICS_FILE, FAILED_FILE = "metrics.json", "failed.txt"
+
+
+def run_folder(cfg: DictConfig) -> Path | None:
+    """``paths.output_dir``, or None when the run has none (a config composed by hand)."""
+    folder = cfg.get("paths", {}).get("output_dir")
+    return Path(folder) if folder else None
 
 
 @rank_zero_only
 def clear_run_files(cfg: DictConfig) -> None:
-    folder = cfg.get("paths", {}).get("output_dir")
-    for name in RUN_FILES if folder else ():
-        (Path(folder) / name).unlink(missing_ok=True)
+    if (folder := run_folder(cfg)) is not None:
+        for name in (METRICS_FILE, FAILED_FILE):
+            (folder / name).unlink(missing_ok=True)
 
 
 def run_file(cfg: DictConfig, name: str, text: str) -> Path | None:
     """Write ``text`` to ``<paths.output_dir>/<name>``; None (nothing written) without an output folder."""
-    folder = cfg.get("paths", {}).get("output_dir")
-    if not folder:
+    if (folder := run_folder(cfg)) is None:
         return None
-    path = Path(folder) / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(text)
+    return folder / name
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
