@@ -7,11 +7,9 @@ copies would drift apart).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
-import netrc
 import os
 import traceback
 from pathlib import Path
@@ -23,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.fabric.plugins.io import CheckpointIO
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher  # exported; how Lightning re-runs argv
 from lightning.pytorch.utilities import rank_zero_only
@@ -34,72 +32,18 @@ from strongpose.checkpoint_io import AtomicCheckpointIO
 from strongpose.config_check import (CONFIG_DIR, ConfigError, check_types, in_multirun, report_input_errors,
                                      run_with_key_hints)
 from strongpose.slurm import check_world_size, with_slurm_environment
-from strongpose.slurm import job_id as slurm_job_id
+from strongpose.tracking import RecordWandbRun, finish_wandb, recorded_wandb_run, say, wandb_logger
 
 log = logging.getLogger(__name__)
 
 
-@rank_zero_only
-def say(message: str) -> None:
-    """One line for the user, printed once in a multi-process run."""
-    print(message, flush=True)
+def instantiate_loggers(cfg: DictConfig | None, resumed_run: dict[str, str] | None = None) -> list[Logger]:
+    """The configured loggers; ``resumed_run`` goes to :func:`~strongpose.tracking.wandb_logger`."""
+    return [instantiate(c, resumed_run=resumed_run) if c.get("_target_") == WANDB_LOGGER else instantiate(c)
+            for c in (cfg or {}).values() if c is not None]
 
 
-def wandb_key_configured() -> bool:
-    """True when W&B can log online: an API key in the environment or a netrc entry for api.wandb.ai."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        return netrc.netrc(os.environ.get("NETRC") or None).authenticators("api.wandb.ai") is not None
-    except (OSError, netrc.NetrcParseError):
-        return False
-
-
-def wandb_logger(save_dir: str, project: str = "strongpose", offline: bool | None = None,
-                 run_resume: str | None = "auto", **kwargs: Any) -> WandbLogger:
-    """WandbLogger that logs online when a key is configured (or ``offline=false``), offline otherwise.
-    ``run_resume``: the run's ``resume`` setting; with ``auto`` a requeued SLURM job logs on to its W&B run."""
-    env_mode = os.environ.get("WANDB_MODE", "")
-    if offline is not None:
-        why = f"logger.wandb.offline={str(offline).lower()}"
-    elif env_mode in ("offline", "dryrun", "disabled"):
-        offline, why = True, f"WANDB_MODE={env_mode}"
-    else:
-        offline, why = not wandb_key_configured(), "no API key in WANDB_API_KEY or ~/.netrc (`wandb login`)"
-    if offline:
-        say(f"W&B: offline ({why}); run files go to {save_dir}/wandb, upload them later with `wandb sync`")
-    else:
-        say(f"W&B: logging online to project {project!r}")
-        job = slurm_job_id()
-        chosen = kwargs.get("id") or kwargs.get("version") or os.environ.get("WANDB_RUN_ID")
-        if job and run_resume == "auto" and not chosen:
-            # a requeued SLURM job keeps its id and folder and resumes from its checkpoint: it logs on to the same
-            # W&B run (charts go by trainer/global_step) rather than starting a new one per requeue. After the
-            # time-limit signal it resumes at the step it stopped at; requeued by SLURM itself (pre-emption
-            # without the signal) it resumes from last.ckpt and logs the steps after that one a second time.
-            # With resume=null it starts over: a new W&B run then
-            folder = hashlib.sha1(str(Path(save_dir).resolve()).encode()).hexdigest()[:8]
-            kwargs["id"] = f"slurm-{job}-{folder}"  # (WandbLogger passes resume="allow")
-    for key, value in sweep_run_names().items():
-        if kwargs.get(key) is None:  # logger.wandb.name / group given: theirs
-            kwargs[key] = value
-    return WandbLogger(save_dir=save_dir, project=project, offline=offline, **kwargs)
-
-
-def sweep_run_names() -> dict[str, str]:
-    """In a multirun: W&B ``name`` = the job's overrides (``model.lr=0.0003,backbone=resnet34``), ``group`` = the
-    sweep folder's name, so that a sweep's runs are told apart and kept together (W&B would give them random
-    names). Empty outside a multirun; ``logger.wandb.name`` / ``group`` win."""
-    if not in_multirun():
-        return {}
-    hydra_cfg = HydraConfig.get()
-    name = hydra_cfg.job.override_dirname or f"job{hydra_cfg.job.num}"
-    sweep = Path(hydra_cfg.sweep.dir)  # Hydra's default multirun/<date>/<time>: the time alone is no name
-    return {"name": name, "group": f"{sweep.parent.name}/{sweep.name}"}
-
-
-def instantiate_loggers(cfg: DictConfig | None) -> list[Logger]:
-    return [instantiate(c) for c in (cfg or {}).values() if c is not None]
+WANDB_LOGGER = f"{wandb_logger.__module__}.{wandb_logger.__name__}"  # logger.wandb's _target_
 
 
 def instantiate_callbacks(cfg: DictConfig | None, has_logger: bool) -> list[Callback]:
@@ -130,21 +74,23 @@ def start_from_weights(model: L.LightningModule, path: str) -> None:
         f"{', ...' if len(kept) > 6 else ''}")
 
 
-def checkpoint_to_resume(ckpt_path: str | None, resume: str | None, trainer: L.Trainer) -> str | None:
+def checkpoint_to_resume(ckpt_path: str | None, resume: str | None, root_dir: str | Path,
+                         checkpoint_dir: str | Path | None = None) -> str | None:
     """What ``trainer.fit`` resumes from: ``ckpt_path`` when given; else, with ``resume="auto"``, the newest
     checkpoint already in this run's folder (``checkpoints/*.ckpt``: ``interrupted.ckpt`` of a requeued SLURM
     job among them; or an ``hpc_ckpt_N.ckpt`` of Lightning's own requeue, when turned on), so that a job
     requeued into the same folder continues rather than starting over; None (start afresh) when there is
-    none or ``resume`` is null. Every DDP rank decides alike: nothing is written before they all start."""
+    none or ``resume`` is null. Every DDP rank decides alike: nothing is written before they all start.
+    ``root_dir``: the trainer's ``default_root_dir``; ``checkpoint_dir``: the checkpoint callback's folder
+    (default ``<root_dir>/checkpoints``)."""
     if ckpt_path is not None:
         return str(ckpt_path)
     if resume is None or resume is False:  # YAML null or false
         return None
     if resume != "auto":
         raise ConfigError(f"resume must be 'auto' or null, got {resume!r}")
-    root = Path(trainer.default_root_dir)
-    callback = trainer.checkpoint_callback
-    folders = {root, Path(getattr(callback, "dirpath", None) or root / "checkpoints")}
+    root = Path(root_dir)
+    folders = {root, Path(checkpoint_dir or root / "checkpoints")}
     found = [path for folder in folders for path in folder.glob("*.ckpt") if path.is_file()]
     if not found:
         return None
@@ -196,18 +142,27 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     datamodule = instantiate(cfg.data, codec=codec)
     model = instantiate(cfg.model, codec=codec)
     model.run_config = resolved_config(cfg)  # saved in every checkpoint
-    loggers = instantiate_loggers(cfg.get("logger"))
+    logging_to = [c for c in (cfg.get("logger") or {}).values() if c is not None]
+    callbacks = instantiate_callbacks(cfg.get("callbacks"), has_logger=bool(logging_to))
+    # before the loggers: a resumed W&B run goes on (its id is in the checkpoint)
+    checkpointing = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+    ckpt_path = checkpoint_to_resume(cfg.get("ckpt_path"), cfg.get("resume"),
+                                     cfg.trainer.get("default_root_dir") or os.getcwd(),  # Lightning's default
+                                     getattr(checkpointing, "dirpath", None))
+    loggers = instantiate_loggers(cfg.get("logger"), resumed_run=recorded_wandb_run(ckpt_path))
     try:
-        return _fit(cfg, codec, datamodule, model, loggers)
+        return _fit(cfg, codec, datamodule, model, loggers, callbacks, ckpt_path)
     except BaseException:
         finish_wandb(loggers, exit_code=1)
         raise
 
 
 def _fit(cfg: DictConfig, codec: Any, datamodule: L.LightningDataModule, model: L.LightningModule,
-         loggers: list[Logger]) -> tuple[dict[str, float], dict[str, Any]]:
+         loggers: list[Logger], callbacks: list[Callback], ckpt_path: str | None,
+         ) -> tuple[dict[str, float], dict[str, Any]]:
     """:func:`train` from its loggers on (a W&B run may have started: whatever fails here, it is finished)."""
-    callbacks = instantiate_callbacks(cfg.get("callbacks"), has_logger=bool(loggers))
+    if any(isinstance(logger, WandbLogger) for logger in loggers):
+        callbacks = [*callbacks, RecordWandbRun()]
     plugins = with_slurm_environment(with_atomic_checkpoints(instantiate(cfg.trainer.get("plugins"))))
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=plugins)
     if trainer.fast_dev_run:  # Lightning says checkpointing is suppressed, but its on_train_end still writes
@@ -217,8 +172,6 @@ def _fit(cfg: DictConfig, codec: Any, datamodule: L.LightningDataModule, model: 
     check_no_relaunch_in_a_local_multirun(trainer)
     for logger in loggers:
         logger.log_hyperparams(model.run_config)
-
-    ckpt_path = checkpoint_to_resume(cfg.get("ckpt_path"), cfg.get("resume"), trainer)
     if cfg.get("init_from") and ckpt_path is not None:  # resume=auto found this run's own (a requeued job)
         say(f"init_from={cfg.init_from} not loaded: this run resumes its own checkpoint {ckpt_path} (resume=auto; "
             f"a new run from init_from needs a new run folder or resume=null)")
@@ -239,16 +192,6 @@ def _fit(cfg: DictConfig, codec: Any, datamodule: L.LightningDataModule, model: 
     objects = {"cfg": cfg, "codec": codec, "datamodule": datamodule, "model": model, "trainer": trainer,
                "loggers": loggers, "callbacks": callbacks, "best_checkpoint": best}
     return metrics, objects
-
-
-def finish_wandb(loggers: list[Logger], exit_code: int) -> None:
-    """End this process's W&B run: WandbLogger leaves it open, and the next job of a multirun (the same
-    process) would log into it (one W&B run holding every job, its config the last job's)."""
-    if any(isinstance(logger, WandbLogger) for logger in loggers):
-        import wandb
-
-        if wandb.run is not None:
-            wandb.finish(exit_code=exit_code)
 
 
 def best_checkpoint(callback: Any) -> dict[str, Any] | None:

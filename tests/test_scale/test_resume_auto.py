@@ -4,15 +4,9 @@ checkpoint there instead of starting over."""
 from __future__ import annotations
 
 import os
-from types import SimpleNamespace
-
 import pytest
 
 from strongpose.train import checkpoint_to_resume, train
-
-
-def _trainer(root, dirpath=None) -> SimpleNamespace:
-    return SimpleNamespace(default_root_dir=str(root), checkpoint_callback=SimpleNamespace(dirpath=dirpath))
 
 
 def _touch(path, mtime: float):
@@ -23,28 +17,27 @@ def _touch(path, mtime: float):
 
 
 def test_picks_the_newest_checkpoint_of_the_run_folder(tmp_path):
-    trainer = _trainer(tmp_path, dirpath=str(tmp_path / "checkpoints"))
-    assert checkpoint_to_resume(None, "auto", trainer) is None  # a new run
+    folders = (tmp_path, tmp_path / "checkpoints")  # the run folder, the checkpoint callback's
+    assert checkpoint_to_resume(None, "auto", *folders) is None  # a new run
     last = _touch(tmp_path / "checkpoints" / "last.ckpt", 1000)
     _touch(tmp_path / "checkpoints" / "epoch001-step000010.ckpt", 1000)  # same moment: last.ckpt wins
-    assert checkpoint_to_resume(None, "auto", trainer) == str(last)
+    assert checkpoint_to_resume(None, "auto", *folders) == str(last)
     # Lightning's own SLURM requeue (when a user turns it on) saves hpc_ckpt_N.ckpt in the run folder
     hpc = _touch(tmp_path / "hpc_ckpt_1.ckpt", 2000)
-    assert checkpoint_to_resume(None, "auto", trainer) == str(hpc)
+    assert checkpoint_to_resume(None, "auto", *folders) == str(hpc)
     _touch(tmp_path / "checkpoints" / "last.ckpt", 3000)  # the requeued job went on and saved again
-    assert checkpoint_to_resume(None, "auto", trainer) == str(last)
-    # the checkpoint folder when the callback has not resolved its own yet
-    assert checkpoint_to_resume(None, "auto", _trainer(tmp_path)) == str(last)
+    assert checkpoint_to_resume(None, "auto", *folders) == str(last)
+    # the checkpoint folder when the callback has none of its own
+    assert checkpoint_to_resume(None, "auto", tmp_path) == str(last)
 
 
 def test_an_explicit_ckpt_path_wins_and_null_starts_afresh(tmp_path):
     _touch(tmp_path / "checkpoints" / "last.ckpt", 1000)
-    trainer = _trainer(tmp_path)
-    assert checkpoint_to_resume("other.ckpt", "auto", trainer) == "other.ckpt"
-    assert checkpoint_to_resume(None, None, trainer) is None
-    assert checkpoint_to_resume(None, False, trainer) is None
+    assert checkpoint_to_resume("other.ckpt", "auto", tmp_path) == "other.ckpt"
+    assert checkpoint_to_resume(None, None, tmp_path) is None
+    assert checkpoint_to_resume(None, False, tmp_path) is None
     with pytest.raises(ValueError, match="resume must be 'auto' or null"):
-        checkpoint_to_resume(None, "yes", trainer)
+        checkpoint_to_resume(None, "yes", tmp_path)
 
 
 def test_training_again_in_the_same_folder_continues(train_config, tmp_path):

@@ -12,7 +12,8 @@ import pytest
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 
-from strongpose.train import best_checkpoint, sweep_run_names, train, write_run_summary
+from strongpose.tracking import sweep_run_names
+from strongpose.train import best_checkpoint, train, write_run_summary
 
 TINY_RUN = ["trainer=cpu", "data.input_size=64", "data.batch_size=2", "data.max_train_images=2",
             "data.max_val_images=2", "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1",
