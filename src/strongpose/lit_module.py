@@ -190,15 +190,16 @@ class StrongPoseModule(L.LightningModule):
         return self.net(images)
 
     def losses(self, outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
-               global_batch: bool = False) -> dict[str, torch.Tensor]:
+               global_batch: bool = False, counts: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Loss terms. ``global_batch`` (training): normalise by the counts of all processes' batches, so that
-        DDP's gradient average is the global batch's gradient (see :func:`strongpose_losses`)."""
+        DDP's gradient average is the global batch's gradient; ``counts``: those of the micro-batch's
+        accumulation window, so that the accumulated gradient is the window's (see :func:`strongpose_losses`)."""
         trainer = self._trainer
         mean = None
         if global_batch and trainer is not None and trainer.world_size > 1:
             mean = functools.partial(mean_over_ranks, world_size=trainer.world_size)
         return strongpose_losses(outputs, targets, self.loss_weights, self.codec.disk_radius,
-                                 mean_over_processes=mean, **self.loss_options)
+                                 mean_over_processes=mean, counts=counts, **self.loss_options)
 
     def decode(self, outputs: dict[str, torch.Tensor]) -> list[Poses]:
         """Raw outputs -> people per image (keypoints in input pixels)."""
@@ -210,7 +211,9 @@ class StrongPoseModule(L.LightningModule):
         outputs = self(batch["image"])
         train = stage == "train"
         # validation keeps per-process counts: its batches need not line up across ranks (no all-reduce)
-        losses = self.losses(outputs, batch["targets"], global_batch=train)
+        # with gradient accumulation, the training loader's window_counts (see ResumableDataLoader)
+        losses = self.losses(outputs, batch["targets"], global_batch=train,
+                             counts=batch.get("window_counts") if train else None)
         # per step in training, per epoch (averaged over ranks) in validation
         options = {"on_step": train, "on_epoch": not train, "sync_dist": not train, "batch_size": len(batch["image"])}
         self.log_dict({f"{stage}/{LOSS}_{name}": value for name, value in losses.items() if name != "total"}, **options)

@@ -5,7 +5,7 @@ import torch
 from torchvision.ops import sigmoid_focal_loss
 
 from strongpose.codec import OFFSET_MAPS
-from strongpose.models.losses import heatmap_loss, offset_loss, strongpose_losses
+from strongpose.models.losses import heatmap_loss, offset_loss, strongpose_losses, term_counts
 
 WEIGHTS = {"skhm": 4.0, "bhm": 2.0, "short": 1.0, "mid": 0.4, "long": 0.1}
 
@@ -150,6 +150,47 @@ def test_two_processes_with_mean_counts_have_the_gradient_of_the_global_batch(co
     # own counts: the offset terms (valid cells depend on the people) go wrong; the heat maps' weight sums
     # (all cells but the crowd region) are equal in both halves here
     assert all(same.values()) if global_counts else not any(same[name] for name in ("short", "mid", "long"))
+
+
+@pytest.mark.parametrize("window_counts", [True, False])
+def test_accumulated_micro_batches_with_window_counts_have_the_gradient_of_the_whole_batch(codec, make_batch,
+                                                                                          window_counts):
+    """Lightning sums the gradients of loss / k over k micro-batches: that is the gradient of one batch of all
+    their images when each micro-batch divides by the window's mean counts (term_counts summed, / k), as
+    ResumableDataLoader supplies them, and not with its own."""
+    chunks = [make_batch(codec, batch_size=2, people=p, seed=p) for p in (1, 4, 2)]
+    targets = {k: torch.cat([c["targets"][k] for c in chunks]) for k in chunks[0]["targets"]}
+    targets = {k: v.double() if v.is_floating_point() else v for k, v in targets.items()}
+    outputs = _outputs_like(targets)
+    one = _chunk_gradients(outputs, targets, codec, None)
+
+    def part(k, t):
+        return {name: v[2 * k: 2 * k + 2] for name, v in t.items()}
+
+    per_chunk = [term_counts(part(k, targets)) for k in range(3)]
+    assert per_chunk[0]["short"] != per_chunk[1]["short"]
+    shares = {name: torch.tensor(sum(c[name] for c in per_chunk) / 3) for name in per_chunk[0]}
+    grads = []
+    for k in range(3):
+        leaves = {n: v.detach().double().requires_grad_() for n, v in part(k, outputs).items()}
+        loss = strongpose_losses(leaves, part(k, targets), WEIGHTS, codec.disk_radius,
+                                 counts=shares if window_counts else None)["total"]
+        (loss / 3).backward()  # what Lightning backpropagates
+        grads.append({n: v.grad for n, v in leaves.items()})
+    accumulated = {name: torch.cat([g[name] for g in grads]) for name in one}
+    same = {name: torch.allclose(accumulated[name], one[name], rtol=1e-6, atol=1e-12) for name in one}
+    assert all(same.values()) if window_counts else not any(same[name] for name in ("short", "mid", "long"))
+
+
+def test_term_counts_are_what_the_loss_terms_divide_by(batch, codec):
+    targets = batch["targets"]
+    outputs = _outputs_like(targets)
+    counts = term_counts(targets)
+    assert set(counts) == {"skhm", "bhm", "short", "mid", "long"} and counts["short"] > 0
+    own = strongpose_losses(outputs, targets, WEIGHTS, codec.disk_radius)
+    given = strongpose_losses(outputs, targets, WEIGHTS, codec.disk_radius,
+                              counts={name: torch.tensor(value) for name, value in counts.items()})
+    assert all(torch.allclose(own[name], given[name], rtol=1e-6) for name in own)
 
 
 def test_float16_offset_targets_give_the_float32_loss(codec):

@@ -11,6 +11,8 @@ from torch.utils.data import default_collate, get_worker_info
 from torch.utils._pytree import tree_flatten, tree_unflatten
 from torch.utils.data._utils.collate import collate, default_collate_fn_map
 
+from strongpose.models.losses import term_counts
+
 _ALIGN = 64  # bytes: every view starts where any dtype (and a cache line) may start
 
 
@@ -33,7 +35,9 @@ def _empty_like(batch: Any) -> Any:
 
 class SkipBadCollate:
     """``collate_fn``: collate the good samples (:func:`packed_collate`) and add ``num_skipped`` (int) and ``skipped`` (list of
-    :class:`SkippedSample`, the bad samples that said why; a ``None`` item is counted but not named).
+    :class:`SkippedSample`, the bad samples that said why; a ``None`` item is counted but not named), and with
+    targets ``loss_counts``, what each loss term divides by (:func:`~strongpose.models.losses.term_counts`, floats:
+    counted here in the worker, for :class:`~strongpose.data.resumable.ResumableDataLoader`'s accumulation windows).
 
     When every sample of a batch is bad, returns a batch of size 0 with the usual keys and map shapes
     (from ``make_empty()``, e.g. ``functools.partial(coco.empty_sample, codec, input_size)``; built only
@@ -51,6 +55,8 @@ class SkipBadCollate:
         batch = self.collate(good) if good else _empty_like(default_collate(pad_people([self.make_empty()])))
         batch["num_skipped"] = len(items) - len(good)
         batch["skipped"] = [item for item in items if isinstance(item, SkippedSample)]
+        if "targets" in batch:
+            batch["loss_counts"] = term_counts(batch["targets"])
         return batch
 
 

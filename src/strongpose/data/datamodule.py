@@ -152,8 +152,9 @@ class COCOKeypointDataModule(L.LightningDataModule):
             self.setup("fit")
         sampler = SeededSampler(len(self.train_dataset), seed=self.seed, shuffle=True)
         # resumable mid-epoch: a checkpoint records the position, a resume skips what was trained on
+        accumulate = getattr(self.trainer, "accumulate_grad_batches", 1)  # (no trainer: 1)
         loader = self._loader(self.train_dataset, self.batch_size, sampler, ResumableDataLoader,
-                              position=self._train_position)
+                              position=self._train_position, accumulate_grad_batches=accumulate)
         if self._resume_at:
             loader.load_state_dict(self._resume_at)
             self._resume_at = {}

@@ -11,9 +11,11 @@ need: the data order and each sample's augmentation depend on (seed, epoch, inde
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import torch
 from torch.utils.data import DataLoader
 
 from strongpose.config_check import ConfigError
@@ -31,12 +33,26 @@ class ResumableDataLoader(DataLoader):
             It comes from the trainer's loop progress, not from this loader: Lightning prefetches a batch
             when a loader has no length, and it replays a batch that was fetched but not trained on (a
             checkpoint written from an exception mid-step), so only the loop knows what was consumed.
+        accumulate_grad_batches: the trainer's. Above 1, every batch of an accumulation window (the batches
+            Lightning sums the gradients of before an optimiser step) gets ``window_counts``: the window's
+            ``loss_counts`` (see :class:`~strongpose.data.collate.SkipBadCollate`) summed and divided by this
+            number, what each micro-batch's loss terms then divide by (``strongpose_losses``' ``counts``), so that
+            the step's gradient is that of one batch of the window's images. The iterator reads a window ahead.
     """
 
     def __init__(self, *args: Any, position: Callable[[], tuple[int, int] | None] | None = None,
-                 **kwargs: Any) -> None:
+                 accumulate_grad_batches: int = 1, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.position = position
+        self.accumulate_grad_batches = int(accumulate_grad_batches)
+        self._first_batch = 0  # of the epoch the next iteration starts at (a mid-epoch resume)
+
+    def __iter__(self) -> Iterator[Any]:
+        batches = super().__iter__()
+        first, self._first_batch = self._first_batch, 0
+        if self.accumulate_grad_batches <= 1:
+            return batches
+        return with_window_counts(batches, self.accumulate_grad_batches, first, self.pin_memory)
 
     def state_dict(self) -> dict[str, int]:
         return position_state(self.position() if self.position is not None else None, self.batch_size,
@@ -56,6 +72,32 @@ class ResumableDataLoader(DataLoader):
         # every consumed batch was full (only an epoch's last one can be short); under DDP each rank skips
         # as many keys of its own shard, since all ranks step together
         resume(state["epoch"], state["batches"] * self.batch_size)
+        self._first_batch = int(state["batches"])
+
+
+def with_window_counts(batches: Iterator[Any], accumulate: int, first: int = 0,
+                       pin_memory: bool = False) -> Iterator[Any]:
+    """``batches`` with ``window_counts`` added to each (see :class:`ResumableDataLoader`), read a window ahead.
+
+    Windows are the epoch's batches ``[m * accumulate, (m + 1) * accumulate)``, where Lightning steps the
+    optimiser (and at the epoch's last batch); ``first``: the epoch's batch the iteration starts at, so that a
+    resumed epoch's first window ends where the run's did. A window of batches without ``loss_counts``
+    (``data.encode_on=device``: the targets do not exist yet) gets nothing: each micro-batch then divides by
+    its own counts. (The last window of an epoch cut short by ``trainer.limit_train_batches`` counts the
+    batches after the cut too.)"""
+    size = accumulate - first % accumulate
+    while window := list(itertools.islice(batches, size)):
+        size = accumulate
+        if all(isinstance(batch, dict) and "loss_counts" in batch for batch in window):
+            names = list(window[0]["loss_counts"])
+            # one small tensor for the window, pinned as the loader pins its batches (then copied to the GPU
+            # with them, without a wait); float64 sums: counts run to millions of cells
+            shares = torch.tensor([sum(batch["loss_counts"][name] for batch in window) / accumulate
+                                   for name in names], dtype=torch.float64).float()
+            shares = shares.pin_memory() if pin_memory and torch.cuda.is_available() else shares
+            for batch in window:
+                batch["window_counts"] = dict(zip(names, shares.unbind()))
+        yield from window
 
 
 def position_state(position: tuple[int, int] | None, batch_size: int, world_size: int) -> dict[str, int]:

@@ -31,11 +31,16 @@ def _heatmap_sum(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
         loss = loss * miss ** focal_gamma
         if focal_alpha is not None:
             loss = loss * (focal_alpha * target + (1 - focal_alpha) * (1 - target))
-    # a positive target always counts: a labelled keypoint's disk (in its own channel only) or a labelled
-    # person's body inside a crowd region or beside an unlabelled person; the negatives there are unknown
-    weight = torch.where(target > 0, 1.0, weight.float())  # (B, C, h, w), broadcast
+    weight = _cell_weights(target, weight)
     # where(), not a product, so that nothing at all (not even a NaN) passes from ignored cells
     return torch.where(weight > 0, loss * weight, 0.0).sum(), weight.sum()
+
+
+def _cell_weights(target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) weight of each heat-map cell in the loss: the codec's weight map, except that a positive
+    target always counts: a labelled keypoint's disk (in its own channel only) or a labelled person's body inside
+    a crowd region or beside an unlabelled person (the negatives there are unknown)."""
+    return torch.where(target > 0, 1.0, weight.float())  # broadcast over the channels
 
 
 def heatmap_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, kind: str = "bce",
@@ -74,11 +79,20 @@ def offset_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, d
     return total / (disk_radius * count.clamp(min=1))
 
 
+def term_counts(targets: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """What each loss term the targets have divides its sum by (before the offsets' disk radius): the heat
+    maps' cell weights, the offsets' valid (map, cell) pairs. Computed in the data workers for gradient
+    accumulation (see :func:`strongpose_losses`' ``counts``)."""
+    return {name: float(_cell_weights(value, targets["weight"]).sum() if name in HEATMAP_HEADS
+                        else targets[f"{name}_valid"].sum())
+            for name, value in targets.items() if name in HEATMAP_HEADS or f"{name}_valid" in targets}
+
+
 def strongpose_losses(outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor],
                       weights: Mapping[str, float], disk_radius: float, heatmap: str = "bce",
                       focal_gamma: float = 2.0, focal_alpha: float | None = None,
                       mean_over_processes: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                      ) -> dict[str, torch.Tensor]:
+                      counts: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Every term the network's outputs have, plus ``total`` = sum of ``weights[name] * term``.
 
     ``outputs`` are the network's raw outputs (heat-map logits, offsets in input pixels); terms are
@@ -89,6 +103,10 @@ def strongpose_losses(outputs: Mapping[str, torch.Tensor], targets: Mapping[str,
     this process's own count, so that the average of the processes' gradients, which DDP takes, is the
     gradient of the global batch's loss: P processes x batch b train as one process x batch P*b. With
     per-process counts, a process whose images hold few people would weigh its cells more.
+
+    ``counts`` (gradient accumulation over k micro-batches): per term, the window's :func:`term_counts` summed
+    and divided by k, used instead of this micro-batch's own. Lightning divides each micro-batch's loss by k, so
+    the accumulated gradient is then the gradient of the window's loss, as for one batch of all its images.
     """
     sums: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for name, pred in outputs.items():
@@ -100,7 +118,11 @@ def strongpose_losses(outputs: Mapping[str, torch.Tensor], targets: Mapping[str,
     missing = set(sums) - set(weights)
     if missing:
         raise KeyError(f"no loss weight for {sorted(missing)} (weights: {dict(weights)})")
-    counts = torch.stack([count for _, count in sums.values()]).detach()
+    if counts is None:
+        counts = torch.stack([count for _, count in sums.values()]).detach()
+    else:  # in the units of sums' own counts: offsets in disk radii
+        counts = torch.stack([counts[name] * (1.0 if name in HEATMAP_HEADS else disk_radius) for name in sums])
+        counts = counts.to(next(iter(sums.values()))[0].device, torch.float32)
     if mean_over_processes is not None:  # one all-reduce for all terms
         counts = mean_over_processes(counts)
     # clamp: a term with nothing to learn (no valid cell) is 0, not 0 / 0
