@@ -134,7 +134,7 @@ class COCOKeypointDataModule(L.LightningDataModule):
                 max_images=self.max_val_images, encode_on=self.encode_on)
 
     def _loader(self, dataset: COCOKeypointDataset, batch_size: int, sampler: SeededSampler | None,
-                loader_class: type[DataLoader] = DataLoader, **extra: Any) -> DataLoader:
+                loader_class: type[DataLoader] = DataLoader, count_loss_terms: bool = False, **extra: Any) -> DataLoader:
         if self.num_workers > 0:
             # OpenCV's thread pool is not fork-safe (a test run here once hung with both workers in a
             # futex); with one thread OpenCV runs loops inline instead of through the pool, and the
@@ -143,7 +143,8 @@ class COCOKeypointDataModule(L.LightningDataModule):
         return loader_class(
             dataset, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
             pin_memory=self.pin_memory, persistent_workers=self.persistent_workers,
-            collate_fn=SkipBadCollate(functools.partial(empty_sample, self.codec, self.input_size, self.encode_on)),
+            collate_fn=SkipBadCollate(functools.partial(empty_sample, self.codec, self.input_size, self.encode_on),
+                                      count_loss_terms=count_loss_terms),
             # the loader draws each epoch's worker base seed from this generator (see init_worker)
             worker_init_fn=init_worker, generator=torch.Generator().manual_seed(self.seed), **extra)
 
@@ -153,7 +154,7 @@ class COCOKeypointDataModule(L.LightningDataModule):
         sampler = SeededSampler(len(self.train_dataset), seed=self.seed, shuffle=True)
         # resumable mid-epoch: a checkpoint records the position, a resume skips what was trained on
         accumulate = getattr(self.trainer, "accumulate_grad_batches", 1)  # (no trainer: 1)
-        loader = self._loader(self.train_dataset, self.batch_size, sampler, ResumableDataLoader,
+        loader = self._loader(self.train_dataset, self.batch_size, sampler, ResumableDataLoader, accumulate > 1,
                               position=self._train_position, accumulate_grad_batches=accumulate)
         if self._resume_at:
             loader.load_state_dict(self._resume_at)
