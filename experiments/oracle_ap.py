@@ -10,6 +10,7 @@ evaluates the decoded people with pycocotools' COCOeval (keypoints). The last pr
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 import time
@@ -19,6 +20,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+import yaml  # noqa: E402
 from pycocotools.coco import COCO  # noqa: E402
 
 from strongpose.codec import StrongPoseCodec  # noqa: E402
@@ -122,6 +124,15 @@ def _unknown(name: str) -> argparse.ArgumentTypeError:
                                      f"nor a YAML file")
 
 
+def decode_arg(text: str) -> tuple[str, object]:
+    """``NAME=VALUE`` -> (``decode_NAME``, VALUE as YAML reads it), NAME a decoding setting of the codec."""
+    name, sep, value = text.partition("=")
+    settings = sorted(k[len("decode_"):] for k in inspect.signature(StrongPoseCodec).parameters if k.startswith("decode_"))
+    if not sep or name not in settings:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE with NAME one of {', '.join(settings)}, got {text!r}")
+    return f"decode_{name}", yaml.safe_load(value)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ann", required=True, help="COCO person keypoint annotation JSON")
@@ -137,13 +148,16 @@ def main(argv: list[str] | None = None) -> None:
     # one thread by default: the codec's encode runs in single-threaded data workers, and timings with
     # several threads swing wildly when anything else shares the CPU
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--decode", action="append", default=[], type=decode_arg, metavar="NAME=VALUE",
+                   help="a decoding setting of the codec without its decode_ prefix, e.g. --decode snap_radius=8 "
+                        "(repeat for more)")
     args = p.parse_args(argv)
     if not os.path.isfile(args.ann):
         sys.exit(f"oracle_ap: annotation file not found: {args.ann}")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     stats = run(args.ann, args.stride, args.disk_radius, not args.no_long_range, args.device, args.max_images,
-                batch=args.batch, skeleton=args.skeleton)
+                batch=args.batch, skeleton=args.skeleton, **dict(args.decode))
     print(" ".join(f"{k}={stats[k]:.3f}" for k in STAT_NAMES)
           + f" encode_ms={stats['encode_ms']:.2f} decode_ms={stats['decode_ms']:.2f}")
 

@@ -68,8 +68,11 @@ class StrongPoseCodec:
         decode_max_peaks: at most this many detections per keypoint type and image.
         decode_refine: refine each peak by the short-range offset read at it.
         decode_mid_refine: follow the short offset where a mid-range offset lands.
-        decode_snap_radius: a predicted neighbour snaps to a detection at most this far (input px);
-            defaults to ``disk_radius``.
+        decode_snap_radius: a predicted neighbour snaps to a detection at most this far (input px; None:
+            ``disk_radius``, the default of checkpoints trained before 8 px was). Farther, the walk would take
+            another person's keypoint of that type when the right one is taken or merged into its Hough peak:
+            8 px gave the oracle 0.979 AP instead of 0.966 at stride 8 (0.957 / 0.926 at 16) and the overfit model
+            0.627 / 0.601 (experiments/RESULTS.md).
         decode_topn: how many nearest detections a link keeps (the nearest unclaimed one wins).
         decode_bhm_weight: person score *= (mean body-map probability under its keypoints) ** weight.
         decode_nms_oks: people overlapping a better one with a higher OKS are dropped (1 = off).
@@ -90,7 +93,7 @@ class StrongPoseCodec:
         decode_max_peaks: int = 32,
         decode_refine: bool = True,
         decode_mid_refine: bool = True,
-        decode_snap_radius: float | None = None,
+        decode_snap_radius: float | None = 8.0,
         decode_topn: int = 3,
         decode_bhm_weight: float = 0.0,
         decode_nms_oks: float = 0.5,
