@@ -37,10 +37,11 @@ from strongpose.tracking import RecordWandbRun, finish_wandb, recorded_wandb_run
 log = logging.getLogger(__name__)
 
 
-def instantiate_loggers(cfg: DictConfig | None, resumed_run: dict[str, str] | None = None) -> list[Logger]:
-    """The configured loggers; ``resumed_run`` goes to :func:`~strongpose.tracking.wandb_logger`."""
-    return [instantiate(c, resumed_run=resumed_run) if c.get("_target_") == WANDB_LOGGER else instantiate(c)
-            for c in (cfg or {}).values() if c is not None]
+def instantiate_loggers(cfg: DictConfig | None, resumed_checkpoint: str | None = None) -> list[Logger]:
+    """The configured loggers; :func:`~strongpose.tracking.wandb_logger` gets the W&B run recorded in
+    ``resumed_checkpoint``, the checkpoint the run resumes (read only then)."""
+    return [instantiate(c, resumed_run=recorded_wandb_run(resumed_checkpoint)) if c.get("_target_") == WANDB_LOGGER
+            else instantiate(c) for c in (cfg or {}).values() if c is not None]
 
 
 WANDB_LOGGER = f"{wandb_logger.__module__}.{wandb_logger.__name__}"  # logger.wandb's _target_
@@ -149,7 +150,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     ckpt_path = checkpoint_to_resume(cfg.get("ckpt_path"), cfg.get("resume"),
                                      cfg.trainer.get("default_root_dir") or os.getcwd(),  # Lightning's default
                                      getattr(checkpointing, "dirpath", None))
-    loggers = instantiate_loggers(cfg.get("logger"), resumed_run=recorded_wandb_run(ckpt_path))
+    loggers = instantiate_loggers(cfg.get("logger"), resumed_checkpoint=ckpt_path)
     try:
         return _fit(cfg, codec, datamodule, model, loggers, callbacks, ckpt_path)
     except BaseException:
