@@ -346,9 +346,10 @@ def _as_inside_the_epoch(checkpoint: dict) -> None:
     """Save the epoch that ``max_steps`` stopped as unfinished (see :func:`stopped_inside_an_epoch`): what an
     interrupt's checkpoint records, which Lightning resumes at the epoch's next batch."""
     progress = checkpoint["loops"]["fit_loop"]["epoch_progress"]
-    for counts in (progress["total"], progress["current"]):
-        counts["processed"] = counts["completed"] = counts["started"] - 1
-    checkpoint["epoch"] = progress["current"]["started"] - 1
+    for counts in (progress["total"], progress["current"]):  # (e + 1, e + 1, e, e) for epoch e in progress
+        counts["ready"] = counts["started"] = counts["completed"]
+        counts["processed"] = counts["completed"] = counts["completed"] - 1
+    checkpoint["epoch"] = progress["current"]["completed"]
 
 
 def check_same_global_batch(saved: dict[str, int] | None, now: dict[str, int]) -> None:

@@ -29,3 +29,20 @@ class SignalOnRank(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_rank == self.rank and trainer.global_step == self.step:
             os.kill(os.getpid(), self.signum)
+
+
+class FailAfterStep(L.Callback):
+    """Raises (a process that dies: nothing more is saved) after optimiser step ``step``: at the start of the next
+    batch, or with ``at_epoch_end`` in the epoch's end, after the batch's checkpoints and before the epoch's
+    (Lightning runs checkpoint callbacks last)."""
+
+    def __init__(self, step: int, at_epoch_end: bool = False) -> None:
+        self.step, self.at_epoch_end = int(step), bool(at_epoch_end)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if not self.at_epoch_end and trainer.global_step == self.step:
+            raise RuntimeError(f"died after step {self.step}")
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if self.at_epoch_end and trainer.global_step == self.step:
+            raise RuntimeError(f"died after step {self.step}")

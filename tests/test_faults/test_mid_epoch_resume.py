@@ -117,6 +117,39 @@ def test_a_run_that_dies_resumes_from_its_periodic_last_checkpoint_as_the_uninte
     assert all(torch.equal(a[k], b[k]) for k in a), "weights differ"  # bit for bit
 
 
+@pytest.mark.slow
+def test_a_run_that_died_between_an_epochs_last_batch_and_its_end_twice_trains_each_batch_once(
+        train_config, tmp_path, monkeypatch):
+    """Resumed from a last.ckpt written after an epoch's last batch but before its end, Lightning counts the next
+    epochs one short (completed == started); a checkpoint inside one of them was taken for one that max_steps
+    stopped, and the next resume replayed a finished epoch's batches (10 steps of 8 in a review)."""
+    run = [*RUN, "trainer.max_epochs=3", "callbacks.model_checkpoint.last_every_n_train_steps=1"]
+    real_step = StrongPoseModule.training_step
+    seen = []
+
+    def step(self, batch, batch_idx):
+        seen.append(batch["meta"]["image_id"].tolist())
+        return real_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(StrongPoseModule, "training_step", step)
+    train(train_config(run, output_dir=tmp_path / "reference"))
+    reference, trained = seen[:], []
+    die = "+callbacks.die._target_=fault_injection.FailAfterStep"
+    for fault in (["+callbacks.die.step=2", "+callbacks.die.at_epoch_end=true"], ["+callbacks.die.step=3"], []):
+        seen.clear()
+        if fault:
+            with pytest.raises(RuntimeError, match="died after step"):
+                train(train_config([*run, die, *fault], output_dir=tmp_path / "run"))  # resume=auto from the 2nd
+        else:
+            train(train_config(run, output_dir=tmp_path / "run"))
+        trained += seen
+    assert trained == reference  # each batch once: none replayed, none missed
+    step_a, a = weights(tmp_path / "reference" / "checkpoints" / "last.ckpt")
+    step_b, b = weights(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert step_a == step_b == 6
+    assert all(torch.equal(a[k], b[k]) for k in a), "weights differ"
+
+
 @pytest.mark.parametrize("world", [1, 2, 3])
 def test_each_rank_skips_its_own_consumed_keys(world):
     size, epoch, batch, done = 11, 3, 2, 1

@@ -195,7 +195,7 @@ class COCOKeypointDataModule(L.LightningDataModule):
         epoch, done = trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
         started = trainer.fit_loop.epoch_progress.current.started
         if stopped_inside_an_epoch(trainer):  # max_steps mid-epoch: where it stopped (the loops are saved so too)
-            return started - 1, done
+            return trainer.fit_loop.epoch_progress.current.completed - 1, done
         if done >= trainer.num_training_batches:  # the epoch is over (also with limit_train_batches)
             # the next one's index: the epochs started so far (at the epoch's end, and when training has ended,
             # when current_epoch is already the next one)

@@ -111,14 +111,22 @@ def position_state(position: tuple[int, int] | None, batch_size: int, world_size
 
 
 def stopped_inside_an_epoch(trainer: Any) -> bool:
-    """``max_steps`` (or ``max_time``) ended training inside an epoch: Lightning's fit loop has counted that epoch
-    as completed although batches of it were left. A checkpoint written then is saved as one from inside the
-    epoch (:meth:`StrongPoseModule.on_save_checkpoint` and the data position), so that a longer resumed run
-    goes on with that epoch's remaining batches, as after an interrupt, rather than with the next epoch
-    one batch in (Lightning keeps the batch count)."""
+    """``max_steps`` (or ``max_time``, or an early stop) ended training inside an epoch: Lightning's fit loop has
+    counted that epoch as completed although batches of it were left. A checkpoint written then is saved as one
+    from inside the epoch (:meth:`StrongPoseModule.on_save_checkpoint` and the data position), so that a longer
+    resumed run goes on with that epoch's remaining batches, as after an interrupt, rather than with the next
+    epoch one batch in (Lightning keeps the batch count). The stopped epoch is ``completed - 1``.
+
+    Only when training stops: Lightning 2.6, resumed from a checkpoint written after an epoch's last batch
+    (``last_every_n_train_steps``) but before its end, counts that epoch completed without counting the next one
+    started, so that every later epoch runs with ``completed == started`` too; a checkpoint inside one of
+    those epochs is what it seems (``current_epoch`` is right) and was taken for a stopped one, which replayed
+    a finished epoch's batches after the next resume."""
     epochs = trainer.fit_loop.epoch_progress.current
     done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-    return epochs.started > 0 and epochs.completed >= epochs.started and 0 < done < trainer.num_training_batches
+    stopping = trainer.should_stop or 0 <= trainer.max_steps <= trainer.global_step
+    return (stopping and epochs.started > 0 and epochs.completed >= epochs.started
+            and 0 < done < trainer.num_training_batches)
 
 
 def check_same_split(state: dict[str, int], batch_size: int, world_size: int) -> None:
