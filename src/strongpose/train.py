@@ -19,7 +19,7 @@ import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from lightning.fabric.plugins.io import CheckpointIO
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import Logger, WandbLogger
@@ -40,11 +40,16 @@ log = logging.getLogger(__name__)
 def instantiate_loggers(cfg: DictConfig | None, resumed_checkpoint: str | None = None) -> list[Logger]:
     """The configured loggers; :func:`~strongpose.tracking.wandb_logger` gets the W&B run recorded in
     ``resumed_checkpoint``, the checkpoint the run resumes (read only then)."""
-    return [instantiate(c, resumed_run=recorded_wandb_run(resumed_checkpoint)) if c.get("_target_") == WANDB_LOGGER
+    return [instantiate(c, resumed_run=recorded_wandb_run(resumed_checkpoint)) if _makes(c, wandb_logger)
             else instantiate(c) for c in (cfg or {}).values() if c is not None]
 
 
-WANDB_LOGGER = f"{wandb_logger.__module__}.{wandb_logger.__name__}"  # logger.wandb's _target_
+def _makes(cfg: DictConfig, factory: Any) -> bool:
+    """Whether ``cfg``'s ``_target_`` names ``factory`` (under any of its import paths)."""
+    try:
+        return get_object(cfg.get("_target_")) is factory
+    except Exception:  # noqa: BLE001 - not importable: instantiate says why
+        return False
 
 
 def instantiate_callbacks(cfg: DictConfig | None, has_logger: bool) -> list[Callback]:
@@ -145,12 +150,15 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     model.run_config = resolved_config(cfg)  # saved in every checkpoint
     logging_to = [c for c in (cfg.get("logger") or {}).values() if c is not None]
     callbacks = instantiate_callbacks(cfg.get("callbacks"), has_logger=bool(logging_to))
-    # before the loggers: a resumed W&B run goes on (its id is in the checkpoint)
+    # before the loggers: a run resumed in its own folder goes on logging to its W&B run (its id is in the
+    # checkpoint); one started from another run's checkpoint (a sweep's jobs from one ckpt_path) is a run of its own
     checkpointing = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
-    ckpt_path = checkpoint_to_resume(cfg.get("ckpt_path"), cfg.get("resume"),
-                                     cfg.trainer.get("default_root_dir") or os.getcwd(),  # Lightning's default
-                                     getattr(checkpointing, "dirpath", None))
-    loggers = instantiate_loggers(cfg.get("logger"), resumed_checkpoint=ckpt_path)
+    folders = (cfg.trainer.get("default_root_dir") or os.getcwd(),  # (Lightning's default)
+               getattr(checkpointing, "dirpath", None))
+    ckpt_path = checkpoint_to_resume(cfg.get("ckpt_path"), cfg.get("resume"), *folders)
+    own = ckpt_path is not None and any(folder and Path(folder).resolve() in Path(ckpt_path).resolve().parents
+                                        for folder in folders)
+    loggers = instantiate_loggers(cfg.get("logger"), resumed_checkpoint=ckpt_path if own else None)
     try:
         return _fit(cfg, codec, datamodule, model, loggers, callbacks, ckpt_path)
     except BaseException:

@@ -25,6 +25,13 @@ def test_save_then_load_round_trips_and_leaves_no_temporary_file(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
 
 
+def test_the_next_write_removes_what_a_killed_write_left(tmp_path):
+    (tmp_path / ".last.ckpt.0123abcd.tmp").write_bytes(b"x" * 1000)  # a job killed while writing last.ckpt
+    (tmp_path / ".best.ckpt.0123abcd.tmp").write_bytes(b"x")  # another target's: left to that target's next write
+    AtomicCheckpointIO().save_checkpoint(_checkpoint(1.0), tmp_path / "last.ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".best.ckpt.0123abcd.tmp", "last.ckpt"]
+
+
 def test_the_temporary_file_is_renamed_within_the_target_folder(tmp_path, monkeypatch):
     # a rename within one folder is atomic; Lightning's own temporary file lives in the system temp folder,
     # and a move from another filesystem is a copy into the target

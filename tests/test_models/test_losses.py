@@ -5,7 +5,7 @@ import torch
 from torchvision.ops import sigmoid_focal_loss
 
 from strongpose.codec import OFFSET_MAPS
-from strongpose.models.losses import heatmap_loss, offset_loss, strongpose_losses, term_counts
+from strongpose.models.losses import COUNT_SCALE, heatmap_loss, offset_loss, strongpose_losses, term_counts
 
 WEIGHTS = {"skhm": 4.0, "bhm": 2.0, "short": 1.0, "mid": 0.4, "long": 0.1}
 
@@ -169,7 +169,7 @@ def test_accumulated_micro_batches_with_window_counts_have_the_gradient_of_the_w
 
     per_chunk = [term_counts(part(k, targets)) for k in range(3)]
     assert per_chunk[0]["short"] != per_chunk[1]["short"]
-    shares = {name: torch.tensor(sum(c[name] for c in per_chunk) / 3) for name in per_chunk[0]}
+    shares = {name: torch.tensor(round(sum(c[name] for c in per_chunk) / 3 * COUNT_SCALE)) for name in per_chunk[0]}
     grads = []
     for k in range(3):
         leaves = {n: v.detach().double().requires_grad_() for n, v in part(k, outputs).items()}
@@ -189,7 +189,7 @@ def test_term_counts_are_what_the_loss_terms_divide_by(batch, codec):
     assert set(counts) == {"skhm", "bhm", "short", "mid", "long"} and counts["short"] > 0
     own = strongpose_losses(outputs, targets, WEIGHTS, codec.disk_radius)
     given = strongpose_losses(outputs, targets, WEIGHTS, codec.disk_radius,
-                              counts={name: torch.tensor(value) for name, value in counts.items()})
+                              counts={name: torch.tensor(round(value * COUNT_SCALE)) for name, value in counts.items()})
     assert all(torch.allclose(own[name], given[name], rtol=1e-6) for name in own)
 
 

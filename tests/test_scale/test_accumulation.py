@@ -9,13 +9,17 @@ optimiser: as in test_ddp_cpu.py, whose module docstring says why.
 
 from __future__ import annotations
 
+import gc
 import math
+import weakref
 
 import torch
 from torch.utils.data import Dataset
 
 from strongpose.data.resumable import ResumableDataLoader, with_window_counts
+from strongpose.models.losses import COUNT_SCALE
 from strongpose.data.sampling import SeededSampler
+from strongpose.lit_module import StrongPoseModule
 from strongpose.train import train
 
 BASE_LR = 0.1
@@ -31,18 +35,40 @@ def _batches(counts: list[float]) -> list[dict]:
     return [{"loss_counts": {"short": value, "skhm": 10 * value}} for value in counts]
 
 
-def _shares(batches: list[dict]) -> list[float]:
-    return [float(batch["window_counts"]["short"]) for batch in batches]
+def _shares(batches) -> list[float]:
+    return [int(batch["window_counts"]["short"]) / COUNT_SCALE for batch in batches]
 
 
 def test_each_batch_gets_its_windows_mean_counts():
     batches = list(with_window_counts(iter(_batches([1, 2, 3, 4, 5])), accumulate=2))
     assert _shares(batches) == [1.5, 1.5, 3.5, 3.5, 2.5]  # the epoch's last window: its sum over k
-    assert float(batches[0]["window_counts"]["skhm"]) == 15.0
+    assert int(batches[0]["window_counts"]["skhm"]) == 15 * COUNT_SCALE
+    # integers (fixed point): Lightning casts a batch's floats to float16 under 16-true (65504 at most)
+    assert batches[0]["window_counts"]["skhm"].dtype == torch.int64
     # a resumed epoch starting at its batch 3: the first window is that batch alone
     assert _shares(with_window_counts(iter(_batches([4, 5, 6])), accumulate=2, first=3)) == [2.0, 5.5, 5.5]
+    # limit_train_batches=3 (or overfit_batches): Lightning steps after the 3rd batch; the 4th is not trained
+    assert _shares(with_window_counts(iter(_batches([1, 2, 3, 4])), accumulate=2, length=3))[:3] == [1.5, 1.5, 1.5]
     # batches without counts (targets encoded on the device) get none
     assert all("window_counts" not in b for b in with_window_counts(iter([{}, {}, {}]), accumulate=2))
+
+
+def test_the_window_holds_no_batch_already_handed_on():
+    alive = []
+
+    class Batch(dict):  # weakly referenced (a plain dict cannot be)
+        pass
+
+    def batches():
+        for value in range(8):
+            batch = Batch(loss_counts={"short": float(value)})
+            alive.append(weakref.ref(batch))
+            yield batch
+
+    for batch in with_window_counts(batches(), accumulate=4):
+        del batch  # the consumer is done with it
+        gc.collect()
+        assert sum(ref() is not None for ref in alive) <= 4  # the window read ahead, not two
 
 
 class _Counted(Dataset):
@@ -83,3 +109,22 @@ def test_two_accumulated_micro_batches_train_as_one_batch_of_their_images(train_
     gap = math.sqrt(sum(float((weights["accumulated"][k] - weights["one"][k]).square().sum()) for k in floats))
     # measured: 1.0e-6 of the change (float32 sums in another order); with each micro-batch's own counts 3.7e-2
     assert change > 0 and gap < 1e-4 * change, (gap, change)
+
+
+def test_an_epoch_cut_short_ends_its_last_window_where_lightning_steps(train_config, tmp_path, monkeypatch):
+    """trainer.limit_train_batches=3 with 2 micro-batches per step: Lightning steps after the 3rd batch alone,
+    whose counts must not include the 4th, never trained."""
+    real_step = StrongPoseModule.training_step
+    seen = []
+
+    def step(self, batch, batch_idx):
+        seen.append((dict(batch["loss_counts"]), {k: int(v) for k, v in batch["window_counts"].items()}))
+        return real_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(StrongPoseModule, "training_step", step)
+    train(train_config([*COMMON, "data.batch_size=1", "data.max_train_images=6", "trainer.accumulate_grad_batches=2",
+                        "trainer.limit_train_batches=3", f"+callbacks.record.out={tmp_path}/record"],
+                       output_dir=tmp_path, tiny=False))
+    assert len(seen) == 3
+    own, window = seen[2]
+    assert window == {name: round(value / 2 * COUNT_SCALE) for name, value in own.items()}

@@ -91,6 +91,16 @@ def test_the_bar_reads_the_loss_at_most_every_metrics_every_s(monkeypatch):
     assert bar.get_metrics(trainer, None)["train/loss"] == 3.0
 
 
+def test_into_a_file_the_bar_is_redrawn_every_file_every_s_and_at_its_end(monkeypatch):
+    clock = iter([0.0, 10.0, 31.0, 40.0])
+    monkeypatch.setattr("strongpose.callbacks.time.perf_counter", lambda: next(clock))
+    monkeypatch.setattr("sys.stdout.isatty", lambda: False)  # a SLURM log
+    bar = ProgressBar(file_every_s=30.0)
+    assert [bar._should_update(n, 5) for n in (1, 2, 3, 4, 5)] == [True, False, True, False, True]  # noqa: SLF001
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True)  # a terminal: every batch
+    assert all(bar._should_update(n, 5) for n in (1, 2, 3))  # noqa: SLF001
+
+
 @pytest.fixture
 def one_process_group(tmp_path):
     """A gloo group of this process alone: an all-reduce returns its input."""

@@ -140,3 +140,7 @@ def test_a_resumed_run_goes_on_logging_to_its_wandb_run(train_config, tmp_path, 
     assert logger.version == drawn and logger.experiment.logged  # it logged there
     _, afresh = train(train_config([*run, "resume=null"], output_dir=tmp_path))  # starts over: a new W&B run
     assert afresh["trainer"].current_epoch == 1 and afresh["loggers"][0].version != drawn
+    # another run folder from this run's checkpoint (e.g. each job of a sweep): a W&B run of its own
+    _, branch = train(train_config([*run, "trainer.max_epochs=2", f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}"],
+                                   output_dir=tmp_path / "branch"))
+    assert branch["trainer"].current_epoch == 2 and branch["loggers"][0].version not in (drawn, afresh["loggers"][0].version)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -155,7 +156,8 @@ class COCOKeypointDataModule(L.LightningDataModule):
         # resumable mid-epoch: a checkpoint records the position, a resume skips what was trained on
         accumulate = getattr(self.trainer, "accumulate_grad_batches", 1)  # (no trainer: 1)
         loader = self._loader(self.train_dataset, self.batch_size, sampler, ResumableDataLoader, accumulate > 1,
-                              position=self._train_position, accumulate_grad_batches=accumulate)
+                              position=self._train_position, accumulate_grad_batches=accumulate,
+                              epoch_length=self._epoch_length)
         if self._resume_at:
             loader.load_state_dict(self._resume_at)
             self._resume_at = {}
@@ -183,6 +185,10 @@ class COCOKeypointDataModule(L.LightningDataModule):
         # but configure_optimizers (trainer.estimated_stepping_batches) builds it, and starts iterating it,
         # before; the data module is restored first, so the loader is built resumed
         self._resume_at = dict(state_dict.get("train_position", {}))
+
+    def _epoch_length(self) -> float:
+        """The batches Lightning trains of an epoch (limit_train_batches, overfit_batches); inf: unknown."""
+        return getattr(self.trainer, "num_training_batches", math.inf)
 
     def _train_position(self) -> tuple[int, int] | None:
         """(epoch of the next training batch, batches of it done) from the trainer's loop progress.

@@ -10,8 +10,10 @@ need: the data order and each sample's augmentation depend on (seed, epoch, inde
 
 from __future__ import annotations
 
-import logging
 import itertools
+import logging
+import math
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from strongpose.config_check import ConfigError
+from strongpose.models.losses import COUNT_SCALE
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +41,17 @@ class ResumableDataLoader(DataLoader):
             ``loss_counts`` (see :class:`~strongpose.data.collate.SkipBadCollate`) summed and divided by this
             number, what each micro-batch's loss terms then divide by (``strongpose_losses``' ``counts``), so that
             the step's gradient is that of one batch of the window's images. The iterator reads a window ahead.
+        epoch_length: returns the batches Lightning trains of each epoch (``trainer.num_training_batches``: fewer
+            than the loader's with ``limit_train_batches`` or ``overfit_batches``), where the last window ends.
     """
 
     def __init__(self, *args: Any, position: Callable[[], tuple[int, int] | None] | None = None,
-                 accumulate_grad_batches: int = 1, **kwargs: Any) -> None:
+                 accumulate_grad_batches: int = 1, epoch_length: Callable[[], float] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.position = position
         self.accumulate_grad_batches = int(accumulate_grad_batches)
+        self.epoch_length = epoch_length
         self._first_batch = 0  # of the epoch the next iteration starts at (a mid-epoch resume)
 
     def __iter__(self) -> Iterator[Any]:
@@ -52,7 +59,8 @@ class ResumableDataLoader(DataLoader):
         first, self._first_batch = self._first_batch, 0
         if self.accumulate_grad_batches <= 1:
             return batches
-        return with_window_counts(batches, self.accumulate_grad_batches, first, self.pin_memory)
+        return with_window_counts(batches, self.accumulate_grad_batches, first, self.pin_memory,
+                                  self.epoch_length or math.inf)
 
     def state_dict(self) -> dict[str, int]:
         return position_state(self.position() if self.position is not None else None, self.batch_size,
@@ -75,29 +83,38 @@ class ResumableDataLoader(DataLoader):
         self._first_batch = int(state["batches"])
 
 
-def with_window_counts(batches: Iterator[Any], accumulate: int, first: int = 0,
-                       pin_memory: bool = False) -> Iterator[Any]:
+def with_window_counts(batches: Iterator[Any], accumulate: int, first: int = 0, pin_memory: bool = False,
+                       length: float | Callable[[], float] = math.inf) -> Iterator[Any]:
     """``batches`` with ``window_counts`` added to each (see :class:`ResumableDataLoader`), read a window ahead.
 
     Windows are the epoch's batches ``[m * accumulate, (m + 1) * accumulate)``, where Lightning steps the
-    optimiser (and at the epoch's last batch); ``first``: the epoch's batch the iteration starts at, so that a
-    resumed epoch's first window ends where the run's did. A window of batches without ``loss_counts``
-    (``data.encode_on=device``: the targets do not exist yet) gets nothing: each micro-batch then divides by
-    its own counts. (The last window of an epoch cut short by ``trainer.limit_train_batches`` counts the
-    batches after the cut too.)"""
-    size = accumulate - first % accumulate
-    while window := list(itertools.islice(batches, size)):
-        size = accumulate
+    optimiser, the last one ending at the epoch's ``length`` (Lightning steps at its last batch too); ``first``:
+    the epoch's batch the iteration starts at, so that a resumed epoch's first window ends where the run's did.
+    A window of batches without ``loss_counts`` (``data.encode_on=device``: the targets do not exist yet) gets
+    nothing: each micro-batch then divides by its own counts. ``window_counts`` are fixed-point integers
+    (:data:`~strongpose.models.losses.COUNT_SCALE`): Lightning casts a batch's floats under a ``*-true``
+    precision, and float16 ends at 65504. ``length`` may be a callable, called at the first batch: Lightning
+    creates the iterator before it knows ``num_training_batches``."""
+    length = length() if callable(length) else length
+    position, window = first, deque()
+    while True:
+        end = (position // accumulate + 1) * accumulate
+        end = int(min(end, length)) if position < length else end  # (batches past the end are not trained)
+        window.extend(itertools.islice(batches, end - position))
+        if not window:
+            return
+        position = end
         if all(isinstance(batch, dict) and "loss_counts" in batch for batch in window):
             names = list(window[0]["loss_counts"])
             # one small tensor for the window, pinned as the loader pins its batches (then copied to the GPU
-            # with them, without a wait); float64 sums: counts run to millions of cells
-            shares = torch.tensor([sum(batch["loss_counts"][name] for batch in window) / accumulate
-                                   for name in names], dtype=torch.float64).float()
+            # with them, without a wait)
+            shares = torch.tensor([round(sum(batch["loss_counts"][name] for batch in window) / accumulate
+                                         * COUNT_SCALE) for name in names], dtype=torch.int64)
             shares = shares.pin_memory() if pin_memory and torch.cuda.is_available() else shares
             for batch in window:
                 batch["window_counts"] = dict(zip(names, shares.unbind()))
-        yield from window
+        while window:  # handed on one by one: the window holds none that Lightning is done with
+            yield window.popleft()
 
 
 def position_state(position: tuple[int, int] | None, batch_size: int, world_size: int) -> dict[str, int]:

@@ -13,6 +13,9 @@ import torch.nn.functional as F
 from strongpose.models.heads import HEATMAP_HEADS
 
 HEATMAP_LOSSES = ("bce", "focal")
+# strongpose_losses' ``counts`` are integers, in units of 1 / COUNT_SCALE (fixed point: a batch's float tensors
+# are cast to float16 / bfloat16 under a *-true precision, too coarse or too small for millions of cells)
+COUNT_SCALE = 2**16
 
 
 def _heatmap_sum(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, kind: str,
@@ -105,7 +108,7 @@ def strongpose_losses(outputs: Mapping[str, torch.Tensor], targets: Mapping[str,
     per-process counts, a process whose images hold few people would weigh its cells more.
 
     ``counts`` (gradient accumulation over k micro-batches): per term, the window's :func:`term_counts` summed
-    and divided by k, used instead of this micro-batch's own. Lightning divides each micro-batch's loss by k, so
+    and divided by k, times :data:`COUNT_SCALE` (integer tensors), used instead of this micro-batch's own. Lightning divides each micro-batch's loss by k, so
     the accumulated gradient is then the gradient of the window's loss, as for one batch of all its images.
     """
     sums: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -121,8 +124,9 @@ def strongpose_losses(outputs: Mapping[str, torch.Tensor], targets: Mapping[str,
     if counts is None:
         counts = torch.stack([count for _, count in sums.values()]).detach()
     else:  # in the units of sums' own counts: offsets in disk radii
-        counts = torch.stack([counts[name] * (1.0 if name in HEATMAP_HEADS else disk_radius) for name in sums])
-        counts = counts.to(next(iter(sums.values()))[0].device, torch.float32)
+        # (a Python number times a tensor: no copy from the host, which would wait for the GPU)
+        counts = torch.stack([counts[name].double() * ((1.0 if name in HEATMAP_HEADS else disk_radius) / COUNT_SCALE)
+                              for name in sums]).to(next(iter(sums.values()))[0].device, torch.float32)
     if mean_over_processes is not None:  # one all-reduce for all terms
         counts = mean_over_processes(counts)
     # clamp: a term with nothing to learn (no valid cell) is 0, not 0 / 0
