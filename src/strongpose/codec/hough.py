@@ -228,6 +228,11 @@ def find_peaks(
     max_peaks: int,
     threshold: float,
     refine: bool = True,
+    skhm: torch.Tensor | None = None,
+    vote_radius: float = 0.0,
+    vote_window: int = 5,
+    vote_threshold: float = 0.01,
+    vote_iters: int = 2,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Local maxima (3x3) of (B, K, h, w) Hough scores above ``threshold``, the ``max_peaks`` best per type.
 
@@ -269,12 +274,45 @@ def find_peaks(
     if refine:  # channel c's (dx, dy) are short channels 2c and 2c + 1; a non-finite one: the cell's centre
         step = take(short.reshape(-1), (channel * (2 * h * w) + cell)[:, None] + _const((0, h * w), dev))
         pos = pos + step.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+        if skhm is not None and vote_radius > 0 and pos.numel():
+            pos = vote_mean(pos, channel, cell, skhm, short, stride, vote_radius, vote_window, vote_threshold,
+                            vote_iters)
     slot = channel * num + rank
     out_pos = hough.new_zeros(b * k * num, 2).index_copy_(0, slot, pos)
     # clamp the few peaks, not the whole map (overlapping disks can sum above 1)
     out_score = hough.new_zeros(b * k * num).index_copy_(0, slot, score.clamp(max=1.0))
     valid = torch.zeros(b * k * num, dtype=torch.bool, device=dev).index_fill_(0, slot, True)
     return out_pos.view(b, k, num, 2), out_score.view(b, k, num), valid.view(b, k, num)
+
+
+def vote_mean(pos: torch.Tensor, channel: torch.Tensor, cell: torch.Tensor, skhm: torch.Tensor, short: torch.Tensor,
+              stride: int, radius: float, window: int, threshold: float, iters: int) -> torch.Tensor:
+    """Peaks (P, 2) in input pixels moved to the probability-weighted mean of the votes (cell + short offset)
+    that land within ``radius`` px of them, ``iters`` times (mean shift with a flat kernel). The votes are
+    read from the cells within ``window`` cells of each peak's cell (``channel`` b * K + k, flat ``cell``).
+    A single cell's offset carries that cell's regression error; the mean of the votes that agree with it
+    averages many cells' errors (a vote off by more than ``radius``, e.g. another person's, does not count)."""
+    b, k, h, w = skhm.shape
+    hw, dev, dtype = h * w, pos.device, pos.dtype
+    d = torch.arange(-window, window + 1, device=dev)
+    du, dv = d.repeat(d.numel()), d.repeat_interleave(d.numel())
+    u = (cell % w)[:, None] + du
+    v = torch.div(cell, w, rounding_mode="floor")[:, None] + dv
+    inside = (u >= 0) & (u < w) & (v >= 0) & (v < h)
+    c = v.clamp(0, h - 1) * w + u.clamp(0, w - 1)
+    p = take(skhm.reshape(-1), channel[:, None] * hw + c).to(dtype).nan_to_num_(posinf=1.0)  # as hough_vote
+    vx = take(short.reshape(-1), (2 * channel * hw)[:, None] + c).to(dtype) + map_to_input(u.to(dtype), stride)
+    vy = take(short.reshape(-1), ((2 * channel + 1) * hw)[:, None] + c).to(dtype) + map_to_input(v.to(dtype), stride)
+    ok = inside & (p > threshold) & vx.isfinite() & vy.isfinite()
+    p = torch.where(ok, p, 0.0)
+    vx, vy = vx.nan_to_num(0.0, 0.0, 0.0), vy.nan_to_num(0.0, 0.0, 0.0)
+    for _ in range(iters):
+        near = ((vx - pos[:, :1]) ** 2 + (vy - pos[:, 1:]) ** 2) <= radius * radius
+        wgt = torch.where(near, p, 0.0)
+        total = wgt.sum(1)
+        mean = torch.stack(((wgt * vx).sum(1), (wgt * vy).sum(1)), 1) / total.clamp(min=1e-12)[:, None]
+        pos = torch.where((total > 0)[:, None], mean, pos)
+    return pos
 
 
 def nearest_cells(pos: torch.Tensor, stride: int, hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
