@@ -289,7 +289,8 @@ class ProgressBar(TQDMProgressBar):
 
     def _should_update(self, current: int, total: int) -> bool:
         due = super()._should_update(current, total)  # every refresh_rate batches, and the last
-        if not due or current == total or sys.stdout.isatty():  # (Lightning's bars write to stdout)
+        # (Lightning's bars write to stdout; a notebook's is no TTY, and redraws in place)
+        if not due or current == total or sys.stdout.isatty() or "ipykernel" in sys.modules:
             return due
         now = time.perf_counter()
         if now - self._drawn_at < self.file_every_s:

@@ -5,6 +5,7 @@ guard's decision); Lightning's per-batch read of progress-bar values, the EMA's 
 
 from __future__ import annotations
 
+import sys
 import time
 import warnings
 from types import SimpleNamespace
@@ -95,6 +96,7 @@ def test_into_a_file_the_bar_is_redrawn_every_file_every_s_and_at_its_end(monkey
     clock = iter([0.0, 10.0, 31.0, 40.0])
     monkeypatch.setattr("strongpose.callbacks.time.perf_counter", lambda: next(clock))
     monkeypatch.setattr("sys.stdout.isatty", lambda: False)  # a SLURM log
+    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)  # (a notebook's stdout is no TTY either)
     bar = ProgressBar(file_every_s=30.0)
     assert [bar._should_update(n, 5) for n in (1, 2, 3, 4, 5)] == [True, False, True, False, True]  # noqa: SLF001
     monkeypatch.setattr("sys.stdout.isatty", lambda: True)  # a terminal: every batch

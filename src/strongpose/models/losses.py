@@ -124,9 +124,10 @@ def strongpose_losses(outputs: Mapping[str, torch.Tensor], targets: Mapping[str,
     if counts is None:
         counts = torch.stack([count for _, count in sums.values()]).detach()
     else:  # in the units of sums' own counts: offsets in disk radii
-        # (a Python number times a tensor: no copy from the host, which would wait for the GPU)
-        counts = torch.stack([counts[name].double() * ((1.0 if name in HEATMAP_HEADS else disk_radius) / COUNT_SCALE)
-                              for name in sums]).to(next(iter(sums.values()))[0].device, torch.float32)
+        # (a Python number times a tensor: no copy from the host, which would wait for the GPU; float32 keeps 7
+        # significant digits of any count, and no float64, which MPS lacks)
+        counts = torch.stack([counts[name].float() * ((1.0 if name in HEATMAP_HEADS else disk_radius) / COUNT_SCALE)
+                              for name in sums]).to(next(iter(sums.values()))[0].device)
     if mean_over_processes is not None:  # one all-reduce for all terms
         counts = mean_over_processes(counts)
     # clamp: a term with nothing to learn (no valid cell) is 0, not 0 / 0
