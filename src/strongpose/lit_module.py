@@ -16,7 +16,7 @@ from strongpose.checkpoint import CONFIG_KEY, CheckpointError, spec_mismatch
 from strongpose.config_check import ConfigError, require_positive
 from strongpose.codec import StrongPoseCodec
 from strongpose.collectives import mean_over_ranks
-from strongpose.data.resumable import stopped_inside_an_epoch
+from strongpose.data.resumable import epoch_inside
 from strongpose.faults import BufferSnapshot, NonFiniteLossGuard
 from strongpose.models.losses import HEATMAP_LOSSES, strongpose_losses
 from strongpose.models.network import StrongPoseNet, to_probabilities
@@ -171,6 +171,7 @@ class StrongPoseModule(L.LightningModule):
         # is then enough to rebuild the model (strongpose.load)
         self.run_config: dict | None = None
         self.category_id: int | None = None  # of the people in the training annotations (the data module's)
+        self.epoch_in_progress: int | None = None  # of the last training batch (see data.resumable.epoch_inside)
         self.codec = codec
         self.net = StrongPoseNet(backbone, codec, heads)
         self.optimizer_factory = optimizer
@@ -305,6 +306,11 @@ class StrongPoseModule(L.LightningModule):
         if changed and self._trainer is not None and self._trainer.is_global_zero:
             log.info("resuming with this run's optimiser kind (%s)", ", ".join(sorted(changed)))
 
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        # right before each batch, whatever Lightning counts after it (on_train_epoch_start: not called for an epoch
+        # resumed inside, nor for the next one after the resume that counts one short)
+        self.epoch_in_progress = self.trainer.current_epoch
+
     def on_fit_start(self) -> None:
         dataset = getattr(getattr(self.trainer, "datamodule", None), "train_dataset", None)
         self.category_id = getattr(dataset, "category_id", self.category_id)
@@ -328,8 +334,8 @@ class StrongPoseModule(L.LightningModule):
         checkpoint[NONFINITE] = self.nonfinite.total
         if self._trainer is not None:
             checkpoint[BATCH_LAYOUT] = self.batch_layout()
-            if "loops" in checkpoint and stopped_inside_an_epoch(self._trainer):
-                _as_inside_the_epoch(checkpoint)
+            if "loops" in checkpoint and (epoch := epoch_inside(self._trainer)) is not None:
+                _as_inside_the_epoch(checkpoint, epoch)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Lightning calls this before load_state_dict, also when resuming (trainer.fit(ckpt_path=...)):
@@ -342,14 +348,15 @@ class StrongPoseModule(L.LightningModule):
         self._resume_with_this_optimizer_kind(checkpoint)  # before Lightning loads the optimiser state
 
 
-def _as_inside_the_epoch(checkpoint: dict) -> None:
-    """Save the epoch that ``max_steps`` stopped as unfinished (see :func:`stopped_inside_an_epoch`): what an
-    interrupt's checkpoint records, which Lightning resumes at the epoch's next batch."""
+def _as_inside_the_epoch(checkpoint: dict, epoch: int) -> None:
+    """Save the loops as inside ``epoch`` (see :func:`epoch_inside`): what an interrupt's checkpoint records in a
+    plain run, which Lightning resumes at the epoch's next batch (the same counts then; rewritten after a stop
+    that Lightning counted as the epoch's end, and after the resume that counts one short)."""
     progress = checkpoint["loops"]["fit_loop"]["epoch_progress"]
-    for counts in (progress["total"], progress["current"]):  # (e + 1, e + 1, e, e) for epoch e in progress
-        counts["ready"] = counts["started"] = counts["completed"]
-        counts["processed"] = counts["completed"] = counts["completed"] - 1
-    checkpoint["epoch"] = progress["current"]["completed"]
+    for counts in (progress["total"], progress["current"]):
+        counts["ready"] = counts["started"] = epoch + 1
+        counts["processed"] = counts["completed"] = epoch
+    checkpoint["epoch"] = epoch
 
 
 def check_same_global_batch(saved: dict[str, int] | None, now: dict[str, int]) -> None:

@@ -46,3 +46,14 @@ class FailAfterStep(L.Callback):
     def on_train_epoch_end(self, trainer, pl_module):
         if self.at_epoch_end and trainer.global_step == self.step:
             raise RuntimeError(f"died after step {self.step}")
+
+
+class StopAfterStep(L.Callback):
+    """Sets ``trainer.should_stop`` after optimiser step ``step``, as ``max_time``'s Timer does."""
+
+    def __init__(self, step: int) -> None:
+        self.step = int(step)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            trainer.should_stop = True

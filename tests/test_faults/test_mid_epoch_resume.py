@@ -118,12 +118,14 @@ def test_a_run_that_dies_resumes_from_its_periodic_last_checkpoint_as_the_uninte
 
 
 @pytest.mark.slow
-def test_a_run_that_died_between_an_epochs_last_batch_and_its_end_twice_trains_each_batch_once(
+def test_a_run_that_died_between_an_epochs_last_batch_and_its_end_then_stopped_trains_each_batch_once(
         train_config, tmp_path, monkeypatch):
     """Resumed from a last.ckpt written after an epoch's last batch but before its end, Lightning counts the next
-    epochs one short (completed == started); a checkpoint inside one of them was taken for one that max_steps
-    stopped, and the next resume replayed a finished epoch's batches (10 steps of 8 in a review)."""
-    run = [*RUN, "trainer.max_epochs=3", "callbacks.model_checkpoint.last_every_n_train_steps=1"]
+    epochs one short (completed == started): a checkpoint inside one of them was taken for one that max_steps
+    stopped, and the next resume replayed a finished epoch's batches (10 steps of 8 in a review); a max_steps or
+    max_time stop inside such an epoch was saved one epoch behind (8 steps of 6)."""
+    # a constant LR: the max_steps run's schedule would be 3 steps long
+    run = [*RUN, "trainer.max_epochs=3", "callbacks.model_checkpoint.last_every_n_train_steps=1", "model.scheduler=null"]
     real_step = StrongPoseModule.training_step
     seen = []
 
@@ -135,13 +137,17 @@ def test_a_run_that_died_between_an_epochs_last_batch_and_its_end_twice_trains_e
     train(train_config(run, output_dir=tmp_path / "reference"))
     reference, trained = seen[:], []
     die = "+callbacks.die._target_=fault_injection.FailAfterStep"
-    for fault in (["+callbacks.die.step=2", "+callbacks.die.at_epoch_end=true"], ["+callbacks.die.step=3"], []):
+    for fault in ([die, "+callbacks.die.step=2", "+callbacks.die.at_epoch_end=true"],  # epoch 0 done, not ended
+                  ["trainer.max_steps=3"],  # stopped inside epoch 1
+                  [die, "+callbacks.die.step=4"],  # died at epoch 2's first batch (after epoch 1's last)
+                  ["+callbacks.stop._target_=fault_injection.StopAfterStep", "+callbacks.stop.step=5"],  # max_time's
+                  []):  # the rest; each run resumes the last one's last.ckpt (resume=auto)
         seen.clear()
-        if fault:
+        if fault[:1] == [die]:
             with pytest.raises(RuntimeError, match="died after step"):
-                train(train_config([*run, die, *fault], output_dir=tmp_path / "run"))  # resume=auto from the 2nd
+                train(train_config([*run, *fault], output_dir=tmp_path / "run"))
         else:
-            train(train_config(run, output_dir=tmp_path / "run"))
+            train(train_config([*run, *fault], output_dir=tmp_path / "run"))
         trained += seen
     assert trained == reference  # each batch once: none replayed, none missed
     step_a, a = weights(tmp_path / "reference" / "checkpoints" / "last.ckpt")

@@ -19,7 +19,7 @@ from strongpose.codec import StrongPoseCodec
 from strongpose.config_check import ConfigError, InputError, require_positive
 from strongpose.data.coco import ENCODE_ON, COCOKeypointDataset, empty_sample
 from strongpose.data.collate import SkipBadCollate, SkippedSample
-from strongpose.data.resumable import ResumableDataLoader, position_state, stopped_inside_an_epoch
+from strongpose.data.resumable import ResumableDataLoader, epoch_inside, position_state
 from strongpose.data.sample import sample_paths
 from strongpose.data.sampling import EndlessSampler, SeededSampler, init_worker
 from strongpose.data.transforms import AugmentConfig
@@ -200,8 +200,8 @@ class COCOKeypointDataModule(L.LightningDataModule):
             return None
         epoch, done = trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
         started = trainer.fit_loop.epoch_progress.current.started
-        if stopped_inside_an_epoch(trainer):  # max_steps mid-epoch: where it stopped (the loops are saved so too)
-            return trainer.fit_loop.epoch_progress.current.completed - 1, done
+        if (inside := epoch_inside(trainer)) is not None:  # (the loops are saved so too)
+            return inside, done
         if done >= trainer.num_training_batches:  # the epoch is over (also with limit_train_batches)
             # the next one's index: the epochs started so far (at the epoch's end, and when training has ended,
             # when current_epoch is already the next one)

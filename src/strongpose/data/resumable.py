@@ -127,23 +127,24 @@ def position_state(position: tuple[int, int] | None, batch_size: int, world_size
             "world_size": int(world_size)}
 
 
-def stopped_inside_an_epoch(trainer: Any) -> bool:
-    """``max_steps`` (or ``max_time``, or an early stop) ended training inside an epoch: Lightning's fit loop has
-    counted that epoch as completed although batches of it were left. A checkpoint written then is saved as one
-    from inside the epoch (:meth:`StrongPoseModule.on_save_checkpoint` and the data position), so that a longer
-    resumed run goes on with that epoch's remaining batches, as after an interrupt, rather than with the next
-    epoch one batch in (Lightning keeps the batch count). The stopped epoch is ``completed - 1``.
+def epoch_inside(trainer: Any) -> int | None:
+    """The epoch training is inside of (some of its batches done, not all), or None: where a checkpoint written
+    now goes on (:meth:`StrongPoseModule.on_save_checkpoint` saves its loops so, the data module its position).
 
-    Only when training stops: Lightning 2.6, resumed from a checkpoint written after an epoch's last batch
-    (``last_every_n_train_steps``) but before its end, counts that epoch completed without counting the next one
-    started, so that every later epoch runs with ``completed == started`` too; a checkpoint inside one of
-    those epochs is what it seems (``current_epoch`` is right) and was taken for a stopped one, which replayed
-    a finished epoch's batches after the next resume."""
-    epochs = trainer.fit_loop.epoch_progress.current
+    The epoch comes from the module (``epoch_in_progress``, set before each batch), not from Lightning's
+    epoch counts, which say "completed" for an epoch that ``max_steps`` / ``max_time`` / an early stop cut short
+    (a resumed longer run would start the next epoch one batch in), and, resumed from a checkpoint written after
+    an epoch's last batch but before its end, run one short for every later epoch (Lightning 2.6). A module
+    without it: the epoch those counts give, ``completed - 1`` for a stopped one."""
     done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+    if not 0 < done < trainer.num_training_batches:
+        return None
+    epoch = getattr(trainer.lightning_module, "epoch_in_progress", None)
+    if epoch is not None:
+        return int(epoch)
+    epochs = trainer.fit_loop.epoch_progress.current
     stopping = trainer.should_stop or 0 <= trainer.max_steps <= trainer.global_step
-    return (stopping and epochs.started > 0 and epochs.completed >= epochs.started
-            and 0 < done < trainer.num_training_batches)
+    return epochs.completed - 1 if stopping and epochs.completed >= epochs.started else trainer.current_epoch
 
 
 def check_same_split(state: dict[str, int], batch_size: int, world_size: int) -> None:
