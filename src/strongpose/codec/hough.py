@@ -285,6 +285,13 @@ def find_peaks(
     return out_pos.view(b, k, num, 2), out_score.view(b, k, num), valid.view(b, k, num)
 
 
+@_cached(maxsize=32)
+def _window_offsets(window: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dx, dy) of the (2 * window + 1)^2 cells of a square window, row by row (constants, made once)."""
+    d = torch.arange(-window, window + 1, device=device)
+    return d.repeat(d.numel()), d.repeat_interleave(d.numel())
+
+
 def vote_mean(pos: torch.Tensor, channel: torch.Tensor, cell: torch.Tensor, skhm: torch.Tensor, short: torch.Tensor,
               stride: int, radius: float, window: int, threshold: float, iters: int) -> torch.Tensor:
     """Peaks (P, 2) in input pixels moved to the probability-weighted mean of the votes (cell + short offset)
@@ -294,10 +301,9 @@ def vote_mean(pos: torch.Tensor, channel: torch.Tensor, cell: torch.Tensor, skhm
     averages many cells' errors (a vote off by more than ``radius``, e.g. another person's, does not count)."""
     b, k, h, w = skhm.shape
     hw, dev, dtype = h * w, pos.device, pos.dtype
-    d = torch.arange(-window, window + 1, device=dev)
-    du, dv = d.repeat(d.numel()), d.repeat_interleave(d.numel())
-    u = (cell % w)[:, None] + du
-    v = torch.div(cell, w, rounding_mode="floor")[:, None] + dv
+    du, dv = _window_offsets(window, dev)
+    row, col = _divmod(cell, w)
+    u, v = col[:, None] + du, row[:, None] + dv
     inside = (u >= 0) & (u < w) & (v >= 0) & (v < h)
     c = v.clamp(0, h - 1) * w + u.clamp(0, w - 1)
     p = take(skhm.reshape(-1), channel[:, None] * hw + c).to(dtype).nan_to_num_(posinf=1.0)  # as hough_vote

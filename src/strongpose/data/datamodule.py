@@ -198,15 +198,14 @@ class COCOKeypointDataModule(L.LightningDataModule):
         trainer = self.trainer
         if trainer is None:
             return None
-        epoch, done = trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        started = trainer.fit_loop.epoch_progress.current.started
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
         if (inside := epoch_inside(trainer)) is not None:  # (the loops are saved so too)
             return inside, done
         if done >= trainer.num_training_batches:  # the epoch is over (also with limit_train_batches)
             # the next one's index: the epochs started so far (at the epoch's end, and when training has ended,
             # when current_epoch is already the next one)
-            return started, 0
-        return epoch, done
+            return trainer.fit_loop.epoch_progress.current.started, 0
+        return trainer.current_epoch, 0  # before the epoch's first batch
 
     def val_dataloader(self) -> DataLoader:
         if self.val_dataset is None:
