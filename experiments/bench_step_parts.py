@@ -18,8 +18,8 @@ bench_train.py compares the full step with the bare trunk; this splits the diffe
                 guard, BatchNorm snapshot, logging) and the training config's per-step callbacks (progress
                 bar, EMA, images/s meter), after a warm-up; once per configuration, after the other parts
 
-The loader and full blocks start after the batches the workers made ahead are taken (untimed): they time
-the rate batches are produced at while the step runs. ``--collate packed default`` compares the data
+The loader and full blocks start after the batches the workers made ahead are taken and as many untimed
+steps are run (bench_train.into_steady_state): they time the rate batches are produced at while the step runs. ``--collate packed default`` compares the data
 module's batches (3 shared-memory storages) with torch's default_collate (13), ``--sharing file_descriptor
 file_system`` torch.multiprocessing's two ways for workers to hand storages over
 (experiments/probe_loader_gil.py: with file_descriptor the receiving thread takes the GIL per storage),
@@ -168,7 +168,7 @@ def measure(backbone: str, precision: str, batch_size: int, sharing: str, collat
     for _ in range(args.rounds):
         for name, step in parts.items():
             if name in ("loader", "full"):  # steady state: not the stock made while other parts ran
-                bt.drain_prefetched(batches, args.workers)
+                bt.into_steady_state(step, batches, args.workers)
             waited[0] = 0.0
             times[name].append(ms_per_step(step, args.steps, device))
             if name == "full":

@@ -84,6 +84,19 @@ def drain_prefetched(batches, workers: int, prefetch_factor: int = 2) -> None:
         next(batches)
 
 
+def into_steady_state(step, batches, workers: int, prefetch_factor: int = 2) -> None:
+    """Before a timed block that draws batches: :func:`drain_prefetched`, then as many untimed ``step``s.
+
+    The drain alone biased the block the other way (H200, 2026-11-27): every worker then starts its next
+    batch at the same moment, and the first arrives one worker's batch-time later (0.2-0.6 s at 512 px), a
+    stall that no training run has past its first steps; 20 steps of 14 workers take two such waves. After
+    the untimed steps the stock is what the step's own pace leaves: none when the loader is the slower
+    (the block then times the loader), up to the whole queue when it is the faster (as in training)."""
+    drain_prefetched(batches, workers, prefetch_factor)
+    for _ in range(workers * prefetch_factor):
+        step()
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--backbone", nargs="+", default=["resnet18"], choices=BACKBONES)
@@ -96,6 +109,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", nargs="+", default=["32"], choices=["32", "bf16"])
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                   help="torch.compile both networks (StrongPose's as callbacks.compile does, and the bare trunk) "
+                        "with this mode (default: torch's); the warm-up steps pay the compilation")
     p.add_argument("--encode-on", default="worker", choices=["worker", "device"],
                    help="data.encode_on: keypoint targets encoded in the workers or on the device after the copy")
     p.add_argument("--max-batch", action="store_true",
@@ -124,6 +140,10 @@ def build_models(backbone: str, args: argparse.Namespace, codec: StrongPoseCodec
     bare = torch.nn.Sequential(*list(torchvision.models.get_model(backbone).children())[:-2]).to(device)
     if args.channels_last:
         module, bare = module.to(memory_format=torch.channels_last), bare.to(memory_format=torch.channels_last)
+    if getattr(args, "compile", None):  # in place, as the Compile callback does: fewer, fused kernels
+        mode = None if args.compile == "default" else args.compile
+        module.net.compile(mode=mode)
+        bare.compile(mode=mode)
     module.train()
     bare.train()
     return module, bare, optimizer(module.parameters(), lr=1e-4), optimizer(bare.parameters(), lr=1e-4)
@@ -189,14 +209,15 @@ def measure(backbone: str, precision: str, batch_size: int, args: argparse.Names
         step()
     full, bare_blocks = [], []
     for _ in range(args.rounds):
-        drain_prefetched(batches, args.workers)  # the bare block gave the workers time to fill their queues
+        into_steady_state(full_step, batches, args.workers)  # the bare block let the workers fill their queues
         full.append(timed_block(full_step, args.steps, batch_size, device))
         bare_blocks.append(timed_block(bare_step, args.steps, batch_size, device))
     result = {"full_ips": statistics.median(r for r, _ in full), "bare_ips": statistics.median(r for r, _ in bare_blocks),
               "peak_mem_gb": max(m for _, m in full), "bare_peak_mem_gb": max(m for _, m in bare_blocks)}
     result["ratio"] = result["full_ips"] / result["bare_ips"]
     print(f"device={device_name(device)} backbone={backbone} input={args.input} batch={batch_size} "
-          f"precision={precision} workers={args.workers} encode_on={args.encode_on} full_ips={result['full_ips']:.2f} "
+          f"precision={precision} workers={args.workers} encode_on={args.encode_on}"
+          + (f" compile={args.compile}" if args.compile else "") + f" full_ips={result['full_ips']:.2f} "
           f"bare_ips={result['bare_ips']:.2f} ratio={result['ratio']:.3f} peak_mem_gb={result['peak_mem_gb']:.2f} "
           f"bare_peak_mem_gb={result['bare_peak_mem_gb']:.2f}", flush=True)
     del batches, module, bare, opt_full, opt_bare, full_step

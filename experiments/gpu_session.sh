@@ -1,35 +1,42 @@
 #!/usr/bin/env bash
-# Issue 6's open GPU question in one command, sized for one device call (~9 min): does ResNet-50 bf16 at
-# 512 px (data-bound on the H200 of 2026-11-26: ratio 0.69-0.73 in steady state) reach 0.8 with the packed
-# batches and / or with the keypoint targets encoded on the GPU (data.encode_on=device)? Steps, each stopped at
-# its time limit:
-#   1. where ResNet-50 bf16's step time goes (bench_step_parts, steady state): batch 16 / 32 x encode_on
-#      worker / device with the packed batches, then batch 16 with torch's default_collate (the old batches);
-#   2. bench_train's ratio for ResNet-50 bf16, batch 8 / 16 / 32, long blocks (20 steps x 3), encode_on worker
-#      and device; ResNet-152 bf16 batch 16 / 32 likewise with encode_on worker (its ratios so far come from
-#      4-step blocks);
-#   3. bench_data on that machine: one worker's sample, and the loader with nproc - 2 workers, batch 32, pinned
-#      memory, encode_on worker vs device;
-#   3b. the host waits of a training step of the GPU preset (experiments/count_host_syncs.py on the GPU, and
-#      tests/test_scale/test_host_syncs.py's GPU case under torch.cuda.set_sync_debug_mode);
-#   4. if time is left: `strongpose.train trainer=gpu data.encode_on=device` fast_dev_run and the codec tests
-#      with their GPU = CPU cases (decode, batched encode).
-# Done before and recorded in experiments/RESULTS.md (git history of this script has those steps): the full
-# 512-px grid with peak memory, the largest ResNet-152 bf16 batch (300 on an H200), the neck 128 / 256 check.
-# Every line goes to $OUT/gpu_session.log (the device tool brings $OUT back) or ./gpu_session.log.
+# Issue 6's open GPU questions in one command, sized for one device call (~9 min). On the H200 of 2026-11-27
+# (experiments/RESULTS.md, "Sixteenth session") the full step reached >= 0.8 of the bare trunk in steady state for
+# ResNet-152 bf16 and ResNet-50 bf16 at batch 32, not for ResNet-50 bf16 at batches 8 / 16 (0.65 / 0.72), where
+# Python cannot queue the step's 964 operations (the trunk's: 717) as fast as the GPU runs them. Does
+# torch.compile (fewer, fused kernels; CUDA graphs with mode reduce-overhead) bring those to 0.8? And the rows
+# not yet measured in steady state. Steps, each stopped at its time limit, in order of importance (the log
+# comes back even if the call is cut short):
+#   1. bench_train --compile for ResNet-50 bf16 batch 8 / 16, then --compile reduce-overhead at batch 16;
+#   2. bench_train in steady state for fp32 (ResNet-50 and ResNet-152, batch 8 / 16 / 32) and ResNet-152 bf16
+#      batch 8;
+#   3. bench_step_parts for ResNet-50 bf16 batch 16 in steady state (fit_ms: Trainer.fit with the config's
+#      callbacks, against full_ms);
+#   4. if time is left: the host waits of a training step of the GPU preset (count_host_syncs on the GPU and
+#      tests/test_scale/test_host_syncs.py's GPU case), `strongpose.train trainer=gpu` fast_dev_run with
+#      data.encode_on=device, then with trainer.accumulate_grad_batches=2 (the accumulation windows' pinned
+#      counts), and the codec tests with their GPU = CPU cases (decode, batched encode).
+# Done before and recorded in experiments/RESULTS.md (this script's git history has those steps): the 512-px
+# grid with peak memory, the largest ResNet-152 bf16 batch (300 on an H200), the neck 128 / 256 check, bench_data
+# on the H200's host, the steady-state bf16 ratios, packed vs default_collate batches.
+# Every line goes to $OUT/gpu_session.log (the device tool brings $OUT back) or ./gpu_session.log, each step's
+# whole output to gpu_session_raw.log beside it.
 #
 # The device image lacks hydra-core, omegaconf, albumentations, pycocotools & co: carry them as wheels in .whl/
 # (git-ignored; see /work/.library/device/README.md), e.g. here:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
-#     hydra-core omegaconf antlr4-python3-runtime==4.9.3 albumentations==2.0.8 albucore pycocotools \
+#     hydra-core omegaconf==2.3.1 albumentations==2.0.8 albucore==0.0.24 pycocotools \
 #     faster-coco-eval pydantic pydantic-core annotated-types typing-inspection simsimd stringzilla
-# (versions as pyproject.toml admits; one version of each)
-# then, in one device call with carry [".whl"] and timeout_s=600 (the steps stop at 170+60+160+45+2x40 s):
+# and antlr4-python3-runtime==4.9.3, which PyPI has only as an sdist (pure Python): python3 -m pip wheel --no-deps -w .whl
+# antlr4-python3-runtime==4.9.3 (versions as pyproject.toml admits and .venv holds; one version of each)
+# then, in one device call with carry [".whl"] and timeout_s=600 (steps 1-3 stop at 210+200+70 s, step 4 by 560 s):
 #   bash experiments/gpu_session.sh
 # QUICK=1 runs a tiny version of every step (CPU smoke test: bash experiments/gpu_session.sh with QUICK=1).
 set -u
 LOG="${OUT:-.}/gpu_session.log"
+RAW="${OUT:-.}/gpu_session_raw.log"   # every step's whole output, for a step whose summary line is missing
+: >"$RAW"
+keep() { tee -a "$RAW"; }
 PY="${PYTHON:-python3}"
 if ! $PY -c "import hydra, albumentations, pycocotools" 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -41,48 +48,58 @@ fi
 export NO_ALBUMENTATIONS_UPDATE=1 WANDB_MODE=disabled PYTHONUNBUFFERED=1
 if [ "${QUICK:-0}" = 1 ]; then
   W=1
-  PARTS=(--backbone resnet18 --input 128 --batch 2 --precision 32 --steps 1 --rounds 1 --workers 1)
-  PARTS2=(--batch 2); PB=2; R50=(--backbone resnet18 --input 128 --batch 2 --precision 32 --steps 1 --rounds 1 --workers 1)
-  R152=(--backbone resnet18 --input 128 --batch 2 --precision 32 --steps 1 --rounds 1 --workers 0)
-  DATA=(--images 8 --loader-workers 1 --batch 2 --batches 2)
-  TP=300 TP2=300 TG=300 TD=300 TS=300  # a loaded CPU: time limits that only stop a hang
+  TINY=(--backbone resnet18 --input 128 --batch 2 --precision 32 --steps 1 --rounds 1)
+  COMP=("${TINY[@]}" --workers 1 --compile); COMP2=()   # one compilation: 1.5 min on the 2-core CPU
+  FP32=("${TINY[@]}" --workers 1); R152B8=("${TINY[@]}" --workers 0)
+  PARTS=("${TINY[@]}" --workers 1)
+  TC=300 TF=300 TP=300 TS=300  # a loaded CPU: time limits that only stop a hang
   HS=cpu
   TRAINER=default END=100000
 else
   W=$(( $(nproc) > 2 ? $(nproc) - 2 : 1 ))
-  PARTS=(--backbone resnet50 --input 512 --precision bf16 --steps 15 --rounds 2 --workers "$W")
-  PARTS2=(--batch 16 32); PB=16
-  R50=(--backbone resnet50 --input 512 --batch 8 16 32 --precision bf16 --steps 20 --rounds 3 --workers "$W")
-  R152=(--backbone resnet152 --input 512 --batch 16 32 --precision bf16 --steps 20 --rounds 3 --workers "$W")
-  DATA=(--images 200 --loader-workers "$W" --batch 32 --batches 40 --pin-memory)
-  TP=170 TP2=60 TG=160 TD=45 TS=40  # seconds per step (TG shared by the three bench_train runs): within 600 s
+  BF=(--input 512 --precision bf16 --steps 20 --rounds 3 --workers "$W")
+  COMP=(--backbone resnet50 --batch 8 16 "${BF[@]}" --compile)
+  COMP2=(--backbone resnet50 --batch 16 "${BF[@]}" --compile reduce-overhead)
+  FP32=(--backbone resnet50 resnet152 --batch 8 16 32 --input 512 --precision 32 --steps 20 --rounds 3 --workers "$W")
+  R152B8=(--backbone resnet152 --batch 8 "${BF[@]}")
+  PARTS=(--backbone resnet50 --batch 16 "${BF[@]}")
+  TC=210 TF=200 TP=70 TS=40  # seconds per step (TC shared by the two compiled runs, TF by the fp32 and R152 ones)
   HS=cuda
   TRAINER=gpu END=560   # step 4 runs only in what is left before END seconds
 fi
+left() { local t=$(( $1 - (SECONDS - $2) )); echo $(( t > 10 ? t : 10 )); }  # a shared limit's rest
 {
   date -u; nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/null || echo "no nvidia-smi"
   $PY -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__, 'cuda', torch.cuda.is_available())"
-  echo "== step parts (workers $W)"
-  timeout $TP bash -c '"$0" experiments/bench_step_parts.py "$@" --encode-on worker device' "$PY" "${PARTS[@]}" "${PARTS2[@]}" 2>&1 | grep "^device="
-  timeout $TP2 $PY experiments/bench_step_parts.py "${PARTS[@]}" --batch "$PB" --collate default 2>&1 | grep "^device="
-  echo "== bench_train, long blocks"
+  echo "== bench_train --compile (ResNet-50 bf16)"
   G0=$SECONDS
-  for enc in worker device; do
-    timeout $(( TG - (SECONDS - G0) > 10 ? TG - (SECONDS - G0) : 10 )) $PY experiments/bench_train.py "${R50[@]}" --encode-on $enc 2>&1 | grep "^device="
-  done
-  timeout $(( TG - (SECONDS - G0) > 10 ? TG - (SECONDS - G0) : 10 )) $PY experiments/bench_train.py "${R152[@]}" 2>&1 | grep "^device="
-  echo "== bench_data";     timeout $TD $PY experiments/bench_data.py "${DATA[@]}" --encode-on worker device 2>&1 | tail -3
-  echo "== host waits per training step (the CPU count, then torch.cuda.set_sync_debug_mode's)"
-  timeout $TS $PY experiments/count_host_syncs.py --device $HS --epochs 2 2>&1 | tr '\r' '\n' | sed -n '/without logging wait/,$p'
-  timeout $TS $PY -m pytest tests/test_scale/test_host_syncs.py -q -p no:cacheprovider -k on_a_gpu 2>&1 | tail -4
-  if (( END - SECONDS > 45 )); then
-    echo "== train trainer=$TRAINER data.encode_on=device fast_dev_run"
-    timeout $(( END - SECONDS < 90 ? END - SECONDS : 90 )) $PY -m strongpose.train trainer=$TRAINER logger=none data.encode_on=device \
-      trainer.fast_dev_run=true resume=null hydra.run.dir="$(mktemp -d)" 2>&1 | tr '\r' '\n' | grep -E "val/AP=|^Done:|Error" | tail -3
+  timeout "$(left $TC $G0)" $PY experiments/bench_train.py "${COMP[@]}" 2>&1 | keep | grep "^device="
+  if (( ${#COMP2[@]} )); then
+    timeout "$(left $TC $G0)" $PY experiments/bench_train.py "${COMP2[@]}" 2>&1 | keep | grep "^device="
   fi
+  echo "== bench_train, steady state: fp32, then ResNet-152 bf16 batch 8"
+  G0=$SECONDS
+  timeout "$(left $TF $G0)" $PY experiments/bench_train.py "${FP32[@]}" 2>&1 | keep | grep "^device="
+  timeout "$(left $TF $G0)" $PY experiments/bench_train.py "${R152B8[@]}" 2>&1 | keep | grep "^device="
+  echo "== step parts (workers $W)"
+  timeout $TP $PY experiments/bench_step_parts.py "${PARTS[@]}" 2>&1 | keep | grep "^device="
+  if (( END - SECONDS > 60 )); then
+    echo "== host waits per training step (the CPU count, then torch.cuda.set_sync_debug_mode's)"
+    timeout $TS $PY experiments/count_host_syncs.py --device $HS --epochs 2 2>&1 | keep | tr '\r' '\n' | sed -n '/without logging wait/,$p'
+    timeout $TS $PY -m pytest tests/test_scale/test_host_syncs.py -q -p no:cacheprovider -k on_a_gpu 2>&1 | keep | tail -4
+  fi
+  for extra in "data.encode_on=device trainer.fast_dev_run=true" \
+      "trainer.accumulate_grad_batches=2 trainer.fast_dev_run=2 data.batch_size=4 data.num_workers=2"; do
+    if (( END - SECONDS > 45 )); then
+      echo "== train trainer=$TRAINER $extra"
+      # $extra unquoted on purpose: it holds several overrides
+      timeout $(( END - SECONDS < 60 ? END - SECONDS : 60 )) $PY -m strongpose.train trainer=$TRAINER logger=none \
+        $extra resume=null hydra.run.dir="$(mktemp -d)" 2>&1 | keep | tr '\r' '\n' | grep -E "val/AP=|^Done:|Error" | tail -3
+    fi
+  done
   if (( END - SECONDS > 20 )); then
     echo "== codec tests (GPU = CPU cases)"
-    timeout $(( END - SECONDS < 60 ? END - SECONDS : 60 )) $PY -m pytest tests/test_codec/test_decode.py tests/test_codec/test_encode.py -q -p no:cacheprovider 2>&1 | tail -1
+    timeout $(( END - SECONDS < 40 ? END - SECONDS : 40 )) $PY -m pytest tests/test_codec/test_decode.py tests/test_codec/test_encode.py -q -p no:cacheprovider 2>&1 | keep | tail -1
   fi
   date -u
 } 2>&1 | tee "$LOG"

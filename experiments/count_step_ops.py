@@ -1,0 +1,103 @@
+"""Operations a training step issues: StrongPose's full step against the bare torchvision trunk's, per part.
+
+On a fast GPU a small batch's step is limited by the host, which queues one kernel per operation: the H200
+ran ResNet-50 bf16 at batch 16 with the host needing 30 ms to queue a 36 ms step (experiments/RESULTS.md,
+"Sixteenth session"). There the full step's speed relative to the trunk's is at most bare_ops / full_ops.
+Operations are counted through PyTorch's dispatcher (``TorchDispatchMode``), so on the CPU too: the model's
+operations are the same on a GPU (a view launches no kernel, a fused optimiser step one per group of
+tensors; the count is a proxy for launches, not a launch count). Data loading is left out: with workers it
+runs in other processes, and ``data.encode_on=device``'s operations differ between CPU and GPU.
+
+    python experiments/count_step_ops.py --backbone resnet50
+
+prints one line per backbone, the last being the last backbone's:
+
+    backbone=resnet50 bare_ops=717 full_ops=964 ceiling=0.744 forward=380 losses=69 backward=511 optimizer=4
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections import Counter
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import torch  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
+from strongpose.codec import StrongPoseCodec  # noqa: E402
+
+import bench_train as bt  # noqa: E402 - its model builders (experiments/ is on sys.path)
+
+PARTS = ("forward", "losses", "backward", "optimizer")
+
+
+class CountOps(TorchDispatchMode):
+    """Counts every operation dispatched inside the ``with`` block, by name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[str(func)] += 1
+        return func(*args, **(kwargs or {}))
+
+    @property
+    def total(self) -> int:
+        return sum(self.ops.values())
+
+
+def count(backbone: str, args: argparse.Namespace) -> dict[str, int]:
+    """Operations per part of the second step (the first one creates the optimisers' state)."""
+    device = torch.device("cpu")
+    args.workers, args.encode_on, args.channels_last = 0, "worker", False
+    codec = StrongPoseCodec(stride=args.stride)
+    batches, finish = bt.endless_batches(codec, args.batch, args, device)
+    module, bare, opt_full, opt_bare = bt.build_models(backbone, args, codec, device)
+    batch = finish(next(batches))
+    trunk_input = bt.PixelNormalize()(batch["image"])
+    counts: dict[str, int] = {}
+    for _ in range(2):  # the counts of the last
+        parts = dict.fromkeys(PARTS, 0)
+        with CountOps() as ops:
+            outputs = module(batch["image"])
+        parts["forward"] = ops.total
+        with CountOps() as ops:
+            losses = module.losses({k: v.float() for k, v in outputs.items()}, batch["targets"])
+        parts["losses"] = ops.total
+        with CountOps() as ops:
+            opt_full.zero_grad(set_to_none=True)
+            losses["total"].backward()
+        parts["backward"] = ops.total
+        with CountOps() as ops:
+            opt_full.step()
+        parts["optimizer"] = ops.total
+        with CountOps() as ops:  # bench_train's bare step
+            out = bare(trunk_input)
+            opt_bare.zero_grad(set_to_none=True)
+            out.float().mean().backward()
+            opt_bare.step()
+        counts = {"bare_ops": ops.total, "full_ops": sum(parts.values()), **parts}
+    counts["ceiling"] = counts["bare_ops"] / counts["full_ops"]
+    print(f"backbone={backbone} bare_ops={counts['bare_ops']} full_ops={counts['full_ops']} "
+          f"ceiling={counts['ceiling']:.3f} " + " ".join(f"{name}={counts[name]}" for name in PARTS), flush=True)
+    return counts
+
+
+def main(argv: list[str] | None = None) -> dict[str, int]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--backbone", nargs="+", default=["resnet50"], choices=bt.BACKBONES)
+    p.add_argument("--input", type=int, default=128, help="square input size (the counts do not depend on it)")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--stride", type=int, default=8)
+    args = p.parse_args(argv)
+    result: dict[str, int] = {}
+    for backbone in args.backbone:
+        result = count(backbone, args)
+    return result
+
+
+if __name__ == "__main__":
+    main()
