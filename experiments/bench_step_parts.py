@@ -19,11 +19,12 @@ bench_train.py compares the full step with the bare trunk; this splits the diffe
                 bar, EMA, images/s meter), after a warm-up; once per configuration, after the other parts
 
 The loader and full blocks start after the batches the workers made ahead are taken and as many untimed
-steps are run (bench_train.into_steady_state): they time the rate batches are produced at while the step runs. ``--collate packed default`` compares the data
-module's batches (3 shared-memory storages) with torch's default_collate (13), ``--sharing file_descriptor
-file_system`` torch.multiprocessing's two ways for workers to hand storages over
-(experiments/probe_loader_gil.py: with file_descriptor the receiving thread takes the GIL per storage),
-``--encode-on worker device`` the data module's two places for the keypoint targets.
+steps are run (bench_train.into_steady_state): they time the rate batches are produced at while the step
+runs. ``--collate packed default`` compares the data module's batches (3 shared-memory storages) with
+torch's default_collate (13), ``--sharing file_descriptor file_system`` torch.multiprocessing's two ways for
+workers to hand storages over (experiments/probe_loader_gil.py: with file_descriptor the receiving thread
+takes the GIL per storage), ``--encode-on worker device`` the data module's two places for the keypoint
+targets.
 
 Blocks of ``--steps`` steps, ``--rounds`` rounds alternating the parts, medians reported; one line per
 configuration, the last being the last configuration's:

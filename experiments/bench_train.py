@@ -109,6 +109,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", nargs="+", default=["32"], choices=["32", "bf16"])
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--override", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="training-config overrides for StrongPose's network, e.g. backbone.norm=frozen (the COCO "
+                        "experiments' norm) or model.heads.num_convs=2")
     p.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
                    help="torch.compile both networks (StrongPose's as callbacks.compile does, and the bare trunk) "
                         "with this mode (default: torch's); the warm-up steps pay the compilation")
@@ -133,7 +136,8 @@ def build_models(backbone: str, args: argparse.Namespace, codec: StrongPoseCodec
     torchvision trunk to C5 (no pooling, no classifier), each with the config's optimiser (AdamW, fused)."""
     torch.manual_seed(0)
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[f"backbone={backbone}", f"codec.stride={args.stride}"])
+        cfg = compose("train", overrides=[f"backbone={backbone}", f"codec.stride={args.stride}",
+                                          *getattr(args, "override", [])])
     optimizer = instantiate(cfg.model.optimizer)  # the training config's (AdamW, fused), for both steps
     module = StrongPoseModule(codec, instantiate(cfg.backbone), optimizer=optimizer,
                               heads=OmegaConf.to_container(cfg.model.heads)).to(device)
@@ -217,7 +221,8 @@ def measure(backbone: str, precision: str, batch_size: int, args: argparse.Names
     result["ratio"] = result["full_ips"] / result["bare_ips"]
     print(f"device={device_name(device)} backbone={backbone} input={args.input} batch={batch_size} "
           f"precision={precision} workers={args.workers} encode_on={args.encode_on}"
-          + (f" compile={args.compile}" if args.compile else "") + f" full_ips={result['full_ips']:.2f} "
+          + (f" compile={args.compile}" if args.compile else "") + "".join(f" {item}" for item in args.override)
+          + f" full_ips={result['full_ips']:.2f} "
           f"bare_ips={result['bare_ips']:.2f} ratio={result['ratio']:.3f} peak_mem_gb={result['peak_mem_gb']:.2f} "
           f"bare_peak_mem_gb={result['bare_peak_mem_gb']:.2f}", flush=True)
     del batches, module, bare, opt_full, opt_bare, full_step

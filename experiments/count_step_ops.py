@@ -81,7 +81,8 @@ def count(backbone: str, args: argparse.Namespace) -> dict[str, int]:
             opt_bare.step()
         counts = {"bare_ops": ops.total, "full_ops": sum(parts.values()), **parts}
     counts["ceiling"] = counts["bare_ops"] / counts["full_ops"]
-    print(f"backbone={backbone} bare_ops={counts['bare_ops']} full_ops={counts['full_ops']} "
+    print(f"backbone={backbone}" + "".join(f" {item}" for item in args.override)
+          + f" bare_ops={counts['bare_ops']} full_ops={counts['full_ops']} "
           f"ceiling={counts['ceiling']:.3f} " + " ".join(f"{name}={counts[name]}" for name in PARTS), flush=True)
     return counts
 
@@ -92,6 +93,8 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
     p.add_argument("--input", type=int, default=128, help="square input size (the counts do not depend on it)")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--stride", type=int, default=8)
+    p.add_argument("--override", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="training-config overrides, e.g. backbone.norm=frozen (as bench_train.py)")
     args = p.parse_args(argv)
     result: dict[str, int] = {}
     for backbone in args.backbone:

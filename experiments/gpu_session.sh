@@ -2,16 +2,18 @@
 # Issue 6's open GPU questions in one command, sized for one device call (~9 min). On the H200 of 2026-11-27
 # (experiments/RESULTS.md, "Sixteenth session") the full step reached >= 0.8 of the bare trunk in steady state for
 # ResNet-152 bf16 and ResNet-50 bf16 at batch 32, not for ResNet-50 bf16 at batches 8 / 16 (0.65 / 0.72), where
-# Python cannot queue the step's 964 operations (the trunk's: 717) as fast as the GPU runs them. Does
-# torch.compile (fewer, fused kernels; CUDA graphs with mode reduce-overhead) bring those to 0.8? And the rows
-# not yet measured in steady state. Steps, each stopped at its time limit, in order of importance (the log
-# comes back even if the call is cut short):
-#   1. bench_train --compile for ResNet-50 bf16 batch 8 / 16, then --compile reduce-overhead at batch 16;
-#   2. bench_train in steady state for fp32 (ResNet-50 and ResNet-152, batch 8 / 16 / 32) and ResNet-152 bf16
+# Python cannot queue the step's 964 operations (the trunk's: 717) as fast as the GPU runs them. Since then the
+# frozen BatchNorm of the COCO experiments queues 2 operations a layer instead of 11 (ResNet-50's step with the
+# COCO experiment's network: 870 operations, 1,347 before; experiments/count_step_ops.py). Steps, each stopped at
+# its time limit, in order of importance (the log comes back even if the call is cut short):
+#   1. bench_train for the COCO experiment's ResNet-50 network (frozen BatchNorm, two 256-wide convolutions a
+#      head), bf16, batch 8 / 16 / 32;
+#   2. bench_train --compile for ResNet-50 bf16 batch 8 / 16, then --compile reduce-overhead at batch 16;
+#   3. bench_train in steady state for fp32 (ResNet-50 and ResNet-152, batch 8 / 16 / 32) and ResNet-152 bf16
 #      batch 8;
-#   3. bench_step_parts for ResNet-50 bf16 batch 16 in steady state (fit_ms: Trainer.fit with the config's
+#   4. bench_step_parts for ResNet-50 bf16 batch 16 in steady state (fit_ms: Trainer.fit with the config's
 #      callbacks, against full_ms);
-#   4. if time is left: the host waits of a training step of the GPU preset (count_host_syncs on the GPU and
+#   5. if time is left: the host waits of a training step of the GPU preset (count_host_syncs on the GPU and
 #      tests/test_scale/test_host_syncs.py's GPU case), `strongpose.train trainer=gpu` fast_dev_run with
 #      data.encode_on=device, then with trainer.accumulate_grad_batches=2 (the accumulation windows' pinned
 #      counts), and the codec tests with their GPU = CPU cases (decode, batched encode).
@@ -29,7 +31,7 @@
 #     faster-coco-eval pydantic pydantic-core annotated-types typing-inspection simsimd stringzilla
 # and antlr4-python3-runtime==4.9.3, which PyPI has only as an sdist (pure Python): python3 -m pip wheel --no-deps -w .whl
 # antlr4-python3-runtime==4.9.3 (versions as pyproject.toml admits and .venv holds; one version of each)
-# then, in one device call with carry [".whl"] and timeout_s=600 (steps 1-3 stop at 210+200+70 s, step 4 by 560 s):
+# then, in one device call with carry [".whl"] and timeout_s=600 (steps 1-4 stop at 100+170+170+60 s, step 5 by 560 s):
 #   bash experiments/gpu_session.sh
 # QUICK=1 runs a tiny version of every step (CPU smoke test: bash experiments/gpu_session.sh with QUICK=1).
 set -u
@@ -49,21 +51,24 @@ export NO_ALBUMENTATIONS_UPDATE=1 WANDB_MODE=disabled PYTHONUNBUFFERED=1
 if [ "${QUICK:-0}" = 1 ]; then
   W=1
   TINY=(--backbone resnet18 --input 128 --batch 2 --precision 32 --steps 1 --rounds 1)
+  COCO=("${TINY[@]}" --workers 1 --override backbone.norm=frozen model.heads.num_convs=2 model.heads.width=256)
   COMP=("${TINY[@]}" --workers 1 --compile); COMP2=()   # one compilation: 1.5 min on the 2-core CPU
   FP32=("${TINY[@]}" --workers 1); R152B8=("${TINY[@]}" --workers 0)
   PARTS=("${TINY[@]}" --workers 1)
-  TC=300 TF=300 TP=300 TS=300  # a loaded CPU: time limits that only stop a hang
+  TZ=300 TC=300 TF=300 TP=300 TS=300  # a loaded CPU: time limits that only stop a hang
   HS=cpu
   TRAINER=default END=100000
 else
   W=$(( $(nproc) > 2 ? $(nproc) - 2 : 1 ))
   BF=(--input 512 --precision bf16 --steps 20 --rounds 3 --workers "$W")
+  COCO=(--backbone resnet50 --batch 8 16 32 "${BF[@]}" --override backbone.norm=frozen model.heads.num_convs=2
+        model.heads.width=256)   # conf/experiment/coco_resnet50.yaml's network
   COMP=(--backbone resnet50 --batch 8 16 "${BF[@]}" --compile)
   COMP2=(--backbone resnet50 --batch 16 "${BF[@]}" --compile reduce-overhead)
   FP32=(--backbone resnet50 resnet152 --batch 8 16 32 --input 512 --precision 32 --steps 20 --rounds 3 --workers "$W")
   R152B8=(--backbone resnet152 --batch 8 "${BF[@]}")
   PARTS=(--backbone resnet50 --batch 16 "${BF[@]}")
-  TC=210 TF=200 TP=70 TS=40  # seconds per step (TC shared by the two compiled runs, TF by the fp32 and R152 ones)
+  TZ=100 TC=170 TF=170 TP=60 TS=40  # seconds per step (TC shared by the two compiled runs, TF by fp32 and R152's)
   HS=cuda
   TRAINER=gpu END=560   # step 4 runs only in what is left before END seconds
 fi
@@ -71,6 +76,8 @@ left() { local t=$(( $1 - (SECONDS - $2) )); echo $(( t > 10 ? t : 10 )); }  # a
 {
   date -u; nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/null || echo "no nvidia-smi"
   $PY -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__, 'cuda', torch.cuda.is_available())"
+  echo "== bench_train, the COCO experiment's ResNet-50 network (frozen BatchNorm, 2 x 256 head convolutions)"
+  timeout $TZ $PY experiments/bench_train.py "${COCO[@]}" 2>&1 | keep | grep "^device="
   echo "== bench_train --compile (ResNet-50 bf16)"
   G0=$SECONDS
   timeout "$(left $TC $G0)" $PY experiments/bench_train.py "${COMP[@]}" 2>&1 | keep | grep "^device="

@@ -18,6 +18,7 @@ from strongpose.codec import StrongPoseCodec
 from strongpose.collectives import mean_over_ranks
 from strongpose.data.resumable import epoch_inside
 from strongpose.faults import BufferSnapshot, NonFiniteLossGuard
+from strongpose.models.frozen_norm import frozen_buffer_names
 from strongpose.models.losses import HEATMAP_LOSSES, strongpose_losses
 from strongpose.models.network import StrongPoseNet, to_probabilities
 from strongpose.structures import Poses
@@ -174,6 +175,8 @@ class StrongPoseModule(L.LightningModule):
         self.epoch_in_progress: int | None = None  # of the last training batch (see data.resumable.epoch_inside)
         self.codec = codec
         self.net = StrongPoseNet(backbone, codec, heads)
+        # DDP's attribute: buffers it leaves out of the sync before each forward pass (constants here)
+        self._ddp_params_and_buffers_to_ignore = frozen_buffer_names(self)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         loss = check_loss(loss)

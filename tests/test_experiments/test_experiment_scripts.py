@@ -90,7 +90,8 @@ def test_the_gpu_session_script_runs_every_step_in_its_quick_form(tmp_path):
                           capture_output=True, text=True, timeout=900)  # a hang guard (~3.5 min idle)
     log = (tmp_path / "gpu_session.log").read_text()
     assert done.returncode == 0, done.stdout + done.stderr
-    assert log.count("full_ips=") == 3  # bench_train: compiled, fp32 grid, ResNet-152 bf16 batch 8
+    assert log.count("full_ips=") == 4  # bench_train: COCO network, compiled, fp32 grid, ResNet-152 bf16 batch 8
+    assert log.count(" backbone.norm=frozen model.heads.num_convs=2 model.heads.width=256 full_ips=") == 1
     assert log.count(" compile=default full_ips=") == 1  # torch.compile really ran: 1.5 min on the 2-core CPU
     assert log.count("wait_ms=") == 1 and "fit_ms=" in log  # bench_step_parts in steady state
     assert "val/AP=" in log and "\nDone: checkpoint" in log  # the packaged trainer config, end to end

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
-from torchvision.ops import FrozenBatchNorm2d
+
+from strongpose.models.frozen_norm import CachedFrozenBatchNorm2d
 
 DEPTHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 NORMS = ("batch", "frozen")
@@ -54,8 +55,8 @@ class ResNetBackbone(nn.Module):
         neck_channels: channels of the neck, i.e. of the heads' input.
         pretrained: load torchvision's ImageNet weights from a local file (see :func:`load_imagenet_weights`).
         weights_path: that file, when not in the torch hub cache.
-        norm: ``batch`` or ``frozen`` (FrozenBatchNorm2d: statistics and affine fixed, the usual choice
-            with pretrained weights and small batches). SyncBatchNorm across DDP ranks is the trainer's
+        norm: ``batch`` or ``frozen`` (:class:`CachedFrozenBatchNorm2d`: statistics and affine fixed, the usual
+            choice with pretrained weights and small batches). SyncBatchNorm across DDP ranks is the trainer's
             ``sync_batchnorm=True``, which converts every BatchNorm, heads included.
     """
 
@@ -80,7 +81,7 @@ class ResNetBackbone(nn.Module):
         self.out_channels = int(neck_channels)
 
         # FrozenBatchNorm2d keeps BatchNorm's state-dict keys, so ImageNet weights load either way
-        resnet = getattr(torchvision.models, arch)(norm_layer=FrozenBatchNorm2d if norm == "frozen" else None)
+        resnet = getattr(torchvision.models, arch)(norm_layer=CachedFrozenBatchNorm2d if norm == "frozen" else None)
         if pretrained:
             load_imagenet_weights(resnet, arch, weights_path)
         self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)

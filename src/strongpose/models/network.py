@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from strongpose.codec import StrongPoseCodec
+from strongpose.models.capture import capturing
 from strongpose.models.heads import HEATMAP_HEADS, Heads
 from strongpose.structures import map_size
 
@@ -41,7 +42,7 @@ class PixelNormalize(nn.Module):
                              persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if not _tracing():  # checks in Python: the TorchScript exporter warns, torch.export cannot branch on data
+        if not capturing():  # checks in Python: the TorchScript exporter warns, torch.export cannot branch on data
             if images.dim() != 4 or images.shape[1] != self.scale.shape[1]:
                 raise ValueError(f"images must be (B, {self.scale.shape[1]}, H, W) RGB pixel values, "
                                  f"got shape {tuple(images.shape)}")
@@ -49,11 +50,6 @@ class PixelNormalize(nn.Module):
                 raise ValueError("images have negative values: the network takes RGB pixel values 0..255 (uint8 "
                                  "or float) and normalises them itself; do not pass ImageNet-normalised images")
         return torch.addcmul(self.shift, images.to(self.scale.dtype), self.scale)
-
-
-def _tracing() -> bool:
-    """Tracing (TorchScript), compiling or exporting: no data-dependent Python checks there."""
-    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
 
 
 class StrongPoseNet(nn.Module):
@@ -84,7 +80,7 @@ class StrongPoseNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.backbone(self.normalize(images))
-        if not _tracing():  # shapes only (no device read): a backbone whose maps are not what the targets are
+        if not capturing():  # shapes only (no device read): a backbone whose maps are not what the targets are
             expected = map_size(tuple(images.shape[-2:]), self.stride)
             if tuple(features.shape[-2:]) != expected:  # (a custom one; floor where the codec takes ceil)
                 raise ValueError(f"backbone {type(self.backbone).__name__} gives {tuple(features.shape[-2:])} "
