@@ -1,6 +1,10 @@
 """CachedFrozenBatchNorm2d: torchvision's FrozenBatchNorm2d, bit for bit, with fewer operations a call."""
 
+import copy
 import functools
+import gc
+import pickle
+import weakref
 
 import pytest
 import torch
@@ -45,7 +49,7 @@ def outputs_and_input_grads(layer, x):
 @pytest.mark.parametrize("autocast", [False, True])
 def test_outputs_and_gradients_are_torchvisions_bit_for_bit(autocast):
     reference, cached = random_pair()
-    x = torch.randn(3, 6, 5, 7)
+    x = torch.randn(3, 6, 5, 7, dtype=torch.bfloat16 if autocast else torch.float32)  # as a conv gives it
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         expected = outputs_and_input_grads(reference, x)
         for _ in range(2):  # the first call fills the cache, the second reads it
@@ -90,6 +94,42 @@ def test_the_cache_follows_every_change_of_the_buffers():
     for layer in (reference, cached):
         layer.eps = 1e-3
     check()
+    for layer in (reference, cached):
+        layer.running_mean.data = torch.full((6,), -0.25, dtype=torch.float64)  # new storage, no version bump
+    check()
+    for layer in (reference, cached):  # assign=True with swapping: same objects, versions back to 0
+        torch.utils.swap_tensors(layer.weight, torch.linspace(0.5, 2.0, 6, dtype=torch.float64))
+    check()
+
+
+def test_a_copy_starts_without_the_cache_of_its_original():
+    reference, cached = random_pair()
+    x = torch.randn(2, 6, 4, 4)
+    cached(x)  # cached at the buffers' current versions
+    other, _ = random_pair(seed=1)
+    for layer in (reference, cached):
+        layer.load_state_dict(other.state_dict())  # one version later
+    clone = copy.deepcopy(cached)  # copies start at version 1 or so: the cache must not come along
+    assert torch.equal(clone(x), reference(x)) and torch.equal(cached(x), reference(x))
+    # nor into another process (DDP spawn), where a buffer may get the old address and version 0 again
+    assert pickle.loads(pickle.dumps(cached))._cached_from is None
+
+
+def test_a_first_call_under_inference_mode_leaves_the_layer_trainable():
+    reference, cached = random_pair()
+    x = torch.randn(2, 6, 4, 4)
+    with torch.inference_mode():  # trainer.validate, or the Predictor, before any training
+        cached(x)
+    assert torch.equal(outputs_and_input_grads(cached, x)[1], outputs_and_input_grads(reference, x)[1])
+
+
+def test_moving_the_layer_frees_its_old_buffers():
+    _, cached = random_pair()
+    cached(torch.randn(2, 6, 4, 4))
+    old = weakref.ref(cached.running_var)
+    cached.double()
+    gc.collect()
+    assert old() is None
 
 
 def test_buffers_made_in_inference_mode_and_traced_graphs_use_the_plain_formula():
@@ -99,6 +139,7 @@ def test_buffers_made_in_inference_mode_and_traced_graphs_use_the_plain_formula(
         assert torch.equal(cached(x), reference(x))
     reference, cached = random_pair()
     x = torch.randn(2, 6, 4, 4)
+    cached(x)  # a filled cache, which the trace must not bake in
     traced = torch.jit.trace(cached, x)
     for layer in (reference, cached):
         layer.running_var.mul_(3.0)  # a graph with a cached scale baked in would not see this
