@@ -19,34 +19,17 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections import Counter
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import torch  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from strongpose.codec import StrongPoseCodec  # noqa: E402
+from strongpose.op_count import CountOps  # noqa: E402
 
 import bench_train as bt  # noqa: E402 - its model builders (experiments/ is on sys.path)
 
 PARTS = ("forward", "losses", "backward", "optimizer")
-
-
-class CountOps(TorchDispatchMode):
-    """Counts every operation dispatched inside the ``with`` block, by name."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: Counter[str] = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops[str(func)] += 1
-        return func(*args, **(kwargs or {}))
-
-    @property
-    def total(self) -> int:
-        return sum(self.ops.values())
 
 
 def count(backbone: str, args: argparse.Namespace) -> dict[str, int]:

@@ -9,23 +9,13 @@ import weakref
 import pytest
 import torch
 import torch.distributed as dist
-from torch.utils._python_dispatch import TorchDispatchMode
 from torchvision.ops import FrozenBatchNorm2d
 
 from strongpose.codec import StrongPoseCodec
 from strongpose.lit_module import StrongPoseModule
 from strongpose.models.backbone import ResNetBackbone
 from strongpose.models.frozen_norm import CachedFrozenBatchNorm2d, frozen_buffer_names
-
-
-class CountOps(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += 1
-        return func(*args, **(kwargs or {}))
+from strongpose.op_count import CountOps
 
 
 def random_pair(channels: int = 6, seed: int = 0):
@@ -66,7 +56,7 @@ def test_a_cached_call_queues_two_operations_where_torchvision_queues_eleven():
         layer(x)
         with CountOps() as ops:
             layer(x)
-        counts[name] = ops.count
+        counts[name] = ops.total
     assert counts == {"torchvision": 11, "cached": 2}
 
 
