@@ -8,8 +8,9 @@ masks). The last line is
 part of encode_ms that a worker still does with ``data.encode_on=device``: the mask-derived maps).
 
 ``--loader-workers W`` first measures what the training loop receives: the data module's own DataLoader
-with W workers (its collate, shared-memory batches, ``--pin-memory``) delivering ``--batches`` batches of
-``--batch`` (after one warm-up batch per worker and the batches the workers made ahead), printed as ``loader workers=W batch=B images_per_s=X
+with W workers (its collate, shared-memory batches, ``--pin-memory``) delivering ``--batches`` batches (rounded up
+to whole waves of W) of ``--batch`` (after one warm-up batch per worker and the batches the workers made
+ahead), printed as ``loader workers=W batch=B images_per_s=X
 per_worker=Y mb_per_image=Z`` (Z: the collated batch's bytes per image: image and targets).
 ``--encode-on worker device`` measures the loader once per choice of ``data.encode_on``, alternating; with
 ``device`` the line adds ``finish_ms_per_image``: encoding the rest of each batch in this process, on the CPU.
@@ -38,6 +39,8 @@ from strongpose.data import COCOKeypointDataset, sample_paths  # noqa: E402
 from strongpose.data.coco import to_chw  # noqa: E402
 from strongpose.data.datamodule import COCOKeypointDataModule  # noqa: E402
 
+from bench_train import whole_waves  # noqa: E402 - experiments/ is on sys.path
+
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -48,7 +51,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--images", type=int, default=200, help="samples to time (the dataset is cycled)")
     p.add_argument("--loader-workers", type=int, default=0, help="also time the DataLoader with this many workers")
     p.add_argument("--batch", type=int, default=32, help="loader batch size")
-    p.add_argument("--batches", type=int, default=10, help="loader batches to time")
+    p.add_argument("--batches", type=int, default=10,
+                   help="loader batches to time, rounded up to a multiple of --loader-workers (bench_train.whole_waves)")
     p.add_argument("--pin-memory", action="store_true", help="loader pin_memory (as on a GPU)")
     p.add_argument("--encode-on", nargs="+", default=["worker"], choices=["worker", "device"],
                    help="data.encode_on of the loader measurement (several: alternated)")
@@ -105,7 +109,7 @@ def measure_loader(images: str | Path, annotations: str | Path, args: argparse.N
     sent = [batch["image"], *batch.get("targets", {}).values(), *batch.get("regions", {}).values()]
     size = sum(t.nbytes for t in sent + [batch.get("people", torch.zeros(0))]) / len(batch["image"])
     t0 = time.perf_counter()
-    count = sum(len(next(batches)["image"]) for _ in range(args.batches))
+    count = sum(len(next(batches)["image"]) for _ in range(whole_waves(args.batches, args.loader_workers)))
     rate = count / (time.perf_counter() - t0)
     result = {"images_per_s": rate, "per_worker": rate / args.loader_workers, "mb_per_image": size / 1e6}
     if encode_on == "device":

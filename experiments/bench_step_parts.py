@@ -63,7 +63,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, nargs="+", default=[8])
     p.add_argument("--precision", nargs="+", default=["bf16"], choices=["32", "bf16"])
     p.add_argument("--stride", type=int, default=8)
-    p.add_argument("--steps", type=int, default=20, help="steps per timed block")
+    p.add_argument("--steps", type=int, default=20,
+                   help="steps per timed block, rounded up to a multiple of --workers (bench_train.whole_waves)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -117,7 +118,7 @@ def fit_ms(module, codec: StrongPoseCodec, batch_size: int, precision: str, args
         cfg = bt.compose("train")
     callbacks = [bt.instantiate(cfg.callbacks[name]) for name in ("progress_bar", "ema", "images_per_sec")]
     # past the batches the workers make ahead while the trainer starts (as the other parts drain them)
-    warmup, steps = 5 + 2 * args.workers, args.steps * args.rounds
+    warmup, steps = 5 + 2 * args.workers, bt.whole_waves(args.steps * args.rounds, args.workers)
     clock = _StepClock(warmup, device)
     trainer = L.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
                         precision="bf16-mixed" if precision == "bf16" else "32-true", max_steps=warmup + steps,
@@ -166,15 +167,16 @@ def measure(backbone: str, precision: str, batch_size: int, sharing: str, collat
         step()
     times: dict[str, list[float]] = {name: [] for name in parts}
     issue, wait = [], []
+    steps = bt.whole_waves(args.steps, args.workers)
     for _ in range(args.rounds):
         for name, step in parts.items():
             if name in ("loader", "full"):  # steady state: not the stock made while other parts ran
                 bt.into_steady_state(step, batches, args.workers)
             waited[0] = 0.0
-            times[name].append(ms_per_step(step, args.steps, device))
+            times[name].append(ms_per_step(step, steps, device))
             if name == "full":
-                wait.append(1000.0 * waited[0] / args.steps)
-        issue.append(issue_ms(fused, args.steps, device))
+                wait.append(1000.0 * waited[0] / steps)
+        issue.append(issue_ms(fused, steps, device))
     result = {f"{name}_ms": statistics.median(values) for name, values in times.items()}
     del batches  # its workers; fit starts its own
     result["fit_ms"] = fit_ms(module, codec, batch_size, precision, args, device, encode_on, stack)

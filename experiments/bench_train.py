@@ -84,6 +84,14 @@ def drain_prefetched(batches, workers: int, prefetch_factor: int = 2) -> None:
         next(batches)
 
 
+def whole_waves(steps: int, workers: int) -> int:
+    """``steps`` rounded up to a multiple of ``workers``, for a timed block that draws batches. Where the loader
+    is the limit, its workers (restarted together by a drain) each deliver a batch at about the same moment, a
+    wave; a block of part of a wave waits for the whole of it (20 steps of 14 workers: 2 waves, timed 1.4x too
+    long), a block of whole waves times the loader's rate."""
+    return -(-steps // workers) * workers if workers > 0 else steps
+
+
 def into_steady_state(step, batches, workers: int, prefetch_factor: int = 2) -> None:
     """Before a timed block that draws batches: :func:`drain_prefetched`, then as many untimed ``step``s.
 
@@ -103,7 +111,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--input", type=int, default=256, help="square input size")
     p.add_argument("--batch", type=int, nargs="+", default=[8], help="per-step batch sizes to measure")
     p.add_argument("--stride", type=int, default=8)
-    p.add_argument("--steps", type=int, default=3, help="steps per timed block")
+    p.add_argument("--steps", type=int, default=3,
+                   help="steps per timed block, rounded up to a multiple of --workers (whole_waves)")
     p.add_argument("--rounds", type=int, default=3, help="timed blocks of each kind")
     p.add_argument("--workers", type=int, default=2, help="data-loading worker processes")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -212,10 +221,11 @@ def measure(backbone: str, precision: str, batch_size: int, args: argparse.Names
         step()
         step()
     full, bare_blocks = [], []
+    steps = whole_waves(args.steps, args.workers)
     for _ in range(args.rounds):
         into_steady_state(full_step, batches, args.workers)  # the bare block let the workers fill their queues
-        full.append(timed_block(full_step, args.steps, batch_size, device))
-        bare_blocks.append(timed_block(bare_step, args.steps, batch_size, device))
+        full.append(timed_block(full_step, steps, batch_size, device))
+        bare_blocks.append(timed_block(bare_step, steps, batch_size, device))
     result = {"full_ips": statistics.median(r for r, _ in full), "bare_ips": statistics.median(r for r, _ in bare_blocks),
               "peak_mem_gb": max(m for _, m in full), "bare_peak_mem_gb": max(m for _, m in bare_blocks)}
     result["ratio"] = result["full_ips"] / result["bare_ips"]

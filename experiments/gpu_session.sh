@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 6's open GPU questions in one command, sized for one device call (~9 min). On the H200 of 2026-11-27
 # (experiments/RESULTS.md, "Sixteenth session") the full step reached >= 0.8 of the bare trunk in steady state for
-# ResNet-152 bf16 and ResNet-50 bf16 at batch 32, not for ResNet-50 bf16 at batches 8 / 16 (0.65 / 0.72), where
+# ResNet-152 bf16 and ResNet-50 bf16 at batch 32, not for ResNet-50 bf16 at batches 8 / 16 (0.65 / 0.70-0.72), where
 # Python cannot queue the step's 964 operations (the trunk's: 717) as fast as the GPU runs them. Since then the
 # frozen BatchNorm of the COCO experiments queues 2 operations a layer instead of 11 (ResNet-50's step with the
 # COCO experiment's network: 870 operations, 1,347 before; experiments/count_step_ops.py). Steps, each stopped at
@@ -70,7 +70,7 @@ else
   PARTS=(--backbone resnet50 --batch 16 "${BF[@]}")
   TZ=100 TC=170 TF=170 TP=60 TS=40  # seconds per step (TC shared by the two compiled runs, TF by fp32 and R152's)
   HS=cuda
-  TRAINER=gpu END=560   # step 4 runs only in what is left before END seconds
+  TRAINER=gpu END=560   # step 5 runs only in what is left before END seconds
 fi
 left() { local t=$(( $1 - (SECONDS - $2) )); echo $(( t > 10 ? t : 10 )); }  # a shared limit's rest
 {

@@ -46,6 +46,8 @@ def test_bench_blocks_start_in_steady_state_after_taking_the_stock():
     drawn, steps = iter(range(100)), []
     load("bench_train").into_steady_state(lambda: steps.append(next(drawn)), drawn, workers=3)
     assert steps == list(range(6, 12)) and next(drawn) == 12
+    whole_waves = load("bench_train").whole_waves  # timed blocks of whole waves of the workers' batches
+    assert (whole_waves(20, 14), whole_waves(28, 14), whole_waves(3, 1), whole_waves(3, 0)) == (28, 28, 3, 3)
 
 
 def test_count_step_ops_splits_the_full_step_and_does_not_depend_on_the_input_size(capsys):

@@ -21,7 +21,9 @@ class CachedFrozenBatchNorm2d(FrozenBatchNorm2d):
     The cache is rebuilt whenever a buffer was replaced (``.to()``, assignment, ``.data =``,
     ``torch.utils.swap_tensors``) or changed in place (``load_state_dict``, ``copy_``: each in-place change bumps a
     tensor's version counter), or ``eps`` changed; copies (``copy.deepcopy``, pickling) start without one. Writes
-    through ``.data`` in place (``buffer.data.copy_(...)``) bump no version counter: they are not seen. Buffers
+    through ``.data`` in place (``buffer.data.copy_(...)``) bump no version counter: they are not seen (Lightning's
+    ``WeightAveraging``, under the EMA callback, swaps weights so; for these buffers it writes the values they
+    already hold, the average of a constant). Not ``torch.jit.script``-able (tracing works). Buffers
     without a version counter (made under ``torch.inference_mode``) or that require grad, and traced, compiled or
     exported graphs use torchvision's formula.
     """
