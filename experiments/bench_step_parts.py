@@ -69,6 +69,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--channels-last", action="store_true")
+    bt.add_override_argument(p)
     p.add_argument("--sharing", nargs="+", default=[torch.multiprocessing.get_sharing_strategy()],
                    choices=sorted(torch.multiprocessing.get_all_sharing_strategies()),
                    help="how workers hand tensors over (torch.multiprocessing); each is measured in turn")
@@ -184,6 +185,7 @@ def measure(backbone: str, precision: str, batch_size: int, sharing: str, collat
     result["wait_ms"] = statistics.median(wait)
     print(f"device={bt.device_name(device)} backbone={backbone} input={args.input} batch={batch_size} "
           f"precision={precision} workers={args.workers} sharing={sharing} collate={collate} encode_on={encode_on} "
+          + "".join(f"{item} " for item in args.override)
           + " ".join(f"{key}={result[key]:.1f}" for key in
                      ("bare_ms", "net_ms", "fused_ms", "issue_ms", "loader_ms", "full_ms", "wait_ms", "fit_ms")), flush=True)
     del module, bare, optimizer, bare_optimizer, fused_optimizer, parts, full, net, fused, fixed

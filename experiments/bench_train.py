@@ -105,6 +105,13 @@ def into_steady_state(step, batches, workers: int, prefetch_factor: int = 2) -> 
         step()
 
 
+def add_override_argument(parser: argparse.ArgumentParser) -> None:
+    """``--override KEY=VALUE ...``: training-config overrides for StrongPose's network (:func:`build_models`)."""
+    parser.add_argument("--override", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="training-config overrides for StrongPose's network, e.g. backbone.norm=frozen (the "
+                             "COCO experiments' norm) or model.heads.num_convs=2")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--backbone", nargs="+", default=["resnet18"], choices=BACKBONES)
@@ -118,9 +125,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", nargs="+", default=["32"], choices=["32", "bf16"])
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--override", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="training-config overrides for StrongPose's network, e.g. backbone.norm=frozen (the COCO "
-                        "experiments' norm) or model.heads.num_convs=2")
+    add_override_argument(p)
     p.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
                    help="torch.compile both networks (StrongPose's as callbacks.compile does, and the bare trunk) "
                         "with this mode (default: torch's); the warm-up steps pay the compilation")

@@ -76,8 +76,7 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
     p.add_argument("--input", type=int, default=128, help="square input size (the counts do not depend on it)")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--stride", type=int, default=8)
-    p.add_argument("--override", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="training-config overrides, e.g. backbone.norm=frozen (as bench_train.py)")
+    bt.add_override_argument(p)
     args = p.parse_args(argv)
     result: dict[str, int] = {}
     for backbone in args.backbone:

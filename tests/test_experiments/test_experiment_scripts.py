@@ -58,6 +58,8 @@ def test_count_step_ops_splits_the_full_step_and_does_not_depend_on_the_input_si
     assert 0 < small["bare_ops"] < small["full_ops"] and small["losses"] > 0
     assert float(keys["ceiling"]) == pytest.approx(small["bare_ops"] / small["full_ops"], abs=1e-3)
     assert script.main(["--backbone", "resnet18", "--input", "96", "--batch", "3"]) == small
+    frozen = script.main(["--backbone", "resnet18", "--override", "backbone.norm=frozen"])  # the override applies
+    assert last_line_keys(capsys)["backbone.norm"] == "frozen" and frozen["full_ops"] < small["full_ops"]
 
 
 def test_bench_data_runs_and_reports(capsys):
@@ -104,11 +106,12 @@ def test_bench_step_parts_runs_and_reports(capsys):
     default = torch.multiprocessing.get_sharing_strategy()
     result = load("bench_step_parts").main(["--backbone", "resnet18", "--input", "64", "--batch", "2",
                                             "--precision", "32", "--steps", "1", "--rounds", "1", "--workers", "1",
-                                            "--device", "cpu", "--sharing", "file_system", "--collate", "default"])
+                                            "--device", "cpu", "--sharing", "file_system", "--collate", "default",
+                                            "--override", "backbone.norm=frozen"])
     keys = last_line_keys(capsys)
     parts = ("bare_ms", "net_ms", "fused_ms", "issue_ms", "loader_ms", "full_ms", "wait_ms", "fit_ms")
     assert set(parts) <= keys.keys() and keys["workers"] == "1" and keys["sharing"] == "file_system"
-    assert keys["collate"] == "default"
+    assert keys["collate"] == "default" and keys["backbone.norm"] == "frozen"
     assert torch.multiprocessing.get_sharing_strategy() == default  # put back for the rest of the process
     from strongpose.data import collate as collate_module
     assert collate_module.packed_collate is not torch.utils.data.default_collate
