@@ -307,8 +307,10 @@ def vote_mean(pos: torch.Tensor, channel: torch.Tensor, cell: torch.Tensor, skhm
     inside = (u >= 0) & (u < w) & (v >= 0) & (v < h)
     c = v.clamp(0, h - 1) * w + u.clamp(0, w - 1)
     p = take(skhm.reshape(-1), channel[:, None] * hw + c).to(dtype).nan_to_num_(posinf=1.0)  # as hough_vote
-    vx = take(short.reshape(-1), (2 * channel * hw)[:, None] + c).to(dtype) + map_to_input(u.to(dtype), stride)
-    vy = take(short.reshape(-1), ((2 * channel + 1) * hw)[:, None] + c).to(dtype) + map_to_input(v.to(dtype), stride)
+    # dx and dy in one gather, as find_peaks' refinement reads them: short channels 2c and 2c + 1
+    dxy = take(short.reshape(-1), (2 * channel * hw)[:, None, None] + _const((0, hw), dev)[:, None] + c[:, None])
+    vx = dxy[:, 0].to(dtype) + map_to_input(u.to(dtype), stride)
+    vy = dxy[:, 1].to(dtype) + map_to_input(v.to(dtype), stride)
     ok = inside & (p > threshold) & vx.isfinite() & vy.isfinite()
     p = torch.where(ok, p, 0.0)
     vx, vy = vx.nan_to_num(0.0, 0.0, 0.0), vy.nan_to_num(0.0, 0.0, 0.0)

@@ -65,7 +65,7 @@ class CachedFrozenBatchNorm2d(FrozenBatchNorm2d):
                 scale = self.weight.reshape(1, -1, 1, 1) * (self.running_var.reshape(1, -1, 1, 1) + self.eps).rsqrt()
                 shift = self.bias.reshape(1, -1, 1, 1) - self.running_mean.reshape(1, -1, 1, 1) * scale
             self._scale_shift = scale, shift
-            buffers, pointers, versions, eps = self._buffers_now()  # (reading the buffers bumps no version)
+            buffers, pointers, versions, eps = now  # still current: reading the buffers bumps no version
             self._cached_from = (buffers, tuple(b.untyped_storage() for b in buffers), pointers, versions, eps)
         scale, shift = self._scale_shift
         return x * scale + shift

@@ -108,8 +108,9 @@ def strongpose_losses(outputs: Mapping[str, torch.Tensor], targets: Mapping[str,
     per-process counts, a process whose images hold few people would weigh its cells more.
 
     ``counts`` (gradient accumulation over k micro-batches): per term, the window's :func:`term_counts` summed
-    and divided by k, times :data:`COUNT_SCALE` (integer tensors), used instead of this micro-batch's own. Lightning divides each micro-batch's loss by k, so
-    the accumulated gradient is then the gradient of the window's loss, as for one batch of all its images.
+    and divided by k, times :data:`COUNT_SCALE` (integer tensors), used instead of this micro-batch's own.
+    Lightning divides each micro-batch's loss by k, so the accumulated gradient is then the gradient of the
+    window's loss, as for one batch of all its images.
     """
     sums: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for name, pred in outputs.items():
