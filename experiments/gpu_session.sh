@@ -3,11 +3,12 @@
 # (experiments/RESULTS.md, "Sixteenth session") the full step reached >= 0.8 of the bare trunk in steady state for
 # ResNet-152 bf16 and ResNet-50 bf16 at batch 32, not for ResNet-50 bf16 at batches 8 / 16 (0.65 / 0.70-0.72), where
 # Python cannot queue the step's 964 operations (the trunk's: 717) as fast as the GPU runs them. Since then the
-# frozen BatchNorm of the COCO experiments queues 2 operations a layer instead of 11 (ResNet-50's step with the
-# COCO experiment's network: 870 operations, 1,347 before; experiments/count_step_ops.py). Steps, each stopped at
-# its time limit, in order of importance (the log comes back even if the call is cut short):
-#   1. bench_train for the COCO experiment's ResNet-50 network (frozen BatchNorm, two 256-wide convolutions a
-#      head), bf16, batch 8 / 16 / 32;
+# frozen BatchNorm of the COCO experiments queues 2 operations a layer instead of 11, the heads run side by side as
+# one stack and the loss terms are reduced together (seventeenth session): ResNet-50's step queues 879 operations
+# (ceiling 0.82), with the COCO experiment's network 733 (1,347 before; experiments/count_step_ops.py). Steps, each
+# stopped at its time limit, in order of importance (the log comes back even if the call is cut short):
+#   1. bench_train for ResNet-50 bf16 batch 8 / 16 (the issue's network, bench_train's default config), then the
+#      COCO experiment's ResNet-50 network (frozen BatchNorm, two 256-wide convolutions a head), batch 8 / 16 / 32;
 #   2. bench_train --compile for ResNet-50 bf16 batch 8 / 16, then --compile reduce-overhead at batch 16;
 #   3. bench_train in steady state for fp32 (ResNet-50 and ResNet-152, batch 8 / 16 / 32) and ResNet-152 bf16
 #      batch 8;
@@ -31,7 +32,8 @@
 #     faster-coco-eval pydantic pydantic-core annotated-types typing-inspection simsimd stringzilla
 # and antlr4-python3-runtime==4.9.3, which PyPI has only as an sdist (pure Python): python3 -m pip wheel --no-deps -w .whl
 # antlr4-python3-runtime==4.9.3 (versions as pyproject.toml admits and .venv holds; one version of each)
-# then, in one device call with carry [".whl"] and timeout_s=600 (steps 1-4 stop at 100+170+170+60 s, step 5 by 560 s):
+# then, in one device call with carry [".whl"] and timeout_s=600 (steps 1-4 stop at 70 + 100, 150, 130, 60 s, step 5 by
+# 560 s):
 #   bash experiments/gpu_session.sh
 # QUICK=1 runs a tiny version of every step (CPU smoke test: bash experiments/gpu_session.sh with QUICK=1).
 set -u
@@ -51,16 +53,18 @@ export NO_ALBUMENTATIONS_UPDATE=1 WANDB_MODE=disabled PYTHONUNBUFFERED=1
 if [ "${QUICK:-0}" = 1 ]; then
   W=1
   TINY=(--backbone resnet18 --input 128 --batch 2 --precision 32 --steps 1 --rounds 1)
+  PLAIN=("${TINY[@]}" --workers 1)
   COCO=("${TINY[@]}" --workers 1 --override backbone.norm=frozen model.heads.num_convs=2 model.heads.width=256)
   COMP=("${TINY[@]}" --workers 1 --compile); COMP2=()   # one compilation: 1.5 min on the 2-core CPU
   FP32=("${TINY[@]}" --workers 1); R152B8=("${TINY[@]}" --workers 0)
   PARTS=("${TINY[@]}" --workers 1)
-  TZ=300 TC=300 TF=300 TP=300 TS=300  # a loaded CPU: time limits that only stop a hang
+  TD=300 TZ=300 TC=300 TF=300 TP=300 TS=300  # a loaded CPU: time limits that only stop a hang
   HS=cpu
   TRAINER=default END=100000
 else
   W=$(( $(nproc) > 2 ? $(nproc) - 2 : 1 ))
   BF=(--input 512 --precision bf16 --steps 20 --rounds 3 --workers "$W")
+  PLAIN=(--backbone resnet50 --batch 8 16 "${BF[@]}")
   COCO=(--backbone resnet50 --batch 8 16 32 "${BF[@]}" --override backbone.norm=frozen model.heads.num_convs=2
         model.heads.width=256)   # conf/experiment/coco_resnet50.yaml's network
   COMP=(--backbone resnet50 --batch 8 16 "${BF[@]}" --compile)
@@ -68,7 +72,7 @@ else
   FP32=(--backbone resnet50 resnet152 --batch 8 16 32 --input 512 --precision 32 --steps 20 --rounds 3 --workers "$W")
   R152B8=(--backbone resnet152 --batch 8 "${BF[@]}")
   PARTS=(--backbone resnet50 --batch 16 "${BF[@]}")
-  TZ=100 TC=170 TF=170 TP=60 TS=40  # seconds per step (TC shared by the two compiled runs, TF by fp32 and R152's)
+  TD=70 TZ=100 TC=150 TF=130 TP=60 TS=40  # seconds per step (TC shared by the two compiled runs, TF by fp32 and R152's)
   HS=cuda
   TRAINER=gpu END=560   # step 5 runs only in what is left before END seconds
 fi
@@ -76,6 +80,8 @@ left() { local t=$(( $1 - (SECONDS - $2) )); echo $(( t > 10 ? t : 10 )); }  # a
 {
   date -u; nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/null || echo "no nvidia-smi"
   $PY -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__, 'cuda', torch.cuda.is_available())"
+  echo "== bench_train, ResNet-50 bf16 (bench_train's default network)"
+  timeout $TD $PY experiments/bench_train.py "${PLAIN[@]}" 2>&1 | keep | grep "^device="
   echo "== bench_train, the COCO experiment's ResNet-50 network (frozen BatchNorm, 2 x 256 head convolutions)"
   timeout $TZ $PY experiments/bench_train.py "${COCO[@]}" 2>&1 | keep | grep "^device="
   echo "== bench_train --compile (ResNet-50 bf16)"

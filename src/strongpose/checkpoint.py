@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from strongpose.config_check import InputError
+from strongpose.models.heads import adapt_heads
 
 # key under which train() stores the run's resolved Hydra config in every checkpoint, so that a
 # checkpoint file alone is enough to rebuild codec, backbone and heads (strongpose.load, evaluate, predict)
@@ -114,7 +115,11 @@ def init_from_checkpoint(module: torch.nn.Module, path: str | Path) -> tuple[lis
     others keep their initial values. Returns (loaded, kept) names and why some were kept; a checkpoint that
     fits nothing raises :class:`CheckpointError`."""
     checkpoint = read_checkpoint(path)
-    saved, specs = checkpoint["state_dict"], checkpoint.get("hyper_parameters", {})
+    specs = checkpoint.get("hyper_parameters", {})
+    heads = getattr(getattr(getattr(module, "net", None), "heads", None), "heads", None)
+    # a checkpoint from before the heads were fused, or with other heads (codec.long_range)
+    saved = checkpoint["state_dict"]
+    saved = adapt_heads(saved, "net.heads.", list(heads)) if heads is not None else saved
     own = module.state_dict()
     fresh, why = set(), ["no tensor of that name and shape in the checkpoint"]
     hparams = getattr(module, "hparams", {})
@@ -132,6 +137,8 @@ def init_from_checkpoint(module: torch.nn.Module, path: str | Path) -> tuple[lis
         raise CheckpointError(f"init_from={path}: none of its {len(saved)} tensors fits this model (names or "
                               f"shapes differ: another backbone?)")
     module.load_state_dict({name: saved[name] for name in loaded}, strict=False)
+    if any(name.startswith("net.heads.convs.") and name not in loaded for name in own):
+        why.append("heads the checkpoint lacks: the heads' shared layers")
     kept = own.keys() - set(loaded)
     return loaded, [name for name in own if name in kept], "; ".join(why)
 
@@ -153,10 +160,5 @@ def _another_kind_of_backbone(saved: dict[str, Any], current: dict[str, Any]) ->
 def _skeleton_layers(module: torch.nn.Module) -> set[str]:
     """Names of the heads' output layers whose channels are keypoints or edges (all but the body map's)."""
     heads = getattr(getattr(getattr(module, "net", None), "heads", None), "heads", None)
-    names: set[str] = set()
-    for head, layers in (heads.items() if heads is not None else ()):
-        convs = [name for name, layer in layers.named_modules() if isinstance(layer, torch.nn.Conv2d)]
-        if head != "bhm" and convs:
-            last = layers.get_submodule(convs[-1])
-            names |= {f"net.heads.heads.{head}.{convs[-1]}.{p}" for p, _ in last.named_parameters()}
-    return names
+    return {f"net.heads.heads.{head}.{name}" for head, layer in (heads.items() if heads is not None else ())
+            if head != "bhm" for name, _ in layer.named_parameters()}

@@ -19,6 +19,7 @@ from strongpose.collectives import mean_over_ranks
 from strongpose.data.resumable import epoch_inside
 from strongpose.faults import BufferSnapshot, NonFiniteLossGuard
 from strongpose.models.frozen_norm import frozen_buffer_names
+from strongpose.models.heads import has_separate_heads
 from strongpose.models.losses import HEATMAP_LOSSES, strongpose_losses
 from strongpose.models.network import StrongPoseNet, to_probabilities
 from strongpose.structures import Poses
@@ -348,6 +349,7 @@ class StrongPoseModule(L.LightningModule):
         self.category_id = checkpoint.get(CATEGORY, self.category_id)
         if self._trainer is not None and getattr(self._trainer, "training", False):  # resuming a fit, not load()
             check_same_global_batch(checkpoint.get(BATCH_LAYOUT), self.batch_layout())
+            check_fused_heads(checkpoint)
         self._resume_with_this_optimizer_kind(checkpoint)  # before Lightning loads the optimiser state
 
 
@@ -380,6 +382,16 @@ def check_same_global_batch(saved: dict[str, int] | None, now: dict[str, int]) -
         f"the checkpoint's data.batch_size, trainer.devices x trainer.num_nodes and trainer.accumulate_grad_batches "
         f"(at an epoch's end, the same product is enough), or start a new run from its weights: init_from=CKPT in "
         f"another run folder (or with resume=null, when resume=auto found this checkpoint in the run folder)")
+
+
+def check_fused_heads(checkpoint: dict) -> None:
+    """Raise :class:`CheckpointError` when a run would resume a checkpoint written before the heads were fused:
+    its weights load (:func:`strongpose.models.heads.adapt_heads`), its optimiser state, per separate
+    head tensor, does not."""
+    if has_separate_heads(checkpoint.get("state_dict", {}), "net.heads."):
+        raise CheckpointError("the checkpoint was written before StrongPose fused its heads (net.heads.heads.<name>"
+                              ".<i>.* tensors): its weights load, but its optimiser state cannot be resumed. Start a "
+                              "new run from its weights: init_from=CKPT (in another run folder, or with resume=null)")
 
 
 def _step_counters_to_host(state: dict, params) -> None:

@@ -57,6 +57,9 @@ def test_count_step_ops_splits_the_full_step_and_does_not_depend_on_the_input_si
     assert int(keys["full_ops"]) == small["full_ops"] == sum(small[part] for part in script.PARTS)
     assert 0 < small["bare_ops"] < small["full_ops"] and small["losses"] > 0
     assert float(keys["ceiling"]) == pytest.approx(small["bare_ops"] / small["full_ops"], abs=1e-3)
+    assert 0 < small["full_views"] < small["full_ops"] and 0 < small["bare_views"] < small["bare_ops"]
+    assert float(keys["ceiling_no_views"]) == pytest.approx(
+        (small["bare_ops"] - small["bare_views"]) / (small["full_ops"] - small["full_views"]), abs=1e-3)
     assert script.main(["--backbone", "resnet18", "--input", "96", "--batch", "3"]) == small
     frozen = script.main(["--backbone", "resnet18", "--override", "backbone.norm=frozen"])  # the override applies
     assert last_line_keys(capsys)["backbone.norm"] == "frozen" and frozen["full_ops"] < small["full_ops"]
@@ -94,7 +97,7 @@ def test_the_gpu_session_script_runs_every_step_in_its_quick_form(tmp_path):
                           capture_output=True, text=True, timeout=900)  # a hang guard (~3.5 min idle)
     log = (tmp_path / "gpu_session.log").read_text()
     assert done.returncode == 0, done.stdout + done.stderr
-    assert log.count("full_ips=") == 4  # bench_train: COCO network, compiled, fp32 grid, ResNet-152 bf16 batch 8
+    assert log.count("full_ips=") == 5  # bench_train: default and COCO networks, compiled, fp32 grid, R152 bf16 b8
     assert log.count(" backbone.norm=frozen model.heads.num_convs=2 model.heads.width=256 full_ips=") == 1
     assert log.count(" compile=default full_ips=") == 1  # torch.compile really ran: 1.5 min on the 2-core CPU
     assert log.count("wait_ms=") == 1 and "fit_ms=" in log  # bench_step_parts in steady state

@@ -6,6 +6,7 @@ from torchvision.ops import sigmoid_focal_loss
 
 from strongpose.codec import OFFSET_MAPS
 from strongpose.models.losses import COUNT_SCALE, heatmap_loss, offset_loss, strongpose_losses, term_counts
+from strongpose.op_count import CountOps
 
 WEIGHTS = {"skhm": 4.0, "bhm": 2.0, "short": 1.0, "mid": 0.4, "long": 0.1}
 
@@ -117,6 +118,46 @@ def test_all_terms_and_weighted_total(batch, codec):
         strongpose_losses(out, t, {k: v for k, v in WEIGHTS.items() if k != "mid"}, codec.disk_radius)
 
 
+@pytest.mark.parametrize("kind", ["bce", "focal"])
+def test_the_terms_computed_side_by_side_are_each_terms_own_loss_with_its_gradient(batch, codec, kind):
+    """strongpose_losses reduces all heat maps and all offsets together: each term and the gradient of the total
+    are those of the per-term losses."""
+    t = batch["targets"]
+    out = {k: v.requires_grad_() for k, v in _outputs_like(t, seed=3).items()}
+    losses = strongpose_losses(out, t, WEIGHTS, codec.disk_radius, heatmap=kind, focal_alpha=0.25)
+    alone = {name: heatmap_loss(out[name], t[name], t["weight"], kind, focal_alpha=0.25) for name in ("skhm", "bhm")}
+    alone |= {name: offset_loss(out[name], t[name], t[f"{name}_valid"], codec.disk_radius) for name in OFFSET_MAPS}
+    for name, value in alone.items():
+        torch.testing.assert_close(losses[name], value, rtol=1e-5, atol=0)
+    grads = torch.autograd.grad(losses["total"], list(out.values()))
+    want = torch.autograd.grad(sum(WEIGHTS[name] * value for name, value in alone.items()), list(out.values()))
+    for got, expected in zip(grads, want):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-9)
+
+
+def test_one_infinite_term_leaves_the_others_finite(batch, codec):
+    """The terms are reduced together; a term that overflows still shows alone in the logged terms."""
+    t = batch["targets"]
+    out = _outputs_like(t)
+    out["long"] = torch.full_like(out["long"], float("inf"))
+    losses = strongpose_losses(out, t, WEIGHTS, codec.disk_radius)
+    assert losses["long"] == float("inf") and losses["total"] == float("inf")
+    assert all(torch.isfinite(losses[name]) for name in ("skhm", "bhm", "short", "mid"))
+
+
+def test_the_losses_operations_do_not_grow_with_the_terms(batch, codec):
+    """What computing the terms side by side is for: on a fast GPU the host queueing small operations limits a
+    small batch's step. Five terms cost only the concatenations of three offset maps more than three terms."""
+    t = batch["targets"]
+    out = _outputs_like(t)
+    counted = {}
+    for names in (("skhm", "bhm", "short"), ("skhm", "bhm", "short", "mid", "long")):
+        with CountOps() as ops:
+            strongpose_losses({name: out[name] for name in names}, t, WEIGHTS, codec.disk_radius)
+        counted[len(names)] = ops.total
+    assert counted[5] - counted[3] <= 3, counted
+
+
 def _chunk_gradients(outputs, targets, codec, mean_over_processes):
     """Gradient of the chunk's loss w.r.t. float64 copies of its outputs."""
     leaves = {k: v.detach().double().requires_grad_() for k, v in outputs.items()}
@@ -207,6 +248,13 @@ def test_float16_offset_targets_give_the_float32_loss(codec):
     assert all(b[k].dtype == torch.float32 for k in a)
     for k in a:
         assert float(b[k]) == pytest.approx(float(a[k]), rel=1e-3), k
+    # under bfloat16 autocast, as Lightning computes the losses with precision=bf16-mixed (whose cat refuses float16
+    # beside bfloat16): the same float32 terms
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        c = strongpose_losses({k: v.bfloat16() for k, v in out.items()}, half, WEIGHTS, codec.disk_radius)
+    assert all(c[k].dtype == torch.float32 for k in a)
+    for k in a:
+        assert float(c[k]) == pytest.approx(float(a[k]), rel=2e-2), k
 
 
 def test_an_ignored_region_counts_only_the_positive_targets_of_each_channel():

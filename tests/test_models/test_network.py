@@ -25,8 +25,8 @@ def test_offsets_come_out_in_input_pixels():
     codec = StrongPoseCodec(stride=8, disk_radius=20.0)
     net = _net(codec, num_convs=0)
     for head in net.heads.heads.values():  # each head predicts a constant 1.5
-        torch.nn.init.zeros_(head[-1].weight)
-        torch.nn.init.constant_(head[-1].bias, 1.5)
+        torch.nn.init.zeros_(head.weight)
+        torch.nn.init.constant_(head.bias, 1.5)
     with torch.no_grad():
         out = net(torch.rand(1, 3, 32, 32) * 255)
     for name, o in out.items():

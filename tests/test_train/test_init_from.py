@@ -48,6 +48,45 @@ def test_another_skeleton_keeps_only_the_heads_last_layers_new(trained, train_co
         capsys.readouterr().out
 
 
+def test_a_checkpoint_of_separate_head_stacks_gives_every_weight(trained, train_config, tmp_path, capsys):
+    """Checkpoints from before the heads were fused (``net.heads.heads.<name>.<i>.*``) still start a run."""
+    checkpoint = torch.load(trained, weights_only=True)
+    fused = checkpoint["state_dict"]
+    heads = list(dict.fromkeys(key.split(".")[3] for key in fused if key.startswith("net.heads.heads.")))
+    separate = {key: value for key, value in fused.items() if not key.startswith("net.heads.")}
+    layers = sorted({int(key.split(".")[3]) for key in fused if key.startswith("net.heads.convs.")})
+    for key, value in fused.items():
+        parts = key.split(".")
+        if key.startswith("net.heads.convs."):
+            chunks = [value] * len(heads) if value.dim() == 0 else value.chunk(len(heads))
+            for head, chunk in zip(heads, chunks):
+                separate[f"net.heads.heads.{head}.{parts[3]}.{parts[4]}"] = chunk.clone()
+        elif key.startswith("net.heads.heads."):
+            separate[f"net.heads.heads.{parts[3]}.{layers[-1] + 2}.{parts[4]}"] = value
+    checkpoint["state_dict"] = separate
+    old = tmp_path / "separate_heads.ckpt"
+    torch.save(checkpoint, old)
+    model = _model(train_config, [])
+    start_from_weights(model, str(old))
+    assert all(torch.equal(value, fused[name]) for name, value in model.state_dict().items())
+    assert f"{len(fused)} of {len(fused)} tensors loaded" in capsys.readouterr().out
+    model.load_state_dict(separate)  # and as a whole, by the heads' load hook
+    with pytest.raises(CheckpointError, match="before StrongPose fused its heads.*init_from=CKPT"):
+        train(train_config([*QUICK, "trainer.max_epochs=2", f"ckpt_path={old}"], output_dir=tmp_path / "resumed"))
+
+
+def test_without_long_range_offsets_the_other_heads_keep_their_layers(trained, train_config, capsys):
+    """A checkpoint with five heads, a model with four: each keeps its own channels of the heads' shared stack."""
+    model = _model(train_config, ["codec.long_range=false"])
+    start_from_weights(model, str(trained))
+    saved = torch.load(trained, weights_only=True)["state_dict"]
+    state = model.state_dict()
+    assert all(torch.equal(state[name], saved[name]) for name in state if not name.startswith("net.heads.convs."))
+    first = "net.heads.convs.0.weight"  # skhm, bhm, short, mid of the five heads' channels (long was the fifth)
+    assert torch.equal(state[first], saved[first][: state[first].shape[0]])
+    assert f"{len(state)} of {len(state)} tensors loaded" in capsys.readouterr().out
+
+
 def test_a_run_from_weights_starts_at_step_0(trained, train_config, tmp_path):
     _, run = train(train_config([*QUICK, "trainer.max_steps=1", "data.batch_size=1", f"init_from={trained}"],
                                 output_dir=tmp_path))
@@ -70,7 +109,7 @@ def test_another_kind_of_backbone_starts_afresh_and_a_resnet34_takes_the_resnet1
         name = "net.backbone.stages.layer1.0.conv1.weight"
         same = name in saved and torch.equal(model.state_dict()[name], saved[name])
         assert same == backbone_loaded, arch
-        assert torch.equal(model.state_dict()["net.heads.heads.bhm.3.weight"], saved["net.heads.heads.bhm.3.weight"])
+        assert torch.equal(model.state_dict()["net.heads.heads.bhm.weight"], saved["net.heads.heads.bhm.weight"])
 
 
 def test_a_skeleton_of_as_many_keypoints_gets_new_output_layers(trained, train_config, capsys):
@@ -87,9 +126,9 @@ def test_a_skeleton_of_as_many_keypoints_gets_new_output_layers(trained, train_c
     start_from_weights(model, str(trained))
     saved = torch.load(trained, weights_only=True)["state_dict"]
     state = model.state_dict()
-    assert not torch.equal(state["net.heads.heads.skhm.3.weight"], saved["net.heads.heads.skhm.3.weight"])
-    assert torch.equal(state["net.heads.heads.skhm.0.weight"], saved["net.heads.heads.skhm.0.weight"])
-    assert torch.equal(state["net.heads.heads.bhm.3.weight"], saved["net.heads.heads.bhm.3.weight"])
+    assert not torch.equal(state["net.heads.heads.skhm.weight"], saved["net.heads.heads.skhm.weight"])
+    assert torch.equal(state["net.heads.convs.0.weight"], saved["net.heads.convs.0.weight"])
+    assert torch.equal(state["net.heads.heads.bhm.weight"], saved["net.heads.heads.bhm.weight"])
     assert "another skeleton: the heads' output layers" in capsys.readouterr().out
 
 
@@ -106,7 +145,7 @@ def test_a_skeleton_with_an_edge_moved_gets_new_output_layers(trained, train_con
     model = instantiate(cfg.model, codec=instantiate(cfg.codec))
     start_from_weights(model, str(trained))
     saved = torch.load(trained, weights_only=True)["state_dict"]
-    mid = "net.heads.heads.mid.3.weight"
+    mid = "net.heads.heads.mid.weight"
     assert model.state_dict()[mid].shape == saved[mid].shape and not torch.equal(model.state_dict()[mid], saved[mid])
     assert "another skeleton: the heads' output layers" in capsys.readouterr().out
 

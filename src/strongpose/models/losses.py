@@ -5,6 +5,7 @@ Shapes: B batch, C channels, h x w map. Targets are the codec's (see ``StrongPos
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 
 import torch
@@ -18,9 +19,10 @@ HEATMAP_LOSSES = ("bce", "focal")
 COUNT_SCALE = 2**16
 
 
-def _heatmap_sum(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, kind: str,
-                 focal_gamma: float, focal_alpha: float | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weighted sum of the per-cell losses, sum of the weights): :func:`heatmap_loss` before the division."""
+def _heatmap_channel_sums(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, kind: str,
+                          focal_gamma: float, focal_alpha: float | None) -> torch.Tensor:
+    """(2, C): per channel, the weighted sum of the per-cell losses and the sum of the weights (:func:`heatmap_loss`
+    before the division)."""
     if kind not in HEATMAP_LOSSES:
         raise ValueError(f"heat-map loss must be one of {HEATMAP_LOSSES}, got {kind!r}")
     logits = logits.float()
@@ -36,7 +38,7 @@ def _heatmap_sum(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
             loss = loss * (focal_alpha * target + (1 - focal_alpha) * (1 - target))
     weight = _cell_weights(target, weight)
     # where(), not a product, so that nothing at all (not even a NaN) passes from ignored cells
-    return torch.where(weight > 0, loss * weight, 0.0).sum(), weight.sum()
+    return torch.stack([torch.where(weight > 0, loss * weight, 0.0).sum((0, 2, 3)), weight.sum((0, 2, 3))])
 
 
 def _cell_weights(target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -58,15 +60,16 @@ def heatmap_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
         kind: ``bce`` or ``focal`` (sigmoid focal loss, Lin et al. 2017; ``focal_alpha`` None = no class
             balancing).
     """
-    total, count = _heatmap_sum(logits, target, weight, kind, focal_gamma, focal_alpha)
+    total, count = _heatmap_channel_sums(logits, target, weight, kind, focal_gamma, focal_alpha).sum(1)
     return total / count.clamp(min=1.0)
 
 
-def _offset_sum(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum over valid (map, cell) pairs of |dx| + |dy|, number of valid pairs)."""
+def _offset_channel_sums(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
+                         count_scale: float = 1.0) -> torch.Tensor:
+    """(2, C): per map, the sum of |dx| + |dy| over its valid cells and the number of valid cells x ``count_scale``."""
     b, c2, h, w = pred.shape
     err = (pred.float() - target).abs().view(b, c2 // 2, 2, h, w).sum(2)
-    return torch.where(valid, err, 0.0).sum(), valid.sum().float()
+    return torch.stack([torch.where(valid, err, 0.0).sum((0, 2, 3)), valid.sum((0, 2, 3)) * float(count_scale)])
 
 
 def offset_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, disk_radius: float) -> torch.Tensor:
@@ -78,7 +81,7 @@ def offset_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, d
 
     Returns the mean over valid (map, cell) pairs of (|dx| + |dy|) / R; 0 when nothing is valid.
     """
-    total, count = _offset_sum(pred, target, valid)
+    total, count = _offset_channel_sums(pred, target, valid).sum(1)
     return total / (disk_radius * count.clamp(min=1))
 
 
@@ -112,26 +115,73 @@ def strongpose_losses(outputs: Mapping[str, torch.Tensor], targets: Mapping[str,
     Lightning divides each micro-batch's loss by k, so the accumulated gradient is then the gradient of the
     window's loss, as for one batch of all its images.
     """
-    sums: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for name, pred in outputs.items():
-        if name in HEATMAP_HEADS:
-            sums[name] = _heatmap_sum(pred, targets[name], targets["weight"], heatmap, focal_gamma, focal_alpha)
-        else:
-            total, count = _offset_sum(pred, targets[name], targets[f"{name}_valid"])
-            sums[name] = total, count * disk_radius
-    missing = set(sums) - set(weights)
+    names = list(outputs)
+    missing = set(names) - set(weights)
     if missing:
         raise KeyError(f"no loss weight for {sorted(missing)} (weights: {dict(weights)})")
+    # The terms side by side, a few operations on all the maps of a kind rather than ten on each map: on a fast
+    # GPU a small batch's step is limited by the host queueing its operations (experiments/RESULTS.md, "Seventeenth
+    # session"). Per channel (heat maps) or map (offsets): (loss sum, count), then summed per term.
+    heat = [name for name in names if name in HEATMAP_HEADS]
+    offsets = [name for name in names if name not in HEATMAP_HEADS]
+    per_channel = []
+    if heat:
+        per_channel.append(_heatmap_channel_sums(_cat([outputs[n] for n in heat]), _cat([targets[n] for n in heat]),
+                                                 targets["weight"], heatmap, focal_gamma, focal_alpha))
+    if offsets:  # counts in disk radii: the terms are in units of the disk radius
+        per_channel.append(_offset_channel_sums(_cat([outputs[n] for n in offsets]), _cat([targets[n] for n in offsets]),
+                                                _cat([targets[f"{n}_valid"] for n in offsets]), disk_radius))
+    order = heat + offsets
+    sizes = [outputs[name].shape[1] // (1 if name in HEATMAP_HEADS else 2) for name in order]
+    per_channel = _cat(per_channel)
+    # per term: the channels selected by a (channel, term) mask, summed (not a product with a 0/1 matrix, where an
+    # infinite term would make every other NaN, nor a matmul, which autocast would lower)
+    segments = _segments(tuple(sizes), per_channel.device)
+    totals, own_counts = torch.where(segments, per_channel.unsqueeze(2), 0.0).sum(1).unbind()
     if counts is None:
-        counts = torch.stack([count for _, count in sums.values()]).detach()
-    else:  # in the units of sums' own counts: offsets in disk radii
+        counts = own_counts.detach()
+    else:  # in the units of the own counts: offsets in disk radii
         # (a Python number times a tensor: no copy from the host, which would wait for the GPU; float32 keeps 7
         # significant digits of any count, and no float64, which MPS lacks)
         counts = torch.stack([counts[name].float() * ((1.0 if name in HEATMAP_HEADS else disk_radius) / COUNT_SCALE)
-                              for name in sums]).to(next(iter(sums.values()))[0].device)
+                              for name in order]).to(totals.device)
     if mean_over_processes is not None:  # one all-reduce for all terms
         counts = mean_over_processes(counts)
     # clamp: a term with nothing to learn (no valid cell) is 0, not 0 / 0
-    terms = {name: total / count for (name, (total, _)), count in zip(sums.items(), counts.clamp(min=1.0).unbind())}
-    terms["total"] = sum(weights[name] * term for name, term in terms.items())
+    values = totals / counts.clamp(min=1.0)
+    terms = dict(zip(order, values.unbind()))
+    terms = {name: terms[name] for name in names}
+    # (a product and a sum, not torch.dot: no autocast list may ever lower it)
+    terms["total"] = (values * _constant(tuple(float(weights[name]) for name in order), values.device)).sum()
     return terms
+
+
+def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The maps side by side along the channels (one map: itself, no copy), of the dtype they promote to."""
+    if len(tensors) == 1:
+        return tensors[0]
+    device = tensors[0].device.type
+    if torch.is_autocast_enabled(device):  # autocast's cat refuses float16 targets under bfloat16 autocast
+        with torch.autocast(device, enabled=False):
+            return torch.cat(tensors, 1)
+    return torch.cat(tensors, 1)
+
+
+@functools.lru_cache(maxsize=64)
+def _segments(sizes: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """(sum(sizes), len(sizes)) bool on ``device``: True where a channel belongs to a term (``sizes[t]`` channels
+    each, in order), made once (see :func:`_constant`)."""
+    return _constant(tuple(tuple(term == t for t in range(len(sizes)))
+                           for term, size in enumerate(sizes) for _ in range(size)), device)
+
+
+@functools.lru_cache(maxsize=64)
+def _constant(values: tuple, device: torch.device) -> torch.Tensor:
+    """``values`` as a tensor on ``device`` (bool, or else float32), made once: a copy from the host at each step would wait for the
+    GPU. Made outside inference mode, so that training can use one first made in a validation step."""
+    with torch.inference_mode(False):
+        flat = values
+        while isinstance(flat, tuple) and flat:
+            flat = flat[0]
+        dtype = torch.bool if isinstance(flat, bool) else torch.float32
+        return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
