@@ -136,7 +136,7 @@ def select_heads(state: dict[str, torch.Tensor], prefix: str, heads: list[str]) 
     saved = _in_codec_order(key[len(prefix) + len("heads."):-len(".weight")] for key in state
                             if key.startswith(f"{prefix}heads.") and key.endswith(".weight")
                             and key.count(".", len(prefix)) == 2)
-    if saved == list(heads) or not set(heads) <= set(saved):
+    if set(saved) == set(heads) or not set(heads) <= set(saved):  # the same heads: the writer's own layout
         return state
     keep = [saved.index(head) for head in heads]
     cut = dict(state)

@@ -184,4 +184,5 @@ def _constant(values: tuple, device: torch.device) -> torch.Tensor:
         while isinstance(flat, tuple) and flat:
             flat = flat[0]
         dtype = torch.bool if isinstance(flat, bool) else torch.float32
-        return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+        # non_blocking only on CUDA, which stages a copy from pageable memory (MPS may read the freed temporary)
+        return torch.tensor(values, dtype=dtype).to(device, non_blocking=device.type == "cuda")
