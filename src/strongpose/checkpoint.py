@@ -116,7 +116,7 @@ def init_from_checkpoint(module: torch.nn.Module, path: str | Path) -> tuple[lis
     fits nothing raises :class:`CheckpointError`."""
     checkpoint = read_checkpoint(path)
     specs = checkpoint.get("hyper_parameters", {})
-    heads = getattr(getattr(getattr(module, "net", None), "heads", None), "heads", None)
+    heads = _heads_of(module)
     # a checkpoint from before the heads were fused, or with other heads (codec.long_range)
     saved = checkpoint["state_dict"]
     saved = adapt_heads(saved, "net.heads.", list(heads)) if heads is not None else saved
@@ -157,8 +157,13 @@ def _another_kind_of_backbone(saved: dict[str, Any], current: dict[str, Any]) ->
     return kind[0] != kind[1]
 
 
+def _heads_of(module: torch.nn.Module) -> torch.nn.ModuleDict | None:
+    """A StrongPose module's output layers by head (``net.heads.heads``), or None for another module."""
+    return getattr(getattr(getattr(module, "net", None), "heads", None), "heads", None)
+
+
 def _skeleton_layers(module: torch.nn.Module) -> set[str]:
     """Names of the heads' output layers whose channels are keypoints or edges (all but the body map's)."""
-    heads = getattr(getattr(getattr(module, "net", None), "heads", None), "heads", None)
+    heads = _heads_of(module)
     return {f"net.heads.heads.{head}.{name}" for head, layer in (heads.items() if heads is not None else ())
             if head != "bhm" for name, _ in layer.named_parameters()}

@@ -91,9 +91,14 @@ def _in_codec_order(names) -> list[str]:
     return sorted(names, key=lambda name: CODEC_ORDER.index(name) if name in CODEC_ORDER else len(CODEC_ORDER))
 
 
+def _separate_key(key: str, prefix: str) -> re.Match | None:
+    """The (head, index, tensor) of a separate head stack's key ``<prefix>heads.<name>.<i>.<tensor>``, else None."""
+    return _SEPARATE_KEY.match(key[len(prefix):]) if key.startswith(prefix) else None
+
+
 def has_separate_heads(state: dict, prefix: str = "") -> bool:
     """Whether ``state`` holds separate head stacks (``<prefix>heads.<name>.<i>.<tensor>``, before fused heads)."""
-    return any(key.startswith(prefix) and _SEPARATE_KEY.match(key[len(prefix):]) for key in state)
+    return any(_separate_key(key, prefix) for key in state)
 
 
 def fuse_separate_heads(state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
@@ -103,18 +108,18 @@ def fuse_separate_heads(state: dict[str, torch.Tensor], prefix: str = "") -> dic
     the stacks' tensors concatenated along their output channels in the codec's order of heads. A state without
     such keys comes back as it is."""
     found: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
-    for key in state:
-        match = _SEPARATE_KEY.match(key[len(prefix):]) if key.startswith(prefix) else None
-        if match:
-            found.setdefault(match["head"], {}).setdefault(int(match["index"]), {})[match["tensor"]] = state[key]
+    fused = {}
+    for key, value in state.items():
+        if match := _separate_key(key, prefix):
+            found.setdefault(match["head"], {}).setdefault(int(match["index"]), {})[match["tensor"]] = value
+        else:
+            fused[key] = value
     if not found:
         return state
     last = {head: max(layers) for head, layers in found.items()}
     if len(set(last.values())) != 1:
         raise ValueError(f"separate head stacks of unequal depth in a checkpoint: {last}")
     output = next(iter(last.values()))
-    fused = {key: value for key, value in state.items()
-             if not (key.startswith(prefix) and _SEPARATE_KEY.match(key[len(prefix):]))}
     heads = _in_codec_order(found)
     for index in range(output):
         for tensor in found[heads[0]].get(index, {}):

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 import torch
 import torch.nn.functional as F
 
+from strongpose.codec.hough import _const  # small constants made once per device (outside inference mode)
 from strongpose.models.heads import HEATMAP_HEADS
 
 HEATMAP_LOSSES = ("bce", "focal")
@@ -152,7 +153,7 @@ def strongpose_losses(outputs: Mapping[str, torch.Tensor], targets: Mapping[str,
     terms = dict(zip(order, values.unbind()))
     terms = {name: terms[name] for name in names}
     # (a product and a sum, not torch.dot: no autocast list may ever lower it)
-    terms["total"] = (values * _constant(tuple(float(weights[name]) for name in order), values.device)).sum()
+    terms["total"] = (values * _const(tuple(float(weights[name]) for name in order), values.device, torch.float32)).sum()
     return terms
 
 
@@ -170,19 +171,6 @@ def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
 @functools.lru_cache(maxsize=64)
 def _segments(sizes: tuple[int, ...], device: torch.device) -> torch.Tensor:
     """(sum(sizes), len(sizes)) bool on ``device``: True where a channel belongs to a term (``sizes[t]`` channels
-    each, in order), made once (see :func:`_constant`)."""
-    return _constant(tuple(tuple(term == t for t in range(len(sizes)))
-                           for term, size in enumerate(sizes) for _ in range(size)), device)
-
-
-@functools.lru_cache(maxsize=64)
-def _constant(values: tuple, device: torch.device) -> torch.Tensor:
-    """``values`` as a tensor on ``device`` (bool, or else float32), made once: a copy from the host at each step would wait for the
-    GPU. Made outside inference mode, so that training can use one first made in a validation step."""
-    with torch.inference_mode(False):
-        flat = values
-        while isinstance(flat, tuple) and flat:
-            flat = flat[0]
-        dtype = torch.bool if isinstance(flat, bool) else torch.float32
-        # non_blocking only on CUDA, which stages a copy from pageable memory (MPS may read the freed temporary)
-        return torch.tensor(values, dtype=dtype).to(device, non_blocking=device.type == "cuda")
+    each, in order), made once (its Python tuple too: it would cost the host more than the step's operations)."""
+    return _const(tuple(tuple(term == t for t in range(len(sizes))) for term, size in enumerate(sizes)
+                        for _ in range(size)), device, torch.bool)
