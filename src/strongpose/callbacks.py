@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import Callback, TQDMProgressBar, WeightAveragi
 from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
 
 from strongpose.config_check import ConfigError
+from strongpose.log_steps import logs_written
 
 
 class EMA(WeightAveraging):
@@ -230,11 +231,18 @@ class ModelCheckpoint(LightningModelCheckpoint):
 
 
 class ImagesPerSecond(Callback):
-    """Logs ``train/images_per_sec`` (all devices, data loading included) over the last ``window`` batches."""
+    """Logs ``train/images_per_sec`` (all devices, data loading included) over the last ``window`` batches, at
+    the steps whose values reach the loggers (:func:`strongpose.log_steps.logs_written`; the progress bar shows
+    it from those). At a step that a callback after this one stops (Ctrl-C), the value written is the last
+    logged one: a window's average of up to ``trainer.log_every_n_steps`` steps before."""
 
     def __init__(self, window: int = 20) -> None:
         self.window = int(window)
         self._marks: deque[tuple[float, int]] = deque(maxlen=self.window + 1)
+        self._last_step = math.inf
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._last_step = trainer.estimated_stepping_batches
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._marks.clear()
@@ -245,7 +253,7 @@ class ImagesPerSecond(Callback):
         images = len(batch["image"]) * trainer.world_size
         self._marks.append((time.perf_counter(), images))
         elapsed = self._marks[-1][0] - self._marks[0][0]
-        if elapsed > 0:
+        if elapsed > 0 and logs_written(trainer, self._last_step):
             rate = sum(n for _, n in list(self._marks)[1:]) / elapsed
             # a CPU tensor: Lightning would copy a Python number to the GPU, and wait for it, every step
             pl_module.log("train/images_per_sec", torch.tensor(rate), on_step=True, prog_bar=True,

@@ -117,9 +117,11 @@ def init_from_checkpoint(module: torch.nn.Module, path: str | Path) -> tuple[lis
     checkpoint = read_checkpoint(path)
     specs = checkpoint.get("hyper_parameters", {})
     heads = _heads_of(module)
-    # a checkpoint from before the heads were fused, or with other heads (codec.long_range)
+    # a checkpoint from before the heads were fused, or with other heads (codec.long_range): a head it lacks keeps
+    # its initial channels of the heads' shared layers, the others load theirs
     saved = checkpoint["state_dict"]
-    saved = adapt_heads(saved, "net.heads.", list(heads)) if heads is not None else saved
+    if heads is not None:
+        saved = adapt_heads(saved, "net.heads.", list(heads), own=module.net.heads.state_dict())
     own = module.state_dict()
     fresh, why = set(), ["no tensor of that name and shape in the checkpoint"]
     hparams = getattr(module, "hparams", {})
@@ -137,8 +139,10 @@ def init_from_checkpoint(module: torch.nn.Module, path: str | Path) -> tuple[lis
         raise CheckpointError(f"init_from={path}: none of its {len(saved)} tensors fits this model (names or "
                               f"shapes differ: another backbone?)")
     module.load_state_dict({name: saved[name] for name in loaded}, strict=False)
-    if any(name.startswith("net.heads.convs.") and name not in loaded for name in own):
-        why.append("heads the checkpoint lacks: the heads' shared layers")
+    lacking = [head for head in (heads or ()) if f"net.heads.heads.{head}.weight" not in saved]
+    if lacking:
+        why.append(f"heads the checkpoint lacks ({', '.join(lacking)}): their output layers and their channels of "
+                   f"the heads' shared layers")
     kept = own.keys() - set(loaded)
     return loaded, [name for name in own if name in kept], "; ".join(why)
 

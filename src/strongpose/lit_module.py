@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -18,8 +19,9 @@ from strongpose.codec import StrongPoseCodec
 from strongpose.collectives import mean_over_ranks
 from strongpose.data.resumable import epoch_inside
 from strongpose.faults import BufferSnapshot, NonFiniteLossGuard
+from strongpose.log_steps import logs_written
 from strongpose.models.frozen_norm import frozen_buffer_names
-from strongpose.models.heads import has_separate_heads
+from strongpose.models.heads import Heads, has_separate_heads
 from strongpose.models.losses import HEATMAP_LOSSES, strongpose_losses
 from strongpose.models.network import StrongPoseNet, to_probabilities
 from strongpose.structures import Poses
@@ -189,6 +191,8 @@ class StrongPoseModule(L.LightningModule):
         # some micro-batch since the last optimiser step was not finite: its NaN gradients are summed into
         # .grad with the others' (trainer.accumulate_grad_batches > 1), so the whole step is dropped
         self._drop_gradients = False
+        self._train_terms: tuple[dict[str, torch.Tensor], int] = ({}, 0)  # this step's loss terms, batch size
+        self._last_step = math.inf  # the run's number of optimiser steps (on_train_start)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Raw outputs (heat-map logits, offsets in input pixels), in training and evaluation alike."""
@@ -210,7 +214,8 @@ class StrongPoseModule(L.LightningModule):
         """Raw outputs -> people per image (keypoints in input pixels)."""
         return self.codec.decode(to_probabilities(outputs))
 
-    def _step(self, batch: dict, stage: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _step(self, batch: dict, stage: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The loss terms and the raw outputs of ``batch``."""
         # a batch whose samples were all bad has size 0: it goes through with zero loss and zero gradients
         # rather than being skipped, so that every DDP rank still takes part in each step
         outputs = self(batch["image"])
@@ -219,25 +224,38 @@ class StrongPoseModule(L.LightningModule):
         # with gradient accumulation, the training loader's window_counts (see ResumableDataLoader)
         losses = self.losses(outputs, batch["targets"], global_batch=train,
                              counts=batch.get("window_counts") if train else None)
-        # per step in training, per epoch (averaged over ranks) in validation
-        options = {"on_step": train, "on_epoch": not train, "sync_dist": not train, "batch_size": len(batch["image"])}
-        self.log_dict({f"{stage}/{LOSS}_{name}": value for name, value in losses.items() if name != "total"}, **options)
-        # not in the progress bar during training: Lightning would read it on the host after every batch, a
-        # wait for the GPU (callbacks.ProgressBar shows it, read once a second)
-        self.log(f"{stage}/{LOSS}", losses["total"], prog_bar=not train, **options)
-        return losses["total"], outputs
+        return losses, outputs
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         self._buffers_before.take(self)
-        loss = self._step(batch, "train")[0]
+        losses = self._step(batch, "train")[0]
+        size = len(batch["image"])
+        # logged before the guard's read of the device below, so that this Python runs while the GPU still
+        # computes the forward pass; not in the progress bar: Lightning would read it on the host after every
+        # batch, a wait for the GPU (callbacks.ProgressBar shows it, read once a second)
+        self.log(f"train/{LOSS}", losses["total"], on_step=True, on_epoch=False, batch_size=size)
+        self._train_terms = ({name: value.detach() for name, value in losses.items() if name != "total"}, size)
         # a non-finite loss: the step is skipped. Backward still runs (not `return None`, which Lightning
         # refuses under DDP, where every rank must take part in the gradient all-reduce); then the BatchNorm
         # statistics, which a NaN batch makes NaN for good, are put back and the gradients dropped
-        self._restore_buffers = self.nonfinite.skip(loss, batch, self._trainer)
+        self._restore_buffers = self.nonfinite.skip(losses["total"], batch, self._trainer)
         self._drop_gradients |= self._restore_buffers
-        # a CPU tensor: Lightning would copy a Python number to the GPU, and wait for it, every step
-        self.log(NONFINITE, torch.tensor(float(self.nonfinite.total)), on_step=True, batch_size=len(batch["image"]))
-        return loss
+        return losses["total"]
+
+    def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
+        # the terms and the skipped steps' count only at the steps whose values reach the loggers (Lightning
+        # writes them after this hook; see strongpose.log_steps): at the GPU preset's log_every_n_steps=50, six
+        # self.log calls per step for nothing otherwise. Here rather than in training_step: after the optimiser
+        # step is queued (the GPU is busy meanwhile), and after the callbacks' on_train_batch_end, which may tell
+        # the run to stop (Ctrl-C), a step Lightning then writes too. Those callbacks see the terms of the last
+        # step written (trainer.callback_metrics).
+        if logs_written(self._trainer, self._last_step):
+            values, size = self._train_terms
+            self.log_dict({f"train/{LOSS}_{name}": value for name, value in values.items()}, on_step=True,
+                          on_epoch=False, batch_size=size)
+            # a CPU tensor: Lightning would copy a Python number to the GPU, and wait for it
+            self.log(NONFINITE, torch.tensor(float(self.nonfinite.total)), on_step=True, on_epoch=False,
+                     batch_size=size)
 
     def on_after_backward(self) -> None:
         if self._restore_buffers:  # not before backward: autograd checks that BatchNorm's inputs are unchanged
@@ -252,8 +270,13 @@ class StrongPoseModule(L.LightningModule):
         """``{"loss": total loss, "outputs": raw outputs}``; Lightning hands it to callbacks'
         ``on_validation_batch_end`` as ``outputs``, so that :class:`strongpose.evaluation.COCOEvalCallback`
         decodes the network's outputs without running the network again."""
-        loss, outputs = self._step(batch, "val")
-        return {"loss": loss, "outputs": outputs}
+        losses, outputs = self._step(batch, "val")
+        # per epoch, averaged over the ranks
+        self.log_dict({f"val/{LOSS}_{name}": value for name, value in losses.items() if name != "total"},
+                      on_step=False, on_epoch=True, sync_dist=True, batch_size=len(batch["image"]))
+        self.log(f"val/{LOSS}", losses["total"], prog_bar=True, on_step=False, on_epoch=True, sync_dist=True,
+                 batch_size=len(batch["image"]))
+        return {"loss": losses["total"], "outputs": outputs}
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[Poses]:
         return self.decode(self(batch["image"]))
@@ -320,6 +343,7 @@ class StrongPoseModule(L.LightningModule):
         self.category_id = getattr(dataset, "category_id", self.category_id)
 
     def on_train_start(self) -> None:
+        self._last_step = self.trainer.estimated_stepping_batches  # a property that counts batches: once
         # the LR of the step to come, from this run's schedule: a resume with a longer one (more epochs) restores
         # the optimiser's LR of the old schedule (its end: the floor), and the scheduler, rebuilt for this run,
         # sets its own only after the first step. The same value as restored when the schedule is the same.
@@ -412,6 +436,8 @@ def check_compatible(checkpoint: dict, model: StrongPoseModule) -> None:
     for what in ("codec", "backbone"):
         if saved.get(what) is not None:
             problems += spec_mismatch(saved[what], model.hparams[what], what)
+    if "heads" in saved:  # the heads' layer shapes (model.heads), not their initial values
+        problems += spec_mismatch(heads_spec(saved["heads"]), heads_spec(model.hparams.get("heads")), "model.heads")
     if problems:
         raise CheckpointError("checkpoint does not fit this model: " + "; ".join(problems))
 
@@ -421,6 +447,13 @@ def backbone_spec(backbone: nn.Module) -> dict:
     return {"class": type(backbone).__name__, "arch": getattr(backbone, "arch", None),
             "output_stride": getattr(backbone, "output_stride", None),
             "out_channels": getattr(backbone, "out_channels", None)}
+
+
+def heads_spec(heads: dict | None) -> dict:
+    """What the heads' tensor shapes depend on (``model.heads`` with :class:`Heads`' defaults filled in)."""
+    defaults = {name: p.default for name, p in inspect.signature(Heads).parameters.items()
+                if name in ("num_convs", "width", "kernel_size")}
+    return {**defaults, **{k: v for k, v in dict(heads or {}).items() if k in defaults}}
 
 
 def codec_spec(codec: StrongPoseCodec) -> dict:

@@ -65,6 +65,17 @@ def test_count_step_ops_splits_the_full_step_and_does_not_depend_on_the_input_si
     assert last_line_keys(capsys)["backbone.norm"] == "frozen" and frozen["full_ops"] < small["full_ops"]
 
 
+def test_loop_overhead_splits_a_fit_step_and_puts_the_functions_back(capsys):
+    script = load("loop_overhead")
+    before = (torch.autograd.backward, torch._foreach_copy_, script.L.LightningModule.log)
+    result = script.main(["trainer.max_epochs=3"])  # 18 steps, the first 12 untimed
+    keys = last_line_keys(capsys)
+    assert keys["steps"] == "5" and float(keys["loop_ms"]) == pytest.approx(result["loop_ms"], abs=0.01)
+    assert all(result[part] > 0 for part in ("forward", "backward", "optimizer", "averaging", "data", "log"))
+    assert 0 < result["loop_ms"] < result["wall"]
+    assert (torch.autograd.backward, torch._foreach_copy_, script.L.LightningModule.log) == before
+
+
 def test_bench_data_runs_and_reports(capsys):
     result = load("bench_data").main(["--input", "128", "--images", "3"])
     keys = last_line_keys(capsys)

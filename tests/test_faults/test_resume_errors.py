@@ -30,6 +30,8 @@ def last_ckpt(train_config, tmp_path_factory):
 @pytest.mark.parametrize(("override", "expected"), [
     ("backbone=resnet34", "backbone arch: checkpoint 'resnet18', model 'resnet34'"),
     ("codec.stride=16", "codec stride: checkpoint 8, model 16"),
+    ("model.heads.width=32", "model.heads width: checkpoint 64, model 32"),
+    ("model.heads.num_convs=2", "model.heads num_convs: checkpoint 1, model 2"),
 ])
 def test_resuming_into_another_model_names_the_differences(train_config, tmp_path, last_ckpt, override, expected):
     cfg = train_config([*QUICK, override, "trainer.max_epochs=2", f"ckpt_path={last_ckpt}"], output_dir=tmp_path)

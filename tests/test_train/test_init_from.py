@@ -87,6 +87,40 @@ def test_without_long_range_offsets_the_other_heads_keep_their_layers(trained, t
     assert f"{len(state)} of {len(state)} tensors loaded" in capsys.readouterr().out
 
 
+def test_with_long_range_offsets_added_the_other_heads_keep_their_layers(trained, train_config, tmp_path, capsys):
+    """A checkpoint with four heads, a model with five: the four load their channels of the heads' shared stack,
+    the new head keeps its initial ones (and its output layer)."""
+    four = _model(train_config, ["codec.long_range=false"])
+    start_from_weights(four, str(trained))
+    capsys.readouterr()
+    checkpoint = torch.load(trained, weights_only=True)
+    checkpoint["state_dict"] = four.state_dict()
+    checkpoint["hyper_parameters"]["codec"]["long_range"] = False
+    path = tmp_path / "four_heads.ckpt"
+    torch.save(checkpoint, path)
+    model = _model(train_config, [])
+    fresh = {name: value.clone() for name, value in model.state_dict().items()}
+    start_from_weights(model, str(path))
+    state, saved = model.state_dict(), four.state_dict()
+    assert all(torch.equal(state[name], saved[name]) for name in saved if not name.startswith("net.heads.convs."))
+    assert all(torch.equal(state[name], fresh[name]) for name in state if name.startswith("net.heads.heads.long."))
+    for name, value in state.items():
+        if name.startswith("net.heads.convs.") and value.dim():  # skhm, bhm, short, mid, then long
+            *old, new = value.chunk(5)
+            assert torch.equal(torch.cat(old), saved[name]) and torch.equal(new, fresh[name].chunk(5)[4]), name
+    out = capsys.readouterr().out
+    assert f"{len(state) - 2} of {len(state)} tensors loaded" in out and "heads the checkpoint lacks (long)" in out
+    # the heads' load hook does the same for a whole state dict, when missing keys are allowed
+    again = _model(train_config, [])  # (other initial values than model's)
+    again.load_state_dict(saved, strict=False)
+    for name, value in again.state_dict().items():
+        if name.startswith("net.heads.convs.") and value.dim():
+            value, expected = value.chunk(5)[:4], state[name].chunk(5)[:4]
+            assert all(torch.equal(a, b) for a, b in zip(value, expected)), name
+        elif not name.startswith("net.heads.heads.long."):
+            assert torch.equal(value, state[name]), name
+
+
 def test_a_run_from_weights_starts_at_step_0(trained, train_config, tmp_path):
     _, run = train(train_config([*QUICK, "trainer.max_steps=1", "data.batch_size=1", f"init_from={trained}"],
                                 output_dir=tmp_path))

@@ -133,35 +133,47 @@ def fuse_separate_heads(state: dict[str, torch.Tensor], prefix: str = "") -> dic
     return fused
 
 
-def select_heads(state: dict[str, torch.Tensor], prefix: str, heads: list[str]) -> dict[str, torch.Tensor]:
-    """``state`` (fused heads) with its stack's tensors cut to ``heads``, the names of the module that loads them,
+def select_heads(state: dict[str, torch.Tensor], prefix: str, heads: list[str],
+                 own: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """``state`` (fused heads) with its stack's tensors made for ``heads``, the names of the module that loads them,
     in its order, when the checkpoint's heads (those with an output conv ``<prefix>heads.<name>.weight``) are
     others, e.g. ``long`` with ``codec.long_range`` on in one and off in the other: each head's channels of every
-    layer are its own. A state whose heads are these, or that lacks one of them, comes back as it is."""
+    layer are its own. A head the checkpoint lacks takes its channels from ``own`` (the loading module's state,
+    keys without ``prefix``: its initial values), so that the other heads' layers still load; without ``own``,
+    such a state comes back as it is (its stack's tensors then fit nothing). So does a state whose heads are
+    these: the writer's own layout."""
     saved = _in_codec_order(key[len(prefix) + len("heads."):-len(".weight")] for key in state
                             if key.startswith(f"{prefix}heads.") and key.endswith(".weight")
                             and key.count(".", len(prefix)) == 2)
-    if set(saved) == set(heads) or not set(heads) <= set(saved):  # the same heads: the writer's own layout
+    if not saved or set(saved) == set(heads) or (own is None and not set(heads) <= set(saved)):
         return state
-    keep = [saved.index(head) for head in heads]
     cut = dict(state)
     for key, value in state.items():
-        if key.startswith(f"{prefix}convs.") and value.dim() > 0 and value.shape[0] % len(saved) == 0:
-            parts = value.chunk(len(saved))
-            cut[key] = torch.cat([parts[i] for i in keep])
+        if not key.startswith(f"{prefix}convs.") or value.dim() == 0 or value.shape[0] % len(saved):
+            continue
+        parts = value.chunk(len(saved))
+        mine = own.get(key[len(prefix):]) if own is not None else None
+        fresh = mine.chunk(len(heads)) if mine is not None and mine.shape[0] % len(heads) == 0 else None
+        if fresh is not None and fresh[0].shape != parts[0].shape:  # another width: nothing of it fits
+            continue
+        if fresh is None and not set(heads) <= set(saved):
+            continue
+        cut[key] = torch.cat([parts[saved.index(head)] if head in saved else fresh[i].to(value)
+                              for i, head in enumerate(heads)])
     return cut
 
 
-def adapt_heads(state: dict[str, torch.Tensor], prefix: str, heads: list[str]) -> dict[str, torch.Tensor]:
-    """A checkpoint's head tensors for a module whose heads are ``heads``: :func:`fuse_separate_heads`, then
-    :func:`select_heads`."""
-    return select_heads(fuse_separate_heads(state, prefix), prefix, heads)
+def adapt_heads(state: dict[str, torch.Tensor], prefix: str, heads: list[str],
+                own: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """A checkpoint's head tensors for a module whose heads are ``heads`` (and whose state is ``own``, keys without
+    ``prefix``): :func:`fuse_separate_heads`, then :func:`select_heads`."""
+    return select_heads(fuse_separate_heads(state, prefix), prefix, heads, own)
 
 
 def _fuse_on_load(module: Heads, state: dict, prefix: str, *args, **kwargs) -> None:
     """load_state_dict pre-hook: a checkpoint of separate head stacks or of other heads (:func:`adapt_heads`), in
     place."""
-    fused = adapt_heads(state, prefix, list(module.heads))
+    fused = adapt_heads(state, prefix, list(module.heads), own=module.state_dict())
     if fused is not state:
         state.clear()
         state.update(fused)
