@@ -5,7 +5,9 @@
 # Python cannot queue the step's 964 operations (the trunk's: 717) as fast as the GPU runs them. Since then the
 # frozen BatchNorm of the COCO experiments queues 2 operations a layer instead of 11, the heads run side by side as
 # one stack and the loss terms are reduced together (seventeenth session): ResNet-50's step queues 879 operations
-# (ceiling 0.82), with the COCO experiment's network 733 (1,347 before; experiments/count_step_ops.py). Steps, each
+# (ceiling 0.82), with the COCO experiment's network 733 (1,347 before; experiments/count_step_ops.py). Through
+# Trainer.fit (step 4's fit_ms; 50-52 ms at batch 16 before) the step also makes 6 fewer self.log calls (eighteenth
+# session: ~2.4 ms of host time per step on the 2-core VM, experiments/loop_overhead.py). Steps, each
 # stopped at its time limit, in order of importance (the log comes back even if the call is cut short):
 #   1. bench_train for ResNet-50 bf16 batch 8 / 16 (the issue's network, bench_train's default config), then the
 #      COCO experiment's ResNet-50 network (frozen BatchNorm, two 256-wide convolutions a head), batch 8 / 16 / 32;

@@ -75,13 +75,16 @@ def _timed(owner, name: str, part: str) -> Callable[[], None]:
 @contextlib.contextmanager
 def instrumented():
     """The parts' functions timed inside the block (process-wide), put back after it."""
-    undo = [_timed(StrongPoseModule, "forward", "forward"), _timed(StrongPoseModule, "losses", "losses"),
-            _timed(torch.autograd, "backward", "backward"), _timed(torch, "_fused_adamw_", "optimizer"),
-            _timed(torch, "_foreach_lerp_", "averaging"),  # the EMA update
-            _timed(torch, "_foreach_copy_", "averaging"),  # the BatchNorm snapshot
-            _timed(dataloader._BaseDataLoaderIter, "__next__", "data"),
-            _timed(L.LightningModule, "log", "log"), _timed(torch.optim.Optimizer, "zero_grad", "zero_grad")]
+    parts = [(StrongPoseModule, "forward", "forward"), (StrongPoseModule, "losses", "losses"),
+             (torch.autograd, "backward", "backward"), (torch, "_fused_adamw_", "optimizer"),
+             (torch, "_foreach_lerp_", "averaging"),  # the EMA update
+             (torch, "_foreach_copy_", "averaging"),  # the BatchNorm snapshot
+             (dataloader._BaseDataLoaderIter, "__next__", "data"),
+             (L.LightningModule, "log", "log"), (torch.optim.Optimizer, "zero_grad", "zero_grad")]
+    undo = []
     try:
+        for owner, name, part in parts:
+            undo.append(_timed(owner, name, part))
         yield
     finally:
         for restore in reversed(undo):
@@ -105,7 +108,7 @@ class StepTimer(L.Callback):
 
 def main(overrides: list[str] | None = None) -> dict[str, float]:
     torch.set_num_threads(1)
-    sys.modules.setdefault("loop_overhead", sys.modules[__name__])  # StepTimer, named in the config: this one
+    sys.modules["loop_overhead"] = sys.modules[__name__]  # StepTimer, named in the config: this module's
     overrides = sys.argv[1:] if overrides is None else overrides
     with (tempfile.TemporaryDirectory() as out, initialize_config_dir(str(CONFIG_DIR), version_base="1.3"),
           instrumented()):

@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import Callback, TQDMProgressBar, WeightAveragi
 from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
 
 from strongpose.config_check import ConfigError
-from strongpose.log_steps import logs_written
+from strongpose.log_steps import logs_read
 
 
 class EMA(WeightAveraging):
@@ -232,17 +232,18 @@ class ModelCheckpoint(LightningModelCheckpoint):
 
 class ImagesPerSecond(Callback):
     """Logs ``train/images_per_sec`` (all devices, data loading included) over the last ``window`` batches, at
-    the steps whose values reach the loggers (:func:`strongpose.log_steps.logs_written`; the progress bar shows
-    it from those). At a step that a callback after this one stops (Ctrl-C), the value written is the last
-    logged one: a window's average of up to ``trainer.log_every_n_steps`` steps before."""
+    the steps whose logged values are read (:func:`strongpose.log_steps.logs_read`; the progress bar shows it
+    from those). It runs after the other callbacks (it moves itself to the end of the trainer's list at setup, as
+    :class:`strongpose.faults.InterruptCheckpoint` does), so that it sees a stop that one of them requests in this
+    step (Lightning's Timer for ``max_time``, appended after the configured callbacks): Lightning writes that step,
+    and a value not logged then would be written as it was at the last step logged."""
 
     def __init__(self, window: int = 20) -> None:
         self.window = int(window)
         self._marks: deque[tuple[float, int]] = deque(maxlen=self.window + 1)
-        self._last_step = math.inf
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._last_step = trainer.estimated_stepping_batches
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        trainer.callbacks = [c for c in trainer.callbacks if c is not self] + [self]
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._marks.clear()
@@ -253,7 +254,7 @@ class ImagesPerSecond(Callback):
         images = len(batch["image"]) * trainer.world_size
         self._marks.append((time.perf_counter(), images))
         elapsed = self._marks[-1][0] - self._marks[0][0]
-        if elapsed > 0 and logs_written(trainer, self._last_step):
+        if elapsed > 0 and logs_read(trainer, batch_idx):
             rate = sum(n for _, n in list(self._marks)[1:]) / elapsed
             # a CPU tensor: Lightning would copy a Python number to the GPU, and wait for it, every step
             pl_module.log("train/images_per_sec", torch.tensor(rate), on_step=True, prog_bar=True,

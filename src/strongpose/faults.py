@@ -248,7 +248,7 @@ class InterruptCheckpoint(Callback):
             return
         if trainer.world_size <= 1:
             stop = self._requested
-        elif self._requested_on_any_rank is not None and not _validation_or_end_next(trainer, batch_idx):
+        elif self._requested_on_any_rank is not None and not validation_or_end_next(trainer, batch_idx):
             stop = self._requested_on_any_rank  # every rank ran the guard's all-reduce this step
         else:  # a module without StrongPose's guard, or the last step before validation: a signal since the
             # guard's all-reduce would otherwise wait for the validation to end (longer than SLURM's warning)
@@ -290,7 +290,7 @@ class InterruptCheckpoint(Callback):
                       f"resume with ckpt_path={path}")
 
 
-def _validation_or_end_next(trainer: L.Trainer, batch_idx: int) -> bool:
+def validation_or_end_next(trainer: L.Trainer, batch_idx: int) -> bool:
     """Validation may run, or training end, after this batch: :func:`_validation_next`, the epoch's last batch
     (a loader without a length: Lightning's own last-batch mark), ``max_steps`` reached, or a stop requested
     (``max_time``, early stopping). The same answer on every rank (with a time-based ``val_check_interval``,

@@ -19,7 +19,7 @@ from strongpose.codec import StrongPoseCodec
 from strongpose.collectives import mean_over_ranks
 from strongpose.data.resumable import epoch_inside
 from strongpose.faults import BufferSnapshot, NonFiniteLossGuard
-from strongpose.log_steps import logs_written
+from strongpose.log_steps import logs_read
 from strongpose.models.frozen_norm import frozen_buffer_names
 from strongpose.models.heads import Heads, has_separate_heads
 from strongpose.models.losses import HEATMAP_LOSSES, strongpose_losses
@@ -192,7 +192,6 @@ class StrongPoseModule(L.LightningModule):
         # .grad with the others' (trainer.accumulate_grad_batches > 1), so the whole step is dropped
         self._drop_gradients = False
         self._train_terms: tuple[dict[str, torch.Tensor], int] = ({}, 0)  # this step's loss terms, batch size
-        self._last_step = math.inf  # the run's number of optimiser steps (on_train_start)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Raw outputs (heat-map logits, offsets in input pixels), in training and evaluation alike."""
@@ -243,13 +242,13 @@ class StrongPoseModule(L.LightningModule):
         return losses["total"]
 
     def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
-        # the terms and the skipped steps' count only at the steps whose values reach the loggers (Lightning
-        # writes them after this hook; see strongpose.log_steps): at the GPU preset's log_every_n_steps=50, six
+        # the terms and the skipped steps' count only at the steps whose values are read: written to the loggers,
+        # or before a validation or the end (strongpose.log_steps): at the GPU preset's log_every_n_steps=50, six
         # self.log calls per step for nothing otherwise. Here rather than in training_step: after the optimiser
-        # step is queued (the GPU is busy meanwhile), and after the callbacks' on_train_batch_end, which may tell
-        # the run to stop (Ctrl-C), a step Lightning then writes too. Those callbacks see the terms of the last
-        # step written (trainer.callback_metrics).
-        if logs_written(self._trainer, self._last_step):
+        # step is queued (the GPU is busy meanwhile), and after the callbacks' on_train_batch_end, which may stop
+        # the run (max_time's Timer), a step Lightning then writes too. Those callbacks see the terms of the last
+        # step read (trainer.callback_metrics).
+        if logs_read(self._trainer, batch_idx):
             values, size = self._train_terms
             self.log_dict({f"train/{LOSS}_{name}": value for name, value in values.items()}, on_step=True,
                           on_epoch=False, batch_size=size)
@@ -343,7 +342,6 @@ class StrongPoseModule(L.LightningModule):
         self.category_id = getattr(dataset, "category_id", self.category_id)
 
     def on_train_start(self) -> None:
-        self._last_step = self.trainer.estimated_stepping_batches  # a property that counts batches: once
         # the LR of the step to come, from this run's schedule: a resume with a longer one (more epochs) restores
         # the optimiser's LR of the old schedule (its end: the floor), and the scheduler, rebuilt for this run,
         # sets its own only after the first step. The same value as restored when the schedule is the same.
@@ -453,7 +451,9 @@ def heads_spec(heads: dict | None) -> dict:
     """What the heads' tensor shapes depend on (``model.heads`` with :class:`Heads`' defaults filled in)."""
     defaults = {name: p.default for name, p in inspect.signature(Heads).parameters.items()
                 if name in ("num_convs", "width", "kernel_size")}
-    return {**defaults, **{k: v for k, v in dict(heads or {}).items() if k in defaults}}
+    spec = {**defaults, **{k: v for k, v in dict(heads or {}).items() if k in defaults}}
+    # no layer before the output convolutions: their width and kernel size shape nothing
+    return spec if spec["num_convs"] else {"num_convs": 0}
 
 
 def codec_spec(codec: StrongPoseCodec) -> dict:

@@ -76,3 +76,14 @@ def test_resuming_with_another_global_batch_is_refused(train_config, tmp_path, l
                          f"ckpt_path={last_ckpt}"], output_dir=tmp_path / "same")
     _, objects = train(same)
     assert objects["trainer"].global_step == 2
+
+
+def test_head_specs_compare_what_shapes_the_heads_tensors():
+    from strongpose.checkpoint import spec_mismatch
+    from strongpose.lit_module import heads_spec
+
+    assert heads_spec(None) == heads_spec({}) == heads_spec({"num_convs": 1, "width": 64, "heatmap_prior": 0.1})
+    assert spec_mismatch(heads_spec({"width": 64}), heads_spec({"width": 32}), "model.heads") == [
+        "model.heads width: checkpoint 64, model 32"]
+    # without hidden layers the width and kernel size shape nothing
+    assert heads_spec({"num_convs": 0, "width": 64}) == heads_spec({"num_convs": 0, "width": 32, "kernel_size": 1})

@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import Callback
 from strongpose.callbacks import ProgressBar
 from strongpose.collectives import any_rank, flags_of_any_rank
 from strongpose.faults import (InterruptCheckpoint, NonFiniteLossGuard, _time_based_validation_due,
-                               _validation_next, _validation_or_end_next)
+                               _validation_next, validation_or_end_next)
 from strongpose.host_syncs import CountHostSyncs, HostSyncCounter
 from strongpose.train import train
 
@@ -139,23 +139,23 @@ def test_the_step_before_validation_or_the_end_reads_the_interrupt_flag_itself()
                                fit_loop=SimpleNamespace(epoch_loop=loop, _can_stop_early=can_stop),
                                current_epoch=epoch, enable_validation=validation, _val_check_time_interval=seconds,
                                _last_val_time=time.monotonic() - since_validation)
-    assert [_validation_or_end_next(trainer(), i) for i in (0, 8, 9)] == [False, False, True]
-    assert [_validation_or_end_next(trainer(every=4), i) for i in (2, 3, 7)] == [False, True, True]
-    assert _validation_or_end_next(trainer(batches=float("inf"), every=float("inf")), 5) is False
-    assert _validation_or_end_next(trainer(batches=float("inf"), every=float("inf"), last=True), 5) is True
-    assert _validation_or_end_next(trainer(max_steps=3, step=3), 0) is True
-    assert _validation_or_end_next(trainer(stop=True), 0) is True  # max_time, early stopping
+    assert [validation_or_end_next(trainer(), i) for i in (0, 8, 9)] == [False, False, True]
+    assert [validation_or_end_next(trainer(every=4), i) for i in (2, 3, 7)] == [False, True, True]
+    assert validation_or_end_next(trainer(batches=float("inf"), every=float("inf")), 5) is False
+    assert validation_or_end_next(trainer(batches=float("inf"), every=float("inf"), last=True), 5) is True
+    assert validation_or_end_next(trainer(max_steps=3, step=3), 0) is True
+    assert validation_or_end_next(trainer(stop=True), 0) is True  # max_time, early stopping
     # check_val_every_n_epoch=None: every val_check_batch batches of the run, across epochs
-    assert _validation_or_end_next(trainer(every=4, per_epoch=None, total=11), 1) is True
-    assert _validation_or_end_next(trainer(every=4, per_epoch=None, total=12), 2) is False
+    assert validation_or_end_next(trainer(every=4, per_epoch=None, total=11), 1) is True
+    assert validation_or_end_next(trainer(every=4, per_epoch=None, total=12), 2) is False
     # a time-based val_check_interval: Lightning decides by each rank's clock, so every batch reads the flag
-    assert _validation_or_end_next(trainer(every=None, per_epoch=None, seconds=60.0), 2) is True
+    assert validation_or_end_next(trainer(every=None, per_epoch=None, seconds=60.0), 2) is True
     # validation alone (the mid-window save's test): not in an epoch that does not validate, nor without a
     # validation loop; the end of the epoch still counts for the read above
     assert _validation_next(trainer(every=4, per_epoch=2, epoch=0), 3) is False
     assert _validation_next(trainer(every=4, per_epoch=2, epoch=1), 3) is True
     assert _validation_next(trainer(every=4, validation=False), 3) is False
-    assert _validation_or_end_next(trainer(validation=False), 9) is True
+    assert validation_or_end_next(trainer(validation=False), 9) is True
     assert _validation_next(trainer(every=float("inf"), batches=10), 9) is True
     assert _validation_next(trainer(every=float("inf"), batches=10), 8) is False
     # a requested stop validates first only once min_epochs / min_steps are met (Lightning's _can_stop_early)
