@@ -19,7 +19,8 @@
 #   5. if time is left: the host waits of a training step of the GPU preset (count_host_syncs on the GPU and
 #      tests/test_scale/test_host_syncs.py's GPU case), `strongpose.train trainer=gpu` fast_dev_run with
 #      data.encode_on=device, then with trainer.accumulate_grad_batches=2 (the accumulation windows' pinned
-#      counts), and the codec tests with their GPU = CPU cases (decode, batched encode).
+#      counts), experiments/loop_overhead.py (the training loop's host time on this host's CPU), and the codec
+#      tests with their GPU = CPU cases (decode, batched encode).
 # Done before and recorded in experiments/RESULTS.md (this script's git history has those steps): the 512-px
 # grid with peak memory, the largest ResNet-152 bf16 batch (300 on an H200), the neck 128 / 256 check, bench_data
 # on the H200's host, the steady-state bf16 ratios, packed vs default_collate batches.
@@ -112,6 +113,12 @@ left() { local t=$(( $1 - (SECONDS - $2) )); echo $(( t > 10 ? t : 10 )); }  # a
         $extra resume=null hydra.run.dir="$(mktemp -d)" 2>&1 | keep | tr '\r' '\n' | grep -E "val/AP=|^Done:|Error" | tail -3
     fi
   done
+  if (( END - SECONDS > 40 )); then
+    # the loop's Python on this machine's host CPU (the 2-core VM: loop_ms 5.8-6.1, log_ms 0.6), to carry the VM's
+    # loop measurements over to this host
+    echo "== the training loop's host time, on this host's CPU (loop_overhead.py)"
+    timeout $(( END - SECONDS < 40 ? END - SECONDS : 40 )) $PY experiments/loop_overhead.py 2>&1 | keep | tail -1
+  fi
   if (( END - SECONDS > 20 )); then
     echo "== codec tests (GPU = CPU cases)"
     timeout $(( END - SECONDS < 40 ? END - SECONDS : 40 )) $PY -m pytest tests/test_codec/test_decode.py tests/test_codec/test_encode.py -q -p no:cacheprovider 2>&1 | keep | tail -1

@@ -113,6 +113,7 @@ def test_the_gpu_session_script_runs_every_step_in_its_quick_form(tmp_path):
     assert log.count(" compile=default full_ips=") == 1  # torch.compile really ran: 1.5 min on the 2-core CPU
     assert log.count("wait_ms=") == 1 and "fit_ms=" in log  # bench_step_parts in steady state
     assert "val/AP=" in log and "\nDone: checkpoint" in log  # the packaged trainer config, end to end
+    assert " loop_ms=" in log  # loop_overhead.py
     assert re.search(r"\n\d+ passed", log)  # the codec tests
 
 
