@@ -121,7 +121,7 @@ def init_from_checkpoint(module: torch.nn.Module, path: str | Path) -> tuple[lis
     # its initial channels of the heads' shared layers, the others load theirs
     saved = checkpoint["state_dict"]
     if heads is not None:
-        saved = adapt_heads(saved, "net.heads.", list(heads), own=module.net.heads.state_dict())
+        saved = adapt_heads(saved, "net.heads.", module.net.heads)
     own = module.state_dict()
     fresh, why = set(), ["no tensor of that name and shape in the checkpoint"]
     hparams = getattr(module, "hparams", {})

@@ -191,7 +191,7 @@ class StrongPoseModule(L.LightningModule):
         # some micro-batch since the last optimiser step was not finite: its NaN gradients are summed into
         # .grad with the others' (trainer.accumulate_grad_batches > 1), so the whole step is dropped
         self._drop_gradients = False
-        self._train_terms: tuple[dict[str, torch.Tensor], int] = ({}, 0)  # this step's loss terms, batch size
+        self._train_terms: tuple[dict[str, torch.Tensor], int] = ({}, 0)  # this step's losses, batch size
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Raw outputs (heat-map logits, offsets in input pixels), in training and evaluation alike."""
@@ -233,7 +233,7 @@ class StrongPoseModule(L.LightningModule):
         # computes the forward pass; not in the progress bar: Lightning would read it on the host after every
         # batch, a wait for the GPU (callbacks.ProgressBar shows it, read once a second)
         self.log(f"train/{LOSS}", losses["total"], on_step=True, on_epoch=False, batch_size=size)
-        self._train_terms = ({name: value.detach() for name, value in losses.items() if name != "total"}, size)
+        self._train_terms = (losses, size)  # (self.log detaches them: no copy here, on every step)
         # a non-finite loss: the step is skipped. Backward still runs (not `return None`, which Lightning
         # refuses under DDP, where every rank must take part in the gradient all-reduce); then the BatchNorm
         # statistics, which a NaN batch makes NaN for good, are put back and the gradients dropped
@@ -250,8 +250,8 @@ class StrongPoseModule(L.LightningModule):
         # step read (trainer.callback_metrics).
         if logs_read(self._trainer, batch_idx):
             values, size = self._train_terms
-            self.log_dict({f"train/{LOSS}_{name}": value for name, value in values.items()}, on_step=True,
-                          on_epoch=False, batch_size=size)
+            self.log_dict({f"train/{LOSS}_{name}": value for name, value in values.items() if name != "total"},
+                          on_step=True, on_epoch=False, batch_size=size)
             # a CPU tensor: Lightning would copy a Python number to the GPU, and wait for it
             self.log(NONFINITE, torch.tensor(float(self.nonfinite.total)), on_step=True, on_epoch=False,
                      batch_size=size)

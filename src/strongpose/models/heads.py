@@ -53,7 +53,6 @@ class Heads(nn.Module):
                                  padding=kernel_size // 2, groups=1 if i == 0 else n, bias=False),
                        nn.BatchNorm2d(n * width), nn.ReLU(inplace=True)]
         self.convs = nn.Sequential(*layers)
-        self.split = width if num_convs else None  # each head's channels of the stack's output
         self.heads = nn.ModuleDict({
             name: output_conv(width if num_convs else in_channels, out,
                               prior=heatmap_prior if name in HEATMAP_HEADS else None)
@@ -63,7 +62,7 @@ class Heads(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.convs(x)
-        if self.split:
+        if len(self.convs):
             # (B, n x width, h, w) -> n contiguous (B, width, h, w): one copy, where a convolution on each channel
             # slice (not contiguous for B > 1) would copy it in forward and again in backward
             parts = _per_head(x, len(self.heads))
@@ -133,47 +132,43 @@ def fuse_separate_heads(state: dict[str, torch.Tensor], prefix: str = "") -> dic
     return fused
 
 
-def select_heads(state: dict[str, torch.Tensor], prefix: str, heads: list[str],
-                 own: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """``state`` (fused heads) with its stack's tensors made for ``heads``, the names of the module that loads them,
-    in its order, when the checkpoint's heads (those with an output conv ``<prefix>heads.<name>.weight``) are
-    others, e.g. ``long`` with ``codec.long_range`` on in one and off in the other: each head's channels of every
-    layer are its own. A head the checkpoint lacks takes its channels from ``own`` (the loading module's state,
-    keys without ``prefix``: its initial values), so that the other heads' layers still load; without ``own``,
-    such a state comes back as it is (its stack's tensors then fit nothing). So does a state whose heads are
-    these: the writer's own layout."""
+def select_heads(state: dict[str, torch.Tensor], prefix: str, module: Heads) -> dict[str, torch.Tensor]:
+    """``state`` (fused heads) with its stack's tensors made for ``module``'s heads, in its order, when the
+    checkpoint's heads (those with an output conv ``<prefix>heads.<name>.weight``) are others, e.g. ``long`` with
+    ``codec.long_range`` on in one and off in the other: each head's channels of every layer are its own. A head
+    the checkpoint lacks keeps ``module``'s channels (its initial values), so that the other heads' layers still
+    load. A state whose heads are ``module``'s comes back as it is: the writer's own layout."""
+    heads = list(module.heads)
     saved = _in_codec_order(key[len(prefix) + len("heads."):-len(".weight")] for key in state
                             if key.startswith(f"{prefix}heads.") and key.endswith(".weight")
                             and key.count(".", len(prefix)) == 2)
-    if not saved or set(saved) == set(heads) or (own is None and not set(heads) <= set(saved)):
+    if not saved or set(saved) == set(heads):
         return state
+    own = module.state_dict() if set(heads) - set(saved) else {}  # the lacking heads' channels
     cut = dict(state)
     for key, value in state.items():
         if not key.startswith(f"{prefix}convs.") or value.dim() == 0 or value.shape[0] % len(saved):
             continue
         parts = value.chunk(len(saved))
-        mine = own.get(key[len(prefix):]) if own is not None else None
-        fresh = mine.chunk(len(heads)) if mine is not None and mine.shape[0] % len(heads) == 0 else None
-        if fresh is not None and fresh[0].shape != parts[0].shape:  # another width: nothing of it fits
-            continue
-        if fresh is None and not set(heads) <= set(saved):
-            continue
+        if own:
+            mine = own.get(key[len(prefix):])
+            fresh = mine.chunk(len(heads)) if mine is not None and mine.shape[0] % len(heads) == 0 else None
+            if fresh is None or fresh[0].shape != parts[0].shape:  # another width: nothing of it fits
+                continue
         cut[key] = torch.cat([parts[saved.index(head)] if head in saved else fresh[i].to(value)
                               for i, head in enumerate(heads)])
     return cut
 
 
-def adapt_heads(state: dict[str, torch.Tensor], prefix: str, heads: list[str],
-                own: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """A checkpoint's head tensors for a module whose heads are ``heads`` (and whose state is ``own``, keys without
-    ``prefix``): :func:`fuse_separate_heads`, then :func:`select_heads`."""
-    return select_heads(fuse_separate_heads(state, prefix), prefix, heads, own)
+def adapt_heads(state: dict[str, torch.Tensor], prefix: str, module: Heads) -> dict[str, torch.Tensor]:
+    """A checkpoint's head tensors for ``module``: :func:`fuse_separate_heads`, then :func:`select_heads`."""
+    return select_heads(fuse_separate_heads(state, prefix), prefix, module)
 
 
 def _fuse_on_load(module: Heads, state: dict, prefix: str, *args, **kwargs) -> None:
     """load_state_dict pre-hook: a checkpoint of separate head stacks or of other heads (:func:`adapt_heads`), in
     place."""
-    fused = adapt_heads(state, prefix, list(module.heads), own=module.state_dict())
+    fused = adapt_heads(state, prefix, module)
     if fused is not state:
         state.clear()
         state.update(fused)
