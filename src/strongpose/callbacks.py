@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import Callback, TQDMProgressBar, WeightAveragi
 from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
 
 from strongpose.config_check import ConfigError
+from strongpose.evaluation.coco_eval import STAT_NAMES
 from strongpose.log_steps import logs_read
 
 
@@ -176,6 +177,11 @@ class EMA(WeightAveraging):
             torch._foreach_copy_(averaged, current)
 
 
+def monitor_mode(name: str | None) -> str:
+    """"max" for a monitored COCO statistic (higher is better), "min" for anything else (losses)."""
+    return "max" if name and name.rsplit("/", 1)[-1] in STAT_NAMES else "min"
+
+
 class ModelCheckpoint(LightningModelCheckpoint):
     """Lightning's ``ModelCheckpoint`` that also writes ``last.ckpt``
 
@@ -188,10 +194,16 @@ class ModelCheckpoint(LightningModelCheckpoint):
       ``resume=auto`` finds ``last.ckpt``) loses at most that many steps, not the epochs since the last
       validation. Lightning's ``every_n_train_steps`` would do it too, but it also moves the top-k saves
       from the validations to those steps, where the monitored metric is the last validation's.
+
+    ``mode="auto"`` (the config's): "max" for a COCO statistic (``val/AP``, ``val/AR``, ...: the names of
+    :data:`strongpose.evaluation.STAT_NAMES` after the last ``/``), "min" for anything else (the losses), so that
+    ``optimized_metric=val/AP`` keeps the best AP, not the worst.
     """
 
-    def __init__(self, *args, last_every_n_train_steps: int | None = None, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args, last_every_n_train_steps: int | None = None, mode: str = "min", **kwargs) -> None:
+        if mode == "auto":
+            mode = monitor_mode(kwargs.get("monitor"))
+        super().__init__(*args, mode=mode, **kwargs)
         if last_every_n_train_steps is not None and (isinstance(last_every_n_train_steps, bool)
                                                      or not isinstance(last_every_n_train_steps, int)
                                                      or last_every_n_train_steps < 1):

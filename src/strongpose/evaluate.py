@@ -17,7 +17,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from strongpose.config_check import CONFIG_DIR, InputError, report_input_errors, run_with_key_hints
+from strongpose.config_check import (CONFIG_DIR, InputError, report_input_errors, require_positive,
+                                     run_with_key_hints)
 from strongpose.data.coco import COCOKeypointDataset
 from strongpose.data.datamodule import data_paths
 from strongpose.data.sample import sample_paths
@@ -35,6 +36,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate as ``cfg`` says; returns the summary (also written to ``summary.json``)."""
     check_backend(cfg.backend)  # before predicting every image, not after
     data = cfg.data
+    require_positive("data", max_val_images=data.max_val_images)
     # as training checks them: both or neither (the embedded sample), and there
     images_dir, annotations = data_paths(data.val_images, data.val_annotations, *sample_paths(), "data.val")
     predictor = predictor_from_config(cfg, data.input_size)

@@ -12,6 +12,7 @@ or the drawn video (``<name>_poses.mp4``). Unreadable images are reported and sk
 from __future__ import annotations
 
 import itertools
+import logging
 import sys
 import time
 from collections import Counter
@@ -33,6 +34,8 @@ from strongpose.inference.images import (IMAGE_SUFFIXES, VIDEO_SUFFIXES, ImageFi
 from strongpose.structures import Poses
 from strongpose.viz import draw_poses
 
+log = logging.getLogger(__name__)
+
 
 def image_id(stem: str) -> int | str:
     """COCO image id of a file: its stem as an integer when it is one (COCO's ``000000000785.jpg`` -> 785)."""
@@ -41,10 +44,16 @@ def image_id(stem: str) -> int | str:
 
 def image_ids(paths: list[Path]) -> dict[Path, int | str]:
     """:func:`image_id` of each file, or its file name where two files would share one (``1.jpg`` and
-    ``001.png`` are both 1): tools that key on image_id must not merge two images."""
+    ``001.png`` are both 1; ``1.jpg.png``'s stem is the name ``1.jpg``): tools that key on image_id must not
+    merge two images. The names of a folder's files differ, so each round that moves the sharing ones to their
+    names leaves fewer shared, and it ends."""
     ids = {path: image_id(path.stem) for path in paths}
-    counts = Counter(ids.values())
-    return {path: value if counts[value] == 1 else path.name for path, value in ids.items()}
+    while True:
+        counts = Counter(ids.values())
+        shared = [path for path, value in ids.items() if counts[value] > 1 and value != path.name]
+        if not shared:
+            return ids
+        ids.update((path, path.name) for path in shared)
 
 
 def coco_entries(poses: Poses, image_id: int | str, file_name: str, category_id: int = 1) -> list[dict]:
@@ -106,6 +115,14 @@ def predict_video(predictor: Predictor, path: Path, out: Path, cfg: DictConfig,
     finally:
         if writer is not None:
             writer.release()
+    if frame == 0:  # nothing came out: a failure, as for a folder of unreadable images
+        if writer is not None:
+            drawn.unlink(missing_ok=True)
+        raise InputError(f"no frame of video {path} could be read ({video.size[0]}x{video.size[1]}, "
+                         f"{video.frame_count} frames by its header): corrupt, or a codec OpenCV lacks")
+    if video.frame_count - frame > max(2, video.frame_count // 20):  # the header's count may be a little off
+        log.warning("video %s: read %d frames of the %d its header gives (a damaged or truncated file?)",
+                    path, frame, video.frame_count)
     return results, drawn if writer is not None else None, frame
 
 
@@ -119,6 +136,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"input {source}: unknown file type {suffix!r}; images: {' '.join(IMAGE_SUFFIXES)}, "
                          f"videos: {' '.join(VIDEO_SUFFIXES)}")
     out = Path(cfg.output if cfg.output is not None else cfg.paths.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output {out} is a file: it names the folder the results are written into")
     is_video = source.is_file() and suffix in VIDEO_SUFFIXES
     images_folder = source if source.is_dir() else source.parent  # drawn images keep the input's file names
     if cfg.draw and not is_video and out.resolve() == images_folder.resolve():

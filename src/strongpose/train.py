@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import signal
 import traceback
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher  # exported; how Lightning re-runs argv
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from strongpose.checkpoint import init_from_checkpoint
@@ -186,7 +188,12 @@ def _fit(cfg: DictConfig, codec: Any, datamodule: L.LightningDataModule, model: 
             f"a new run from init_from needs a new run folder or resume=null)")
     elif cfg.get("init_from"):
         start_from_weights(model, cfg.init_from)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except SIGTERMException as stopped:
+        # Lightning's stop on SIGTERM is a SystemExit without a code, i.e. exit status 0, which a job script or a
+        # scheduler takes for a finished training; 143 (128 + 15) is what a process ended by SIGTERM reports
+        raise SystemExit(128 + signal.SIGTERM) from stopped
     finish_wandb(loggers, exit_code=0)
 
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import logging
 
+import numpy as np
 import pytest
 import torch
 
 from strongpose.data import COCOKeypointDataModule, COCOKeypointDataset, load_coco
-from strongpose.data.annotations import AnnotationFileError
+from strongpose.data.annotations import AnnotationFileError, outside_image
 from strongpose.data.collate import SkipBadCollate, SkippedSample
+from strongpose.structures import inside_image
 
 S = 96
 
@@ -200,3 +202,18 @@ def test_labelled_keypoints_outside_the_image_are_unlabelled_and_counted(sample_
     people = ds.load(ds.image_ids.index(ann["image_id"]))[1]
     person = next(p for p in people.keypoints if p[labelled[2], 0] == ann["keypoints"][3 * labelled[2]])
     assert person[labelled[0], 2] == 0 and person[labelled[1], 2] == 0 and person[labelled[2], 2] > 0
+
+
+def test_outside_image_uses_the_encoders_pixel_convention() -> None:
+    # the image spans -0.5 .. W - 0.5 (pixel centres at integers) for the dataset's check as for the transforms
+    # and the encoder: a half-pixel band inside on the left is inside on the right too
+    width, height = 10, 6
+    xs = [-0.75, -0.25, 0.0, 9.0, 9.25, 9.5, 9.75, 3.0, 3.0, 3.0]
+    ys = [2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, -0.25, 5.25, 5.5]
+    keypoints = np.array([[x, y, 2.0] for x, y in zip(xs, ys)], np.float32)
+    outside = outside_image(keypoints, height, width)
+    inside = inside_image(torch.from_numpy(keypoints[:, :2]), (height, width)).numpy()
+    assert outside.tolist() == (~inside).tolist()
+    assert outside.tolist() == [True, False, False, False, False, True, True, False, False, True]
+    keypoints[:, 2] = 0  # unlabelled keypoints are never reported
+    assert not outside_image(keypoints, height, width).any()

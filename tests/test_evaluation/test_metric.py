@@ -267,12 +267,21 @@ def test_fast_dev_run_logs_val_ap(train_config, tmp_path):
 def test_checkpoints_can_monitor_val_ap(train_config, tmp_path):
     from strongpose.train import train
 
-    cfg = train_config(["callbacks.model_checkpoint.monitor=val/AP", "callbacks.model_checkpoint.mode=max",
-                        "callbacks.ema=null"], output_dir=tmp_path)
+    # the config's mode=auto: the highest AP is the best (mode=min, the default before, kept the lowest)
+    cfg = train_config(["optimized_metric=val/AP", "callbacks.ema=null"], output_dir=tmp_path)
     metrics, objects = train(cfg)
     checkpoint = objects["trainer"].checkpoint_callback
-    assert checkpoint.monitor == "val/AP" and checkpoint.best_model_path
+    assert checkpoint.monitor == "val/AP" and checkpoint.mode == "max" and checkpoint.best_model_path
     assert float(checkpoint.best_model_score) == metrics["val/AP"]
+
+
+def test_checkpoint_mode_auto_maximises_coco_statistics_and_minimises_the_rest():
+    from strongpose.callbacks import ModelCheckpoint, monitor_mode
+
+    assert [monitor_mode(name) for name in ("val/AP", "val/AP50", "val/AR", "test/APM", "AP")] == ["max"] * 5
+    assert [monitor_mode(name) for name in ("val/loss", "val/loss_skhm", "val/APX", None)] == ["min"] * 4
+    assert ModelCheckpoint(monitor="val/AP", mode="auto").mode == "max"
+    assert ModelCheckpoint(monitor="val/AP", mode="min").mode == "min"  # said outright: kept
 
 
 _DDP_SCRIPT = '''

@@ -97,6 +97,11 @@ def test_image_ids_are_numbers_when_they_can_be_and_never_shared(tmp_path):
     assert predict.image_id("12\u00b3") == "12\u00b3"  # isdigit, but int() refuses it: the run died at the end
     paths = [tmp_path / name for name in ("1.jpg", "001.PNG", "7.jpg", "a.jpg", "a.png")]
     assert predict.image_ids(paths) == dict(zip(paths, ["1.jpg", "001.PNG", 7, "a.jpg", "a.png"]))
+    # a stem that is another file's name: "1.jpg.png" would have taken "1.jpg", the name 1.jpg falls back to
+    paths = [tmp_path / name for name in ("1.jpg", "01.jpg", "1.jpg.png", "1.jpg.png.webp")]
+    ids = predict.image_ids(paths)
+    assert len(set(ids.values())) == len(paths), ids
+    assert ids == dict(zip(paths, ["1.jpg", "01.jpg", "1.jpg.png", "1.jpg.png.webp"]))
 
 
 def test_predict_folder_skips_the_corrupt_file_and_does_the_rest(tiny_checkpoint, image_folder, tmp_path):
@@ -186,6 +191,29 @@ def test_predict_video(tiny_checkpoint, tmp_path):
     assert {r["file_name"] for r in results} == {"clip.mp4"}
 
 
+def test_predict_fails_on_a_video_it_cannot_read(tiny_checkpoint, tmp_path):
+    """A video OpenCV cannot open, or one whose frames cannot be decoded, is an input error (exit 2), not an empty
+    result, nor an error about the drawn video it could not write."""
+    video = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 5, (96, 64))
+    for i in range(3):
+        writer.write(np.full((64, 96, 3), 60 * i, np.uint8))
+    writer.release()
+    data = video.read_bytes()
+    start, end = data.find(b"mdat"), data.find(b"moov")
+    assert 0 < start < end  # mp4v writes the frames before the index
+    zeroed = tmp_path / "zeroed.mp4"  # the container intact, the frames' data zeroed
+    zeroed.write_bytes(data[:start + 4] + bytes(end - start - 8) + data[end - 4:])
+    fake = tmp_path / "fake.mp4"
+    fake.write_text("not a video\n")
+    for path, message in ((fake, "cannot open video"), (zeroed, "no decodable video stream|no frame of video")):
+        for draw in ("true", "false"):
+            with pytest.raises(InputError, match=message):
+                predict.run(config("predict", [f"ckpt_path={tiny_checkpoint}", f"input={path}", f"draw={draw}",
+                                               f"output={tmp_path / 'out'}"]))
+    assert not list((tmp_path / "out").glob("*_poses.mp4"))  # no empty drawn video is left
+
+
 def test_predict_refuses_bad_inputs(tiny_checkpoint, image_folder, tmp_path):
     folder, _ = image_folder
     with pytest.raises(FileNotFoundError, match="nothing-here"):
@@ -195,6 +223,11 @@ def test_predict_refuses_bad_inputs(tiny_checkpoint, image_folder, tmp_path):
     image = next(folder.glob("street*.jpg"))  # one image, output its own folder: the drawing would replace it
     with pytest.raises(ValueError, match="replace the originals"):
         predict.run(config("predict", [f"ckpt_path={tiny_checkpoint}", f"input={image}", f"output={folder}"]))
+    existing = tmp_path / "results.json"
+    existing.write_text("[]")
+    with pytest.raises(ConfigError, match="output .*results.json is a file"):
+        predict.run(config("predict", [f"ckpt_path={tiny_checkpoint}", f"input={image}", f"output={existing}"]))
+    assert existing.read_text() == "[]"
     with pytest.raises(ValueError, match="unknown file type"):
         predict.run(config("predict", [f"ckpt_path={tiny_checkpoint}", f"input={folder / 'notes.txt'}"]))
 
@@ -223,6 +256,14 @@ def test_evaluate_and_predict_fail_when_no_image_could_be_read(tiny_checkpoint, 
                               f"data.val_images={wrong}", f"data.val_annotations={annotations}", "data.max_val_images=2"])
     with pytest.raises(InputError, match=r"no image of .* could be used .* all 2 skipped, the first: .*not found"):
         evaluate.run(cfg)
+    for selection in ("data.max_val_images=0", "data.max_val_images=-1"):  # none, or all but the last
+        with pytest.raises(InputError, match=r"data.max_val_images=-?[01]: must be > 0"):
+            evaluate.run(config("evaluate", [f"ckpt_path={tiny_checkpoint}", selection]))
+    no_images = tmp_path / "no_images.json"
+    no_images.write_text(json.dumps({**json.loads(annotations.read_text()), "images": [], "annotations": []}))
+    with pytest.raises(InputError, match="no_images.json: it lists no images"):
+        evaluate.run(config("evaluate", [f"ckpt_path={tiny_checkpoint}", f"data.val_images={images}",
+                                         f"data.val_annotations={no_images}"]))
     with pytest.raises(FileNotFoundError, match="data.val_images: image folder not found"):
         evaluate.run(config("evaluate", [f"ckpt_path={tiny_checkpoint}", f"data.val_images={tmp_path / 'nope'}",
                                          f"data.val_annotations={annotations}"]))

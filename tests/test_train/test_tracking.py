@@ -77,6 +77,9 @@ def test_a_sweep_job_is_named_by_its_overrides_and_grouped_by_its_sweep(train_co
         assert sweep_run_names() == {"name": "model.lr=0.001", "group": "2026-11-27/11-10-18"}
     finally:
         HydraConfig.instance().cfg = None
+    # the README's "logger.wandb.name / group win": both are keys (group was refused as unknown)
+    given = train_config(["logger=wandb", "logger.wandb.name=mine", "logger.wandb.group=ours"], output_dir="/unused")
+    assert (given.logger.wandb.name, given.logger.wandb.group) == ("mine", "ours")
 
 
 def test_every_failing_job_of_a_sweep_is_named_and_leaves_its_traceback(tmp_path):

@@ -20,7 +20,7 @@ TRAIN_OPTIONS = [(g, o) for g, o in OPTIONS if g not in NOT_TRAIN]
 # these build large networks or need a GPU or the COCO_ROOT environment variable: compose only
 COMPOSE_ONLY = {("backbone", "resnet101"), ("backbone", "resnet152"), ("trainer", "gpu"), ("trainer", "ddp"),
                 ("trainer", "ddp_multinode"),
-                ("experiment", "coco_resnet50")}
+                ("experiment", "coco_resnet50"), ("experiment", "crowdpose_resnet50")}
 
 
 def test_every_yaml_file_is_an_option_or_an_entry_points_primary_config():

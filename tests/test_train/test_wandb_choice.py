@@ -2,6 +2,7 @@
 logs on to the W&B run that wrote its checkpoint."""
 
 import itertools
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -45,6 +46,23 @@ def test_wandb_mode_offline_wins_over_a_key(no_key, monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", "not-a-real-key")
     monkeypatch.setenv("WANDB_MODE", "offline")
     assert wandb_logger(save_dir=str(no_key))._offline
+
+
+def test_wandb_mode_disabled_starts_no_run_and_writes_nothing(no_key, monkeypatch, capsys):
+    # offline=True would make Lightning set WANDB_MODE=dryrun: an offline run writing files under wandb/
+    monkeypatch.setenv("WANDB_API_KEY", "not-a-real-key")
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.chdir(no_key)
+    for offline in (None, True):
+        logger = wandb_logger(save_dir=str(no_key / "run"), offline=offline)
+        run = logger.experiment
+        try:
+            assert run.disabled and not logger._offline
+        finally:
+            run.finish()
+    assert "W&B: disabled (WANDB_MODE=disabled)" in capsys.readouterr().out
+    assert os.environ["WANDB_MODE"] == "disabled"
+    assert not (no_key / "run" / "wandb").exists() and not (no_key / "wandb").exists()
 
 
 def test_a_requeued_slurm_job_logs_on_to_the_same_wandb_run(no_key, monkeypatch):

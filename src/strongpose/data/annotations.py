@@ -433,10 +433,12 @@ def image_annotations(coco: COCO, image_id: int, category_id: int, num_keypoints
 
 
 def outside_image(keypoints: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Which of the (..., 3) labelled ``keypoints`` lie outside the ``width`` x ``height`` image (pixel edges
-    0..W, 0..H): a labelling mistake, with no pixels to learn from; training takes them as unlabelled."""
+    """Which of the (..., 3) labelled ``keypoints`` lie outside the ``width`` x ``height`` image: a labelling
+    mistake, with no pixels to learn from; training takes them as unlabelled. Pixel centres at integers, the
+    image from -0.5 to W - 0.5, as :func:`strongpose.structures.inside_image` (the transforms and the encoder)
+    has it: on both sides the same half-pixel band is inside."""
     x, y, v = keypoints[..., 0], keypoints[..., 1], keypoints[..., 2]
-    return (v > 0) & ((x < 0) | (y < 0) | (x > width) | (y > height))
+    return (v > 0) & ((x < -0.5) | (y < -0.5) | (x >= width - 0.5) | (y >= height - 0.5))
 
 
 def count_keypoints_outside(coco: COCO, image_ids: Sequence[int], category_id: int) -> tuple[int, list[int]]:

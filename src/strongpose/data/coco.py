@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from strongpose.codec import StrongPoseCodec
+from strongpose.config_check import ConfigError
 from strongpose.codec.encode import labelled_keypoints
 from strongpose.data.annotations import (AnnotationFileError, BadSample, ImageAnnotations, count_keypoints_outside,
                                          image_annotations, load_coco, person_category, read_image)
@@ -98,7 +99,11 @@ class COCOKeypointDataset(Dataset):
         self._check_people(ids, with_people)
         if self.train if skip_empty is None else skip_empty:
             ids = [i for i in ids if i in with_people]
+        if max_images is not None and max_images < 1:  # ids[:0] or ids[:-1]: none, or all but the last
+            raise ConfigError(f"max_images={max_images!r} for {self.annotations_path}: must be >= 1 (None: all)")
         self.image_ids = ids[:max_images] if max_images is not None else ids
+        if not self.image_ids:  # an epoch of nothing, or an AP of 0, would look like a result
+            raise AnnotationFileError(f"{self.annotations_path}: it lists no images")
         self.transform = (TrainTransform(self.input_size, codec.skeleton, augment) if self.train
                           else ValTransform(self.input_size))
 

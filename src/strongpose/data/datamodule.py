@@ -99,7 +99,8 @@ class COCOKeypointDataModule(L.LightningDataModule):
         super().__init__()
         if encode_on not in ENCODE_ON:
             raise ValueError(f"data.encode_on must be one of {ENCODE_ON}, got {encode_on!r}")
-        require_positive("data", input_size=input_size, batch_size=batch_size, val_batch_size=val_batch_size)
+        require_positive("data", input_size=input_size, batch_size=batch_size, val_batch_size=val_batch_size,
+                         max_train_images=max_train_images, max_val_images=max_val_images)
         self.encode_on = encode_on
         self.save_hyperparameters(ignore=["codec"], logger=False)
         self.codec = codec

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from strongpose.config_check import InputError
 from strongpose.data.annotations import BadSample, read_image
 
 # what cv2.imdecode reads (and cv2.imwrite writes back for the drawn copies)
@@ -80,12 +81,17 @@ class VideoFrames:
         if not self.path.is_file():
             raise FileNotFoundError(f"video {self.path} does not exist")
         capture = cv2.VideoCapture(str(self.path))
-        if not capture.isOpened():
-            raise ValueError(f"cannot open video {self.path}: not a video, or a codec OpenCV lacks")
-        self.fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
-        self.size = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
-        self.frame_count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))  # from the container: may be approximate
-        capture.release()
+        try:
+            if not capture.isOpened():
+                raise InputError(f"cannot open video {self.path}: not a video, or a codec OpenCV lacks")
+            self.fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+            self.size = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+            self.frame_count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))  # from the container: may be approximate
+        finally:
+            capture.release()
+        if min(self.size) <= 0:  # a container whose video stream OpenCV cannot decode
+            raise InputError(f"video {self.path}: no decodable video stream (frame size "
+                             f"{self.size[0]}x{self.size[1]})")
 
     def __iter__(self) -> Iterator[np.ndarray]:
         capture = cv2.VideoCapture(str(self.path))
