@@ -1,6 +1,7 @@
 """python -m strongpose.evaluate / strongpose.predict: files written, bad images skipped, video, thresholds."""
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -212,6 +213,26 @@ def test_predict_fails_on_a_video_it_cannot_read(tiny_checkpoint, tmp_path):
                 predict.run(config("predict", [f"ckpt_path={tiny_checkpoint}", f"input={path}", f"draw={draw}",
                                                f"output={tmp_path / 'out'}"]))
     assert not list((tmp_path / "out").glob("*_poses.mp4"))  # no empty drawn video is left
+
+
+def test_predict_warns_when_a_video_ends_well_before_its_header_says(tiny_checkpoint, tmp_path, caplog):
+    video = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (96, 64))
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        writer.write(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8))
+    writer.release()
+    data = bytearray(video.read_bytes())
+    start, end = data.find(b"mdat"), data.find(b"moov")
+    half = start + 8 + (end - start) // 2
+    data[half:end - 4] = bytes(end - 4 - half)  # the later frames' data zeroed: OpenCV stops reading there
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="strongpose.predict"):
+        summary = predict.run(config("predict", [f"ckpt_path={tiny_checkpoint}", f"input={damaged}", "draw=false",
+                                                 f"output={tmp_path / 'out'}"]))
+    assert 0 < summary["images"] < 20
+    assert f"read {summary['images']} frames of the 20 its header gives" in caplog.text
 
 
 def test_predict_refuses_bad_inputs(tiny_checkpoint, image_folder, tmp_path):
