@@ -21,3 +21,7 @@ def __getattr__(name: str):
 
         return load
     raise AttributeError(f"module 'strongpose' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), "load"})  # tab completion finds the lazy `load` too

@@ -21,7 +21,7 @@ LIMB_COLOR = (255, 255, 255)
 def draw_poses(image: torch.Tensor, poses: Poses, skeleton: Skeleton, score_threshold: float = 0.1,
                person_threshold: float = 0.0, radius: int = 3, width: int = 2) -> torch.Tensor:
     """Draw ``poses`` on a (3, H, W) uint8 image in the same pixels (a Predictor's poses on the original
-    image, a decoded batch's on the network input); returns a new image.
+    image, a decoded batch's on the network input); returns a new image, on the CPU.
 
     Keypoints scoring below ``score_threshold`` (and limbs touching them) and people below
     ``person_threshold`` are left out. Limbs are the skeleton's tree edges; keypoints take the skeleton's
@@ -32,7 +32,7 @@ def draw_poses(image: torch.Tensor, poses: Poses, skeleton: Skeleton, score_thre
     keep = poses.scores >= person_threshold
     kps = poses.keypoints[keep].detach().float().cpu()
     if len(kps) == 0:
-        return image.clone()
+        return image.cpu().clone()  # on the CPU, as a drawn image is
     visible = kps[..., 2] >= score_threshold  # (N, K)
     out = draw_keypoints(image.cpu(), kps[..., :2], connectivity=list(skeleton.edges(redundant=False)),
                          colors=LIMB_COLOR, radius=0, width=width, visibility=visible)

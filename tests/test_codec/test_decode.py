@@ -126,6 +126,10 @@ def test_decode_checks_channels():
         codec.decode({"skhm": torch.zeros(1, 17, 8, 8), "short": torch.zeros(1, 34, 8, 8)})
     with pytest.raises(ValueError, match="channels"):
         codec.decode({"skhm": torch.zeros(1, 17, 8, 8), "short": torch.zeros(1, 34, 8, 8), "mid": torch.zeros(1, 10, 8, 8)})
+    # ONNX Runtime's outputs are NumPy arrays: named, not dropped and then reported missing
+    with pytest.raises(TypeError, match="mid, short, skhm are NumPy arrays.*torch.from_numpy"):
+        codec.decode({"skhm": np.zeros((1, 17, 8, 8), np.float32), "short": np.zeros((1, 34, 8, 8), np.float32),
+                      "mid": np.zeros((1, 80, 8, 8), np.float32)})
 
 
 def test_flipped_maps_decode_to_mirrored_people():

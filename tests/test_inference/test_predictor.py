@@ -165,6 +165,38 @@ def test_bad_inputs_say_what_is_wrong(predictor, tmp_path):
         predictor.predict(np.zeros((10, 0, 3), np.uint8))
     with pytest.raises(ConfigError, match="batch_size must be >= 1, got 0"):
         predictor.predict_batch([], batch_size=0)
+    for one in (str(broken), broken, np.zeros((32, 32, 3), np.uint8)):  # read as characters / rows before
+        with pytest.raises(TypeError, match=r"predict_batch takes a list of images.*predict_batch\(\[image\]\)"):
+            predictor.predict_batch(one)
+
+
+def test_results_are_ordinary_tensors_the_caller_may_change(predictor, sample_images):
+    # inference tensors (the network runs in inference mode) refuse in-place changes outside it
+    for poses in (predictor.predict(sample_images[0]), Predictor(predictor.module, 96, "cpu", scales=(1.0, 1.5),
+                                                                   person_threshold=0.0).predict(sample_images[0])):
+        assert not poses.keypoints.is_inference() and not poses.scores.is_inference()
+        poses.keypoints[..., :2] += 10
+        poses.scores.mul_(0.5)
+
+
+def test_options_set_after_construction_take_effect_and_are_reported():
+    h, w = 240, 400
+    gt = people([(w * 0.3, 0.1 * h, 0.75 * h), (w * 0.72, 0.15 * h, 0.7 * h)])
+    module = OracleModule(StrongPoseCodec(stride=8, disk_radius=24.0), gt, (h, w))
+    predictor = Predictor(module, 128, "cpu")
+    predictor.scales = [1.0, 1.5]
+    predictor.input_size = 96
+    poses = predictor.predict(marked_image(h, w))
+    assert module.input_sizes == [96, 144] and predictor.options["scales"] == [1.0, 1.5]
+    found = poses.keypoints[poses.keypoints[:, :, 0].mean(1).argsort()]
+    torch.testing.assert_close(found[..., :2], gt[..., :2], rtol=0, atol=0.05)
+    predictor.precision = "bf16"
+    assert predictor._autocast is torch.bfloat16 and predictor.options["precision"] == "bf16"
+    with pytest.raises(ConfigError, match="test.scales must be positive"):
+        predictor.scales = [1.0, -2]
+    assert predictor.scales == (1.0, 1.5) and predictor.sizes == [96, 144]  # unchanged by the refused value
+    with pytest.raises(ConfigError, match="input_size"):
+        predictor.input_size = 0
 
 
 def test_bf16_runs_the_network_in_bf16_and_decodes_float32(predictor, tiny_checkpoint, sample_images):
@@ -189,6 +221,7 @@ def test_bf16_runs_the_network_in_bf16_and_decodes_float32(predictor, tiny_check
     ({"scales": [0]}, r"test.scales must be positive, got \[0.0\]"),
     ({"input_size": 0}, "input_size=0: must be > 0"),
     ({"precision": "fp8"}, "precision must be one of"),
+    ({"keypoint_threshold": "0.3"}, r"keypoint_threshold must be a number or None, got '0.3' \(str\)"),
 ])
 def test_options_that_cannot_be_right_are_config_errors(tiny_checkpoint, options, message):
     """Reported in a line by predict / evaluate (exit 2), not as a traceback."""
@@ -222,7 +255,7 @@ def test_a_phone_photo_is_read_as_it_is_shown(tmp_path):
 def test_import_strongpose_stays_light_until_load_is_used():
     code = ("import sys, strongpose; heavy = {'lightning', 'hydra', 'albumentations'} & set(sys.modules); "
             "assert not heavy, heavy; from strongpose import load; assert 'albumentations' in sys.modules; "
-            "assert load is strongpose.load")
+            "assert load is strongpose.load; assert 'load' in dir(strongpose)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
 

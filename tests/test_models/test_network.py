@@ -105,6 +105,9 @@ def test_imagenet_normalised_input_is_refused_with_the_reason():
     pixels = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
     with pytest.raises(ValueError, match="ImageNet-normalised"):
         net(net.normalize(pixels))
+    with pytest.raises(ValueError, match=r"values in 0\.\.[0-9.]+: .*multiply 0\.\.1 images by 255"):
+        net(pixels.float() / 255)  # torchvision's ToTensor() range
     with torch.no_grad():
         assert torch.isnan(net.normalize(torch.full((1, 3, 8, 8), float("nan")))).all()
         net(pixels.float())
+        net(torch.zeros(1, 3, 32, 32))  # a black image as floats

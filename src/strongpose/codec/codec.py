@@ -349,6 +349,9 @@ class StrongPoseCodec:
         Non-finite values (a diverged network) are dropped: such a cell casts no vote, such an offset is not
         followed.
         """
+        if arrays := sorted(key for key, v in outputs.items() if isinstance(v, np.ndarray)):
+            raise TypeError(f"decode takes torch tensors; {', '.join(arrays)} are NumPy arrays (e.g. ONNX Runtime's "
+                            f"outputs): pass {{name: torch.from_numpy(array)}}")
         outputs = {key: (v[None] if v.ndim == 3 else v) for key, v in outputs.items() if isinstance(v, torch.Tensor)}
         for key in ("skhm", "short", "mid"):
             if key not in outputs:

@@ -75,24 +75,57 @@ class Predictor:
     def __init__(self, module: torch.nn.Module, input_size: int, device: str | torch.device | None = None,
                  flip: bool = False, scales: Iterable[float] = (1.0,), keypoint_threshold: float | None = None,
                  person_threshold: float | None = None, precision: str | int | None = "32") -> None:
-        require_positive("", input_size=input_size)
-        self.precision = "32" if precision is None else str(precision)
-        self._autocast = autocast_dtype(precision)
         self.device = resolve_device(device)
         self.module = module.to(self.device).eval()
-        self.input_size = int(input_size)
+        self._scales = (1.0,)
+        self.precision = precision  # the properties below check and derive what the calls use
+        self.input_size = input_size
+        self.scales = scales
         self.flip = bool(flip)
-        self.scales = tuple(float(s) for s in scales)
-        self.sizes = scale_sizes(self.input_size, self.scales, self.codec.stride)
+        for name, value in (("keypoint_threshold", keypoint_threshold), ("person_threshold", person_threshold)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ConfigError(f"{name} must be a number or None, got {value!r} ({type(value).__name__})")
         self.keypoint_threshold = keypoint_threshold
         self.person_threshold = person_threshold
-        # the reference grid the scales are fused on is scale 1 (input_size), run or not
-        self._transforms = {size: ValTransform(size) for size in {*self.sizes, self.input_size}}
         self.last_timing: dict[str, float] = {}
         self.last_skipped: list[tuple[int, str]] = []  # predict_batch(..., skip_bad=True): (index, reason)
         self.checkpoint: Path | None = None
         self.run_config: dict | None = None
         self.codec_changes: dict[str, Any] = {}  # load(codec=...): the decoding settings changed from the run's
+
+    # Options that the calls derive something from (input sizes, transforms, autocast dtype) are properties, so that
+    # setting one on a Predictor (a sweep over scales) takes effect and ``options`` reports what runs.
+    @property
+    def precision(self) -> str:
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: str | int | None) -> None:
+        self._autocast = autocast_dtype(value)  # checks it
+        self._precision = "32" if value is None else str(value)
+
+    @property
+    def input_size(self) -> int:
+        return self._input_size
+
+    @input_size.setter
+    def input_size(self, value: int) -> None:
+        require_positive("", input_size=value)
+        self._derive_sizes(int(value), self._scales)
+
+    @property
+    def scales(self) -> tuple[float, ...]:
+        return self._scales
+
+    @scales.setter
+    def scales(self, value: Iterable[float]) -> None:
+        self._derive_sizes(self._input_size, tuple(float(s) for s in value))
+
+    def _derive_sizes(self, input_size: int, scales: tuple[float, ...]) -> None:
+        sizes = scale_sizes(input_size, scales, self.codec.stride)  # checks the scales, before anything changes
+        self._input_size, self._scales, self.sizes = input_size, scales, sizes
+        # the reference grid the scales are fused on is scale 1 (input_size), run or not
+        self._transforms = {size: ValTransform(size) for size in {*sizes, input_size}}
 
     @property
     def codec(self) -> StrongPoseCodec:
@@ -126,9 +159,14 @@ class Predictor:
         this call's totals: ``preprocess_ms`` (reading, resizing), ``network_ms``, ``decode_ms`` (fusion,
         decoding, mapping back) and ``images``. A file that cannot be read (missing, empty, corrupt) raises
         :class:`~strongpose.data.BadSample`, or with ``skip_bad`` gives None in its place and goes into
-        ``last_skipped`` as (index, reason), so that one bad file does not lose the others' results."""
+        ``last_skipped`` as (index, reason), so that one bad file does not lose the others' results.
+        ``last_timing`` and ``last_skipped`` belong to the Predictor: threads that share one see each other's."""
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        if isinstance(images, (str, Path)) or (isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 3):
+            # a path would be read as its characters, an image as its rows
+            raise TypeError(f"predict_batch takes a list of images, got one {type(images).__name__}: use "
+                            f"predict(image) or predict_batch([image])")
         timing = {"preprocess_ms": 0.0, "network_ms": 0.0, "decode_ms": 0.0, "images": 0}
         results: list[Poses | None] = []
         self.last_skipped = []
@@ -188,26 +226,28 @@ class Predictor:
             outputs = self.module(batch)
         return {name: value.float() for name, value in outputs.items()}
 
-    @torch.inference_mode()
     def _predict_arrays(self, arrays: list[np.ndarray], timing: dict) -> list[Poses]:
-        per_scale = []
-        for size in self.sizes:
-            t1 = time.perf_counter()
-            batch, affines = self.preprocess(arrays, size)
-            t2 = time.perf_counter()
-            per_scale.append((self.network(batch), affines))
-            self._sync()
-            timing["preprocess_ms"] += 1e3 * (t2 - t1)
-            timing["network_ms"] += 1e3 * (time.perf_counter() - t2)
-        t3 = time.perf_counter()
-        if self.sizes == [self.input_size]:
-            ref_affines = per_scale[0][1]
-            poses = self.codec.decode(per_scale[0][0])
-        else:
-            ref_affines = self._reference_affines(arrays, per_scale)
-            ref_hw = self.codec.map_size((self.input_size, self.input_size))
-            fused, scores = fuse_scales(per_scale, ref_affines, ref_hw, self.codec)
-            poses = self.codec.decode(fused, keypoint_scores=scores)
+        # inference mode for the network and the fusion only: the codec makes the Poses outside it, so that the
+        # caller gets ordinary tensors, which it may change in place (inference tensors refuse that)
+        with torch.inference_mode():
+            per_scale = []
+            for size in self.sizes:
+                t1 = time.perf_counter()
+                batch, affines = self.preprocess(arrays, size)
+                t2 = time.perf_counter()
+                per_scale.append((self.network(batch), affines))
+                self._sync()
+                timing["preprocess_ms"] += 1e3 * (t2 - t1)
+                timing["network_ms"] += 1e3 * (time.perf_counter() - t2)
+            t3 = time.perf_counter()
+            scores = None
+            if self.sizes == [self.input_size]:
+                ref_affines, maps = per_scale[0][1], per_scale[0][0]
+            else:
+                ref_affines = self._reference_affines(arrays, per_scale)
+                ref_hw = self.codec.map_size((self.input_size, self.input_size))
+                maps, scores = fuse_scales(per_scale, ref_affines, ref_hw, self.codec)
+        poses = self.codec.decode(maps, keypoint_scores=scores)
         originals = poses_to_original(poses, {"affine": ref_affines, "orig_size": [a.shape[:2] for a in arrays]})
         poses = [threshold_poses(p, self.keypoint_threshold, self.person_threshold) for p in originals]
         timing["decode_ms"] += 1e3 * (time.perf_counter() - t3)

@@ -46,9 +46,15 @@ class PixelNormalize(nn.Module):
             if images.dim() != 4 or images.shape[1] != self.scale.shape[1]:
                 raise ValueError(f"images must be (B, {self.scale.shape[1]}, H, W) RGB pixel values, "
                                  f"got shape {tuple(images.shape)}")
-            if images.is_floating_point() and bool((images < 0).any()):
-                raise ValueError("images have negative values: the network takes RGB pixel values 0..255 (uint8 "
-                                 "or float) and normalises them itself; do not pass ImageNet-normalised images")
+            if images.is_floating_point() and images.numel():
+                low, high = torch.stack(images.aminmax()).tolist()  # one read of the device
+                if low < 0:
+                    raise ValueError("images have negative values: the network takes RGB pixel values 0..255 "
+                                     "(uint8 or float) and normalises them itself; do not pass ImageNet-normalised "
+                                     "images")
+                if 0 < high <= 1:  # ToTensor()'s range: as pixel values, a black image, and no error otherwise
+                    raise ValueError(f"float images with values in 0..{high:.3g}: the network takes RGB pixel values "
+                                     f"0..255 (uint8 or float); multiply 0..1 images by 255")
         return torch.addcmul(self.shift, images.to(self.scale.dtype), self.scale)
 
 
