@@ -288,7 +288,8 @@ def run_with_key_hints(main: Callable[[], Any], config_name: str) -> None:
     except InputErrorExit:
         raise  # the run started: its keys exist
     except SystemExit as exit:
-        if exit.code not in (0, None):  # a run that started had only existing keys: no hint then
+        # a run that started had only existing keys: no hint then; nor after a signal (128 + its number)
+        if exit.code not in (0, None) and not (isinstance(exit.code, int) and exit.code >= 128):
             print_key_hint(config_name)
             # Hydra reports the error it caught and exits 1 from its handler: the error is the exit's context
             if isinstance(exit.__context__, (ConfigCompositionException, OverrideParseException)):

@@ -48,8 +48,9 @@ def wandb_logger(save_dir: str, project: str = "strongpose", offline: bool | Non
     this project, else, with ``run_resume="auto"`` (the run's ``resume``), a SLURM job's own run. An ``id``
     (``logger.wandb.id``) or ``WANDB_RUN_ID`` wins over both."""
     env_mode = os.environ.get("WANDB_MODE", "")
-    if env_mode == "disabled" and offline is not False:  # (logger.wandb.offline=false forces online, as it says)
-        # W&B's own off switch: offline=True would make Lightning set WANDB_MODE=dryrun and write run files
+    if env_mode == "disabled":
+        # W&B's own off switch wins (W&B reads it whatever the logger asks): offline=True would make Lightning set
+        # WANDB_MODE=dryrun and write run files, offline=False would say "online" and log nothing
         say("W&B: disabled (WANDB_MODE=disabled); nothing is logged to W&B")
         return WandbLogger(save_dir=save_dir, project=project, offline=False, mode="disabled", **kwargs)
     if offline is not None:

@@ -217,3 +217,26 @@ def test_outside_image_uses_the_encoders_pixel_convention() -> None:
     assert outside.tolist() == [True, False, False, False, False, True, True, False, False, True]
     keypoints[:, 2] = 0  # unlabelled keypoints are never reported
     assert not outside_image(keypoints, height, width).any()
+    # check_data lists the same keypoints (negative or beyond the border) as the dataset takes as unlabelled
+    from strongpose.data.validate import _check_keypoints
+
+    keypoints[:, 2] = 2
+    names = [f"k{i}" for i in range(len(keypoints))]
+    problems = list(_check_keypoints({"keypoints": keypoints.reshape(-1).tolist()}, height, width, names,
+                                     lambda kind, message, *level: (kind, message)))
+    listed = {name for _, message in problems for name in names if f"{name} " in message or f"{name}," in message
+              or message.endswith(name)}
+    assert listed == {names[i] for i in np.flatnonzero(outside)}, problems
+
+
+def test_a_file_whose_people_are_on_images_it_does_not_list_is_refused_by_name(sample_copy, codec) -> None:
+    images, annotations, data = sample_copy
+    for ann in data["annotations"]:
+        ann["image_id"] += 10_000  # ids the file does not list: training would keep none of its images
+    annotations.write_text(json.dumps(data))
+    with pytest.raises(AnnotationFileError, match=rf"none of its {len(data['images'])} images has a person"):
+        COCOKeypointDataset(images, annotations, codec=codec, input_size=S, train=True)
+    empty = {**data, "images": [], "annotations": []}
+    annotations.write_text(json.dumps(empty))
+    with pytest.raises(AnnotationFileError, match="annotations.json: it lists no images"):
+        COCOKeypointDataset(images, annotations, codec=codec, input_size=S, train=False)

@@ -197,6 +197,9 @@ def test_options_set_after_construction_take_effect_and_are_reported():
     assert predictor.scales == (1.0, 1.5) and predictor.sizes == [96, 144]  # unchanged by the refused value
     with pytest.raises(ConfigError, match="input_size"):
         predictor.input_size = 0
+    numpy_number = Predictor(module, 128, "cpu", keypoint_threshold=np.float32(0.3), person_threshold=torch.tensor(0.1))
+    assert numpy_number.options["keypoint_threshold"] == pytest.approx(0.3)
+    assert type(numpy_number.person_threshold) is float
 
 
 def test_bf16_runs_the_network_in_bf16_and_decodes_float32(predictor, tiny_checkpoint, sample_images):

@@ -53,7 +53,7 @@ def test_wandb_mode_disabled_starts_no_run_and_writes_nothing(no_key, monkeypatc
     monkeypatch.setenv("WANDB_API_KEY", "not-a-real-key")
     monkeypatch.setenv("WANDB_MODE", "disabled")
     monkeypatch.chdir(no_key)
-    for offline in (None, True):
+    for offline in (None, True, False):
         logger = wandb_logger(save_dir=str(no_key / "run"), offline=offline)
         run = logger.experiment
         try:
@@ -146,6 +146,7 @@ def test_a_resumed_run_goes_on_logging_to_its_wandb_run(train_config, tmp_path, 
     """train() records the online run in every checkpoint, and a run that resumes one (resume=auto) reads it
     before it makes its W&B logger: one W&B run for the training, however often it stopped."""
     monkeypatch.setattr("strongpose.tracking.WandbLogger", _ServerlessWandbLogger)
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # the tests' disabled would win over offline=false
     run = ["trainer.max_epochs=1", "callbacks.ema=null", "data.max_train_images=2", "data.max_val_images=2",
            "logger=wandb", "logger.wandb.offline=false", "callbacks.coco_eval.log_images=0"]
     _, first = train(train_config(run, output_dir=tmp_path))

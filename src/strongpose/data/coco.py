@@ -97,13 +97,17 @@ class COCOKeypointDataset(Dataset):
         with_people = {a["image_id"] for a in self.coco.dataset["annotations"]
                        if a.get("category_id") == self.category_id}
         self._check_people(ids, with_people)
+        listed = len(ids)
         if self.train if skip_empty is None else skip_empty:
             ids = [i for i in ids if i in with_people]
         if max_images is not None and max_images < 1:  # ids[:0] or ids[:-1]: none, or all but the last
             raise ConfigError(f"max_images={max_images!r} for {self.annotations_path}: must be >= 1 (None: all)")
         self.image_ids = ids[:max_images] if max_images is not None else ids
         if not self.image_ids:  # an epoch of nothing, or an AP of 0, would look like a result
-            raise AnnotationFileError(f"{self.annotations_path}: it lists no images")
+            raise AnnotationFileError(
+                f"{self.annotations_path}: it lists no images" if not listed else
+                f"{self.annotations_path}: none of its {listed} images has a person (its person annotations name "
+                f"image ids it does not list)")
         self.transform = (TrainTransform(self.input_size, codec.skeleton, augment) if self.train
                           else ValTransform(self.input_size))
 

@@ -241,10 +241,13 @@ def _check_keypoints(ann: dict, height: int, width: int, names: list[str], probl
     if bad_v:
         yield problem("visibility", f"visibility flags must be 0, 1 or 2: {_names(bad_v)}")
     labelled = [k for k, v in enumerate(vs) if v > 0]
-    negative = [names[k] for k in labelled if xs[k] < 0 or ys[k] < 0]
+    # pixel centres at integers, the image from -0.5 to W - 0.5, as the dataset (outside_image) and the encoder
+    # have it: what is listed here is what training takes as unlabelled
+    negative = [names[k] for k in labelled if xs[k] < -0.5 or ys[k] < -0.5]
     if negative:
         yield problem("keypoints_negative", f"negative coordinates at {_names(negative)}")
-    outside = [f"{names[k]} ({_number(xs[k])}, {_number(ys[k])})" for k in labelled if xs[k] > width or ys[k] > height]
+    outside = [f"{names[k]} ({_number(xs[k])}, {_number(ys[k])})" for k in labelled
+               if xs[k] >= width - 0.5 or ys[k] >= height - 0.5]
     if outside:
         yield problem("keypoints_outside", f"beyond the {width}x{height} image: {_names(outside)}", WARNING)
     stated = ann.get("num_keypoints")

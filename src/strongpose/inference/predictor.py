@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import numbers
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -82,11 +83,8 @@ class Predictor:
         self.input_size = input_size
         self.scales = scales
         self.flip = bool(flip)
-        for name, value in (("keypoint_threshold", keypoint_threshold), ("person_threshold", person_threshold)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise ConfigError(f"{name} must be a number or None, got {value!r} ({type(value).__name__})")
-        self.keypoint_threshold = keypoint_threshold
-        self.person_threshold = person_threshold
+        self.keypoint_threshold = threshold("keypoint_threshold", keypoint_threshold)
+        self.person_threshold = threshold("person_threshold", person_threshold)
         self.last_timing: dict[str, float] = {}
         self.last_skipped: list[tuple[int, str]] = []  # predict_batch(..., skip_bad=True): (index, reason)
         self.checkpoint: Path | None = None
@@ -263,6 +261,19 @@ class Predictor:
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+def threshold(name: str, value: Any) -> float | None:
+    """``value`` as a float (a NumPy or 0-d torch number too), None kept; a string or a bool raises
+    :class:`ConfigError` naming ``name`` (it would fail at the first prediction otherwise)."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bool)) or not isinstance(value, (numbers.Real, np.ndarray, torch.Tensor)):
+        raise ConfigError(f"{name} must be a number or None, got {value!r} ({type(value).__name__})")
+    try:
+        return float(value)
+    except (TypeError, ValueError):  # an array of more than one number
+        raise ConfigError(f"{name} must be a number or None, got {value!r}") from None
 
 
 def decode_settings(codec: Mapping[str, Any] | None, where: str = "codec") -> dict[str, Any]:
