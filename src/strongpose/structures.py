@@ -54,6 +54,13 @@ class Poses:
     def __len__(self) -> int:
         return int(self.scores.shape[0])
 
+    def __getitem__(self, index: int | slice | torch.Tensor | list) -> "Poses":
+        """The people at ``index`` as Poses, in their order: an int (one person), a slice, indices or a bool mask,
+        e.g. ``poses[poses.scores > 0.5]``; ``for person in poses`` gives one-person Poses."""
+        if isinstance(index, int):
+            index = [index]  # keeps the person dimension (and -1 means the last)
+        return Poses(self.keypoints[index], self.scores[index])
+
     def to(self, device: torch.device | str) -> "Poses":
         return Poses(self.keypoints.to(device), self.scores.to(device))
 
