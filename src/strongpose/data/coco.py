@@ -12,8 +12,8 @@ import torch
 from torch.utils.data import Dataset
 
 from strongpose.codec import StrongPoseCodec
-from strongpose.config_check import ConfigError
 from strongpose.codec.encode import labelled_keypoints
+from strongpose.config_check import ConfigError
 from strongpose.data.annotations import (AnnotationFileError, BadSample, ImageAnnotations, count_keypoints_outside,
                                          image_annotations, load_coco, person_category, read_image)
 from strongpose.data.collate import SkippedSample
