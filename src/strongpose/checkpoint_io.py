@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import uuid
 from pathlib import Path
@@ -27,8 +26,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     either. Here a local checkpoint goes to a temporary file in the same folder, is fsynced, then
     ``os.replace``d over the target (atomic on POSIX and Windows); other URLs use Lightning's path.
     A process killed while writing leaves a hidden ``.<name>.<random>.tmp`` beside the target, never a
-    broken target; the next write of that target removes it (each kill of a requeued job left one: up to a
-    whole checkpoint, hidden from ``ls``). Only rank 0 writes a run's checkpoints.
+    broken target; the next write into that folder removes it, whatever its target (each kill of a requeued job
+    left one: up to a whole checkpoint, hidden from ``ls``; a top-k name never comes again). Only rank 0 writes
+    a run's checkpoints, one at a time, so no other write's temporary is in progress then.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
@@ -36,7 +36,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in path.parent.glob(f".{glob.escape(path.name)}.????????.tmp"):  # a killed write's
+        for stale in path.parent.glob(".*.????????.tmp"):  # killed writes' (one pattern: no cache grows per name)
             with contextlib.suppress(OSError):
                 stale.unlink()
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")

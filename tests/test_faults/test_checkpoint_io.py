@@ -27,9 +27,11 @@ def test_save_then_load_round_trips_and_leaves_no_temporary_file(tmp_path):
 
 def test_the_next_write_removes_what_a_killed_write_left(tmp_path):
     (tmp_path / ".last.ckpt.0123abcd.tmp").write_bytes(b"x" * 1000)  # a job killed while writing last.ckpt
-    (tmp_path / ".best.ckpt.0123abcd.tmp").write_bytes(b"x")  # another target's: left to that target's next write
+    # another target's too: a top-k name (epoch..-step..) is never written again
+    (tmp_path / ".epoch003-step000042.ckpt.0123abcd.tmp").write_bytes(b"x")
+    (tmp_path / "notes.tmp").write_bytes(b"x")  # not a checkpoint's temporary: kept
     AtomicCheckpointIO().save_checkpoint(_checkpoint(1.0), tmp_path / "last.ckpt")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".best.ckpt.0123abcd.tmp", "last.ckpt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "notes.tmp"]
 
 
 def test_the_temporary_file_is_renamed_within_the_target_folder(tmp_path, monkeypatch):
