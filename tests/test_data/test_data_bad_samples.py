@@ -240,3 +240,23 @@ def test_a_file_whose_people_are_on_images_it_does_not_list_is_refused_by_name(s
     annotations.write_text(json.dumps(empty))
     with pytest.raises(AnnotationFileError, match="annotations.json: it lists no images"):
         COCOKeypointDataset(images, annotations, codec=codec, input_size=S, train=False)
+
+
+def test_a_restarted_run_lists_a_bad_sample_once(tmp_path, codec, caplog) -> None:
+    """A requeued job resumes in its folder: the bad images its first start listed are not listed again."""
+    from strongpose.data.datamodule import BAD_SAMPLES_COLUMNS
+
+    listed = tmp_path / "bad_samples.tsv"
+    first, second = SkippedSample(7, "a.jpg", "cannot decode image"), SkippedSample(9, "b.jpg", "empty image file")
+    for start in range(2):
+        data = COCOKeypointDataModule(codec, bad_samples_file=listed)  # a new process each start
+        with caplog.at_level(logging.WARNING, logger="strongpose.data.datamodule"):
+            data._name_bad_sample("train", first)
+            data._name_bad_sample("train", first)  # again in the same process
+            if start:
+                data._name_bad_sample("train", second)
+                data._name_bad_sample("val", first)  # another split: its own row
+    header, *rows = listed.read_text().splitlines()
+    assert tuple(header.split("\t")) == BAD_SAMPLES_COLUMNS
+    assert [tuple(row.split("\t")[:3]) for row in rows] == [("train", "0", "7"), ("train", "0", "9"), ("val", "0", "7")]
+    assert caplog.text.count("a.jpg (image id 7)") == 3  # each start still says it in its log (train twice, val)

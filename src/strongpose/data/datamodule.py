@@ -55,7 +55,8 @@ class COCOKeypointDataModule(L.LightningDataModule):
         max_bad_fraction: stop with an error when more than this fraction of the samples seen so far
             (counted as at least 50) were bad.
         bad_samples_file: where bad samples are listed (tab-separated: split, rank, image id, file,
-            reason; appended as found, once per sample); None: ``bad_samples.tsv`` in the trainer's
+            reason; appended as found, once per sample, also over restarts in the run folder: a resumed run
+            reads the rows there before it appends); None: ``bad_samples.tsv`` in the trainer's
             ``default_root_dir`` (the run folder), nothing when there is no trainer.
         encode_on: ``"worker"`` (default): the workers encode all the targets; ``"device"``: they encode only
             the mask-derived maps and send the people; :meth:`on_after_batch_transfer` encodes the rest of
@@ -122,6 +123,7 @@ class COCOKeypointDataModule(L.LightningDataModule):
         self.bad_counts = {"train": [0, 0], "val": [0, 0]}  # stage -> [skipped, seen]
         self.bad_samples_file = Path(bad_samples_file) if bad_samples_file is not None else None
         self._named: set[tuple[str, int]] = set()  # (stage, image id) already logged and listed
+        self._listed: set[tuple[str, str]] | None = None  # (stage, image id) in the file: read at the first bad one
         self._resume_at: dict[str, int] = {}  # train position from a checkpoint, for the next train loader
 
     def setup(self, stage: str | None = None) -> None:
@@ -266,12 +268,26 @@ class COCOKeypointDataModule(L.LightningDataModule):
         path = self.bad_samples_path
         log.warning("skipping bad %s sample %s (image id %d): %s%s", stage, item.file_name, item.image_id,
                     item.reason, f" [listed in {path}]" if path else "")
-        if path is not None:
+        if path is None:
+            return
+        if self._listed is None:  # a run resumed in its folder (a requeued job) found these before: listed once
+            self._listed = _listed_samples(path)
+        if (stage, str(item.image_id)) not in self._listed:
             rank = getattr(self.trainer, "global_rank", 0)
             _append_row(path, (stage, rank, item.image_id, item.file_name, item.reason))
+            self._listed.add((stage, str(item.image_id)))
 
 
 _ONE_LINE = str.maketrans("\t\r\n", "   ")  # a tab or newline in a reason would break the row
+
+
+def _listed_samples(path: Path) -> set[tuple[str, str]]:
+    """(split, image id) of the rows already in a bad-samples file (none when there is no file)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()[1:]
+    except FileNotFoundError:
+        return set()
+    return {(fields[0], fields[2]) for fields in (line.split("\t") for line in lines) if len(fields) >= 3}
 
 
 def _append_row(path: Path, fields: tuple) -> None:
