@@ -24,7 +24,8 @@ runs. ``--collate packed default`` compares the data module's batches (3 shared-
 torch's default_collate (13), ``--sharing file_descriptor file_system`` torch.multiprocessing's two ways for
 workers to hand storages over (experiments/probe_loader_gil.py: with file_descriptor the receiving thread
 takes the GIL per storage), ``--encode-on worker device`` the data module's two places for the keypoint
-targets.
+targets. ``--compile [MODE]`` compiles both networks as bench_train's does (the parts after warm-up steps that
+pay the compilation; ``fit_ms`` with the same compiled network, as ``callbacks.compile.enabled=true``).
 
 Blocks of ``--steps`` steps, ``--rounds`` rounds alternating the parts, medians reported; one line per
 configuration, the last being the last configuration's:
@@ -70,6 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--channels-last", action="store_true")
     bt.add_override_argument(p)
+    bt.add_compile_argument(p)  # fit_ms then runs the compiled network too, as callbacks.compile.enabled=true does
     p.add_argument("--sharing", nargs="+", default=[torch.multiprocessing.get_sharing_strategy()],
                    choices=sorted(torch.multiprocessing.get_all_sharing_strategies()),
                    help="how workers hand tensors over (torch.multiprocessing); each is measured in turn")
@@ -185,7 +187,7 @@ def measure(backbone: str, precision: str, batch_size: int, sharing: str, collat
     result["wait_ms"] = statistics.median(wait)
     print(f"device={bt.device_name(device)} backbone={backbone} input={args.input} batch={batch_size} "
           f"precision={precision} workers={args.workers} sharing={sharing} collate={collate} encode_on={encode_on} "
-          + "".join(f"{item} " for item in args.override)
+          + (f"compile={args.compile} " if args.compile else "") + "".join(f"{item} " for item in args.override)
           + " ".join(f"{key}={result[key]:.1f}" for key in
                      ("bare_ms", "net_ms", "fused_ms", "issue_ms", "loader_ms", "full_ms", "wait_ms", "fit_ms")), flush=True)
     del module, bare, optimizer, bare_optimizer, fused_optimizer, parts, full, net, fused, fixed

@@ -112,6 +112,13 @@ def add_override_argument(parser: argparse.ArgumentParser) -> None:
                              "COCO experiments' norm) or model.heads.num_convs=2")
 
 
+def add_compile_argument(parser: argparse.ArgumentParser) -> None:
+    """``--compile [MODE]``: torch.compile both networks in :func:`build_models`."""
+    parser.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                        help="torch.compile both networks (StrongPose's as callbacks.compile does, and the bare "
+                             "trunk) with this mode (default: torch's); the warm-up steps pay the compilation")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--backbone", nargs="+", default=["resnet18"], choices=BACKBONES)
@@ -126,9 +133,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--precision", nargs="+", default=["32"], choices=["32", "bf16"])
     p.add_argument("--channels-last", action="store_true")
     add_override_argument(p)
-    p.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
-                   help="torch.compile both networks (StrongPose's as callbacks.compile does, and the bare trunk) "
-                        "with this mode (default: torch's); the warm-up steps pay the compilation")
+    add_compile_argument(p)
     p.add_argument("--encode-on", default="worker", choices=["worker", "device"],
                    help="data.encode_on: keypoint targets encoded in the workers or on the device after the copy")
     p.add_argument("--max-batch", action="store_true",

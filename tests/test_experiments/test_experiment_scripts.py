@@ -133,6 +133,10 @@ def test_bench_step_parts_runs_and_reports(capsys):
     assert all(result[name] > 0 for name in parts)
     assert result["full_ms"] >= result["wait_ms"]  # the wait is part of the full step
     assert float(keys["full_ms"]) == pytest.approx(result["full_ms"], abs=0.05)
+    assert "compile" not in keys  # and with --compile (bench_train's argument; 1.3 min to run on the 2-core CPU):
+    parts_args = load("bench_step_parts").parse_args
+    assert parts_args(["--compile"]).compile == "default"
+    assert parts_args(["--compile", "reduce-overhead"]).compile == "reduce-overhead"
 
 
 def test_probe_loader_gil_counts_batches_under_each_main_thread_load(capsys):
