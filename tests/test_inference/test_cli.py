@@ -19,6 +19,7 @@ from strongpose import evaluate, predict
 from strongpose.config_check import ConfigError, InputError
 from strongpose.data.sample import sample_paths
 from strongpose.evaluation import STAT_NAMES
+from strongpose.inference.images import video_writer
 from strongpose.lit_module import CATEGORY
 from strongpose.train import CONFIG_DIR
 
@@ -172,13 +173,30 @@ def test_a_training_codec_setting_given_to_evaluate_is_refused(tiny_checkpoint, 
         evaluate.run(cfg)
 
 
-def test_predict_video(tiny_checkpoint, tmp_path):
-    video = tmp_path / "clip.mp4"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 5, (96, 64))
-    frame = cv2.resize(cv2.imread(str(sorted(sample_paths()[0].glob("*.jpg"))[0])), (96, 64))
-    for i in range(5):
-        writer.write(np.roll(frame, 4 * i, axis=1))
+def write_video(path, frames, fps: float = 5):
+    """An mp4 of (64, 96, 3) BGR frames, written as predict writes its drawn videos."""
+    writer = video_writer(path, fps, (96, 64))
+    for frame in frames:
+        writer.write(frame)
     writer.release()
+    return path
+
+
+def zero_frame_data(video, out, start_fraction: float = 0.0):
+    """A copy of ``video`` with its frames' data (mp4v writes them before the index) zeroed from
+    ``start_fraction`` of it on: the container intact, the frames from there undecodable."""
+    data = bytearray(video.read_bytes())
+    start, end = data.find(b"mdat"), data.find(b"moov")
+    assert 0 < start < end
+    first = start + 8 + int((end - start - 8) * start_fraction)
+    data[first:end - 4] = bytes(end - 4 - first)
+    out.write_bytes(bytes(data))
+    return out
+
+
+def test_predict_video(tiny_checkpoint, tmp_path):
+    frame = cv2.resize(cv2.imread(str(sorted(sample_paths()[0].glob("*.jpg"))[0])), (96, 64))
+    video = write_video(tmp_path / "clip.mp4", (np.roll(frame, 4 * i, axis=1) for i in range(5)))
     summary = predict.run(config("predict", [f"ckpt_path={tiny_checkpoint}", f"input={video}",
                                              f"output={tmp_path / 'out'}", "batch_size=2"]))
     assert summary["images"] == 5
@@ -195,16 +213,8 @@ def test_predict_video(tiny_checkpoint, tmp_path):
 def test_predict_fails_on_a_video_it_cannot_read(tiny_checkpoint, tmp_path):
     """A video OpenCV cannot open, or one whose frames cannot be decoded, is an input error (exit 2), not an empty
     result, nor an error about the drawn video it could not write."""
-    video = tmp_path / "clip.mp4"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 5, (96, 64))
-    for i in range(3):
-        writer.write(np.full((64, 96, 3), 60 * i, np.uint8))
-    writer.release()
-    data = video.read_bytes()
-    start, end = data.find(b"mdat"), data.find(b"moov")
-    assert 0 < start < end  # mp4v writes the frames before the index
-    zeroed = tmp_path / "zeroed.mp4"  # the container intact, the frames' data zeroed
-    zeroed.write_bytes(data[:start + 4] + bytes(end - start - 8) + data[end - 4:])
+    video = write_video(tmp_path / "clip.mp4", (np.full((64, 96, 3), 60 * i, np.uint8) for i in range(3)))
+    zeroed = zero_frame_data(video, tmp_path / "zeroed.mp4")  # every frame's data
     fake = tmp_path / "fake.mp4"
     fake.write_text("not a video\n")
     for path, message in ((fake, "cannot open video"), (zeroed, "no decodable video stream|no frame of video")):
@@ -216,18 +226,10 @@ def test_predict_fails_on_a_video_it_cannot_read(tiny_checkpoint, tmp_path):
 
 
 def test_predict_warns_when_a_video_ends_well_before_its_header_says(tiny_checkpoint, tmp_path, caplog):
-    video = tmp_path / "clip.mp4"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (96, 64))
     rng = np.random.default_rng(0)
-    for _ in range(20):
-        writer.write(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8))
-    writer.release()
-    data = bytearray(video.read_bytes())
-    start, end = data.find(b"mdat"), data.find(b"moov")
-    half = start + 8 + (end - start) // 2
-    data[half:end - 4] = bytes(end - 4 - half)  # the later frames' data zeroed: OpenCV stops reading there
-    damaged = tmp_path / "damaged.mp4"
-    damaged.write_bytes(bytes(data))
+    video = write_video(tmp_path / "clip.mp4", (rng.integers(0, 255, (64, 96, 3), dtype=np.uint8) for _ in range(20)),
+                        fps=10)
+    damaged = zero_frame_data(video, tmp_path / "damaged.mp4", 0.5)  # OpenCV stops reading halfway
     with caplog.at_level(logging.WARNING, logger="strongpose.predict"):
         summary = predict.run(config("predict", [f"ckpt_path={tiny_checkpoint}", f"input={damaged}", "draw=false",
                                                  f"output={tmp_path / 'out'}"]))
