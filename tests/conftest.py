@@ -13,6 +13,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 from collections.abc import Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
@@ -21,6 +22,7 @@ from torch.utils.data import default_collate  # noqa: E402
 
 from strongpose.codec import StrongPoseCodec  # noqa: E402
 from strongpose.data.coco import OFFSET_DTYPE  # noqa: E402
+from strongpose.skeleton import COCO_PERSON, CROWDPOSE  # noqa: E402
 from strongpose.train import CONFIG_DIR  # noqa: E402
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -87,6 +89,38 @@ def run_train_cli(args: Sequence[str], cwd: str | Path, timeout: int = 400,
                   importable: Sequence[str | Path] = ()) -> subprocess.CompletedProcess:
     """:func:`run_cli` of ``strongpose.train``, which must succeed."""
     return run_cli("strongpose.train", args, cwd, timeout, importable)
+
+
+CROWD_INDICES = (0.05, 0.5, 0.9)
+
+
+def to_crowdpose(coco: dict) -> dict:
+    """COCO person annotations as CrowdPose writes them: its 14 keypoints (head from the nose, neck between the
+    shoulders when both are labelled), ``num_keypoints``, ``bbox``, ``iscrowd``; no ``area``, no segmentation; a
+    ``crowdIndex`` on each image (here 0.05, 0.5, 0.9 in turn: one of each crowd-index group)."""
+    index = {name: i for i, name in enumerate(COCO_PERSON.keypoints)}
+    people = []
+    for ann in coco["annotations"]:
+        kp = np.asarray(ann["keypoints"], np.float64).reshape(-1, 3)
+        rows = [kp[index[name]] for name in CROWDPOSE.keypoints[:12]]
+        rows.append(kp[index["nose"]])
+        left, right = kp[index["left_shoulder"]], kp[index["right_shoulder"]]
+        rows.append(np.r_[(left[:2] + right[:2]) / 2, 2.0] if left[2] > 0 and right[2] > 0 else np.zeros(3))
+        flat = np.stack(rows).reshape(-1)
+        people.append({"id": ann["id"], "image_id": ann["image_id"], "category_id": 1, "bbox": ann["bbox"],
+                       "iscrowd": 0, "keypoints": flat.tolist(), "num_keypoints": int((flat[2::3] > 0).sum())})
+    images = [{**image, "crowdIndex": CROWD_INDICES[i % len(CROWD_INDICES)]} for i, image in enumerate(coco["images"])]
+    return {"images": images, "annotations": people,
+            "categories": [{"id": 1, "name": "person", "supercategory": "person",
+                            "keypoints": list(CROWDPOSE.keypoints),
+                            "skeleton": [[CROWDPOSE.keypoints.index(a) + 1, CROWDPOSE.keypoints.index(b) + 1]
+                                         for a, b in CROWDPOSE.tree_edges]}]}
+
+
+@pytest.fixture(scope="session")
+def crowdpose_annotations():
+    """:func:`to_crowdpose` as a fixture."""
+    return to_crowdpose
 
 
 @pytest.fixture(scope="session")

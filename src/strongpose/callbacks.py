@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import Callback, TQDMProgressBar, WeightAveragi
 from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
 
 from strongpose.config_check import ConfigError
-from strongpose.evaluation.coco_eval import STAT_NAMES
+from strongpose.evaluation.coco_eval import CROWD_STAT_NAMES, STAT_NAMES
 from strongpose.log_steps import logs_read
 
 
@@ -179,7 +179,7 @@ class EMA(WeightAveraging):
 
 def monitor_mode(name: str | None) -> str:
     """"max" for a monitored COCO statistic (higher is better), "min" for anything else (losses)."""
-    return "max" if name and name.rsplit("/", 1)[-1] in STAT_NAMES else "min"
+    return "max" if name and name.rsplit("/", 1)[-1] in STAT_NAMES + CROWD_STAT_NAMES else "min"
 
 
 class ModelCheckpoint(LightningModelCheckpoint):
@@ -196,7 +196,7 @@ class ModelCheckpoint(LightningModelCheckpoint):
       from the validations to those steps, where the monitored metric is the last validation's.
 
     ``mode="auto"`` (the config's): "max" for a COCO statistic (``val/AP``, ``val/AR``, ...: the names of
-    :data:`strongpose.evaluation.STAT_NAMES` after the last ``/``), "min" for anything else (the losses), so that
+    :data:`strongpose.evaluation.STAT_NAMES` or CrowdPose's ``AP_easy`` ... after the last ``/``), "min" for anything else (the losses), so that
     ``optimized_metric=val/AP`` keeps the best AP, not the worst.
     """
 

@@ -12,7 +12,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
-from strongpose.evaluation.coco_eval import STAT_NAMES, check_backend
+from strongpose.evaluation.coco_eval import CROWD_STAT_NAMES, STAT_NAMES, check_backend
 from strongpose.evaluation.metric import COCOKeypointAP
 from strongpose.viz import draw_batch
 
@@ -25,7 +25,8 @@ class COCOEvalCallback(Callback):
     Needs a module whose ``validation_step`` returns ``{"loss": ..., "outputs": raw outputs}`` and that has
     ``decode(outputs) -> list[Poses]`` and ``codec.skeleton.sigmas`` (:class:`strongpose.lit_module.StrongPoseModule`),
     and batches with ``meta["image_id"]`` and ``meta["affine"]`` (the data module's). The statistics
-    (``{prefix}AP``, ``AP50``, ``AP75``, ``APM``, ``APL``, ``AR``) cover all ranks' images, each once, and are
+    (``{prefix}AP``, ``AP50``, ``AP75``, ``APM``, ``APL``, ``AR``; with CrowdPose's ground truth also ``AP_easy``,
+    ``AP_medium``, ``AP_hard``) cover all ranks' images, each once, and are
     logged as they are (no further averaging), so ``ModelCheckpoint(monitor="val/AP", mode="max")`` works.
     Images dropped as bad samples are not evaluated. Nothing is logged during the sanity check.
 
@@ -48,7 +49,7 @@ class COCOEvalCallback(Callback):
         self.prefix = prefix
         # the statistics are the whole validation set's on every rank already (COCOKeypointAP gathers the
         # predictions): Lightning's advice to log them with sync_dist under DDP does not apply, silence it
-        names = "|".join(re.escape(f"{prefix}{name}") for name in STAT_NAMES)
+        names = "|".join(re.escape(f"{prefix}{name}") for name in STAT_NAMES + CROWD_STAT_NAMES)
         warnings.filterwarnings("ignore", message=rf"It is recommended to use `self\.log\('({names})'",
                                 category=PossibleUserWarning)
         self.verbose = verbose
@@ -92,7 +93,7 @@ class COCOEvalCallback(Callback):
         stats = self.metric.compute()  # gathers all ranks' predictions; the same numbers on every rank
         self.metric.reset()
         if self.verbose and trainer.is_global_zero:
-            log.info("COCO keypoints: %s", ", ".join(f"{name} {float(stats[name]):.4f}" for name in STAT_NAMES))
+            log.info("COCO keypoints: %s", ", ".join(f"{name} {float(value):.4f}" for name, value in stats.items()))
         if self._drawn:
             # at the step Lightning logs this validation's metrics at (the optimiser steps before it, counted by
             # the epoch loop; global_step is one more after an epoch-end validation), so they line up in W&B
@@ -101,6 +102,6 @@ class COCOEvalCallback(Callback):
                 if hasattr(logger, "log_image"):  # W&B media; CSV and others take no images
                     logger.log_image(key=f"{self.prefix}predictions", images=self._drawn, step=step)
             self._drawn = []
-        for name in STAT_NAMES:
+        for name, value in stats.items():
             # already global: no sync_dist (which would average identical values over the ranks anyway)
-            pl_module.log(f"{self.prefix}{name}", float(stats[name]), prog_bar=name == "AP", sync_dist=False)
+            pl_module.log(f"{self.prefix}{name}", float(value), prog_bar=name == "AP", sync_dist=False)

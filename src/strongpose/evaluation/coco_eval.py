@@ -18,11 +18,38 @@ from strongpose.structures import Poses
 
 # names of COCOeval's first six keypoint statistics, in order (logged as val/AP, val/AP50, ...)
 STAT_NAMES = ("AP", "AP50", "AP75", "APM", "APL", "AR")
+# CrowdPose's AP over its images of low / middle / high crowd index (the ``crowdIndex`` of each image entry),
+# added when every image of the ground truth has one; split at 0.2 and 0.8 as crowdposetools' evaluation
+# (and xtcocotools', faster-coco-eval's ``keypoints_crowd``) does, which CrowdPose results are reported with
+CROWD_STAT_NAMES = ("AP_easy", "AP_medium", "AP_hard")
+CROWD_INDEX_SPLITS = (0.2, 0.8)
 BACKENDS = ("pycocotools", "faster_coco_eval")
 # a missing ground-truth area is 0.53 x the box area: the rule of xtcocotools' evaluation for datasets without
 # masks (CrowdPose: COCOeval(..., use_area=False)); COCO's own annotations all have an area
 AREA_PER_BOX_AREA = 0.53
 log = logging.getLogger(__name__)
+
+
+def has_crowd_index(coco: COCO) -> bool:
+    """Whether every image of the ground truth has a numeric ``crowdIndex`` (CrowdPose's annotations)."""
+    images = coco.dataset.get("images", [])
+    return bool(images) and all(isinstance(image.get("crowdIndex"), (int, float))
+                                and not isinstance(image.get("crowdIndex"), bool) for image in images)
+
+
+def stat_names(coco: COCO) -> tuple[str, ...]:
+    """The statistics :func:`coco_keypoint_stats` returns for this ground truth, in order."""
+    return STAT_NAMES + CROWD_STAT_NAMES if has_crowd_index(coco) else STAT_NAMES
+
+
+def crowd_index_groups(coco: COCO, image_ids: Iterable[int]) -> dict[str, list[int]]:
+    """``image_ids`` split by their images' ``crowdIndex``: easy below 0.2, medium below 0.8, hard the rest."""
+    low, high = CROWD_INDEX_SPLITS
+    groups: dict[str, list[int]] = {name: [] for name in CROWD_STAT_NAMES}
+    for image_id in image_ids:
+        index = coco.imgs[image_id]["crowdIndex"]
+        groups[CROWD_STAT_NAMES[0 if index < low else 1 if index < high else 2]].append(image_id)
+    return groups
 
 
 def check_backend(backend: str) -> str:
@@ -77,7 +104,9 @@ def coco_keypoint_stats(coco: COCO, results: list[dict], image_ids: Iterable[int
                         sigmas: Sequence[float] | None = None, verbose: bool = False,
                         backend: str = "pycocotools", category_id: int | None = None) -> dict[str, float]:
     """COCOeval (keypoints) of ``category_id`` (None: :func:`evaluated_category`), restricted to ``image_ids``;
-    returns AP, AP50, AP75, APM, APL, AR. Other categories of the ground truth (boxes without keypoints) are
+    returns AP, AP50, AP75, APM, APL, AR, and for ground truth with a ``crowdIndex`` on every image (CrowdPose)
+    AP_easy, AP_medium, AP_hard: the AP of the images in each crowd-index group (:func:`crowd_index_groups`;
+    -1 for a group without ground truth, as COCOeval's statistics). Other categories of the ground truth (boxes without keypoints) are
     left out; a missing ``area`` or ``num_keypoints`` is filled in (:func:`complete_ground_truth`).
 
     ``backend="faster_coco_eval"`` runs faster-coco-eval's C++ COCOeval on the same ground truth
@@ -86,8 +115,9 @@ def coco_keypoint_stats(coco: COCO, results: list[dict], image_ids: Iterable[int
     check_backend(backend)
     image_ids = sorted(set(int(i) for i in image_ids))
     category_id = evaluated_category(coco) if category_id is None else int(category_id)
+    names = stat_names(coco)
     if not results:
-        return {name: 0.0 for name in STAT_NAMES}
+        return {name: 0.0 for name in names}
     complete_ground_truth(coco, category_id)
     with contextlib.redirect_stdout(io.StringIO()) as buf:
         if backend == "faster_coco_eval":
@@ -102,9 +132,28 @@ def coco_keypoint_stats(coco: COCO, results: list[dict], image_ids: Iterable[int
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
+        stats = {name: float(v) for name, v in zip(STAT_NAMES, ev.stats)}
+        if names != STAT_NAMES:
+            for name, group in crowd_index_groups(coco, image_ids).items():
+                stats[name] = _group_ap(ev, group)
     if verbose:
         print(buf.getvalue(), end="")
-    return {name: float(v) for name, v in zip(STAT_NAMES, ev.stats)}
+        if names != STAT_NAMES:
+            print(" Average Precision  (AP) by crowd index: "
+                  + ", ".join(f"{name[3:]} {stats[name]:.3f}" for name in CROWD_STAT_NAMES))
+    return stats
+
+
+def _group_ap(ev, image_ids: list[int]) -> float:
+    """AP (OKS 0.50:0.95, all areas, COCOeval's last maxDets) of ``ev``'s detections on ``image_ids`` alone."""
+    if not image_ids:
+        return -1.0
+    ev.params.imgIds = image_ids
+    ev.evaluate()
+    ev.accumulate()
+    precision = ev.eval["precision"][:, :, :, 0, -1]  # iou thresholds x recalls x categories, area "all"
+    valid = precision[precision > -1]
+    return float(valid.mean()) if valid.size else -1.0
 
 
 def _faster_cocoeval(coco: COCO, results: list[dict]):

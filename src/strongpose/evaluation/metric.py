@@ -27,14 +27,15 @@ from torchmetrics import Metric
 
 from strongpose.data.annotations import load_coco
 from strongpose.data.transforms import poses_to_original
-from strongpose.evaluation.coco_eval import STAT_NAMES, check_backend, coco_keypoint_stats, evaluated_category
+from strongpose.evaluation.coco_eval import check_backend, coco_keypoint_stats, evaluated_category
 from strongpose.structures import Poses
 
 _STATES = ("image_ids", "num_people", "keypoints", "scores")
 
 
 class COCOKeypointAP(Metric):
-    """COCO keypoint statistics (AP, AP50, AP75, APM, APL, AR) of decoded poses.
+    """COCO keypoint statistics (AP, AP50, AP75, APM, APL, AR; with CrowdPose's ground truth also AP_easy,
+    AP_medium, AP_hard) of decoded poses.
 
     Args:
         annotations: the ground truth: a pycocotools ``COCO`` or the path of a COCO-format JSON file.
@@ -45,7 +46,7 @@ class COCOKeypointAP(Metric):
 
     ``update(poses, meta)`` takes a batch's decoded :class:`Poses` (input pixels) and its ``meta`` (``image_id``
     (B,), ``affine`` (B, 2, 3) from input to original pixels); ``compute()`` returns a dict of scalar tensors
-    keyed by :data:`STAT_NAMES`, evaluated over exactly the images updated (on all ranks together).
+    keyed by :func:`~strongpose.evaluation.coco_eval.stat_names` of the ground truth, evaluated over exactly the images updated (on all ranks together).
     """
 
     is_differentiable = False
@@ -123,7 +124,7 @@ class COCOKeypointAP(Metric):
         results, image_ids = self.results()
         stats = coco_keypoint_stats(self.coco, results, image_ids, self.sigmas, backend=self.backend,
                                     category_id=self.category_id)
-        return {name: torch.tensor(stats[name], dtype=torch.float64) for name in STAT_NAMES}
+        return {name: torch.tensor(value, dtype=torch.float64) for name, value in stats.items()}
 
 
 def _cat(tensors: list[torch.Tensor] | torch.Tensor) -> np.ndarray:
