@@ -226,6 +226,21 @@ class InterruptCheckpoint(Callback):
         self._training = False
         if self._requested:
             _say(trainer, "Ctrl-C came after the last training step: the run finished normally")
+        self._remove_resumed_checkpoint(trainer)
+
+    def _remove_resumed_checkpoint(self, trainer: L.Trainer) -> None:
+        """A run resumed from this callback's checkpoint has finished: a newer last checkpoint holds all that it
+        held, so the file (a whole checkpoint in size) goes. Kept when the run did not start from it, or when no
+        last checkpoint newer than it was written (``save_last`` off)."""
+        path = self.ckpt_path(trainer)
+        resumed = trainer.ckpt_path
+        last = getattr(trainer.checkpoint_callback, "last_model_path", "") or ""
+        if not (trainer.is_global_zero and resumed and last and path.is_file() and Path(last).is_file()):
+            return
+        if Path(resumed).resolve() != path.resolve() or Path(last).stat().st_mtime < path.stat().st_mtime:
+            return
+        path.unlink()
+        _say(trainer, f"The run resumed from {path} has finished: removed it ({last} holds the end)")
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         self._step_before_batch = trainer.global_step

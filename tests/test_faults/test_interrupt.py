@@ -98,6 +98,25 @@ def test_a_second_ctrl_c_stops_at_once_without_saving(train_config, tmp_path, si
     assert "Ctrl-C: saving a checkpoint after this training step" in out and "Stopped without saving" in out
 
 
+def test_a_finished_resumed_run_removes_the_interrupted_checkpoint_it_started_from(train_config, tmp_path,
+                                                                                  signal_during_second_step, capsys):
+    with_last = ["trainer.max_epochs=10", "trainer.limit_val_batches=0", "callbacks.coco_eval=null"]
+    signal_during_second_step(signal.SIGINT)
+    with pytest.raises(SystemExit):
+        train(train_config(with_last, output_dir=tmp_path))
+    saved, last = tmp_path / "checkpoints" / "interrupted.ckpt", tmp_path / "checkpoints" / "last.ckpt"
+    assert saved.is_file()
+    capsys.readouterr()
+    # resume=auto goes on from it: at the end, last.ckpt holds everything and the interrupted checkpoint goes
+    _, resumed = train(train_config(["trainer.max_steps=3", *with_last], output_dir=tmp_path))
+    assert resumed["trainer"].global_step == 3 and read_checkpoint(last)["global_step"] == 3
+    assert not saved.exists() and f"The run resumed from {saved} has finished: removed it" in capsys.readouterr().out
+    # a run that did not start from it leaves it alone (another run's state)
+    saved.write_bytes(last.read_bytes())
+    train(train_config(["trainer.max_steps=4", *with_last, f"ckpt_path={last}"], output_dir=tmp_path))
+    assert saved.is_file() and read_checkpoint(last)["global_step"] == 4
+
+
 @pytest.mark.parametrize("under_slurm", [False, True], ids=["job-id-only", "lightning-detects-slurm"])
 def test_the_requeue_signal_saves_after_the_step_then_requeues_the_slurm_job(train_config, tmp_path,
                                                                             signal_during_second_step, capsys,
