@@ -78,9 +78,14 @@ def test_votes_leaving_the_bottom_right_corner_are_dropped():
 
 
 def reference_peaks(hough, max_peaks, threshold):
-    """Set of (image, type, cell, score) of the max_peaks strongest 3x3 maxima above threshold."""
+    """Set of (image, type, cell, score) of the max_peaks strongest 3x3 maxima above threshold (of equal
+    neighbours, the first in raster order)."""
     b, k, h, w = hough.shape
-    peak = torch.where(hough >= F.max_pool2d(hough, 3, 1, 1), hough, torch.zeros_like(hough))
+    padded = F.pad(hough, (1, 1, 1, 1), value=float("-inf"))
+    first = torch.ones_like(hough, dtype=torch.bool)
+    for dy, dx in ((-1, -1), (-1, 0), (-1, 1), (0, -1)):  # the neighbours before the cell in raster order
+        first &= padded[..., 1 + dy:1 + dy + h, 1 + dx:1 + dx + w] < hough
+    peak = torch.where((hough >= F.max_pool2d(hough, 3, 1, 1)) & first, hough, torch.zeros_like(hough))
     scores, idx = peak.flatten(2).topk(min(max_peaks, h * w), dim=2)
     return {(i, t, c, round(s, 5)) for i in range(b) for t in range(k)
             for s, c in zip(scores[i, t].tolist(), idx[i, t].tolist()) if s > threshold}
@@ -106,6 +111,35 @@ def test_find_peaks_matches_max_pool_and_topk(fraction, max_peaks):
     cell = nearest_cells(pos[i, t, slot], 8, (12, 14))[0]
     offset = short[i, 2 * t:2 * t + 2].flatten(1)[:, cell]
     assert torch.allclose(refined[i, t, slot] - pos[i, t, slot], offset, atol=1e-4)
+
+
+@pytest.mark.parametrize("dense", [False, True])  # candidates tested one by one, dense max filter first
+def test_equal_neighbours_make_one_peak_the_first_in_raster_order(dense):
+    hough = torch.rand(1, 1, 6, 8, generator=torch.Generator().manual_seed(0)) * 0.4 * dense
+    hough[0, 0, 1:3, 1:3] = 0.9  # a keypoint on a cell corner: four equal cells
+    hough[0, 0, 4, 1:4] = 0.8  # three in a row
+    hough[0, 0, 1, 6] = hough[0, 0, 2, 5] = 0.7  # equal on the anti-diagonal
+    hough[0, 0, 4, 5] = hough[0, 0, 5, 6] = 0.6  # and on the diagonal
+    pos, scores, valid = find_peaks(hough, torch.zeros(1, 2, 6, 8), 8, 32, 0.05, refine=False)
+    found = {tuple(((p - 3.5) / 8).round().long().tolist()[::-1]) for p in pos[valid]}  # (row, column)
+    firsts = {(1, 1), (4, 1), (1, 6), (4, 5)}
+    assert firsts <= found and not found & {(1, 2), (2, 1), (2, 2), (4, 2), (4, 3), (2, 5), (5, 6)}
+    if not dense:
+        assert found == firsts
+    as_reference = {(0, 0, r * 8 + c, round(float(hough[0, 0, r, c]), 5)) for r, c in found}
+    assert as_reference == reference_peaks(hough, 32, 0.05)
+
+
+def test_a_keypoint_on_a_cell_corner_decodes_to_one_person():
+    codec = StrongPoseCodec(stride=8, disk_radius=32.0, decode_nms_oks=1.0)  # no OKS-NMS to hide copies
+    keypoints = torch.zeros(1, 17, 3)
+    keypoints[0, :, 0] = torch.arange(17) % 6 * 32 + 40 + 7.5  # midway between cell centres in x and y
+    keypoints[0, :, 1] = torch.arange(17) // 6 * 48 + 40 + 7.5
+    keypoints[0, :, 2] = 2
+    targets = {name: value[None] for name, value in codec.encode(keypoints, (256, 256)).items()}
+    people = codec.decode(targets)[0]
+    assert len(people) == 1
+    assert torch.allclose(people.keypoints[0, :, :2], keypoints[0, :, :2], atol=1e-3)
 
 
 def test_find_peaks_on_an_empty_map():

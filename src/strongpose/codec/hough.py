@@ -247,17 +247,17 @@ def find_peaks(
     # a -inf ring: border cells compare against their in-map neighbours only (as max_pool2d's padding)
     padded = F.pad(hough, (1, 1, 1, 1), value=float("-inf")).view(-1)
     cand = nonzero_above(padded, threshold)
-    if cand.numel() * 8 > padded.numel():  # mostly above threshold (an untrained network): dense filter
+    if cand.numel() * 8 > padded.numel():  # mostly above threshold (an untrained network): a dense filter first
         peaks = torch.where(hough >= max_filter3(hough), hough, float("-inf"))
-        padded = F.pad(peaks, (1, 1, 1, 1), value=float("-inf")).view(-1)
-        cand = nonzero_above(padded, threshold)
-        score = take(padded, cand)
-    else:  # 3x3 local maxima among the candidates only
-        score = take(padded, cand)
-        # (8, N): a max over the leading dim is ~4x faster than over a short last one on the CPU
-        ring = _column((-wp - 1, -wp, -wp + 1, -1, 1, wp - 1, wp, wp + 1), dev)
-        keep = (take(padded, cand + ring).amax(0) <= score).nonzero().squeeze(1)
-        cand, score = take(cand, keep), take(score, keep)
+        cand = nonzero_above(F.pad(peaks, (1, 1, 1, 1), value=float("-inf")).view(-1), threshold)
+    # 3x3 local maxima among the candidates; of equal neighbours only the first in raster order (a keypoint on a
+    # cell corner gives four equal cells: one peak, not four copies of its person)
+    score = take(padded, cand)
+    # (8, N), the 4 neighbours before the cell then the 4 after: a max over the leading dim is ~4x faster than over
+    # a short last one on the CPU
+    ring = take(padded, cand + _column((-wp - 1, -wp, -wp + 1, -1, 1, wp - 1, wp, wp + 1), dev))
+    keep = ((ring[:4].amax(0) < score) & (ring[4:].amax(0) <= score)).nonzero().squeeze(1)
+    cand, score = take(cand, keep), take(score, keep)
     channel = torch.div(cand, hp * wp, rounding_mode="floor")  # b * K + k, nondecreasing
     # strongest first within each (image, type): sort by score, then stably by channel
     score, order = score.sort(descending=True, stable=True)
