@@ -139,7 +139,9 @@ class StrongPoseCodec:
         self.decode_min_keypoints = decode_min_keypoints
         self.decode_max_people = decode_max_people
         self._sigmas = np.asarray(self.skeleton.sigmas, dtype=np.float64)
-        # a perfect keypoint's smoothed Hough peak, so that keypoint scores land in [0, 1]
+        # a perfect keypoint's smoothed Hough peak with all its votes in one cell: keypoint scores are at most about
+        # 1 (clamped to 1 later); its votes split over up to 4 cells by where it lies in its cell, a perfect one scores
+        # 0.6-1 (stride 8; less at stride 16, whose disks have few cells)
         self._score_norm = self._perfect_peak()
         self.last_timing: dict[str, float] = {}
 
@@ -329,7 +331,8 @@ class StrongPoseCodec:
 
     def keypoint_scores(self, skhm: torch.Tensor, short: torch.Tensor, to_grid: torch.Tensor | None = None,
                         grid_hw: tuple[int, int] | None = None) -> torch.Tensor:
-        """(B, K, h, w) Hough maps, normalised so that a perfect keypoint scores about 1 (unclamped); with
+        """(B, K, h, w) Hough maps, normalised so that a perfect keypoint whose votes fall in one cell scores about 1
+        (unclamped; spread over up to 4 cells by its place in the cell, 0.6-1 at stride 8); with
         ``to_grid`` (B, 2, 3) and ``grid_hw``, voted onto that grid (:func:`strongpose.codec.hough.hough_vote`)."""
         # normalising the few votes is cheaper than the whole map
         hough = hough_vote(skhm, short, self.stride, self.decode_vote_threshold, scale=1.0 / self._score_norm,
