@@ -334,3 +334,13 @@ def test_coco_mini_and_val_part_are_clean(coco_mini) -> None:
         pytest.skip(f"needs {val}")
     report = validate_coco(val)  # annotations only: the val images are not shared
     assert (report.num_images, report.num_annotations, report.problems) == (322, 1193, [])
+
+
+def test_people_of_another_keypoint_category_are_a_warning(sample_copy, cwd, capsys) -> None:
+    images, annotations, data = sample_copy
+    data["categories"].append({**data["categories"][0], "id": 8, "name": "hand"})
+    next(a for a in data["annotations"] if any(v > 0 for v in a["keypoints"][2::3]))["category_id"] = 8
+    annotations.write_text(json.dumps(data))
+    report = validate_coco(annotations, None)
+    found = [p for p in report.problems if p.kind == "other_category"]
+    assert len(found) == 1 and found[0].severity == WARNING and "(1 of category id 8)" in found[0].message

@@ -155,3 +155,38 @@ def test_keypoint_names_of_the_file_are_checked_against_the_skeleton(tmp_path, c
     with caplog.at_level(logging.WARNING):
         COCOKeypointDataset(images, tmp_path / "renamed.json", codec, input_size=128)
     assert "keypoint names differ from the skeleton's (6: 'shoulder_r' vs 'right_shoulder')" in caplog.text
+
+
+def _two_keypoint_categories(tmp_path, unused_first: bool) -> tuple[Path, dict]:
+    """The sample with a second category: its people of the first image moved to a 'hand' category of 17
+    keypoints (or, ``unused_first``, an unused 'person' of 5 keypoints first and the sample's renamed 'people')."""
+    data = json.loads(Path(sample_paths()[1]).read_text())
+    person = data["categories"][0]
+    if unused_first:
+        person["name"] = "people"
+        data["categories"] = [{"id": 9, "name": "person", "keypoints": ["a", "b", "c", "d", "e"]}, person]
+    else:
+        data["categories"].append({**person, "id": 8, "name": "hand"})
+        first = data["images"][0]["id"]
+        for ann in data["annotations"]:
+            if ann["image_id"] == first:
+                ann["category_id"] = 8
+    path = tmp_path / "two_categories.json"
+    path.write_text(json.dumps(data))
+    return path, data
+
+
+def test_the_skeleton_chooses_the_category_and_other_keypoint_people_are_named(tmp_path, codec, caplog):
+    """With several keypoint categories the first or 'person' was taken whatever the skeleton: a file with an
+    unused 'person' of other keypoints was refused, and people of another category became background unsaid."""
+    images = sample_paths()[0]
+    path, data = _two_keypoint_categories(tmp_path, unused_first=True)
+    dataset = COCOKeypointDataset(images, path, codec, input_size=S)
+    assert dataset.category_id == 1 and len(dataset) > 0  # the category listing the skeleton's keypoints
+    path, data = _two_keypoint_categories(tmp_path, unused_first=False)
+    moved = sum(a["category_id"] == 8 and any(v > 0 for v in a["keypoints"][2::3]) for a in data["annotations"])
+    with caplog.at_level(logging.WARNING):
+        dataset = COCOKeypointDataset(images, path, codec, input_size=S)
+    assert dataset.category_id == 1 and moved > 0  # 'person' preferred among those that list them
+    assert (f"only category 'person' (id 1) is trained and evaluated; the people with keypoints of other "
+            f"categories ({moved} of category id 8) are not") in caplog.text

@@ -53,6 +53,16 @@ def edited_sample(edit):
     return coco
 
 
+def test_the_skeleton_chooses_the_evaluated_category_as_the_data_loader_does():
+    def add_first(data):  # an unused 'person' of other keypoints before the category that lists the skeleton's
+        data["categories"] = [{"id": 9, "name": "person", "keypoints": ["a", "b"]},
+                              {**data["categories"][0], "name": "human"}]
+    coco = edited_sample(add_first)
+    names = StrongPoseCodec().skeleton.keypoints
+    assert evaluated_category(coco) == 9 and evaluated_category(coco, names) == 1
+    assert COCOKeypointAP(coco, keypoints=names).category_id == 1
+
+
 def test_the_keypoint_category_is_evaluated_whatever_its_id_and_other_categories_are_left_out():
     def renumber(data):  # person = category 2, and a category 1 of boxes without keypoints (a car)
         data["categories"] = [{"id": 1, "name": "car"}, {**data["categories"][0], "id": 2}]

@@ -114,10 +114,11 @@ def excerpt(value: object, limit: int = 80) -> str:
 
 
 def person_category(coco: COCO, keypoints: Sequence[str], source: str | Path) -> int:
-    """Id of the category with keypoints (``person`` preferred). Its keypoints must be the skeleton's
-    ``keypoints`` (names): another count or the same names in another order are an error, other names a
-    logged warning (:func:`keypoint_names_problem`)."""
-    cat = keypoint_category(coco.dataset["categories"])
+    """Id of the category with keypoints that the skeleton's ``keypoints`` (names) choose
+    (:func:`keypoint_category`). Its keypoints must be the skeleton's: another count or the same names in another
+    order are an error, other names a logged warning (:func:`keypoint_names_problem`), and so are people of other
+    categories with keypoints (not trained on: where they are is background)."""
+    cat = keypoint_category(coco.dataset["categories"], keypoints)
     if cat is None:
         raise AnnotationFileError(f"{source}: no category has keypoints; is this a keypoint annotation file?")
     if len(cat["keypoints"]) != len(keypoints):
@@ -128,7 +129,16 @@ def person_category(coco: COCO, keypoints: Sequence[str], source: str | Path) ->
         raise AnnotationFileError(f"{source}: {found[1]}")
     if found is not None:
         log.warning("%s: %s", source, found[1])
+    others = other_keypoint_categories(coco.dataset, cat["id"])
+    if others:
+        log.warning("%s: %s", source, other_categories_warning(cat, others))
     return cat["id"]
+
+
+def other_categories_warning(category: dict, others: dict[int, int]) -> str:
+    listed = ", ".join(f"{n} of category id {i}" for i, n in sorted(others.items()))
+    return (f"only category {category.get('name')!r} (id {category['id']}) is trained and evaluated; the people "
+            f"with keypoints of other categories ({listed}) are not, and where they are counts as background")
 
 
 def keypoint_names_problem(names: Sequence, skeleton_names: Sequence[str]) -> tuple[str, str] | None:
@@ -149,12 +159,33 @@ def keypoint_names_problem(names: Sequence, skeleton_names: Sequence[str]) -> tu
                        f"taken as the skeleton's keypoint i")
 
 
-def keypoint_category(categories: list) -> dict | None:
-    """The category the keypoints belong to: the first with an integer id and keypoint names, ``person``
-    preferred; None when there is none (the loader and the validator pick it the same way)."""
+def keypoint_category(categories: list, keypoints: Sequence[str] | None = None) -> dict | None:
+    """The category the keypoints belong to, among those with an integer id and keypoint names: with the
+    skeleton's ``keypoints`` (names), the first that lists exactly them, else the first with as many (``person``
+    preferred); without, or when none has as many, the first, ``person`` preferred (then the count is the
+    caller's error). None when no category has keypoints. The loader, the validator and the evaluation pick it
+    the same way."""
     cats = [c for c in categories if isinstance(c, dict) and is_int(c.get("id"))
             and isinstance(c.get("keypoints"), list) and c["keypoints"]]
+    if keypoints is not None:
+        names = list(keypoints)
+        same = [c for c in cats if [str(n) for n in c["keypoints"]] == names]
+        cats = same or [c for c in cats if len(c["keypoints"]) == len(names)] or cats
     return min(cats, key=lambda c: c.get("name") != "person", default=None)  # min keeps the first of ties
+
+
+def other_keypoint_categories(data: dict, category_id: int) -> dict[int, int]:
+    """{category id: its annotations with a labelled keypoint}, for the categories with keypoints other than
+    ``category_id`` (which alone is trained and evaluated), of a COCO-format dict."""
+    others = {int(c["id"]) for c in data.get("categories", []) if isinstance(c, dict)
+              and is_int(c.get("id")) and c.get("keypoints") and c["id"] != category_id}
+    counts: dict[int, int] = {}
+    for ann in data.get("annotations", []):
+        kps = ann.get("keypoints") if isinstance(ann, dict) else None
+        if (ann.get("category_id") in others if isinstance(ann, dict) else False) and isinstance(kps, list) \
+                and any(isinstance(v, (int, float)) and v > 0 for v in kps[2::3]):
+            counts[ann["category_id"]] = counts.get(ann["category_id"], 0) + 1
+    return counts
 
 
 @dataclass

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from strongpose.data.annotations import (INDEX_KEYS, BadSample, box_array, decode_image, excerpt, image_entry, is_int,
-                                         keypoint_array, keypoint_category, keypoint_names_problem, read_coco_json,
+                                         keypoint_array, keypoint_category, keypoint_names_problem,
+                                         other_categories_warning, other_keypoint_categories, read_coco_json,
                                          segmentation_error)
 from strongpose.skeleton import COCO_PERSON, Skeleton
 
@@ -36,6 +37,8 @@ KINDS = {
     "duplicate_file_name": "(warning) two images[] entries with the same file_name",
     "category": "no keypoint category, or its keypoint count differs from the skeleton",
     "keypoint_names": "the keypoint category lists the skeleton's names in another order (warning: other names)",
+    "other_category": "(warning) people with keypoints in a category other than the trained one (not trained on: "
+                      "where they are counts as background)",
     "annotation_entry": "an annotations[] entry that is not an object with integer id, image_id, category_id",
     "duplicate_annotation_id": "two annotations with the same id",
     "orphan_annotation": "an annotation whose image_id has no images[] entry",
@@ -124,7 +127,7 @@ def validate_coco(annotations: str | Path, images_dir: str | Path | None = None,
     report = Report(path, Path(images_dir) if images_dir is not None else None, len(data["images"]),
                     len(data["annotations"]))
     images, known = _check_images(data["images"], str(path), report.problems)
-    category = _keypoint_category(data["categories"], skeleton, str(path), report.problems)
+    category = _keypoint_category(data, skeleton, str(path), report.problems)
     seen_ids: set[int] = set()
     category_ids = {c.get("id") for c in data["categories"] if isinstance(c, dict) and is_int(c.get("id"))}
     for i, ann in enumerate(data["annotations"]):
@@ -170,11 +173,11 @@ def _check_images(entries: list, source: str,
     return images, known
 
 
-def _keypoint_category(categories: list, skeleton: Skeleton, source: str,
+def _keypoint_category(data: dict, skeleton: Skeleton, source: str,
                        problems: list[Problem]) -> tuple[int, list[str]] | None:
-    """(id, keypoint names) of the keypoint category (``person`` preferred, as the dataset picks it), or None.
+    """(id, keypoint names) of the keypoint category (chosen by the skeleton, as the dataset picks it), or None.
     Annotations are checked against its keypoint count: a skeleton mismatch is one problem, not one each."""
-    cat = keypoint_category(categories)
+    cat = keypoint_category(data["categories"], skeleton.keypoints)
     if cat is None:
         problems.append(Problem(source, None, None, "category", "no category with an integer id has keypoints"))
         return None
@@ -185,6 +188,9 @@ def _keypoint_category(categories: list, skeleton: Skeleton, source: str,
     elif (found := keypoint_names_problem(cat["keypoints"], skeleton.keypoints)) is not None:
         problems.append(Problem(source, None, None, "keypoint_names", f"the {skeleton.name} skeleton: {found[1]}",
                                 severity=ERROR if found[0] == "error" else WARNING))
+    others = other_keypoint_categories(data, cat["id"])
+    if others:
+        problems.append(Problem(source, None, None, "other_category", other_categories_warning(cat, others), WARNING))
     return cat["id"], [str(name) for name in cat["keypoints"]]
 
 

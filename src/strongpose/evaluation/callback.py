@@ -58,16 +58,18 @@ class COCOEvalCallback(Callback):
         self._drawn: list = []
 
     def _make_metric(self, trainer: L.Trainer, pl_module: L.LightningModule) -> COCOKeypointAP:
-        annotations = self.annotations
+        annotations, category_id = self.annotations, None
         if annotations is None:
             dataset = getattr(trainer.datamodule, "val_dataset", None) if trainer.datamodule is not None else None
             annotations = getattr(dataset, "coco", None)
             if annotations is None:
                 raise RuntimeError("COCOEvalCallback needs `annotations`, or a data module with `val_dataset.coco`")
+            category_id = getattr(dataset, "category_id", None)  # the people it validates on
         sigmas = self.sigmas
         if sigmas is None:
             sigmas = pl_module.codec.skeleton.sigmas
-        return COCOKeypointAP(annotations, sigmas=sigmas, backend=self.backend)
+        return COCOKeypointAP(annotations, sigmas=sigmas, backend=self.backend, category_id=category_id,
+                              keypoints=pl_module.codec.skeleton.keypoints)
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.metric is None:

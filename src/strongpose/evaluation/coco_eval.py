@@ -65,10 +65,10 @@ def poses_to_coco(poses: Sequence[Poses], meta: Mapping, category_id: int = 1) -
             for result in people.to_coco(int(meta["image_id"][i]), category_id)]
 
 
-def evaluated_category(coco: COCO) -> int:
-    """Id of the category that is evaluated: the one with keypoints, ``person`` preferred (the data loader's
-    choice, :func:`strongpose.data.annotations.keypoint_category`)."""
-    category = keypoint_category(coco.dataset.get("categories", []))
+def evaluated_category(coco: COCO, keypoints: Sequence[str] | None = None) -> int:
+    """Id of the category that is evaluated: the one with keypoints that the skeleton's ``keypoints`` (names)
+    choose, ``person`` preferred (the data loader's choice, :func:`strongpose.data.annotations.keypoint_category`)."""
+    category = keypoint_category(coco.dataset.get("categories", []), keypoints)
     if category is None:
         raise ValueError("the ground truth has no category with keypoints: nothing to evaluate")
     return int(category["id"])

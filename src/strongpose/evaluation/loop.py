@@ -21,7 +21,7 @@ def evaluate_loader(module: torch.nn.Module, loader: Iterable[Mapping], coco: CO
     """
     was_training = module.training
     module.eval()
-    metric = COCOKeypointAP(coco, sigmas=module.codec.skeleton.sigmas)
+    metric = COCOKeypointAP(coco, sigmas=module.codec.skeleton.sigmas, keypoints=module.codec.skeleton.keypoints)
     net_t = dec_t = 0.0
     for batch in loader:
         if len(batch["image"]) == 0:

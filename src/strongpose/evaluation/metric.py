@@ -41,7 +41,8 @@ class COCOKeypointAP(Metric):
         annotations: the ground truth: a pycocotools ``COCO`` or the path of a COCO-format JSON file.
         sigmas: per-keypoint OKS sigmas (default: COCOeval's, i.e. COCO's 17 keypoints).
         category_id: the person category of the annotations and of the results (None: the annotations'
-            category with keypoints, ``person`` preferred, as the data loader picks it).
+            category with keypoints that ``keypoints`` choose, ``person`` preferred, as the data loader picks it).
+        keypoints: the skeleton's keypoint names, to choose the category by (None: ``person`` or the first).
         backend: ``"pycocotools"`` (the reference) or ``"faster_coco_eval"`` (same numbers, faster).
 
     ``update(poses, meta)`` takes a batch's decoded :class:`Poses` (input pixels) and its ``meta`` (``image_id``
@@ -54,12 +55,13 @@ class COCOKeypointAP(Metric):
     full_state_update = False
 
     def __init__(self, annotations: COCO | str | Path, sigmas: Sequence[float] | None = None,
-                 category_id: int | None = None, backend: str = "pycocotools", **kwargs) -> None:
+                 category_id: int | None = None, backend: str = "pycocotools",
+                 keypoints: Sequence[str] | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.backend = check_backend(backend)  # fail at construction, not at the first epoch's end
         self.coco = annotations if isinstance(annotations, COCO) else load_coco(annotations)
         self.sigmas = None if sigmas is None else [float(s) for s in sigmas]
-        self.category_id = evaluated_category(self.coco) if category_id is None else int(category_id)
+        self.category_id = evaluated_category(self.coco, keypoints) if category_id is None else int(category_id)
         if self.sigmas is not None:
             self.num_keypoints = len(self.sigmas)
         else:  # COCOeval's default sigmas are COCO's 17 keypoints
