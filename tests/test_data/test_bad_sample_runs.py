@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from hydra.errors import InstantiationException
 
+from strongpose.data import sample_paths
 from strongpose.data.datamodule import BAD_SAMPLES_COLUMNS, BAD_SAMPLES_FILE
 from strongpose.train import train
 
@@ -94,12 +95,15 @@ def test_missing_or_malformed_annotation_file_fails_at_start_up(sample_copy, tmp
     """Before any step (and before the model is built, for a missing file), naming the path and the cause."""
     images, annotations, _ = sample_copy
     missing = tmp_path / "missing.json"
+    val = [f"data.val_images={images}", f"data.val_annotations={annotations}"]
     # hydra.utils.instantiate wraps the data module's FileNotFoundError, keeping its message
     with pytest.raises(InstantiationException, match=re.escape(f"train_annotations: COCO annotation file not found: "
                                                                f"{missing}")):
-        train(train_config([f"data.train_images={images}", f"data.train_annotations={missing}"], output_dir=tmp_path))
+        train(train_config([f"data.train_images={images}", f"data.train_annotations={missing}", *val],
+                           output_dir=tmp_path))
     annotations.write_text('{"images": [], "annotations": [')
     with pytest.raises(ValueError, match=re.escape(f"cannot parse COCO annotation file {annotations}: Expecting")):
-        train(train_config([f"data.train_images={images}", f"data.train_annotations={annotations}"],
+        train(train_config([f"data.train_images={images}", f"data.train_annotations={annotations}",
+                            f"data.val_images={images}", f"data.val_annotations={sample_paths()[1]}"],
                            output_dir=tmp_path))
     assert not (tmp_path / "checkpoints").exists()

@@ -108,7 +108,8 @@ def test_malformed_json_fails_with_path(tmp_path, codec) -> None:
 def test_datamodule_setup_fails_on_bad_json(tmp_path, codec) -> None:
     broken = tmp_path / "train.json"
     broken.write_text("not json")
-    dm = COCOKeypointDataModule(codec, train_images=tmp_path, train_annotations=broken)
+    dm = COCOKeypointDataModule(codec, train_images=tmp_path, train_annotations=broken, val_images=tmp_path,
+                                val_annotations=broken)
     with pytest.raises(ValueError, match="train.json"):
         dm.setup("fit")
 
@@ -116,7 +117,8 @@ def test_datamodule_setup_fails_on_bad_json(tmp_path, codec) -> None:
 def test_wrong_skeleton_fails_at_construction(sample, codec) -> None:
     from strongpose import StrongPoseCodec
 
-    with pytest.raises(ValueError, match="17 keypoints"):
+    with pytest.raises(ValueError, match="17 keypoints, the skeleton has 14 .the embedded COCO sample, used where no "
+                                         "data paths are given"):
         COCOKeypointDataset(*sample, codec=StrongPoseCodec("crowdpose"))
 
 

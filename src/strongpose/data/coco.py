@@ -17,6 +17,7 @@ from strongpose.config_check import ConfigError
 from strongpose.data.annotations import (AnnotationFileError, BadSample, ImageAnnotations, count_keypoints_outside,
                                          image_annotations, load_coco, person_category, read_image)
 from strongpose.data.collate import SkippedSample
+from strongpose.data.sample import sample_paths
 from strongpose.data.transforms import AugmentConfig, PoseSample, TrainTransform, ValTransform
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,13 @@ class COCOKeypointDataset(Dataset):
         self.train = bool(train)
         self.seed = int(seed)
         self.coco = load_coco(self.annotations_path)
-        self.category_id = person_category(self.coco, codec.skeleton.keypoints, self.annotations_path)
+        try:
+            self.category_id = person_category(self.coco, codec.skeleton.keypoints, self.annotations_path)
+        except AnnotationFileError as error:
+            if self.annotations_path.resolve() != sample_paths()[1].resolve():
+                raise
+            raise AnnotationFileError(f"{error} (the embedded COCO sample, used where no data paths are given: give "
+                                      f"data.val_images / data.val_annotations, and the train ones to train)") from None
         ids = sorted(self.coco.imgs)
         with_people = {a["image_id"] for a in self.coco.dataset["annotations"]
                        if a.get("category_id") == self.category_id}
