@@ -103,6 +103,17 @@ def test_missing_onnxruntime_says_what_to_install(tiny_checkpoint, tmp_path, mon
     assert not (tmp_path / "m.onnx").exists()
 
 
+@pytest.mark.parametrize("option, message", [
+    ({"input_size": "abc"}, r"input_size='abc' \(str\): expected int or null"),
+    ({"opset": "abc"}, r"opset='abc' \(str\): expected int"),
+    ({"dynamic": "no"}, r"dynamic='no' \(str\): expected bool"),
+    ({"opset": 0}, r"opset=0: must be > 0"),
+])
+def test_options_of_the_wrong_type_are_refused_before_the_model_is_built(option, message, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        run({"ckpt_path": str(tmp_path / "never-read.ckpt"), "output": str(tmp_path / "m.onnx"), **option})
+
+
 def test_a_wrong_exporter_name_is_an_input_error(tiny_checkpoint, tmp_path):
     with pytest.raises(ConfigError, match=r"exporter must be one of \('auto', 'dynamo', 'torchscript'\), got 'dinamo'"):
         run({"ckpt_path": str(tiny_checkpoint), "output": str(tmp_path / "m.onnx"), "exporter": "dinamo"})

@@ -19,7 +19,8 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from strongpose.config_check import CONFIG_DIR, print_key_hint
+from strongpose.config_check import (CONFIG_DIR, ConfigError, check_types, print_key_hint, require_non_negative,
+                                     require_positive)
 from strongpose.data.validate import Report, validate_coco
 from strongpose.skeleton import Skeleton, get_skeleton
 
@@ -65,11 +66,21 @@ class _Finished(SystemExit):
     """The check ran and exits with its code; a plain SystemExit from Hydra (a bad override) does not."""
 
 
+TYPES = {"annotations": Path, "images": Path | None, "workers": int, "max_problems_shown": int}
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="check_data")
 def _hydra_main(cfg: DictConfig) -> None:
     if OmegaConf.is_missing(cfg, "annotations") or cfg.annotations is None:
         print(USAGE, file=sys.stderr)
         raise _Finished(UNREADABLE)
+    try:
+        check_types(cfg, TYPES)
+        require_positive("", workers=cfg.workers)
+        require_non_negative("", max_problems_shown=cfg.max_problems_shown)
+    except ConfigError as err:
+        print(f"check_data: {err}", file=sys.stderr)
+        raise _Finished(UNREADABLE) from None
     images = None if cfg.images is None else str(cfg.images)
     skeleton = cfg.skeleton
     if isinstance(skeleton, DictConfig):  # a codec config's Skeleton node (a skeleton of one's own)

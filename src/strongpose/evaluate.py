@@ -17,13 +17,13 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from strongpose.config_check import (CONFIG_DIR, InputError, report_input_errors, require_positive,
-                                     run_with_key_hints)
+from strongpose.config_check import (CONFIG_DIR, InputError, check_types, report_input_errors, require_non_negative,
+                                     require_positive, run_with_key_hints)
 from strongpose.data.coco import COCOKeypointDataset
 from strongpose.data.datamodule import data_paths
 from strongpose.data.sample import sample_paths
 from strongpose.evaluation.coco_eval import check_backend, coco_keypoint_stats
-from strongpose.inference.cli import add_timing, predictor_from_config, timing_summary, write_json
+from strongpose.inference.cli import COMMON_TYPES, add_timing, predictor_from_config, timing_summary, write_json
 from strongpose.inference.images import ImageFiles, image_batches
 from strongpose.structures import Poses
 
@@ -32,11 +32,22 @@ def files_head(files: ImageFiles, count: int) -> list[dict]:
     return [files[i] for i in range(min(count, len(files)))]
 
 
+# evaluate's options and the data.* keys it reads (the data group's other keys are training's)
+TYPES: dict[str, Any] = {
+    **COMMON_TYPES, "backend": str, "warmup": bool, "seed": int,
+    "data.val_images": Path | None, "data.val_annotations": Path | None, "data.max_val_images": int | None,
+    "data.input_size": int | None, "data.batch_size": int, "data.val_batch_size": int | None, "data.num_workers": int,
+}
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate as ``cfg`` says; returns the summary (also written to ``summary.json``)."""
+    check_types(cfg, TYPES)
     check_backend(cfg.backend)  # before predicting every image, not after
     data = cfg.data
-    require_positive("data", max_val_images=data.max_val_images)
+    require_positive("data", max_val_images=data.max_val_images, input_size=data.input_size,
+                     batch_size=data.batch_size, val_batch_size=data.val_batch_size)
+    require_non_negative("data", num_workers=data.num_workers)
     # as training checks them: both or neither (the embedded sample), and there
     images_dir, annotations = data_paths(data.val_images, data.val_annotations, *sample_paths(), "data.val")
     predictor = predictor_from_config(cfg, data.input_size)

@@ -25,7 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from strongpose.checkpoint import module_from_checkpoint
-from strongpose.config_check import CONFIG_DIR, ConfigError, report_input_errors, run_with_key_hints
+from strongpose.config_check import (CONFIG_DIR, ConfigError, check_types, report_input_errors, require_positive,
+                                     run_with_key_hints)
 
 log = logging.getLogger(__name__)
 
@@ -193,11 +194,19 @@ def export_input_size(requested: int | None, run_cfg: dict[str, Any]) -> tuple[i
     return DEFAULT_INPUT_SIZE, "the default: the checkpoint has no data.input_size"
 
 
+TYPES: dict[str, Any] = {
+    "ckpt_path": Path, "output": Path, "input_size": int | None, "opset": int, "dynamic": bool, "exporter": str,
+    "check": bool, "tolerance": float,
+}
+
+
 def run(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     """Export the checkpoint's network as ``cfg`` says (see ``conf/export.yaml``) and check it; returns a
     report: ``output``, ``exporter``, ``input_size`` and ``input_size_source`` (where it came from), ``diffs``
     ({output: max abs diff}), ``size_mb``."""
+    check_types(cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg)), TYPES)
     cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    require_positive("", input_size=cfg.get("input_size"), opset=cfg.get("opset"), tolerance=cfg.get("tolerance"))
     require_onnx()  # before the (slow) model build
     check_output(Path(cfg.get("output") or "model.onnx"))  # and before the (slow) export
     module, run_cfg = module_from_checkpoint(cfg["ckpt_path"], map_location="cpu")

@@ -7,6 +7,7 @@ import inspect
 import logging
 import math
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import lightning as L
 import torch
@@ -80,7 +81,7 @@ def check_loss(loss: dict | None) -> dict:
 
 def check_lr_scaling(rule: str) -> str:
     if rule not in LR_SCALING:
-        raise ValueError(f"model.lr_scaling must be one of {LR_SCALING}, got {rule!r}")
+        raise ConfigError(f"model.lr_scaling must be one of {LR_SCALING}, got {rule!r}")
     return rule
 
 
@@ -102,7 +103,8 @@ def scaled_lr(base_lr: float, global_batch: int, ref_batch: int, rule: str = "li
     return float(base_lr) * (ratio if rule == "linear" else math.sqrt(ratio) if rule == "sqrt" else 1.0)
 
 
-def warmup_schedule(optimizer: torch.optim.Optimizer, total_steps: int | float, decay: str = "cosine",
+def warmup_schedule(optimizer: torch.optim.Optimizer, total_steps: int | float,
+                    decay: Literal["cosine", "step"] = "cosine",
                     warmup_fraction: float = 0.05, min_lr_ratio: float = 0.0,
                     milestones: Sequence[float] = (0.67, 0.89), gamma: float = 0.1) -> LambdaLR:
     """Linear warm-up then cosine or step decay, stepped every optimiser step.

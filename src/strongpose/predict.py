@@ -26,9 +26,10 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from strongpose.config_check import CONFIG_DIR, ConfigError, InputError, report_input_errors, run_with_key_hints
+from strongpose.config_check import (CONFIG_DIR, ConfigError, InputError, check_types, report_input_errors,
+                                     require_non_negative, require_positive, run_with_key_hints)
 from strongpose.inference import Predictor
-from strongpose.inference.cli import add_timing, predictor_from_config, timing_summary, write_json
+from strongpose.inference.cli import COMMON_TYPES, add_timing, predictor_from_config, timing_summary, write_json
 from strongpose.inference.images import (IMAGE_SUFFIXES, VIDEO_SUFFIXES, ImageFiles, VideoFrames, image_batches,
                                          list_images, video_writer)
 from strongpose.structures import Poses
@@ -126,8 +127,17 @@ def predict_video(predictor: Predictor, path: Path, out: Path, cfg: DictConfig,
     return results, drawn if writer is not None else None, frame
 
 
+TYPES: dict[str, Any] = {
+    **COMMON_TYPES, "input": Path, "output": Path | None, "batch_size": int, "num_workers": int,
+    "input_size": int | None, "score_threshold": float | None, "draw": bool, "draw_keypoint_threshold": float,
+}
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Predict as ``cfg`` says; returns the summary (also written to ``summary.json``)."""
+    check_types(cfg, TYPES)  # before the model is loaded
+    require_positive("", batch_size=cfg.batch_size, input_size=cfg.input_size)
+    require_non_negative("", num_workers=cfg.num_workers)
     source = Path(cfg.input)
     if not source.exists():
         raise FileNotFoundError(f"input {source} does not exist")

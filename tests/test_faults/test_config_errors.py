@@ -50,6 +50,11 @@ def test_train_refuses_a_wrong_type_before_building_anything(train_config, tmp_p
     (["model.lr=-1"], "model.lr=-1: must be > 0"),  # was the scaled LR, a number the user never typed
     (["data.val_batch_size=-2"], "data.val_batch_size=-2: must be > 0"),
     (["model.lr_ref_batch=0"], "model.lr_ref_batch=0: must be > 0"),
+    (["data.num_workers=-1"], "data.num_workers=-1: must be >= 0"),  # was a torch DataLoader traceback
+    (["model.lr_scaling=Auto"], "model.lr_scaling must be one of ('auto', 'linear', 'sqrt', 'none'), got 'Auto'"),
+    # was refused in configure_optimizers, after the data were read
+    (["model.scheduler.decay=cosin"], "wrong type in the config:\n  model.scheduler.decay='cosin' (str): expected "
+                                      "one of 'cosine', 'step' (argument 'decay' of strongpose.lit_module.warmup_schedule)"),
 ])
 def test_sizes_and_rates_that_cannot_be_right_are_named(train_config, tmp_path, capsys, overrides, message):
     with pytest.raises(InputErrorExit), report_input_errors():  # as the entry points report it: one line

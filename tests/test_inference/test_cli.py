@@ -255,6 +255,32 @@ def test_predict_refuses_bad_inputs(tiny_checkpoint, image_folder, tmp_path):
         predict.run(config("predict", [f"ckpt_path={tiny_checkpoint}", f"input={folder / 'notes.txt'}"]))
 
 
+@pytest.mark.parametrize("command, args, message", [
+    # a string that bool() or int() would have taken, or a failure with a traceback after the model was loaded
+    ("evaluate", ["test.flip=no"], r"test.flip='no' \(str\): expected bool"),
+    ("evaluate", ["test.scales=1.5"], r"test.scales=1.5 \(float\): expected list"),
+    ("evaluate", ["data.batch_size=abc"], r"data.batch_size='abc' \(str\): expected int"),
+    ("evaluate", ["data.input_size=abc"], r"data.input_size='abc' \(str\): expected int or null"),
+    ("evaluate", ["data.num_workers=-1"], r"data.num_workers=-1: must be >= 0"),
+    ("evaluate", ["data.val_batch_size=0"], r"data.val_batch_size=0: must be > 0"),
+    ("predict", ["draw=no"], r"draw='no' \(str\): expected bool"),
+    ("predict", ["batch_size=abc"], r"batch_size='abc' \(str\): expected int"),
+    ("predict", ["batch_size=0"], r"batch_size=0: must be > 0"),
+    ("predict", ["num_workers=-1"], r"num_workers=-1: must be >= 0"),
+    ("predict", ["score_threshold=abc"], r"score_threshold='abc' \(str\): expected float or null"),
+])
+def test_options_of_the_wrong_type_or_range_are_refused_before_the_model_loads(command, args, message, tmp_path):
+    base = ["ckpt_path=never-read.ckpt"] + ([f"input={tmp_path}"] if command == "predict" else [])
+    with pytest.raises(ConfigError, match=message):
+        {"evaluate": evaluate, "predict": predict}[command].run(config(command, [*base, *args]))
+
+
+def test_the_predictor_takes_only_a_bool_for_flip(tiny_checkpoint):
+    with pytest.raises(ConfigError, match="flip must be True or False, got 'no'"):
+        strongpose.load(tiny_checkpoint, flip="no")
+    assert strongpose.load(tiny_checkpoint, flip=np.bool_(True)).flip is True
+
+
 @pytest.mark.parametrize("module, args, hint", [
     ("strongpose.evaluate", ["ckpt_path=x.ckpt", "test.flipp=true"],
      "test has no key 'flipp' (did you mean 'flip'?); its keys: codec, flip, keypoint_threshold"),

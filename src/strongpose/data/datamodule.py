@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from strongpose.codec import StrongPoseCodec
-from strongpose.config_check import ConfigError, InputError, require_positive
+from strongpose.config_check import ConfigError, InputError, require_non_negative, require_positive
 from strongpose.data.coco import ENCODE_ON, COCOKeypointDataset, empty_sample
 from strongpose.data.collate import SkipBadCollate, SkippedSample
 from strongpose.data.resumable import ResumableDataLoader, epoch_inside, position_state
@@ -102,6 +102,7 @@ class COCOKeypointDataModule(L.LightningDataModule):
             raise ValueError(f"data.encode_on must be one of {ENCODE_ON}, got {encode_on!r}")
         require_positive("data", input_size=input_size, batch_size=batch_size, val_batch_size=val_batch_size,
                          max_train_images=max_train_images, max_val_images=max_val_images)
+        require_non_negative("data", num_workers=num_workers)
         self.encode_on = encode_on
         self.save_hyperparameters(ignore=["codec"], logger=False)
         self.codec = codec

@@ -11,6 +11,14 @@ from omegaconf import DictConfig, OmegaConf
 from strongpose.config_check import ConfigError
 from strongpose.inference.predictor import Predictor, decode_settings, load
 
+# the types of the options evaluate and predict share (their configs have no _target_ to read them from; the
+# test.codec.decode_* ones are the codec's, checked by decode_settings)
+COMMON_TYPES: dict[str, Any] = {
+    "ckpt_path": Path, "device": str | None, "precision": str | int,
+    "test.flip": bool, "test.scales": list, "test.keypoint_threshold": float | None,
+    "test.person_threshold": float | None,
+}
+
 
 def predictor_from_config(cfg: DictConfig, input_size: int | None) -> Predictor:
     """``strongpose.load`` with the ``ckpt_path``, ``device``, ``precision`` and ``test.*`` options of an entry

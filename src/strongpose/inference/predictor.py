@@ -82,6 +82,8 @@ class Predictor:
         self.precision = precision  # the properties below check and derive what the calls use
         self.input_size = input_size
         self.scales = scales
+        if not isinstance(flip, (bool, np.bool_)):  # bool("no") is True: twice the network time, another AP
+            raise ConfigError(f"flip must be True or False, got {flip!r} ({type(flip).__name__})")
         self.flip = bool(flip)
         self.keypoint_threshold = threshold("keypoint_threshold", keypoint_threshold)
         self.person_threshold = threshold("person_threshold", person_threshold)
