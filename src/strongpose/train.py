@@ -7,6 +7,7 @@ copies would drift apart).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -33,6 +34,7 @@ from strongpose.checkpoint import init_from_checkpoint
 from strongpose.checkpoint_io import AtomicCheckpointIO
 from strongpose.config_check import (CONFIG_DIR, ConfigError, check_types, in_multirun, report_input_errors,
                                      run_with_key_hints)
+from strongpose.monitored import check_monitored_metric, warn_if_no_validation
 from strongpose.slurm import check_world_size, with_slurm_environment
 from strongpose.tracking import RecordWandbRun, finish_wandb, recorded_wandb_run, say, wandb_logger
 
@@ -142,7 +144,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if backbone.get("norm") == "frozen" and not backbone.get("pretrained"):
         log.warning("backbone.norm=frozen without backbone.pretrained=true: the frozen statistics are the "
                     "identity, so the backbone trains without normalisation (norm=batch trains them)")
-    clear_run_files(cfg)  # a requeued or repeated run in the same folder: the last attempt's say nothing now
+    previous = clear_run_files(cfg)  # a requeued or repeated run in the same folder: the last attempt's say nothing now
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     # the codec first: the data encode targets with it, the model sizes its heads and decodes with it
@@ -152,6 +154,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     model.run_config = resolved_config(cfg)  # saved in every checkpoint
     logging_to = [c for c in (cfg.get("logger") or {}).values() if c is not None]
     callbacks = instantiate_callbacks(cfg.get("callbacks"), has_logger=bool(logging_to))
+    for monitored in dict.fromkeys([cfg.get("optimized_metric"),
+                                    *(c.monitor for c in callbacks if isinstance(c, ModelCheckpoint))]):
+        check_monitored_metric(monitored, model, callbacks)  # not after the first validation epoch
     # before the loggers: a run resumed in its own folder goes on logging to its W&B run (its id is in the
     # checkpoint); one started from another run's checkpoint (a sweep's jobs from one ckpt_path) is a run of its own
     checkpointing = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
@@ -162,7 +167,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
                                         for folder in folders)
     loggers = instantiate_loggers(cfg.get("logger"), resumed_checkpoint=ckpt_path if own else None)
     try:
-        return _fit(cfg, codec, datamodule, model, loggers, callbacks, ckpt_path)
+        return _fit(cfg, codec, datamodule, model, loggers, callbacks, ckpt_path, previous)
     except BaseException:
         finish_wandb(loggers, exit_code=1)
         raise
@@ -170,8 +175,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
 def _fit(cfg: DictConfig, codec: Any, datamodule: L.LightningDataModule, model: L.LightningModule,
          loggers: list[Logger], callbacks: list[Callback], ckpt_path: str | None,
-         ) -> tuple[dict[str, float], dict[str, Any]]:
-    """:func:`train` from its loggers on (a W&B run may have started: whatever fails here, it is finished)."""
+         previous: dict[str, float | None] | None = None) -> tuple[dict[str, float], dict[str, Any]]:
+    """:func:`train` from its loggers on (a W&B run may have started: whatever fails here, it is finished).
+    ``previous``: the metrics of the folder's ``metrics.json`` before this start, kept when a resume finds the
+    run at its end and nothing is trained or validated."""
     if any(isinstance(logger, WandbLogger) for logger in loggers):
         callbacks = [*callbacks, RecordWandbRun()]
     plugins = with_slurm_environment(with_atomic_checkpoints(instantiate(cfg.trainer.get("plugins"))))
@@ -180,6 +187,7 @@ def _fit(cfg: DictConfig, codec: Any, datamodule: L.LightningDataModule, model: 
         for callback in trainer.checkpoint_callbacks:  # last.ckpt (2.6): every job of a dev sweep left one
             callback.save_last = False
     check_world_size(trainer)  # before anything is written: SLURM's tasks must be the trainer's ranks
+    warn_if_no_validation(trainer, cfg.get("optimized_metric"))
     check_no_relaunch_in_a_local_multirun(trainer)
     for logger in loggers:
         logger.log_hyperparams(model.run_config)
@@ -197,6 +205,10 @@ def _fit(cfg: DictConfig, codec: Any, datamodule: L.LightningDataModule, model: 
     finish_wandb(loggers, exit_code=0)
 
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+    if not metrics and previous and ckpt_path is not None:
+        metrics = {name: math.nan if value is None else float(value) for name, value in previous.items()}
+        say(f"Nothing to train: {ckpt_path} is at the run's end (step {trainer.global_step}); the metrics are those "
+            f"it finished with")
     checkpoint = trainer.checkpoint_callback
     where = (checkpoint.last_model_path or checkpoint.best_model_path) if checkpoint is not None else ""
     best = best_checkpoint(checkpoint)
@@ -258,10 +270,17 @@ def run_folder(cfg: DictConfig) -> Path | None:
 
 
 @rank_zero_only
-def clear_run_files(cfg: DictConfig) -> None:
-    if (folder := run_folder(cfg)) is not None:
-        for name in (METRICS_FILE, FAILED_FILE):
-            (folder / name).unlink(missing_ok=True)
+def clear_run_files(cfg: DictConfig) -> dict[str, float | None] | None:
+    """Remove the folder's ``metrics.json`` and ``failed.txt``; returns the metrics the first held (None: none)."""
+    if (folder := run_folder(cfg)) is None:
+        return None
+    previous = None
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        found = json.loads((folder / METRICS_FILE).read_text()).get("metrics")
+        previous = {str(k): v for k, v in found.items() if v is None or isinstance(v, (int, float))}
+    for name in (METRICS_FILE, FAILED_FILE):
+        (folder / name).unlink(missing_ok=True)
+    return previous
 
 
 def run_file(cfg: DictConfig, name: str, text: str) -> Path | None:

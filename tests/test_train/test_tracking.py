@@ -43,6 +43,21 @@ def test_a_new_attempt_removes_the_last_ones_run_files(train_config, tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["global_step"] == 1
 
 
+def test_a_finished_run_started_again_in_its_folder_keeps_its_metrics(train_config, tmp_path, capsys):
+    """resume=auto found last.ckpt at the run's end: nothing trained or validated, and metrics.json was rewritten
+    with no metrics (a sweep's value gone with them)."""
+    overrides = ["callbacks.coco_eval=null"]
+    first, _ = train(train_config(overrides, output_dir=tmp_path))
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert "val/loss" in first and written["metrics"]["val/loss"] == pytest.approx(first["val/loss"])
+    capsys.readouterr()
+    again, objects = train(train_config(overrides, output_dir=tmp_path))
+    assert objects["trainer"].global_step == written["global_step"]  # nothing trained
+    assert "Nothing to train: " in capsys.readouterr().out
+    assert again["val/loss"] == pytest.approx(first["val/loss"])
+    assert json.loads((tmp_path / "metrics.json").read_text())["metrics"] == written["metrics"]
+
+
 def test_non_finite_metrics_are_null_in_metrics_json(tmp_path):
     cfg = OmegaConf.create({"paths": {"output_dir": str(tmp_path)}, "optimized_metric": "val/loss"})
     best = {"path": "x.ckpt", "monitor": "val/loss", "score": math.inf}

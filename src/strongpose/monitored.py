@@ -1,0 +1,69 @@
+"""The metric a run optimises, checked before training: a name nothing logs (a typo, ``val/AP`` without the COCO
+callback) failed in Lightning's checkpoint callback after the first validation epoch, and a run too short to
+validate ended without its ``val/*`` metrics, its best checkpoint or a value for a sweeper, saying nothing."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor
+
+from strongpose.config_check import ConfigError
+from strongpose.evaluation.callback import COCOEvalCallback
+from strongpose.evaluation.coco_eval import CROWD_STAT_NAMES, STAT_NAMES
+
+log = logging.getLogger(__name__)
+
+
+def logged_metric_names(model: L.LightningModule, callbacks: list[Callback]) -> set[str] | None:
+    """The names a :class:`~strongpose.lit_module.StrongPoseModule` and StrongPose's callbacks log (the loss and
+    its terms, train and val; the COCO statistics with the COCO callback; images/s), or None when a subclass or a
+    callback from elsewhere may log others."""
+    from strongpose.lit_module import LOSS, NONFINITE, StrongPoseModule
+
+    if type(model) is not StrongPoseModule or not all(_ours(c) for c in callbacks):
+        return None
+    terms = list(model.codec.channels)
+    names = {f"{split}/{LOSS}" for split in ("train", "val")}
+    names |= {f"{split}/{LOSS}_{term}" for split in ("train", "val") for term in terms}
+    names |= {NONFINITE, "train/images_per_sec"}
+    for callback in callbacks:
+        if isinstance(callback, COCOEvalCallback):
+            names |= {f"{callback.prefix}{name}" for name in STAT_NAMES + CROWD_STAT_NAMES}
+    return names
+
+
+def _ours(callback: Callback) -> bool:
+    module = type(callback).__module__
+    return module.startswith(("strongpose.", "lightning.", "pytorch_lightning."))
+
+
+def check_monitored_metric(name: str | None, model: L.LightningModule, callbacks: list[Callback]) -> None:
+    """Refuse an ``optimized_metric`` that nothing in this run logs, naming the closest that is; a warning when a
+    module or callback of one's own may log it."""
+    if not name or (name.startswith("lr-") and any(isinstance(c, LearningRateMonitor) for c in callbacks)):
+        return
+    known = logged_metric_names(model, callbacks)
+    if known is None or name in known:
+        return
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    statistic = name.rsplit("/", 1)[-1] in STAT_NAMES + CROWD_STAT_NAMES
+    coco = "" if not statistic or any(isinstance(c, COCOEvalCallback) for c in callbacks) else (
+        "; the COCO statistics (val/AP, ...) need callbacks.coco_eval, which is off")
+    raise ConfigError(f"optimized_metric={name!r} is not logged by this run{hint}{coco}; it logs: "
+                      f"{', '.join(sorted(known))}")
+
+
+def warn_if_no_validation(trainer: L.Trainer, optimized_metric: str | None) -> None:
+    """Warn when ``max_epochs`` ends the run before the first epoch that validates (``check_val_every_n_epoch``)."""
+    every, epochs = trainer.check_val_every_n_epoch, trainer.max_epochs
+    if (trainer.fast_dev_run or not every or epochs is None or epochs < 0 or epochs >= every
+            or trainer.max_steps not in (-1, None) or trainer.limit_val_batches == 0):
+        return
+    log.warning("trainer.max_epochs=%d is below trainer.check_val_every_n_epoch=%d: no validation will run, so the "
+                "run ends without val/* metrics or a best checkpoint%s; lower check_val_every_n_epoch to validate",
+                epochs, every, f", and optimized_metric {optimized_metric} has no value for a sweeper"
+                if optimized_metric and str(optimized_metric).startswith("val/") else "")

@@ -1,0 +1,48 @@
+"""optimized_metric is checked before training: a name nothing logs is refused up front (it failed in Lightning's
+checkpoint callback after the first validation epoch), and a run too short to validate says so."""
+
+import logging
+
+import pytest
+
+from strongpose.config_check import ConfigError
+from strongpose.lit_module import StrongPoseModule
+from strongpose.train import train
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["optimized_metric=val/APtypo"], r"optimized_metric='val/APtypo' is not logged by this run \(did you mean "
+                                      r"'val/AP'\?\); it logs: train/images_per_sec, train/loss, "),
+    (["optimized_metric=val/AP", "callbacks.coco_eval=null"],
+     r"optimized_metric='val/AP' is not logged by this run; the COCO statistics \(val/AP, \.\.\.\) need "
+     r"callbacks.coco_eval, which is off"),
+    (["callbacks.model_checkpoint.monitor=val/los"], r"optimized_metric='val/los' is not logged by this run \(did "
+                                                     r"you mean 'val/loss'\?\)"),
+])
+def test_a_metric_nothing_logs_is_refused_before_training(train_config, tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        train(train_config(overrides, output_dir=tmp_path))
+    assert not (tmp_path / "checkpoints").exists()
+
+
+class Own(StrongPoseModule):
+    def validation_step(self, batch, batch_idx):
+        out = super().validation_step(batch, batch_idx)
+        self.log("val/own", 1.0)
+        return out
+
+
+def test_a_module_of_ones_own_may_log_other_metrics(train_config, tmp_path):
+    metrics, objects = train(train_config([f"model._target_={__name__}.Own", "optimized_metric=val/own",
+                                           "callbacks.coco_eval=null"], output_dir=tmp_path))
+    assert type(objects["model"]).__name__ == "Own" and metrics["val/own"] == 1.0
+
+
+def test_a_run_too_short_to_validate_says_so(train_config, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        metrics, _ = train(train_config(["trainer.max_epochs=1", "trainer.check_val_every_n_epoch=2",
+                                         "callbacks.coco_eval=null"], output_dir=tmp_path))
+    assert "val/loss" not in metrics
+    assert ("trainer.max_epochs=1 is below trainer.check_val_every_n_epoch=2: no validation will run, so the run "
+            "ends without val/* metrics or a best checkpoint, and optimized_metric val/loss has no value for a "
+            "sweeper") in caplog.text
