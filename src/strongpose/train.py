@@ -14,6 +14,7 @@ import math
 import os
 import signal
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,19 @@ from strongpose.slurm import check_world_size, with_slurm_environment
 from strongpose.tracking import RecordWandbRun, finish_wandb, recorded_wandb_run, say, wandb_logger
 
 log = logging.getLogger(__name__)
+
+
+class _NoAdverts(logging.Filter):
+    """Lightning's "💡 Tip: ... try installing litlogger / litmodels" lines at every start: adverts for a hosted
+    service, not news about the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
+# Lightning 2.6's own use of a torch API that newer torch deprecates, once per process and rank: nothing to act on
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 def instantiate_loggers(cfg: DictConfig | None, resumed_checkpoint: str | None = None) -> list[Logger]:
