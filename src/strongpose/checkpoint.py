@@ -77,6 +77,28 @@ def _has_parameter(target: Any, name: str) -> bool:
         return False
 
 
+def check_targets(node: Any, where: str, path: str | Path) -> None:
+    """Raise :class:`CheckpointError` for a ``_target_`` under ``node`` (a run config section) that cannot be
+    imported here: a backbone, skeleton or module of one's own whose module is not on ``PYTHONPATH``."""
+    from hydra.utils import get_object
+
+    if isinstance(node, dict):
+        target = node.get("_target_")
+        if isinstance(target, str):
+            try:
+                get_object(target)
+            except Exception as err:  # noqa: BLE001 - Hydra's ImportError wording varies; the cause is kept
+                raise CheckpointError(f"checkpoint {path}: {where}._target_={target} cannot be imported here "
+                                      f"({type(err).__name__}): put the module that defines it on PYTHONPATH, "
+                                      f"as when the run was trained") from None
+        for key, value in node.items():
+            if key != "_target_":
+                check_targets(value, f"{where}.{key}", path)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            check_targets(value, f"{where}[{i}]", path)
+
+
 def module_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
                            codec: dict[str, Any] | None = None):
     """Rebuild the :class:`~strongpose.lit_module.StrongPoseModule` a checkpoint was trained as (codec,
@@ -90,6 +112,8 @@ def module_from_checkpoint(path: str | Path, map_location: str | torch.device = 
     if not isinstance(cfg, dict) or not all(key in cfg for key in ("codec", "backbone", "model")):
         raise CheckpointError(f"checkpoint {path} has no run config ({CONFIG_KEY!r}): it was not written by "
                               f"strongpose.train, or by a version before configs were stored in checkpoints")
+    for key in ("codec", "backbone", "model"):
+        check_targets(cfg[key], key, path)
     codec = instantiate({**cfg["codec"], **(codec or {})})
     # the checkpoint has the weights: no ImageNet ones (a custom backbone without the argument is built as is)
     backbone_cfg = dict(cfg["backbone"])

@@ -11,6 +11,8 @@ import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from strongpose.config_check import ConfigError
+
 Edge = tuple[str, str]
 
 
@@ -48,30 +50,30 @@ class Skeleton:
         for group in ("flip_pairs", "tree_edges", "redundant_edges"):
             edges = tuple(tuple(str(n) for n in e) for e in getattr(self, group))
             if any(len(e) != 2 for e in edges):
-                raise ValueError(f"skeleton {self.name!r}: each of {group} must be a pair of keypoint names")
+                raise ConfigError(f"skeleton {self.name!r}: each of {group} must be a pair of keypoint names")
             fields[group] = edges
         for key, value in fields.items():
             object.__setattr__(self, key, value)  # frozen: set once, here
         names = set(self.keypoints)
         if len(names) != len(self.keypoints):
-            raise ValueError(f"skeleton {self.name!r}: duplicate keypoint names")
+            raise ConfigError(f"skeleton {self.name!r}: duplicate keypoint names")
         if len(self.keypoints) < 2:  # the mid-range offsets, Pose Plot and the codec's edge tables need an edge
-            raise ValueError(f"skeleton {self.name!r}: needs at least 2 keypoints joined by an edge, got "
+            raise ConfigError(f"skeleton {self.name!r}: needs at least 2 keypoints joined by an edge, got "
                              f"{list(self.keypoints)} (StrongPose groups keypoints into people along edges)")
         for group, edges in (("flip_pairs", self.flip_pairs), ("tree_edges", self.tree_edges),
                              ("redundant_edges", self.redundant_edges)):
             for a, b in edges:
                 if a not in names or b not in names:
-                    raise ValueError(f"skeleton {self.name!r}: {group} names unknown keypoint in {(a, b)}")
+                    raise ConfigError(f"skeleton {self.name!r}: {group} names unknown keypoint in {(a, b)}")
         if self.colors and len(self.colors) != len(self.keypoints):
-            raise ValueError(f"skeleton {self.name!r}: {len(self.colors)} colours for {len(self.keypoints)} keypoints")
+            raise ConfigError(f"skeleton {self.name!r}: {len(self.colors)} colours for {len(self.keypoints)} keypoints")
         if len(self.tree_edges) != len(self.keypoints) - 1:
-            raise ValueError(f"skeleton {self.name!r}: a tree over {len(self.keypoints)} keypoints needs "
+            raise ConfigError(f"skeleton {self.name!r}: a tree over {len(self.keypoints)} keypoints needs "
                              f"{len(self.keypoints) - 1} edges, got {len(self.tree_edges)}")
         paired = [name for pair in self.flip_pairs for name in pair]
         if len(paired) != len(set(paired)):  # a keypoint in two pairs (or paired with itself): no swap at all
             twice = sorted({name for name in paired if paired.count(name) > 1})
-            raise ValueError(f"skeleton {self.name!r}: flip_pairs name {twice} more than once")
+            raise ConfigError(f"skeleton {self.name!r}: flip_pairs name {twice} more than once")
         if unpaired := [n for n in self.keypoints if _side(n) != "centre" and n not in paired]:
             # a flip would leave them in place: each such channel learns both sides (the drawing colours
             # them by side all the same)
@@ -81,10 +83,10 @@ class Skeleton:
         self.directed_edge_flip_index()  # raises unless a mirrored person's edges are edges too
         unreached = set(self.keypoints) - _reached(self.keypoints[0], self.tree_edges)
         if unreached:  # K - 1 edges that reach every keypoint make a tree (no cycle)
-            raise ValueError(f"skeleton {self.name!r}: tree_edges do not connect {sorted(unreached)} to "
+            raise ConfigError(f"skeleton {self.name!r}: tree_edges do not connect {sorted(unreached)} to "
                              f"{self.keypoints[0]!r} (a cycle elsewhere?): Pose Plot could never group them")
         if len(self.sigmas) != len(self.keypoints) or not all(s > 0 for s in self.sigmas):
-            raise ValueError(f"skeleton {self.name!r}: needs one positive OKS sigma per keypoint "
+            raise ConfigError(f"skeleton {self.name!r}: needs one positive OKS sigma per keypoint "
                              f"({len(self.keypoints)}), got {tuple(self.sigmas)}: COCO AP scores keypoints with them")
 
     @property
@@ -119,10 +121,14 @@ class Skeleton:
         edges = self.directed_edges(redundant)
         lookup = {e: i for i, e in enumerate(edges)}
         fi = self.flip_index
-        try:
-            return tuple(lookup[(fi[a], fi[b])] for a, b in edges)
-        except KeyError as err:  # the edge set must be symmetric under the flip
-            raise ValueError(f"skeleton {self.name!r}: edges are not left/right symmetric ({err})") from None
+        missing = [(a, b) for a, b in edges if (fi[a], fi[b]) not in lookup]
+        if missing:  # the edge set must be symmetric under the flip: name the edge and the mirror to add
+            a, b = missing[0]
+            names = self.keypoints
+            raise ConfigError(f"skeleton {self.name!r}: edges are not left/right symmetric: edge "
+                             f"[{names[a]}, {names[b]}] has no mirror [{names[fi[a]]}, {names[fi[b]]}] among the "
+                             f"edges (add it, or remove the first)")
+        return tuple(lookup[(fi[a], fi[b])] for a, b in edges)
 
 
 def _reached(start: str, edges: tuple[Edge, ...]) -> set[str]:
@@ -245,4 +251,4 @@ def get_skeleton(name: str) -> Skeleton:
     try:
         return SKELETONS[name]
     except KeyError:
-        raise ValueError(f"unknown skeleton {name!r}; known: {sorted(SKELETONS)}") from None
+        raise ConfigError(f"unknown skeleton {name!r}; known: {sorted(SKELETONS)}") from None

@@ -41,7 +41,7 @@ def test_bad_skeletons_are_rejected():
         Skeleton("x", ("a", "b", "c", "d"), (), (("a", "b"), ("b", "c"), ("c", "a")), sigmas=(0.05,) * 4)
     with pytest.raises(ValueError, match=r"flip_pairs name \['a'\] more than once"):
         Skeleton("x", ("a", "b", "c"), (("a", "b"), ("a", "c")), (("a", "b"), ("b", "c")), sigmas=(0.05,) * 3)
-    with pytest.raises(ValueError, match="edges are not left/right symmetric"):  # l-c flips to r-c: not an edge
+    with pytest.raises(ValueError, match=r"edges are not left/right symmetric: edge \[l, c\] has no mirror \[r, c\]"):
         Skeleton("x", ("l", "r", "c"), (("l", "r"),), (("l", "c"), ("l", "r")), sigmas=(0.05,) * 3)
     with pytest.raises(ValueError, match="needs one positive OKS sigma per keypoint"):
         Skeleton("x", ("a", "b"), (), (("a", "b"),))  # a skeleton without sigmas failed at the first AP

@@ -1,5 +1,6 @@
 """strongpose.load / Predictor: inputs of every kind, batching, original-pixel results, test-time options."""
 
+import re
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import torch
 from oracle_module import OracleModule, marked_image, people
 
 import strongpose
-from strongpose.checkpoint import CONFIG_KEY
+from strongpose.checkpoint import CONFIG_KEY, CheckpointError
 from strongpose.codec import StrongPoseCodec
 from strongpose.config_check import ConfigError
 from strongpose.data.annotations import BadSample, read_image
@@ -278,3 +279,14 @@ def test_a_custom_backbone_is_rebuilt_without_imagenet_weights(tiny_checkpoint, 
     assert type(loaded.module.net.backbone).__name__ == cls
     image = cv2.imread(str(sorted(sample_paths()[0].glob("*.jpg"))[0]))[..., ::-1].copy()
     assert_same_poses(loaded.predict(image), strongpose.load(tiny_checkpoint, device="cpu").predict(image))
+
+
+def test_a_checkpoint_whose_backbone_module_is_not_importable_says_so(tiny_checkpoint, tmp_path):
+    """It got Hydra's "Error locating target ..." (exit 1), naming neither the checkpoint nor what to do."""
+    checkpoint = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    checkpoint[CONFIG_KEY]["backbone"] = {**checkpoint[CONFIG_KEY]["backbone"], "_target_": "my_lab.nets.Trunk"}
+    torch.save(checkpoint, tmp_path / "elsewhere.ckpt")
+    with pytest.raises(CheckpointError, match=re.escape(
+            f"checkpoint {tmp_path / 'elsewhere.ckpt'}: backbone._target_=my_lab.nets.Trunk cannot be imported here "
+            f"(ImportError): put the module that defines it on PYTHONPATH")):
+        strongpose.load(tmp_path / "elsewhere.ckpt", device="cpu")

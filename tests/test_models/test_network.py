@@ -111,3 +111,10 @@ def test_imagenet_normalised_input_is_refused_with_the_reason():
         assert torch.isnan(net.normalize(torch.full((1, 3, 8, 8), float("nan")))).all()
         net(pixels.float())
         net(torch.zeros(1, 3, 32, 32))  # a black image as floats
+
+
+def test_a_backbone_without_the_contract_attributes_is_named():
+    """It was an AttributeError from inside the network, with nothing about what a backbone must have."""
+    with pytest.raises(ValueError, match=r"backbone Identity has no out_channels and no output_stride: a backbone "
+                                         r"module needs out_channels .* and output_stride \(the codec's stride, 8\)"):
+        StrongPoseNet(torch.nn.Identity(), StrongPoseCodec(stride=8))

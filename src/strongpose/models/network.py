@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from strongpose.codec import StrongPoseCodec
+from strongpose.config_check import ConfigError
 from strongpose.models.capture import capturing
 from strongpose.models.heads import HEATMAP_HEADS, Heads
 from strongpose.structures import map_size
@@ -76,8 +77,13 @@ class StrongPoseNet(nn.Module):
 
     def __init__(self, backbone: nn.Module, codec: StrongPoseCodec, heads: dict | None = None) -> None:
         super().__init__()
+        lacking = [name for name in ("out_channels", "output_stride") if not hasattr(backbone, name)]
+        if lacking:  # the contract of a backbone of one's own (README, "A backbone is any nn.Module ...")
+            raise ConfigError(f"backbone {type(backbone).__name__} has no {' and no '.join(lacking)}: a backbone "
+                              f"module needs out_channels (its feature channels) and output_stride (the codec's "
+                              f"stride, {codec.stride})")
         if backbone.output_stride != codec.stride:
-            raise ValueError(f"backbone output stride {backbone.output_stride} != codec stride {codec.stride}")
+            raise ConfigError(f"backbone output stride {backbone.output_stride} != codec stride {codec.stride}")
         self.normalize = PixelNormalize()
         self.backbone = backbone
         self.heads = Heads(backbone.out_channels, codec.channels, **dict(heads or {}))
