@@ -53,18 +53,19 @@ LR_SCALING = ("auto", "linear", "sqrt", "none")
 LOSS_OPTIONS = ("weights", "heatmap", "focal_gamma", "focal_alpha")
 
 
-def check_loss(loss: dict | None) -> dict:
+def check_loss(loss: dict | None, terms: dict[str, float] = DEFAULT_LOSS_WEIGHTS) -> dict:
     """A copy of ``model.loss`` once its names and values are known to be right: a misspelt term or option
     would otherwise be ignored (``+model.loss.weights.skmh=8`` trained with SKHM's default), a weight that is
-    no number fail at the first step."""
+    no number fail at the first step. ``terms``: the loss terms with their default weights (a module's
+    ``loss_terms``)."""
     loss = dict(loss or {})
     unknown = sorted(set(loss) - set(LOSS_OPTIONS))
     if unknown:
         raise ConfigError(f"model.loss has no option {unknown}; its options: {', '.join(LOSS_OPTIONS)}")
     weights = dict(loss.get("weights") or {})
     for name, value in weights.items():
-        if name not in DEFAULT_LOSS_WEIGHTS:
-            raise ConfigError(f"model.loss.weights.{name}: no such loss term; terms: {', '.join(DEFAULT_LOSS_WEIGHTS)}")
+        if name not in terms:
+            raise ConfigError(f"model.loss.weights.{name}: no such loss term; terms: {', '.join(terms)}")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise ConfigError(f"model.loss.weights.{name}={value!r}: expected a number >= 0")
     if loss.get("heatmap", "bce") not in HEATMAP_LOSSES:
@@ -152,6 +153,11 @@ class StrongPoseModule(L.LightningModule):
             counted; this many in a row are tolerated, one more stops the run naming the images.
     """
 
+    # the loss terms and their default weights (model.loss.weights overrides them): a subclass whose ``losses``
+    # adds a term lists it here, e.g. ``loss_terms = {**StrongPoseModule.loss_terms, "skhm_l2": 0.5}``, and reads
+    # its weight from ``self.loss_weights``
+    loss_terms: dict[str, float] = DEFAULT_LOSS_WEIGHTS
+
     def __init__(
         self,
         codec: StrongPoseCodec,
@@ -184,8 +190,8 @@ class StrongPoseModule(L.LightningModule):
         self._ddp_params_and_buffers_to_ignore = frozen_buffer_names(self)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        loss = check_loss(loss)
-        self.loss_weights = {**DEFAULT_LOSS_WEIGHTS, **loss.pop("weights", {})}
+        loss = check_loss(loss, self.loss_terms)
+        self.loss_weights = {**self.loss_terms, **loss.pop("weights", {})}
         self.loss_options = loss
         self.nonfinite = NonFiniteLossGuard(max_nonfinite_steps)
         self._buffers_before = BufferSnapshot()

@@ -89,6 +89,31 @@ def test_a_wrong_loss_term_or_option_is_refused_by_name(codec, loss, message):
         _module(codec, loss=loss)
 
 
+class WithL2(StrongPoseModule):
+    """A module of one's own with a loss term more: its weight is a model.loss.weights key like the others."""
+
+    loss_terms = {**StrongPoseModule.loss_terms, "skhm_l2": 0.5}
+
+    def losses(self, outputs, targets, global_batch=False, counts=None):
+        terms = super().losses(outputs, targets, global_batch, counts)
+        terms["skhm_l2"] = (outputs["skhm"].sigmoid() - targets["skhm"]).square().mean()
+        terms["total"] = terms["total"] + self.loss_weights["skhm_l2"] * terms["skhm_l2"]
+        return terms
+
+
+def test_a_subclass_adds_a_loss_term_with_a_configurable_weight(codec, batch):
+    backbone = ResNetBackbone("resnet18", output_stride=codec.stride, neck_channels=32)
+    module = WithL2(codec, backbone, functools.partial(torch.optim.AdamW), heads={"width": 32},
+                    loss={"weights": {"skhm_l2": 2.0}})
+    assert module.loss_weights["skhm_l2"] == 2.0 and module.loss_weights["skhm"] == 4.0
+    terms = module.losses(module(batch["image"]), batch["targets"])
+    base = StrongPoseModule.losses(module, module(batch["image"]), batch["targets"])
+    assert torch.allclose(terms["total"], base["total"] + 2.0 * terms["skhm_l2"])
+    with pytest.raises(ConfigError, match="model.loss.weights.skhm_l3: no such loss term; terms: skhm, bhm, short, "
+                                          "mid, long, skhm_l2"):
+        WithL2(codec, backbone, functools.partial(torch.optim.AdamW), loss={"weights": {"skhm_l3": 1.0}})
+
+
 def test_lr_scaling_formula():
     assert global_batch_size(8, world_size=4, accumulate_grad_batches=2) == 64
     assert scaled_lr(1e-3, 64, 16) == pytest.approx(4e-3)
