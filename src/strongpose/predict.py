@@ -133,6 +133,14 @@ TYPES: dict[str, Any] = {
 }
 
 
+def nested_images(folder: Path, most: int = 1000) -> str:
+    """How many image files the subfolders of ``folder`` hold ("" for none; counted up to ``most``)."""
+    found = (p for p in folder.rglob("*") if p.parent != folder and p.suffix.lower() in IMAGE_SUFFIXES
+             and p.is_file())
+    count = sum(1 for _ in itertools.islice(found, most))
+    return "" if not count else f"{count}{'+' if count == most else ''}"
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Predict as ``cfg`` says; returns the summary (also written to ``summary.json``)."""
     check_types(cfg, TYPES)  # before the model is loaded
@@ -162,8 +170,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         results, drawn, done = predict_video(predictor, source, out, cfg, totals)
     else:
         paths = list_images(source) if source.is_dir() else [source]
+        nested = nested_images(source) if source.is_dir() else 0
         if not paths:
-            raise ConfigError(f"input folder {source} holds no images ({' '.join(IMAGE_SUFFIXES)})")
+            raise ConfigError(f"input folder {source} holds no images ({' '.join(IMAGE_SUFFIXES)})"
+                              + (f"; {nested} in its subfolders, which are not searched: give a subfolder as "
+                                 f"input" if nested else ""))
+        if nested:
+            log.warning("input folder %s: %s images in its subfolders are not predicted (subfolders are not "
+                        "searched)", source, nested)
         results, skipped, done = predict_images(predictor, paths, out, cfg, totals)
     wall = time.perf_counter() - start
     results_path = write_json(out / "results.json", results)

@@ -338,3 +338,19 @@ def test_input_errors_are_one_line_and_exit_2(cli, tmp_path):
                 timeout=120, check=False)
     assert swept.returncode != 0 and "#1 : ckpt_path=b.ckpt" in swept.stdout + swept.stderr
     assert "CheckpointError: checkpoint a.ckpt does not exist" in swept.stderr
+
+
+def test_images_in_subfolders_are_named_not_silently_left_out(tiny_checkpoint, tmp_path, caplog):
+    first, second = sorted(sample_paths()[0].glob("*.jpg"))[:2]
+    nested = tmp_path / "data" / "group1" / "sub"
+    nested.mkdir(parents=True)
+    shutil.copy(first, nested / first.name)
+    with pytest.raises(ConfigError, match=r"holds no images \(.*\); 1 in its subfolders, which are not searched: "
+                                          r"give a subfolder as input"):
+        predict.run(config("predict", [f"ckpt_path={tiny_checkpoint}", f"input={tmp_path / 'data'}",
+                                       f"output={tmp_path / 'out'}"]))
+    shutil.copy(second, tmp_path / "data" / second.name)
+    with caplog.at_level(logging.WARNING):
+        summary = predict.run(config("predict", [f"ckpt_path={tiny_checkpoint}", f"input={tmp_path / 'data'}",
+                                                 f"output={tmp_path / 'out'}", "draw=false"]))
+    assert summary["images"] == 1 and "1 images in its subfolders are not predicted" in caplog.text
