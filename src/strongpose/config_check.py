@@ -83,8 +83,10 @@ def report_input_errors() -> Iterator[None]:
         if err is None or os.environ.get("HYDRA_FULL_ERROR") == "1" or in_multirun():
             raise
         frames = traceback.extract_tb(err.__traceback__)
-        # the innermost line of StrongPose's own code (a library's line says less), else the innermost
-        frame = next((f for f in reversed(frames) if f"{os.sep}strongpose{os.sep}" in f.filename), frames[-1])
+        # the innermost line of StrongPose's own code (a library's line says less) outside these checks (the line
+        # that called require_positive, not the helper's raise), else the innermost
+        ours = [f for f in frames if f"{os.sep}strongpose{os.sep}" in f.filename]
+        frame = next((f for f in reversed(ours) if f.filename != __file__), ours[-1] if ours else frames[-1])
         print(f"{type(err).__name__}: {err}", f"(raised at {frame.filename}:{frame.lineno}; HYDRA_FULL_ERROR=1 "
               "shows the traceback)", sep="\n", file=sys.stderr, flush=True)
         raise InputErrorExit(2) from err  # a SystemExit passes through Hydra's error handling

@@ -163,7 +163,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         L.seed_everything(cfg.seed, workers=True)
     # the codec first: the data encode targets with it, the model sizes its heads and decodes with it
     codec = instantiate(cfg.codec)
-    datamodule = instantiate(cfg.data, codec=codec)
+    datamodule = instantiate(cfg.data, codec=codec)  # (a missing data file is named first)
+    check_validation_data(cfg)
     model = instantiate(cfg.model, codec=codec)
     model.run_config = resolved_config(cfg)  # saved in every checkpoint
     logging_to = [c for c in (cfg.get("logger") or {}).values() if c is not None]
@@ -185,6 +186,18 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     except BaseException:
         finish_wandb(loggers, exit_code=1)
         raise
+
+
+def check_validation_data(cfg: DictConfig) -> None:
+    """Refuse training data of one's own validated on the embedded sample (data.val_* left null): validation, the
+    best checkpoint and a sweep's metric would be the sample's, unsaid. A run that does not validate may."""
+    data, trainer = cfg.get("data") or {}, cfg.get("trainer") or {}
+    if data.get("train_images") is None or data.get("val_images") is not None or trainer.get("limit_val_batches") == 0:
+        return
+    raise ConfigError("data.train_images / data.train_annotations are given but data.val_images / "
+                      "data.val_annotations are not: validation would run on the embedded 13-image COCO sample. Give "
+                      "both splits (the same paths again to validate on the training images), or neither "
+                      "(trainer.limit_val_batches=0 trains without validating)")
 
 
 def _fit(cfg: DictConfig, codec: Any, datamodule: L.LightningDataModule, model: L.LightningModule,

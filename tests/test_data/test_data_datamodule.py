@@ -7,8 +7,7 @@ import pytest
 import torch
 from pycocotools.coco import COCO
 
-from strongpose.config_check import ConfigError
-from strongpose.data import COCOKeypointDataModule, sample_paths
+from strongpose.data import COCOKeypointDataModule
 
 S = 96
 
@@ -76,19 +75,6 @@ def test_paths_come_in_pairs(codec) -> None:
         COCOKeypointDataModule(codec, train_images="somewhere")
     with pytest.raises(ValueError, match="unknown augment"):
         COCOKeypointDataModule(codec, augment={"rotate": 10})
-
-
-def test_own_training_data_validated_on_the_sample_is_refused(codec, tmp_path) -> None:
-    """Only the train pair given: validation, the best checkpoint and a sweep's metric were the sample's, unsaid."""
-    images, annotations = sample_paths()
-    with pytest.raises(ConfigError, match=r"data\.train_images / data\.train_annotations are given but "
-                                          r"data\.val_images / data\.val_annotations are not: validation would run on "
-                                          r"the embedded 13-image COCO sample"):
-        COCOKeypointDataModule(codec, train_images=images, train_annotations=annotations)
-    COCOKeypointDataModule(codec, val_images=images, val_annotations=annotations)  # a validation of own data
-    dm = COCOKeypointDataModule(codec, train_images=images, train_annotations=annotations, val_images=images,
-                                val_annotations=annotations)
-    assert dm.train_paths == dm.val_paths == (images, annotations)
 
 
 class _Tiny(L.LightningModule):

@@ -62,6 +62,13 @@ def test_sizes_and_rates_that_cannot_be_right_are_named(train_config, tmp_path, 
     assert capsys.readouterr().err.startswith(f"ConfigError: {message}\n")
 
 
+def test_the_raised_at_line_is_the_check_s_caller_not_the_helper(train_config, tmp_path, capsys):
+    with pytest.raises(InputErrorExit), report_input_errors():
+        train(train_config(["data.batch_size=0"], output_dir=tmp_path))
+    where = capsys.readouterr().err.splitlines()[1]
+    assert "strongpose/data/datamodule.py:" in where and "config_check.py" not in where
+
+
 def test_only_a_command_line_hydra_refuses_exits_2(monkeypatch, capsys):
     """Hydra reports what it caught and exits 1 from its handler: a composition error (unknown key or option)
     becomes 2, any other failure (a sweep's job that failed, raised in the launcher) stays 1."""

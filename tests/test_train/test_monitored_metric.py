@@ -1,11 +1,13 @@
-"""optimized_metric is checked before training: a name nothing logs is refused up front (it failed in Lightning's
-checkpoint callback after the first validation epoch), and a run too short to validate says so."""
+"""What a run is judged on is checked before training: an optimized_metric nothing logs is refused up front (it
+failed in Lightning's checkpoint callback after the first validation epoch), a run too short to validate says so,
+and training data of one's own validated on the embedded sample is refused."""
 
 import logging
 
 import pytest
 
 from strongpose.config_check import ConfigError
+from strongpose.data import sample_paths
 from strongpose.lit_module import StrongPoseModule
 from strongpose.train import train
 
@@ -46,3 +48,16 @@ def test_a_run_too_short_to_validate_says_so(train_config, tmp_path, caplog):
     assert ("trainer.max_epochs=1 is below trainer.check_val_every_n_epoch=2: no validation will run, so the run "
             "ends without val/* metrics or a best checkpoint, and optimized_metric val/loss has no value for a "
             "sweeper") in caplog.text
+
+
+def test_own_training_data_validated_on_the_sample_is_refused(train_config, tmp_path):
+    """Only the train pair given: validation, the best checkpoint and a sweep's metric were the sample's, unsaid."""
+    images, annotations = sample_paths()
+    own = [f"data.train_images={images}", f"data.train_annotations={annotations}"]
+    with pytest.raises(ConfigError, match=r"data\.train_images / data\.train_annotations are given but "
+                                          r"data\.val_images / data\.val_annotations are not: validation would run on "
+                                          r"the embedded 13-image COCO sample"):
+        train(train_config(own, output_dir=tmp_path))
+    _, objects = train(train_config([*own, "trainer.limit_val_batches=0", "callbacks.coco_eval=null",
+                                     "callbacks.model_checkpoint.monitor=null"], output_dir=tmp_path))
+    assert objects["trainer"].global_step == 1  # training without validation may

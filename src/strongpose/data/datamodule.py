@@ -109,11 +109,6 @@ class COCOKeypointDataModule(L.LightningDataModule):
         sample_images, sample_annotations = sample_paths()
         self.train_paths = data_paths(train_images, train_annotations, sample_images, sample_annotations, "train")
         self.val_paths = data_paths(val_images, val_annotations, sample_images, sample_annotations, "val")
-        if train_images is not None and val_images is None:  # validation, the best checkpoint, a sweep's metric
-            raise ConfigError(
-                "data.train_images / data.train_annotations are given but data.val_images / data.val_annotations "
-                "are not: validation would run on the embedded 13-image COCO sample. Give both splits (the same "
-                "paths again to validate on the training images), or neither")
         self.input_size = int(input_size)
         self.batch_size = int(batch_size)
         self.val_batch_size = int(val_batch_size or batch_size)
