@@ -218,17 +218,28 @@ def encode_keypoint_maps(
     dx, dy = px[:, None, None] - cx, py[:, None, None] - cy  # cell -> keypoint
     d2 = dx**2 + dy**2  # (M, S, S)
     keep = (d2 <= disk_radius**2) & (u >= 0) & (u < w) & (v >= 0) & (v < h) & labelled[eb, ep, ek][:, None, None]
+    # the kept entries as flat indices into (M, S, S), read with index_select: indexing with three index tensors
+    # took half the encoding time in crowds (13 of 28 ms for 100 people at 512 px; 2.8 -> 2.4 ms for 5)
+    flat = keep.view(-1).nonzero().squeeze(1) if compact else None
     if compact:
-        m, wy, wx = keep.nonzero(as_tuple=True)
-        at = (m, wy, wx)
         keep = None
-    else:
-        at = None
+    _, size_y, size_x = d2.shape
+    index_of: dict[tuple[int, ...], torch.Tensor] = {}
 
     def entries(t: torch.Tensor) -> torch.Tensor:
         """(M, S, S)-broadcastable -> one value per entry (1-D)."""
-        t = t.expand(d2.shape)
-        return t[at] if at is not None else t.reshape(-1)
+        if flat is None:
+            return t.expand(d2.shape).reshape(-1)
+        shape = tuple(t.shape)
+        if shape not in index_of:  # the entries' flat index into a tensor of this (broadcast) shape
+            m, rest = flat.div(size_y * size_x, rounding_mode="floor"), flat.remainder(size_y * size_x)
+            index = m * (shape[1] * shape[2]) if shape[0] > 1 else torch.zeros_like(flat)
+            if shape[1] > 1:
+                index = index + rest.div(size_x, rounding_mode="floor") * shape[2]
+            if shape[2] > 1:
+                index = index + rest.remainder(size_x)
+            index_of[shape] = index
+        return t.reshape(-1).index_select(0, index_of[shape])
 
     eb, ep, ek = (entries(t[:, None, None]) for t in (eb, ep, ek))
     cell = entries(v.clamp(0, h - 1) * w + u.clamp(0, w - 1))
@@ -254,13 +265,20 @@ def encode_keypoint_maps(
     # same person
     # (the tables must be on the device already: a copy from the host would wait for the device)
     edge_ids = out_edges[ek]  # (entries, D) the edges leaving each entry's type, -1 padded
-    dst = (eb[:, None], ep[:, None], directed_edges[edge_ids.clamp(min=0), 1])  # their end: keypoint b, same person
-    mid_won = won[:, None] & (edge_ids >= 0) & labelled[dst]
+    # their end, keypoint b of the same person, as a flat index into (B, N, K) (index_select, as above)
+    ends = directed_edges[:, 1].index_select(0, edge_ids.clamp(min=0).view(-1)).view(edge_ids.shape)
+    dst = ((eb * n + ep) * k)[:, None] + ends
+
+    def at_end(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(-1).index_select(0, dst.view(-1)).view(dst.shape)
+
+    mid_won = won[:, None] & (edge_ids >= 0) & at_end(labelled)
     mid_slot = (eb[:, None] * num_edges + edge_ids.clamp(min=0)) * hw + cell[:, None]
-    mid_x, mid_y = kx[dst] - cx[:, None], ky[dst] - cy[:, None]
+    mid_x, mid_y = at_end(kx) - cx[:, None], at_end(ky) - cy[:, None]
     if compact:
-        sel = mid_won.nonzero(as_tuple=True)
-        mid_won, mid_slot, mid_x, mid_y = mid_won[sel], mid_slot[sel], mid_x[sel], mid_y[sel]
+        sel = mid_won.view(-1).nonzero().squeeze(1)
+        mid_slot, mid_x, mid_y = (t.reshape(-1).index_select(0, sel) for t in (mid_slot, mid_x, mid_y))
+        mid_won = torch.ones_like(sel, dtype=torch.bool)
     out["mid"], out["mid_valid"] = _scatter_offsets(mid_won.flatten(), mid_slot.flatten(), mid_x.flatten(),
                                                     mid_y.flatten(), b, num_edges, (h, w), offset_dtype)
     if long_range:
