@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
@@ -40,12 +41,18 @@ def _ours(callback: Callback) -> bool:
     return module.startswith(("strongpose.", "lightning.", "pytorch_lightning."))
 
 
-def check_monitored_metric(name: str | None, model: L.LightningModule, callbacks: list[Callback]) -> None:
-    """Refuse an ``optimized_metric`` that nothing in this run logs, naming the closest that is; a warning when a
-    module or callback of one's own may log it."""
+def check_monitored_metric(name: str | None, model: L.LightningModule, callbacks: list[Callback],
+                           val_annotations: str | Path | None = None) -> None:
+    """Refuse an ``optimized_metric`` that nothing in this run logs, naming the closest that is; a metric of one's
+    own module or callbacks is left to them. CrowdPose's crowd-index APs need ``val_annotations`` whose images
+    all have a ``crowdIndex`` (read only for them)."""
     if not name or (name.startswith("lr-") and any(isinstance(c, LearningRateMonitor) for c in callbacks)):
         return
     known = logged_metric_names(model, callbacks)
+    if known is not None and val_annotations is not None and name.rsplit("/", 1)[-1] in CROWD_STAT_NAMES \
+            and not _has_crowd_index(val_annotations):
+        raise ConfigError(f"optimized_metric={name!r} is CrowdPose's AP by crowd index, logged only when every "
+                          f"validation image has a crowdIndex; {val_annotations} has none (COCO's AP: val/AP)")
     if known is None or name in known:
         return
     close = difflib.get_close_matches(name, sorted(known), n=1)
@@ -55,6 +62,13 @@ def check_monitored_metric(name: str | None, model: L.LightningModule, callbacks
         "; the COCO statistics (val/AP, ...) need callbacks.coco_eval, which is off")
     raise ConfigError(f"optimized_metric={name!r} is not logged by this run{hint}{coco}; it logs: "
                       f"{', '.join(sorted(known))}")
+
+
+def _has_crowd_index(annotations: str | Path) -> bool:
+    from strongpose.data.annotations import read_coco_json
+
+    images = read_coco_json(Path(annotations)).get("images", [])
+    return bool(images) and all(isinstance(image.get("crowdIndex"), (int, float)) for image in images)
 
 
 def warn_if_no_validation(trainer: L.Trainer, optimized_metric: str | None) -> None:

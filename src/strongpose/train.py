@@ -28,7 +28,7 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher  # exported; how Lightning re-runs argv
 from lightning.pytorch.utilities import rank_zero_only
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from strongpose.checkpoint import init_from_checkpoint
@@ -171,7 +171,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     callbacks = instantiate_callbacks(cfg.get("callbacks"), has_logger=bool(logging_to))
     for monitored in dict.fromkeys([cfg.get("optimized_metric"),
                                     *(c.monitor for c in callbacks if isinstance(c, ModelCheckpoint))]):
-        check_monitored_metric(monitored, model, callbacks)  # not after the first validation epoch
+        check_monitored_metric(monitored, model, callbacks,  # not after the first validation
+                               (getattr(datamodule, "val_paths", None) or (None, None))[1])
     # before the loggers: a run resumed in its own folder goes on logging to its W&B run (its id is in the
     # checkpoint); one started from another run's checkpoint (a sweep's jobs from one ckpt_path) is a run of its own
     checkpointing = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
@@ -209,7 +210,14 @@ def _fit(cfg: DictConfig, codec: Any, datamodule: L.LightningDataModule, model: 
     if any(isinstance(logger, WandbLogger) for logger in loggers):
         callbacks = [*callbacks, RecordWandbRun()]
     plugins = with_slurm_environment(with_atomic_checkpoints(instantiate(cfg.trainer.get("plugins"))))
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=plugins)
+    try:
+        trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=plugins)
+    except InstantiationException as err:  # trainer=gpu on a machine without one: Lightning's message, one line
+        if isinstance(err.__cause__, MisconfigurationException) and "accelerator" in str(cfg.trainer) \
+                and "backend" in str(err.__cause__):
+            raise ConfigError(f"trainer.accelerator={cfg.trainer.get('accelerator')}: {err.__cause__} on this machine "
+                              f"(trainer=cpu runs on the CPU; trainer.accelerator=auto takes what there is)") from None
+        raise
     if trainer.fast_dev_run:  # Lightning says checkpointing is suppressed, but its on_train_end still writes
         for callback in trainer.checkpoint_callbacks:  # last.ckpt (2.6): every job of a dev sweep left one
             callback.save_last = False

@@ -223,3 +223,15 @@ def test_vote_mean_refinement_averages_the_cells_offset_errors():
         found = poses.keypoints[0].numpy()
         errors[radius] = np.linalg.norm(found[lab, :2] - np.asarray(gt)[lab, :2], axis=-1).mean()
     assert errors[4.0] < 0.5 * errors[0.0], errors
+
+
+def test_logits_are_refused_by_name():
+    """The network's raw heat maps decoded as they are gave other people, without a word."""
+    codec = StrongPoseCodec(stride=8)
+    maps = {name: torch.zeros(1, c, 8, 8) for name, c in codec.channels.items()}
+    maps["skhm"][0, 0, 3, 3] = -4.0
+    with pytest.raises(ValueError, match=r"decode: 'skhm' holds values from -4 to 0, not probabilities in 0\.\.1: "
+                                         r"the network's raw heat maps are logits"):
+        codec.decode(maps)
+    maps["skhm"] = maps["skhm"].sigmoid()
+    assert codec.decode(maps)[0].keypoints.shape[1:] == (17, 3)

@@ -134,3 +134,10 @@ def test_an_input_error_inside_instantiate_is_reported_in_a_line(capsys):
     assert "strongpose/lit_module.py" in where
     with pytest.raises(Exception, match="Error in call to target"), report_input_errors():
         instantiate({"_target_": "strongpose.lit_module.check_loss", "loss": 3})
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a machine without a GPU")
+def test_trainer_gpu_without_a_gpu_is_a_config_error(train_config, tmp_path):
+    with pytest.raises(ConfigError, match=r"trainer.accelerator=gpu: No supported gpu backend found! on this machine "
+                                          r"\(trainer=cpu runs on the CPU"):
+        train(train_config(["trainer=gpu"], output_dir=tmp_path))

@@ -18,6 +18,8 @@ from strongpose.train import train
     (["optimized_metric=val/AP", "callbacks.coco_eval=null"],
      r"optimized_metric='val/AP' is not logged by this run; the COCO statistics \(val/AP, \.\.\.\) need "
      r"callbacks.coco_eval, which is off"),
+    (["optimized_metric=val/AP_easy"], r"optimized_metric='val/AP_easy' is CrowdPose's AP by crowd index, logged only "
+                                       r"when every validation image has a crowdIndex; .*annotations.json has none"),
     (["callbacks.model_checkpoint.monitor=val/los"], r"optimized_metric='val/los' is not logged by this run \(did "
                                                      r"you mean 'val/loss'\?\)"),
 ])

@@ -370,6 +370,13 @@ class StrongPoseCodec:
         if b == 0:  # an empty batch (the maps' reshapes below need an image)
             self.last_timing = {"peaks_ms": 0.0, "links_ms": 0.0, "group_ms": 0.0, "images": 0}
             return []
+        for key in ("skhm", "bhm"):  # the network's raw heat maps are logits: decoded as they are, the people differ
+            if key in outputs and outputs[key].numel():
+                low, high = (float(v) for v in torch.aminmax(outputs[key].detach()))  # one read each
+                if low < 0.0 or high > 1.0:
+                    raise ValueError(f"decode: {key!r} holds values from {low:.3g} to {high:.3g}, not probabilities "
+                                     f"in 0..1: the network's raw heat maps are logits; decode "
+                                     f"to_probabilities(outputs) (strongpose.models.to_probabilities)")
         long = outputs["long"] if (self.long_range and "long" in outputs) else None
         t0 = time.perf_counter()
         # inference mode rather than no_grad: no autograd bookkeeping at all, ~8 % less per-op overhead,
