@@ -26,6 +26,7 @@ from strongpose.evaluation.coco_eval import check_backend, coco_keypoint_stats
 from strongpose.inference.cli import COMMON_TYPES, add_timing, predictor_from_config, timing_summary, write_json
 from strongpose.inference.images import ImageFiles, image_batches
 from strongpose.structures import Poses
+from strongpose.tracking import say
 
 
 def files_head(files: ImageFiles, count: int) -> list[dict]:
@@ -97,8 +98,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "results": str(results_path),
     }
     summary_path = write_json(out / "summary.json", summary)
-    print(" ".join(f"{name}={value:.4f}" for name, value in stats.items()))
-    print(f"Evaluated {len(evaluated)} images ({len(skipped)} skipped); results {results_path}, "
+    say(" ".join(f"{name}={value:.4f}" for name, value in stats.items()))  # printed, and in evaluate.log
+    say(f"Evaluated {len(evaluated)} images ({len(skipped)} skipped); results {results_path}, "
           f"summary {summary_path}")
     return summary
 

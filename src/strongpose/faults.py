@@ -20,6 +20,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from strongpose import slurm
 from strongpose.collectives import any_rank, flags_of_any_rank
 from strongpose.config_check import ConfigError
+from strongpose.tracking import say
 
 log = logging.getLogger(__name__)
 
@@ -374,4 +375,4 @@ def requeue_slurm_job() -> bool:
 
 def _say(trainer: L.Trainer, message: str) -> None:
     if trainer.is_global_zero:
-        print(message, flush=True)
+        say(message)

@@ -33,6 +33,7 @@ from strongpose.inference.cli import COMMON_TYPES, add_timing, predictor_from_co
 from strongpose.inference.images import (IMAGE_SUFFIXES, VIDEO_SUFFIXES, ImageFiles, VideoFrames, image_batches,
                                          list_images, video_writer)
 from strongpose.structures import Poses
+from strongpose.tracking import say
 from strongpose.viz import draw_poses
 
 log = logging.getLogger(__name__)
@@ -195,7 +196,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     }
     write_json(out / "summary.json", summary)
     unit = "frames" if is_video else "images"
-    print(f"Predicted {len(results)} people in {done} {unit} ({len(skipped)} skipped); results {results_path}"
+    say(f"Predicted {len(results)} people in {done} {unit} ({len(skipped)} skipped); results {results_path}"
           + (f", drawn in {drawn}" if drawn else ""))
     if skipped and not done:  # nothing came out: a failure, for scripts too (the summary lists why)
         raise InputError(f"no image of {source} could be read: all {len(skipped)} skipped, the first: "

@@ -4,6 +4,7 @@ offline, named in a sweep, finished when the run ends, continued when the run re
 from __future__ import annotations
 
 import hashlib
+import logging
 import netrc
 import os
 from pathlib import Path
@@ -24,8 +25,15 @@ WANDB_RUN = "strongpose_wandb_run"  # checkpoint key: the online W&B run that tr
 
 @rank_zero_only
 def say(message: str) -> None:
-    """One line for the user, printed once in a multi-process run."""
+    """One line for the user: printed as it is, and written to the log files of the root logger (the run's
+    ``train.log``, Hydra's job log), which otherwise missed the lines that matter most ("Done: ...", "Resuming
+    from ...", "Interrupted: checkpoint saved to ...")."""
     print(message, flush=True)
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    if handlers:
+        record = logging.LogRecord("strongpose", logging.INFO, __file__, 0, message, None, None)
+        for handler in handlers:
+            handler.handle(record)
 
 
 def wandb_key_configured() -> bool:

@@ -92,6 +92,9 @@ def test_evaluate_cli(tiny_checkpoint, tmp_path):
     assert "Evaluated 2 images" in done.stdout
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["images"] == 2 and (tmp_path / "run" / "results.json").is_file()
+    log = (tmp_path / "run" / "evaluate.log").read_text()  # was empty: the lines were printed only
+    assert "Evaluated 2 images" in log and "AP=" in log and log.count("Evaluated 2 images") == 1
+    assert done.stdout.count("Evaluated 2 images") == 1  # and printed once
 
 
 def test_image_ids_are_numbers_when_they_can_be_and_never_shared(tmp_path):
