@@ -196,7 +196,8 @@ class ModelCheckpoint(LightningModelCheckpoint):
       from the validations to those steps, where the monitored metric is the last validation's.
 
     ``mode="auto"`` (the config's): "max" for a COCO statistic (``val/AP``, ``val/AR``, ...: the names of
-    :data:`strongpose.evaluation.STAT_NAMES` or CrowdPose's ``AP_easy`` ... after the last ``/``), "min" for anything else (the losses), so that
+    :data:`strongpose.evaluation.STAT_NAMES` or CrowdPose's ``AP_easy`` ... after the last ``/``), "min" for
+    anything else (the losses), so that
     ``optimized_metric=val/AP`` keeps the best AP, not the worst.
     """
 

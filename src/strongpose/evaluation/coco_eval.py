@@ -106,8 +106,9 @@ def coco_keypoint_stats(coco: COCO, results: list[dict], image_ids: Iterable[int
     """COCOeval (keypoints) of ``category_id`` (None: :func:`evaluated_category`), restricted to ``image_ids``;
     returns AP, AP50, AP75, APM, APL, AR, and for ground truth with a ``crowdIndex`` on every image (CrowdPose)
     AP_easy, AP_medium, AP_hard: the AP of the images in each crowd-index group (:func:`crowd_index_groups`;
-    -1 for a group without ground truth, as COCOeval's statistics). Other categories of the ground truth (boxes without keypoints) are
-    left out; a missing ``area`` or ``num_keypoints`` is filled in (:func:`complete_ground_truth`).
+    -1 for a group without ground truth, as COCOeval's statistics). Other categories of the ground truth (boxes
+    without keypoints) are left out; a missing ``area`` or ``num_keypoints`` is filled in
+    (:func:`complete_ground_truth`).
 
     ``backend="faster_coco_eval"`` runs faster-coco-eval's C++ COCOeval on the same ground truth
     (``coco.dataset``) instead of pycocotools' (the reference); the numbers are the same.
