@@ -180,10 +180,11 @@ def other_keypoint_categories(data: dict, category_id: int) -> dict[int, int]:
     others = {int(c["id"]) for c in data.get("categories", []) if isinstance(c, dict)
               and is_int(c.get("id")) and c.get("keypoints") and c["id"] != category_id}
     counts: dict[int, int] = {}
-    for ann in data.get("annotations", []):
-        kps = ann.get("keypoints") if isinstance(ann, dict) else None
-        if (ann.get("category_id") in others if isinstance(ann, dict) else False) and isinstance(kps, list) \
-                and any(isinstance(v, (int, float)) and v > 0 for v in kps[2::3]):
+    for ann in data.get("annotations", []):  # malformed entries are the validator's to report, not to count
+        if not isinstance(ann, dict) or not is_int(ann.get("category_id")) or ann["category_id"] not in others:
+            continue
+        kps = ann.get("keypoints")
+        if isinstance(kps, list) and any(isinstance(v, (int, float)) and v > 0 for v in kps[2::3]):
             counts[ann["category_id"]] = counts.get(ann["category_id"], 0) + 1
     return counts
 
