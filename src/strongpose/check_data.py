@@ -19,8 +19,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from strongpose.config_check import (CONFIG_DIR, ConfigError, check_types, print_key_hint, require_non_negative,
-                                     require_positive)
+from strongpose.config_check import CONFIG_DIR, ConfigError, check_types, print_key_hint, require_non_negative
 from strongpose.data.validate import Report, validate_coco
 from strongpose.skeleton import Skeleton, get_skeleton
 
@@ -76,8 +75,7 @@ def _hydra_main(cfg: DictConfig) -> None:
         raise _Finished(UNREADABLE)
     try:
         check_types(cfg, TYPES)
-        require_positive("", workers=cfg.workers)
-        require_non_negative("", max_problems_shown=cfg.max_problems_shown)
+        require_non_negative("", workers=cfg.workers, max_problems_shown=cfg.max_problems_shown)  # 0: one thread
     except ConfigError as err:
         print(f"check_data: {err}", file=sys.stderr)
         raise _Finished(UNREADABLE) from None

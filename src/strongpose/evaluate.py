@@ -35,7 +35,7 @@ def files_head(files: ImageFiles, count: int) -> list[dict]:
 
 # evaluate's options and the data.* keys it reads (the data group's other keys are training's)
 TYPES: dict[str, Any] = {
-    **COMMON_TYPES, "backend": str, "warmup": bool, "seed": int,
+    **COMMON_TYPES, "backend": str, "warmup": bool, "seed": int | None,
     "data.val_images": Path | None, "data.val_annotations": Path | None, "data.max_val_images": int | None,
     "data.input_size": int | None, "data.batch_size": int, "data.val_batch_size": int | None, "data.num_workers": int,
 }

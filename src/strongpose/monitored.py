@@ -46,7 +46,8 @@ def check_monitored_metric(name: str | None, model: L.LightningModule, callbacks
     """Refuse an ``optimized_metric`` that nothing in this run logs, naming the closest that is; a metric of one's
     own module or callbacks is left to them. CrowdPose's crowd-index APs need ``val_annotations`` whose images
     all have a ``crowdIndex`` (read only for them)."""
-    if not name or (name.startswith("lr-") and any(isinstance(c, LearningRateMonitor) for c in callbacks)):
+    if not name or name in ("step", "epoch") or (  # Lightning's own: keep the newest checkpoints
+            name.startswith("lr-") and any(isinstance(c, LearningRateMonitor) for c in callbacks)):
         return
     known = logged_metric_names(model, callbacks)
     if known is not None and val_annotations is not None and name.rsplit("/", 1)[-1] in CROWD_STAT_NAMES \

@@ -134,10 +134,12 @@ TYPES: dict[str, Any] = {
 }
 
 
-def nested_images(folder: Path, most: int = 1000) -> str:
-    """How many image files the subfolders of ``folder`` hold ("" for none; counted up to ``most``)."""
+def nested_images(folder: Path, most: int = 1000, leave_out: Path | None = None) -> str:
+    """How many image files the subfolders of ``folder`` hold ("" for none; counted up to ``most``), those under
+    ``leave_out`` (predict's own output folder, which may lie inside it) left out."""
+    skip = leave_out.resolve() if leave_out is not None else None
     found = (p for p in folder.rglob("*") if p.parent != folder and p.suffix.lower() in IMAGE_SUFFIXES
-             and p.is_file())
+             and p.is_file() and (skip is None or skip not in p.resolve().parents))
     count = sum(1 for _ in itertools.islice(found, most))
     return "" if not count else f"{count}{'+' if count == most else ''}"
 
@@ -171,7 +173,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         results, drawn, done = predict_video(predictor, source, out, cfg, totals)
     else:
         paths = list_images(source) if source.is_dir() else [source]
-        nested = nested_images(source) if source.is_dir() else 0
+        nested = nested_images(source, leave_out=out) if source.is_dir() else 0
         if not paths:
             raise ConfigError(f"input folder {source} holds no images ({' '.join(IMAGE_SUFFIXES)})"
                               + (f"; {nested} in its subfolders, which are not searched: give a subfolder as "

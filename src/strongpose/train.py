@@ -35,6 +35,7 @@ from strongpose.checkpoint import init_from_checkpoint
 from strongpose.checkpoint_io import AtomicCheckpointIO
 from strongpose.config_check import (CONFIG_DIR, ConfigError, check_types, in_multirun, report_input_errors,
                                      run_with_key_hints)
+from strongpose.data.sample import sample_paths
 from strongpose.monitored import check_monitored_metric, warn_if_no_validation
 from strongpose.slurm import check_world_size, with_slurm_environment
 from strongpose.tracking import RecordWandbRun, finish_wandb, recorded_wandb_run, say, wandb_logger
@@ -164,7 +165,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     # the codec first: the data encode targets with it, the model sizes its heads and decodes with it
     codec = instantiate(cfg.codec)
     datamodule = instantiate(cfg.data, codec=codec)  # (a missing data file is named first)
-    check_validation_data(cfg)
+    check_validation_data(cfg, datamodule)
     model = instantiate(cfg.model, codec=codec)
     model.run_config = resolved_config(cfg)  # saved in every checkpoint
     logging_to = [c for c in (cfg.get("logger") or {}).values() if c is not None]
@@ -189,11 +190,17 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         raise
 
 
-def check_validation_data(cfg: DictConfig) -> None:
+def check_validation_data(cfg: DictConfig, datamodule: Any) -> None:
     """Refuse training data of one's own validated on the embedded sample (data.val_* left null): validation, the
-    best checkpoint and a sweep's metric would be the sample's, unsaid. A run that does not validate may."""
-    data, trainer = cfg.get("data") or {}, cfg.get("trainer") or {}
-    if data.get("train_images") is None or data.get("val_images") is not None or trainer.get("limit_val_batches") == 0:
+    best checkpoint and a sweep's metric would be the sample's, unsaid. A run that does not validate may, and so
+    may a data module that validates on something else (judged by its ``train_paths`` / ``val_paths``)."""
+    trainer = cfg.get("trainer") or {}
+    sample = tuple(p.resolve() for p in sample_paths())
+    paths = [getattr(datamodule, name, None) for name in ("train_paths", "val_paths")]
+    if trainer.get("limit_val_batches") == 0 or any(p is None for p in paths):
+        return
+    train_paths, val_paths = (tuple(Path(x).resolve() for x in p) for p in paths)
+    if train_paths == sample or val_paths != sample:
         return
     raise ConfigError("data.train_images / data.train_annotations are given but data.val_images / "
                       "data.val_annotations are not: validation would run on the embedded 13-image COCO sample. Give "

@@ -235,3 +235,8 @@ def test_logits_are_refused_by_name():
         codec.decode(maps)
     maps["skhm"] = maps["skhm"].sigmoid()
     assert codec.decode(maps)[0].keypoints.shape[1:] == (17, 3)
+    maps["skhm"][0, 1, 2, 2] = float("inf")  # non-finite cells are decoding's to drop, not a sign of logits
+    codec.decode(maps)
+    maps["skhm"][0, 2, 2, 2], maps["skhm"][0, 3, 3, 3] = float("nan"), -2.0  # a NaN does not hide the logit
+    with pytest.raises(ValueError, match="holds values from -2"):
+        codec.decode(maps)

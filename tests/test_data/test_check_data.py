@@ -303,8 +303,8 @@ def test_missing_annotation_file_and_bad_arguments_exit_2(tmp_path, cwd, capsys)
     assert f"images folder not found: {tmp_path / 'no-images'}" in capsys.readouterr().err
     assert main([f"annotations={tmp_path / 'nope.json'}", "workers=abc"]) == 2  # not a traceback from int()
     assert "workers='abc' (str): expected int" in capsys.readouterr().err
-    assert main([f"annotations={tmp_path / 'nope.json'}", "workers=0"]) == 2
-    assert "workers=0: must be > 0" in capsys.readouterr().err
+    assert main([f"annotations={tmp_path / 'nope.json'}", "workers=-1"]) == 2
+    assert "workers=-1: must be >= 0" in capsys.readouterr().err
     assert list(cwd.iterdir()) == []
 
 

@@ -55,7 +55,9 @@ def test_a_run_too_short_to_validate_says_so(train_config, tmp_path, caplog):
 def test_own_training_data_validated_on_the_sample_is_refused(train_config, tmp_path):
     """Only the train pair given: validation, the best checkpoint and a sweep's metric were the sample's, unsaid."""
     images, annotations = sample_paths()
-    own = [f"data.train_images={images}", f"data.train_annotations={annotations}"]
+    mine = tmp_path / "mine.json"  # data of one's own (here a copy of the sample's annotations)
+    mine.write_text(annotations.read_text())
+    own = [f"data.train_images={images}", f"data.train_annotations={mine}"]
     with pytest.raises(ConfigError, match=r"data\.train_images / data\.train_annotations are given but "
                                           r"data\.val_images / data\.val_annotations are not: validation would run on "
                                           r"the embedded 13-image COCO sample"):
@@ -63,3 +65,10 @@ def test_own_training_data_validated_on_the_sample_is_refused(train_config, tmp_
     _, objects = train(train_config([*own, "trainer.limit_val_batches=0", "callbacks.coco_eval=null",
                                      "callbacks.model_checkpoint.monitor=null"], output_dir=tmp_path))
     assert objects["trainer"].global_step == 1  # training without validation may
+
+
+def test_lightning_s_step_and_epoch_may_be_monitored(train_config, tmp_path):
+    """The usual way to keep the newest checkpoints; the first version of the check refused them."""
+    _, objects = train(train_config(["callbacks.model_checkpoint.monitor=step", "callbacks.model_checkpoint.mode=max",
+                                     "callbacks.coco_eval=null"], output_dir=tmp_path))
+    assert objects["best_checkpoint"]["monitor"] == "step"

@@ -372,7 +372,8 @@ class StrongPoseCodec:
             return []
         for key in ("skhm", "bhm"):  # the network's raw heat maps are logits: decoded as they are, the people differ
             if key in outputs and outputs[key].numel():
-                low, high = (float(v) for v in torch.aminmax(outputs[key].detach()))  # one read each
+                maps = outputs[key].detach()  # non-finite cells are decoding's to drop (a NaN would hide the rest)
+                low, high = (float(v) for v in torch.aminmax(torch.where(maps.isfinite(), maps, 0.5)))
                 if low < 0.0 or high > 1.0:
                     raise ValueError(f"decode: {key!r} holds values from {low:.3g} to {high:.3g}, not probabilities "
                                      f"in 0..1: the network's raw heat maps are logits; decode "

@@ -134,11 +134,12 @@ def coco_keypoint_stats(coco: COCO, results: list[dict], image_ids: Iterable[int
         ev.accumulate()
         ev.summarize()
         stats = {name: float(v) for name, v in zip(STAT_NAMES, ev.stats)}
+        table = buf.getvalue()  # the group evaluations below print their progress lines too: not shown
         if names != STAT_NAMES:
             for name, group in crowd_index_groups(coco, image_ids).items():
                 stats[name] = _group_ap(ev, group)
     if verbose:
-        print(buf.getvalue(), end="")
+        print(table, end="")
         if names != STAT_NAMES:
             print(" Average Precision  (AP) by crowd index: "
                   + ", ".join(f"{name[3:]} {stats[name]:.3f}" for name in CROWD_STAT_NAMES))

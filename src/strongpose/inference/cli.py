@@ -14,7 +14,7 @@ from strongpose.inference.predictor import Predictor, decode_settings, load
 # the types of the options evaluate and predict share (their configs have no _target_ to read them from; the
 # test.codec.decode_* ones are the codec's, checked by decode_settings)
 COMMON_TYPES: dict[str, Any] = {
-    "ckpt_path": Path, "device": str | None, "precision": str | int,
+    "ckpt_path": Path, "device": str | int | None, "precision": str | int | None,
     "test.flip": bool, "test.scales": list, "test.keypoint_threshold": float | None,
     "test.person_threshold": float | None,
 }
