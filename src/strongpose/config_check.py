@@ -43,18 +43,19 @@ class ConfigError(InputError, ValueError):
 def require_positive(prefix: str, **values: float | None) -> None:
     """Raise :class:`ConfigError` naming every ``prefix.key=value`` that is not > 0 (None: unset, allowed):
     sizes and rates that would otherwise fail deep inside a library, or as another number (a scaled LR)."""
-    bad = [f"{prefix}{'.' if prefix else ''}{key}={value!r}" for key, value in values.items()
-           if value is not None and not value > 0]
-    if bad:
-        raise ConfigError(f"{', '.join(bad)}: must be > 0")
+    _require(prefix, values, lambda value: value > 0, "> 0")
 
 
 def require_non_negative(prefix: str, **values: float | None) -> None:
     """Raise :class:`ConfigError` naming every ``prefix.key=value`` below 0 (counts such as worker processes)."""
+    _require(prefix, values, lambda value: value >= 0, ">= 0")
+
+
+def _require(prefix: str, values: Mapping[str, float | None], ok: Callable[[float], bool], bound: str) -> None:
     bad = [f"{prefix}{'.' if prefix else ''}{key}={value!r}" for key, value in values.items()
-           if value is not None and value < 0]
+           if value is not None and not ok(value)]
     if bad:
-        raise ConfigError(f"{', '.join(bad)}: must be >= 0")
+        raise ConfigError(f"{', '.join(bad)}: must be {bound}")
 
 
 class InputErrorExit(SystemExit):
@@ -195,15 +196,22 @@ def type_errors(node: DictConfig, path: str = "") -> list[str]:
                 continue
         if key.startswith("_") or key not in hints:
             continue
-        plain = OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
-        members = _members(hints[key])
-        if members is not None and not any(_fits(plain, m) for m in members):
-            # name where an interpolated value came from
-            source = (f" from {OmegaConf.to_container(node, resolve=False)[key]}"
-                      if OmegaConf.is_interpolation(node, key) else "")
-            errors.append(f"{where}={plain!r} ({type(plain).__name__}{source}): expected {_describe(members)} "
-                          f"(argument {key!r} of {target})")
+        # name where an interpolated value came from
+        source = (f" from {OmegaConf.to_container(node, resolve=False)[key]}"
+                  if OmegaConf.is_interpolation(node, key) else "")
+        if error := _type_error(where, value, hints[key], source):
+            errors.append(f"{error} (argument {key!r} of {target})")
     return errors
+
+
+def _type_error(where: str, value: Any, annotation: Any, source: str = "") -> str | None:
+    """``where=value (type): expected ...`` when ``value`` is not of type ``annotation``; None when it is (or
+    the annotation cannot be checked on a config value)."""
+    plain = OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
+    members = _members(annotation)
+    if members is None or any(_fits(plain, m) for m in members):
+        return None
+    return f"{where}={plain!r} ({type(plain).__name__}{source}): expected {_describe(members)}"
 
 
 def schema_errors(cfg: DictConfig, schema: Mapping[str, Any]) -> list[str]:
@@ -216,12 +224,8 @@ def schema_errors(cfg: DictConfig, schema: Mapping[str, Any]) -> list[str]:
             value = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=True)
         except Exception:  # noqa: BLE001 - ??? (Hydra names it) or a resolver only a running app has
             continue
-        if value is _ABSENT:
-            continue
-        plain = OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
-        members = _members(annotation)
-        if members is not None and not any(_fits(plain, m) for m in members):
-            errors.append(f"{key}={plain!r} ({type(plain).__name__}): expected {_describe(members)}")
+        if value is not _ABSENT and (error := _type_error(key, value, annotation)):
+            errors.append(error)
     return errors
 
 

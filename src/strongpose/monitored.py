@@ -13,7 +13,8 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 
 from strongpose.config_check import ConfigError
 from strongpose.evaluation.callback import COCOEvalCallback
-from strongpose.evaluation.coco_eval import CROWD_STAT_NAMES, STAT_NAMES
+from strongpose.data.annotations import read_coco_json
+from strongpose.evaluation.coco_eval import CROWD_STAT_NAMES, STAT_NAMES, has_crowd_index
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def check_monitored_metric(name: str | None, model: L.LightningModule, callbacks
         return
     known = logged_metric_names(model, callbacks)
     if known is not None and val_annotations is not None and name.rsplit("/", 1)[-1] in CROWD_STAT_NAMES \
-            and not _has_crowd_index(val_annotations):
+            and not has_crowd_index(read_coco_json(Path(val_annotations))):
         raise ConfigError(f"optimized_metric={name!r} is CrowdPose's AP by crowd index, logged only when every "
                           f"validation image has a crowdIndex; {val_annotations} has none (COCO's AP: val/AP)")
     if known is None or name in known:
@@ -63,13 +64,6 @@ def check_monitored_metric(name: str | None, model: L.LightningModule, callbacks
         "; the COCO statistics (val/AP, ...) need callbacks.coco_eval, which is off")
     raise ConfigError(f"optimized_metric={name!r} is not logged by this run{hint}{coco}; it logs: "
                       f"{', '.join(sorted(known))}")
-
-
-def _has_crowd_index(annotations: str | Path) -> bool:
-    from strongpose.data.annotations import read_coco_json
-
-    images = read_coco_json(Path(annotations)).get("images", [])
-    return bool(images) and all(isinstance(image.get("crowdIndex"), (int, float)) for image in images)
 
 
 def warn_if_no_validation(trainer: L.Trainer, optimized_metric: str | None) -> None:

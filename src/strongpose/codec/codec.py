@@ -370,14 +370,16 @@ class StrongPoseCodec:
         if b == 0:  # an empty batch (the maps' reshapes below need an image)
             self.last_timing = {"peaks_ms": 0.0, "links_ms": 0.0, "group_ms": 0.0, "images": 0}
             return []
-        for key in ("skhm", "bhm"):  # the network's raw heat maps are logits: decoded as they are, the people differ
-            if key in outputs and outputs[key].numel():
-                maps = outputs[key].detach()  # non-finite cells are decoding's to drop (a NaN would hide the rest)
-                low, high = (float(v) for v in torch.aminmax(torch.where(maps.isfinite(), maps, 0.5)))
-                if low < 0.0 or high > 1.0:
-                    raise ValueError(f"decode: {key!r} holds values from {low:.3g} to {high:.3g}, not probabilities "
-                                     f"in 0..1: the network's raw heat maps are logits; decode "
-                                     f"to_probabilities(outputs) (strongpose.models.to_probabilities)")
+        # the network's raw heat maps are logits: decoded as they are, the people differ. One device read for both
+        # maps; non-finite cells are decoding's to drop (and a NaN would hide the rest from aminmax)
+        heat = [key for key in ("skhm", "bhm") if key in outputs and outputs[key].numel()]
+        bounds = torch.stack([torch.stack(torch.aminmax(torch.where(m.isfinite(), m, 0.5).float()))
+                              for m in (outputs[key].detach() for key in heat)]).tolist() if heat else []
+        for key, (low, high) in zip(heat, bounds):
+            if low < 0.0 or high > 1.0:
+                raise ValueError(f"decode: {key!r} holds values from {low:.3g} to {high:.3g}, not probabilities "
+                                 f"in 0..1: the network's raw heat maps are logits; decode "
+                                 f"to_probabilities(outputs) (strongpose.models.to_probabilities)")
         long = outputs["long"] if (self.long_range and "long" in outputs) else None
         t0 = time.perf_counter()
         # inference mode rather than no_grad: no autograd bookkeeping at all, ~8 % less per-op overhead,

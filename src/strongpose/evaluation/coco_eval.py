@@ -30,9 +30,10 @@ AREA_PER_BOX_AREA = 0.53
 log = logging.getLogger(__name__)
 
 
-def has_crowd_index(coco: COCO) -> bool:
-    """Whether every image of the ground truth has a numeric ``crowdIndex`` (CrowdPose's annotations)."""
-    images = coco.dataset.get("images", [])
+def has_crowd_index(coco: COCO | dict) -> bool:
+    """Whether every image of the ground truth (a pycocotools COCO or its JSON dict) has a numeric ``crowdIndex``
+    (CrowdPose's annotations)."""
+    images = (coco.dataset if isinstance(coco, COCO) else coco).get("images", [])
     return bool(images) and all(isinstance(image.get("crowdIndex"), (int, float))
                                 and not isinstance(image.get("crowdIndex"), bool) for image in images)
 
