@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 
 from helpers import as_tensor, match_people, person
 from strongpose.codec import StrongPoseCodec
+from strongpose.codec import grouping
 from strongpose.codec.codec import LINK_CALL_COST, link_groups
 
 
@@ -56,9 +57,11 @@ def test_long_range_bridges_a_missing_shoulder():
 
 @pytest.mark.parametrize("call_cost", [None, 0.0, 64.0])  # one group, one per count, as the CPU decides
 @pytest.mark.parametrize("snap_radius", [None, float("inf")])
-def test_batch_decode_equals_single_decode(monkeypatch, call_cost, snap_radius):
+@pytest.mark.parametrize("bucket_min_slots", [0, grouping.BUCKET_MIN_SLOTS])  # links found through buckets or not
+def test_batch_decode_equals_single_decode(monkeypatch, call_cost, snap_radius, bucket_min_slots):
     """Also when the images have different numbers of detections (linked in groups of their own size)."""
     monkeypatch.setitem(LINK_CALL_COST, "cpu", call_cost)
+    monkeypatch.setattr(grouping, "BUCKET_MIN_SLOTS", bucket_min_slots)
     codec = StrongPoseCodec(stride=8, decode_snap_radius=snap_radius)
     a = codec.encode(as_tensor([person(80, 30, 200), person(200, 40, 150)]), (256, 320))
     b = codec.encode(as_tensor([person(150, 20, 220)]), (256, 320))
@@ -240,3 +243,22 @@ def test_logits_are_refused_by_name():
     maps["skhm"][0, 2, 2, 2], maps["skhm"][0, 3, 3, 3] = float("nan"), -2.0  # a NaN does not hide the logit
     with pytest.raises(ValueError, match="holds values from -2"):
         codec.decode(maps)
+
+
+@pytest.mark.parametrize("snap_radius", [8.0, None])  # the default; null: the disk radius
+def test_a_crowd_decodes_the_same_with_links_found_through_buckets(monkeypatch, snap_radius):
+    """Above BUCKET_MIN_SLOTS detections a type, links are searched within the snap radius only (buckets); the
+    people are those of the search against every detection. Noisy offsets, so that linking has choices."""
+    g = np.random.default_rng(2)
+    people = [person(cx, top, h) for cx, top, h in zip(g.uniform(30, 480, 60), g.uniform(5, 300, 60),
+                                                         g.uniform(40, 200, 60))]
+    codec = StrongPoseCodec(stride=8, decode_max_people=100, decode_max_peaks=100, decode_snap_radius=snap_radius)
+    maps = codec.encode(as_tensor(people), (512, 512))
+    noisy = {key: maps[key] for key in ("skhm", "bhm")}
+    for key in ("short", "mid", "long"):
+        noisy[key] = maps[key] + torch.from_numpy(g.normal(0, 2.0, maps[key].shape).astype(np.float32))
+    bucketed = codec.decode(noisy)[0]
+    monkeypatch.setattr(grouping, "BUCKET_MIN_SLOTS", 10**9)
+    dense = codec.decode(noisy)[0]
+    assert len(bucketed) > 40 and torch.equal(bucketed.keypoints, dense.keypoints)
+    assert torch.equal(bucketed.scores, dense.scores)

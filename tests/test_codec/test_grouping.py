@@ -5,8 +5,9 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
-from strongpose.codec.grouping import group_image, oks_nms
+from strongpose.codec.grouping import _nearest, _nearest_within, group_image, oks_nms
 
 SIGMAS = np.array([0.1, 0.1])
 EDGES = np.array([[0, 1], [1, 0]])  # two keypoint types, one skeleton edge both ways
@@ -78,3 +79,35 @@ def test_a_keypoint_not_found_goes_where_the_long_range_offsets_say():
     assert kps[1, 1].tolist() == [77.0, 88.0, 0.0]  # position guessed, score 0: not found
     kps, _ = group_image(**args, nms_oks=1.0)
     assert kps[1, 1].tolist() == [50.0, 10.0, 0.0]  # without long-range offsets: the mean of its found ones
+
+
+@pytest.mark.parametrize("radius", [3.0, 8.0, 40.0])
+def test_nearest_within_equals_the_dense_search_within_the_radius(radius):
+    g = torch.Generator().manual_seed(3)
+    pred = torch.rand(2, 3, 60, 2, generator=g) * 140 - 20  # some beyond every detection's bucket
+    pred[0, 1, :5] = float("inf")  # a non-finite offset points nowhere
+    pred[1, 2, 5:8, 0] = -float("inf")
+    cand = torch.rand(2, 3, 40, 2, generator=g) * 100
+    cand[1, 0, 10:14] = cand[1, 0, 10:11] + torch.rand(4, 2, generator=g)  # a cluster in one bucket
+    valid = torch.rand(2, 3, 40, generator=g) < 0.8
+    valid[0, 2] = False  # a type with no detection
+    dist, idx = _nearest_within(pred, cand, valid, 3, radius)
+    dense_dist, dense_idx = _nearest(pred, cand, valid, 3)
+    within = dense_dist <= radius
+    assert within.any() and (~within).any()
+    assert torch.equal(dist, torch.where(within, dense_dist, float("inf")))
+    assert torch.equal(idx, torch.where(within, dense_idx, 40))
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.7])
+@pytest.mark.parametrize("max_people", [4, 30, 1000])
+def test_oks_nms_in_blocks_equals_one_person_at_a_time(threshold, max_people):
+    g = np.random.default_rng(7)
+    centres = g.uniform(0, 200, (40, 1, 2))  # 300 people around 40 places: many overlap
+    kps = centres[g.integers(0, 40, 300)] + g.normal(0, 6, (300, 17, 2)) + g.uniform(-30, 30, (300, 1, 2))
+    found = g.random((300, 17)) < 0.7
+    sigmas = np.full(17, 0.07)
+    one_at_a_time = oks_nms(kps, found, sigmas, threshold, max_people, block=1)
+    assert 1 < len(one_at_a_time) <= max_people
+    for block in (3, 64, 512):
+        assert oks_nms(kps, found, sigmas, threshold, max_people, block=block) == one_at_a_time

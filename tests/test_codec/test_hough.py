@@ -79,13 +79,16 @@ def test_votes_leaving_the_bottom_right_corner_are_dropped():
 
 def reference_peaks(hough, max_peaks, threshold):
     """Set of (image, type, cell, score) of the max_peaks strongest 3x3 maxima above threshold (of equal
-    neighbours, the first in raster order)."""
+    neighbouring maxima, the first in raster order)."""
     b, k, h, w = hough.shape
+    is_max = hough >= F.max_pool2d(hough, 3, 1, 1)
     padded = F.pad(hough, (1, 1, 1, 1), value=float("-inf"))
+    padded_max = F.pad(is_max, (1, 1, 1, 1), value=False)
     first = torch.ones_like(hough, dtype=torch.bool)
     for dy, dx in ((-1, -1), (-1, 0), (-1, 1), (0, -1)):  # the neighbours before the cell in raster order
-        first &= padded[..., 1 + dy:1 + dy + h, 1 + dx:1 + dx + w] < hough
-    peak = torch.where((hough >= F.max_pool2d(hough, 3, 1, 1)) & first, hough, torch.zeros_like(hough))
+        window = (..., slice(1 + dy, 1 + dy + h), slice(1 + dx, 1 + dx + w))
+        first &= ~((padded[window] == hough) & padded_max[window])
+    peak = torch.where(is_max & first, hough, torch.zeros_like(hough))
     scores, idx = peak.flatten(2).topk(min(max_peaks, h * w), dim=2)
     return {(i, t, c, round(s, 5)) for i in range(b) for t in range(k)
             for s, c in zip(scores[i, t].tolist(), idx[i, t].tolist()) if s > threshold}
@@ -130,6 +133,19 @@ def test_equal_neighbours_make_one_peak_the_first_in_raster_order(dense):
     assert as_reference == reference_peaks(hough, 32, 0.05)
 
 
+@pytest.mark.parametrize("dense", [False, True])
+def test_an_equal_neighbour_beside_a_higher_cell_suppresses_nothing(dense):
+    hough = torch.rand(1, 1, 5, 7, generator=torch.Generator().manual_seed(1)) * 0.3 * dense
+    hough[0, 0, 2, 1:4] = torch.tensor([0.9, 0.5, 0.5])  # the first 0.5 is below the 0.9: the second is a maximum
+    hough[0, 0, 0, 6] = hough[0, 0, 1, 5] = 0.6  # tied on the anti-diagonal, the later one beside a higher cell
+    hough[0, 0, 2, 5] = 0.8
+    pos, _, valid = find_peaks(hough, torch.zeros(1, 2, 5, 7), 8, 32, 0.05, refine=False)
+    found = {tuple(((p - 3.5) / 8).round().long().tolist()[::-1]) for p in pos[valid]}  # (row, column)
+    assert {(2, 1), (2, 3), (0, 6), (2, 5)} <= found and not found & {(2, 2), (1, 5)}
+    as_reference = {(0, 0, r * 7 + c, round(float(hough[0, 0, r, c]), 5)) for r, c in found}
+    assert as_reference == reference_peaks(hough, 32, 0.05)
+
+
 def test_a_keypoint_on_a_cell_corner_decodes_to_one_person():
     codec = StrongPoseCodec(stride=8, disk_radius=32.0, decode_nms_oks=1.0)  # no OKS-NMS to hide copies
     keypoints = torch.zeros(1, 17, 3)
@@ -158,16 +174,16 @@ def test_long_links_keeps_the_listed_links_within_the_snap_radius():
     g = np.random.default_rng(5)
     k, num, topn = 3, 4, 2
     dist = g.uniform(0, 20, (k, num, k, topn)).astype(np.float32)
-    idx = np.stack([g.permutation(num)[:topn] for _ in range(k * num * k)]).reshape(k, num, k, topn)
-    link = _long_links(dist, idx, 10.0)
-    expect = np.full((k * num, k, num), np.inf, np.float32)
+    idx = np.stack([g.permutation(num + 1)[:topn] for _ in range(k * num * k)]).reshape(k, num, k, topn)
+    link_dist, link_slot = _long_links(dist, idx, 10.0)  # slot num: past the image's own (a batch's busier one)
+    assert link_dist.shape == link_slot.shape == (k * num, k, topn)
     for s in range(k):
         for l in range(num):
             for t in range(k):
-                for d, j in zip(dist[s, l, t], idx[s, l, t]):
-                    if d <= 10.0:
-                        expect[s * num + l, t, j] = d
-    assert np.array_equal(link, expect)
+                for n, (d, j) in enumerate(zip(dist[s, l, t], idx[s, l, t])):
+                    kept = d <= 10.0 and j < num
+                    assert link_dist[s * num + l, t, n] == (d if kept else np.inf)
+                    assert link_slot[s * num + l, t, n] == min(j, num - 1)
 
 
 def test_decode_leaves_no_inference_tensors_behind():

@@ -412,7 +412,7 @@ class StrongPoseCodec:
                 links = link_candidates(pick(pos)[:, :, :num], pick(valid)[:, :, :num], short, mid, long, edges,
                                         self.stride, self.decode_topn, self.decode_mid_refine,
                                         mid_valid=outputs.get("mid_valid"), long_valid=outputs.get("long_valid"),
-                                        bhm=bhm, images=index)
+                                        bhm=bhm, images=index, snap_radius=self.decode_snap_radius)
                 links = {key: v.cpu().numpy() for key, v in links.items()}
                 for row, i in enumerate(images):
                     host[i] = {key: v[row] for key, v in links.items()}

@@ -12,11 +12,12 @@ Two stages, so that the per-image sequential part stays small:
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 import torch
 
-from strongpose.codec.hough import _cached, nearest_cells, take
+from strongpose.codec.hough import _cached, _const, nearest_cells, take
 
 
 def _nearest(pred: torch.Tensor, cand: torch.Tensor, cand_valid: torch.Tensor, topn: int):
@@ -25,6 +26,73 @@ def _nearest(pred: torch.Tensor, cand: torch.Tensor, cand_valid: torch.Tensor, t
     d = torch.cdist(pred, cand, compute_mode="donot_use_mm_for_euclid_dist")
     d = torch.where(cand_valid[..., None, :], d, float("inf"))
     return d.topk(min(topn, d.shape[-1]), dim=-1, largest=False)
+
+
+# above this many detection slots per type, long-range links within a finite snap radius are found through a grid
+# of buckets (:func:`_nearest_within`) rather than against every detection: measured on the CPU, the dense search
+# wins below ~32 slots (its fixed op cost is smaller), the buckets above (crowds: 100 people, 24 -> 9 ms)
+BUCKET_MIN_SLOTS = 32
+
+def _nearest_within(pred: torch.Tensor, cand: torch.Tensor, cand_valid: torch.Tensor, topn: int, radius: float):
+    """:func:`_nearest` among the valid detections within ``radius`` only: distances and indices (..., P, T) of
+    the T nearest of them, nearest first, then inf and index L (past the slots: what grouping drops).
+
+    The detections are sorted into a grid of ``radius``-sized buckets per (image, type) and each prediction is
+    compared with those in the 3x3 buckets around its own: the pairs within reach of each other, not P x L.
+    In crowds most of the P x L distances are between people far apart (K^2 L^2 for the long-range links).
+    """
+    *lead, p, _ = pred.shape
+    num = cand.shape[-2]
+    t = min(topn, num)
+    groups = int(np.prod(lead))
+    dev = pred.device
+    dist = pred.new_full((groups * p * t,), float("inf"))
+    index = torch.full((groups * p * t,), num, dtype=torch.long, device=dev)
+    det = cand_valid.reshape(-1).nonzero().squeeze(1)  # flat group * L + slot
+    if det.numel():
+        cand = cand.reshape(-1, 2)
+        bucket = (cand.index_select(0, det) / radius).floor_()
+        # a margin of two buckets around each group's grid: the 3x3 buckets around a prediction at most one bucket
+        # off the detections' stay in its group's grid, with no bounds to test
+        low = bucket.amin(0) - 2
+        bucket = (bucket - low).long()
+        gw, gh = (bucket.amax(0) + 3).tolist()
+        key, order = ((torch.div(det, num, rounding_mode="floor") * gh + bucket[:, 1]) * gw + bucket[:, 0]).sort()
+        det = take(det, order)
+        # each bucket's detections: count and first position in ``det`` (a table read is ~20x faster than
+        # searching the sorted keys on the CPU)
+        counts = torch.bincount(key, minlength=groups * gh * gw)
+        starts = counts.cumsum(0) - counts
+        # the predictions that can reach a detection's bucket (not +-inf: a non-finite offset points nowhere)
+        pred = pred.reshape(-1, 2)
+        pbucket = (pred / radius).floor_() - low
+        reach = (pbucket.isfinite().all(1) & (pbucket >= 1).all(1) & (pbucket[:, 0] <= gw - 2)
+                 & (pbucket[:, 1] <= gh - 2)).nonzero().squeeze(1)
+        pbucket = pbucket.index_select(0, reach).long()  # no integer matmul on CUDA
+        pkey = pbucket[:, 0] + pbucket[:, 1] * gw + torch.div(reach, p, rounding_mode="floor") * (gh * gw)
+        nkey = (pkey[:, None] + _const(tuple(dy * gw + dx for dy in (-1, 0, 1) for dx in (-1, 0, 1)), dev)).view(-1)
+        start, count = take(starts, nkey), take(counts, nkey)
+        # every (prediction, detection) pair of those buckets
+        row = torch.repeat_interleave(count)
+        first = (count.cumsum(0) - count).index_select(0, row)
+        at = take(start, row) + torch.arange(row.numel(), device=dev) - first
+        src = take(reach, torch.div(row, 9, rounding_mode="floor"))
+        slot = take(det, at)
+        # the same values as cdist without the matrix-product shortcut (a sum of squares and a square root is not)
+        d = torch.linalg.vector_norm(pred.index_select(0, src) - cand.index_select(0, slot), dim=1)
+        near = (d <= radius).nonzero().squeeze(1)
+        d, src, slot = take(d, near), take(src, near), take(slot, near)
+        # nearest first within each prediction: the pairs come by prediction (``reach`` is sorted), so one sort by
+        # (prediction, distance) as one float64 key (distances are <= radius), and ranks from where each run starts
+        order = (src.double() * (radius + 1.0) + d.double()).sort(stable=True)[1]
+        d, src, slot = take(d, order), take(src, order), take(slot, order)
+        step = torch.arange(src.numel(), device=dev)
+        rank = step - torch.where(torch.diff(src, prepend=src[:1] - 1) != 0, step, 0).cummax(0)[0]
+        keep = (rank < t).nonzero().squeeze(1)
+        out = take(src, keep) * t + take(rank, keep)
+        dist.index_copy_(0, out, take(d, keep))
+        index.index_copy_(0, out, take(slot, keep) % num)
+    return dist.view(*lead, p, t), index.view(*lead, p, t)
 
 
 @_cached(maxsize=16)
@@ -55,6 +123,7 @@ def link_candidates(
     long_valid: torch.Tensor | None = None,
     bhm: torch.Tensor | None = None,
     images: torch.Tensor | None = None,
+    snap_radius: float | None = None,
 ) -> dict[str, torch.Tensor]:
     """Batched link computation.
 
@@ -62,7 +131,9 @@ def link_candidates(
     long (B, 2K, h, w) or None; edges (E, 2) directed (src, dst). ``mid_valid`` (B, E, h, w) and
     ``long_valid`` (B, K, h, w), when given (decoding targets), drop links read where no offset is defined.
     ``images`` (B',): the maps' images that ``pos`` / ``valid`` (B', K, L, ...) belong to, read in place (some
-    of the batch's images, without copying their maps); default all, in order.
+    of the batch's images, without copying their maps); default all, in order. ``snap_radius`` (input px): the
+    reach of grouping's links; with more than ``BUCKET_MIN_SLOTS`` detection slots, links are only
+    searched within it (farther ones: inf, index L), which grouping drops anyway.
     Returns mid_dist / mid_idx (B, E, L, T) and, with long, long_dist / long_idx (B, K, L, K, T) and
     long_pred (B, K, L, K, 2): where each detected keypoint says every type of its person is; with
     ``bhm`` (B, 1, h, w), bhm_at (B, K, L): the body map under each detection.
@@ -92,7 +163,10 @@ def link_candidates(
         pcells, pcentres = nearest_cells(pred, stride, (h, w))
         step = read(short, plan["short"], pcells[..., None]).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
         pred = torch.where(pred.isinf(), pred, pcentres + step)  # nowhere stays nowhere
-    mid_dist, mid_idx = _nearest(pred, pos.index_select(1, plan["dst"]), valid.index_select(1, plan["dst"]), topn)
+    # with many detections, only those within the snap radius (grouping's reach) are searched
+    bucketed = snap_radius is not None and math.isfinite(snap_radius) and num > BUCKET_MIN_SLOTS
+    nearest = functools.partial(_nearest_within, radius=snap_radius) if bucketed else _nearest
+    mid_dist, mid_idx = nearest(pred, pos.index_select(1, plan["dst"]), valid.index_select(1, plan["dst"]), topn)
     if mid_valid is not None:  # decoding targets: an offset is only defined where its mask says so
         mid_dist = torch.where(read(mid_valid, plan["edge"], src_cells), mid_dist, float("inf"))
     out = {"mid_dist": mid_dist, "mid_idx": mid_idx}
@@ -102,7 +176,7 @@ def link_candidates(
         at = cells.view(b, k * num, 1, 1)  # one row per source keypoint, then the dst types
         long_pred = (centres.view(b, k * num, 1, 2) + read(long, plan["long"], at)).nan_to_num_(nan=float("inf"))
         # one prediction per (src keypoint, dst type) against the detections of that dst type
-        long_dist, long_idx = _nearest(long_pred.transpose(1, 2), pos, valid, topn)  # (B, K_dst, K*L, T)
+        long_dist, long_idx = nearest(long_pred.transpose(1, 2), pos, valid, topn)  # (B, K_dst, K*L, T)
         long_dist = long_dist.transpose(1, 2).reshape(b, k, num, k, -1)
         long_idx = long_idx.transpose(1, 2).reshape(b, k, num, k, -1)
         if long_valid is not None:
@@ -119,46 +193,55 @@ def _out_edges(edges: bytes, num_edges: int, k: int) -> tuple[tuple[tuple[int, i
     return tuple(tuple((ei, b) for ei, (a, b) in enumerate(pairs) if a == t) for t in range(k))
 
 
-def _long_links(long_dist: np.ndarray, long_idx: np.ndarray, snap_radius: float) -> np.ndarray:
-    """(K, L, K, T) long-range link lists -> (K*L, K, L) distance from each detection's prediction of
-    each type to each detection of that type: the listed ones within the snap radius, inf elsewhere."""
-    k, num, _, topn = long_dist.shape
-    # one column more: links to slots past the image's own (a batch's other images had more detections) are
-    # at an infinite distance, and land there
-    link = np.full((k * num * k, num + 1), np.inf, dtype=long_dist.dtype)
-    rows = np.arange(k * num * k)[:, None]
-    link[rows, np.minimum(long_idx, num).reshape(-1, topn)] = np.where(long_dist <= snap_radius, long_dist,
-                                                                        np.inf).reshape(-1, topn)
-    return link[:, :num].reshape(k * num, k, num)
+def _long_links(long_dist: np.ndarray, long_idx: np.ndarray, snap_radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """(K, L, K, T) long-range link lists -> (K*L, K, T) distances and slots, one row per detection: the
+    listed links within the snap radius and to this image's own slots, inf (and a valid slot) elsewhere.
+    A list, not a (K*L, K, L) matrix: grouping reads F x K x T entries per person, not F x K x L (crowds)."""
+    k, num = long_dist.shape[:2]
+    # links to slots past the image's own (a batch's other images had more detections) are at an infinite distance
+    dist = np.where((long_dist <= snap_radius) & (long_idx < num), long_dist, np.inf)
+    return dist.reshape(k * num, k, -1), np.minimum(long_idx, num - 1).reshape(k * num, k, -1)
 
 
-def oks_nms(kps: np.ndarray, found: np.ndarray, sigmas: np.ndarray, threshold: float, max_people: int) -> list[int]:
+def _oks(a: np.ndarray, a_found: np.ndarray, a_scale: np.ndarray, b: np.ndarray, b_found: np.ndarray,
+         var: np.ndarray) -> np.ndarray:
+    """(M, N) OKS of people ``b`` (N, K, 2) with people ``a`` (M, K, 2), over the keypoints both have found, at
+    the scales (M,) of ``a`` (COCO's 2 x area); no keypoint in common: 0."""
+    both = a_found[:, None] & b_found[None]
+    e = ((a[:, None] - b[None]) ** 2).sum(-1) / var / a_scale[:, None, None]
+    return np.where(both, np.exp(-e), 0.0).sum(-1) / np.maximum(both.sum(-1), 1)
+
+
+def oks_nms(kps: np.ndarray, found: np.ndarray, sigmas: np.ndarray, threshold: float, max_people: int,
+            block: int = 64) -> list[int]:
     """Greedy OKS-NMS of people sorted by score, (P, K, 2) and (P, K) found: the indices kept, at most
     ``max_people``. A person is dropped when its OKS with a kept one, over the keypoints both have found
     and at the scale of the kept one's keypoint box (as COCO scales by the ground truth's area), is above
     ``threshold``. Each is compared with the kept ones only, and the scan stops at ``max_people``: noisy
-    maps give hundreds of fragments, and a P x P matrix of them cost ~1 s and ~0.5 GB at 2048 px."""
+    maps give hundreds of fragments, and a P x P matrix of them cost ~1 s and ~0.5 GB at 2048 px.
+    People are taken ``block`` at a time: each block against the kept ones and against itself in two array
+    operations, then the greedy pass over the block reads that (crowds: half the time of one person a step)."""
     lo = np.where(found[..., None], kps, np.inf).min(1)
     hi = np.where(found[..., None], kps, -np.inf).max(1)
     area = np.maximum(np.prod(np.maximum(hi - lo, 0.0), axis=1), 1.0)  # (P,)
+    scale = 2 * (area + np.spacing(1))
     var = (2 * sigmas) ** 2
-    # the kept people's rows, filled as they are kept (slices of these are views, not copies)
-    kept_kps, kept_found, kept_scale = np.empty_like(kps[:max_people]), np.empty_like(found[:max_people]), \
-        np.empty(min(len(kps), max_people))
     keep: list[int] = []
-    for i in range(len(kps) if max_people > 0 else 0):
-        m = len(keep)
-        if m:
-            both = kept_found[:m] & found[i]
-            n_both = both.sum(-1)
-            e = ((kept_kps[:m] - kps[i]) ** 2).sum(-1) / var / kept_scale[:m, None]
-            oks = np.where(both, np.exp(-e), 0.0).sum(-1) / np.maximum(n_both, 1)
-            if (oks > threshold).any():  # no keypoint in common: 0
+    for start in range(0, len(kps) if max_people > 0 else 0, block):
+        end = min(start + block, len(kps))
+        part, part_found, part_scale = kps[start:end], found[start:end], scale[start:end]
+        alive = np.ones(end - start, bool)
+        if keep:
+            alive = ~(_oks(kps[keep], found[keep], scale[keep], part, part_found, var) > threshold).any(0)
+        # drops[i, j]: j would be dropped, were i kept
+        drops = _oks(part, part_found, part_scale, part, part_found, var) > threshold
+        for j in np.flatnonzero(alive).tolist():
+            if not alive[j]:
                 continue
-        kept_kps[m], kept_found[m], kept_scale[m] = kps[i], found[i], 2 * (area[i] + np.spacing(1))
-        keep.append(i)
-        if len(keep) == max_people:
-            break
+            keep.append(start + j)
+            if len(keep) == max_people:
+                return keep
+            alive[j + 1:] &= ~drops[j, j + 1:]
     return keep
 
 
@@ -193,7 +276,8 @@ def group_image(
     mid_cands = np.where((mid_dist <= snap_radius) & (mid_idx < num), mid_idx, -1).tolist()
     order = np.argsort(-np.where(valid, score, -1.0), axis=None, kind="stable")[: int(valid.sum())]
     if long_idx is not None:
-        link = _long_links(long_dist, long_idx, snap_radius)  # (K*L, K, L)
+        link_dist, link_slot = _long_links(long_dist, long_idx, snap_radius)  # (K*L, K, T)
+        dst_types = np.arange(k)[:, None]
     people: list[list[int]] = []
     for flat in order.tolist():
         k0, l0 = divmod(flat, num)
@@ -225,12 +309,14 @@ def group_image(
             slots = np.array(assign)
             found = slots >= 0
             rows = np.flatnonzero(found)
-            d = np.where(claimed | found[:, None], np.inf, link[rows * num + slots[rows]])  # (F, K, L)
-            # per type, the nearest over (found keypoint, detection); ties go to the first found type
-            d = d.transpose(1, 0, 2).reshape(k, -1)
+            src = rows * num + slots[rows]
+            slot = link_slot[src]  # (F, K, T)
+            d = np.where(claimed[dst_types, slot] | found[:, None], np.inf, link_dist[src])
+            # per type, the nearest over (found keypoint, listed detection); ties go to the first found type
+            d, slot = d.transpose(1, 0, 2).reshape(k, -1), slot.transpose(1, 0, 2).reshape(k, -1)
             best = d.argmin(1)
-            for t in np.flatnonzero(d[np.arange(k), best] < np.inf).tolist():
-                j = int(best[t]) % num
+            for t in np.flatnonzero(d[dst_types[:, 0], best] < np.inf).tolist():
+                j = int(slot[t, best[t]])
                 assign[t] = j
                 claimed[t, j] = True
                 stack.append(t)

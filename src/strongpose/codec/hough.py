@@ -250,13 +250,26 @@ def find_peaks(
     if cand.numel() * 8 > padded.numel():  # mostly above threshold (an untrained network): a dense filter first
         peaks = torch.where(hough >= max_filter3(hough), hough, float("-inf"))
         cand = nonzero_above(F.pad(peaks, (1, 1, 1, 1), value=float("-inf")).view(-1), threshold)
-    # 3x3 local maxima among the candidates; of equal neighbours only the first in raster order (a keypoint on a
-    # cell corner gives four equal cells: one peak, not four copies of its person)
+    # 3x3 local maxima among the candidates (as max-pooling: >= every neighbour); of equal maxima side by side only
+    # the first in raster order (a keypoint on a cell corner gives four equal cells: one peak, not four copies of
+    # its person). An equal neighbour that is not a maximum itself (beside a higher cell) suppresses nothing.
     score = take(padded, cand)
     # (8, N), the 4 neighbours before the cell then the 4 after: a max over the leading dim is ~4x faster than over
     # a short last one on the CPU
-    ring = take(padded, cand + _column((-wp - 1, -wp, -wp + 1, -1, 1, wp - 1, wp, wp + 1), dev))
-    keep = ((ring[:4].amax(0) < score) & (ring[4:].amax(0) <= score)).nonzero().squeeze(1)
+    ring_offsets = _column((-wp - 1, -wp, -wp + 1, -1, 1, wp - 1, wp, wp + 1), dev)
+    ring = take(padded, cand + ring_offsets)
+    before = ring[:4].amax(0)
+    is_max = (before <= score) & (ring[4:].amax(0) <= score)
+    tied = (is_max & (before == score)).nonzero().squeeze(1)  # rare: exact ties with an earlier neighbour
+    if tied.numel():
+        # the earlier neighbours (4, T) and their own rings (8, 4, T); a neighbour in the -inf ring is never
+        # equal to a score above the threshold, so clamping its ring's indices changes nothing
+        first = take(cand, tied) + ring_offsets[:4]
+        equal = take(padded, first) == take(score, tied)
+        first_max = take(padded, (first + ring_offsets[:, None]).clamp_(0, padded.numel() - 1)).amax(0) <= \
+            take(padded, first)
+        is_max.index_fill_(0, tied[(equal & first_max).any(0)], False)
+    keep = is_max.nonzero().squeeze(1)
     cand, score = take(cand, keep), take(score, keep)
     channel = torch.div(cand, hp * wp, rounding_mode="floor")  # b * K + k, nondecreasing
     # strongest first within each (image, type): sort by score, then stably by channel
