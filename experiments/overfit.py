@@ -42,8 +42,9 @@ class OverfitRun(NamedTuple):  # not a dataclass: scripts are loaded from their 
     input_size: int
 
 
-def main(argv: list[str] | None = None) -> OverfitRun:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parser(add_help: bool = True) -> argparse.ArgumentParser:
+    """This script's options (experiments/overfit_checkpoint.py takes them too, and lists them in its --help)."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help)
     p.add_argument("--images", type=int, default=8)
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--input", type=int, default=256)
@@ -56,7 +57,11 @@ def main(argv: list[str] | None = None) -> OverfitRun:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bhm-weights", default="0,1",
                    help="also report AP with person scores weighted by the body map (codec decode_bhm_weight)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> OverfitRun:
+    args = parser().parse_args(argv)
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
 

@@ -28,9 +28,14 @@ from strongpose.train import CONFIG_DIR, resolved_config  # noqa: E402
 
 def main(argv: list[str] | None = None) -> Path:
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=False)
-    p.add_argument("--out", required=True, help="checkpoint to write")
-    args, rest = p.parse_known_args(argv)
+    own = argparse.ArgumentParser(add_help=False)
+    own.add_argument("--out", required=True, help="checkpoint to write")
+    # the whole command line checked first, overfit.py's options included: --help is answered (and a wrong option
+    # refused) before anything runs. The parser of --out alone had no -h (left to overfit.py's), so its check of
+    # the required --out stopped --help
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                            parents=[own, overfit.parser(add_help=False)]).parse_args(argv)
+    args, rest = own.parse_known_args(argv)
     run = overfit.main(rest)
     module = run.module
     # overfit.py builds ResNetBackbone(arch, stride) with its defaults (neck 128) and default heads

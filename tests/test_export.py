@@ -45,7 +45,9 @@ def test_export_matches_pytorch_for_any_batch_and_size(tiny_checkpoint, tmp_path
     module, _ = module_from_checkpoint(tiny_checkpoint)
     session = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"])
     assert [o.name for o in session.get_outputs()] == list(module.codec.channels)
-    assert session.get_modelmeta().custom_metadata_map == INPUT_CONTRACT  # says the input is 0..255 pixels
+    meta = session.get_modelmeta().custom_metadata_map
+    assert INPUT_CONTRACT.items() <= meta.items()  # says the input is 0..255 pixels
+    assert set(meta) - set(INPUT_CONTRACT) == {"strongpose.codec", "strongpose.input_size"}  # and how to decode
     # pixels of another batch size and a non-square size off the stride grid
     images = torch.randint(0, 256, (3, 3, 72, 40), generator=torch.Generator().manual_seed(0)).float()
     got = dict(zip(list(module.codec.channels), session.run(None, {"images": images.numpy()})))

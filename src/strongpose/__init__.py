@@ -10,18 +10,18 @@ from strongpose.skeleton import COCO_PERSON, CROWDPOSE, Skeleton, get_skeleton  
 from strongpose.structures import Poses  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["COCO_PERSON", "CROWDPOSE", "Poses", "Skeleton", "StrongPoseCodec", "get_skeleton", "load"]
+__all__ = ["COCO_PERSON", "CROWDPOSE", "Poses", "Skeleton", "StrongPoseCodec", "get_skeleton", "load", "load_onnx"]
 
 
 def __getattr__(name: str):
-    # `strongpose.load` imports the inference stack (albumentations; Lightning and Hydra when called) on first use,
+    # `strongpose.load` / `load_onnx` import the inference stack (albumentations; Lightning and Hydra when called) on first use,
     # so that `import strongpose` stays light
-    if name == "load":
-        from strongpose.inference import load
+    if name in ("load", "load_onnx"):
+        import strongpose.inference
 
-        return load
+        return getattr(strongpose.inference, name)
     raise AttributeError(f"module 'strongpose' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), "load"})  # tab completion finds the lazy `load` too
+    return sorted({*globals(), "load", "load_onnx"})  # tab completion finds the lazy ones too

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from strongpose.checkpoint import module_from_checkpoint
+from strongpose.inference.onnx import CATEGORY_KEY, CODEC_KEY, INPUT_SIZE_KEY, codec_metadata
 from strongpose.config_check import (CONFIG_DIR, ConfigError, check_types, report_input_errors, require_positive,
                                      run_with_key_hints)
 
@@ -70,9 +71,9 @@ class OutputTuple(nn.Module):
 
 
 def export_onnx(net: nn.Module, names: list[str], output: str | Path, example: torch.Tensor, opset: int = 18,
-                dynamic: bool = True, exporter: str = "auto") -> str:
-    """Write ``net`` (images -> dict of maps) to ``output`` with :data:`INPUT_CONTRACT` in its metadata;
-    returns the exporter used (dynamo / torchscript).
+                dynamic: bool = True, exporter: str = "auto", metadata: dict[str, str] | None = None) -> str:
+    """Write ``net`` (images -> dict of maps) to ``output`` with :data:`INPUT_CONTRACT` and ``metadata`` in its
+    metadata; returns the exporter used (dynamo / torchscript).
 
     ``example`` is the traced input; with ``dynamic`` its batch should be > 1 (torch.export specialises
     dimensions of size 1). ``exporter="auto"`` tries the torch.export-based exporter and falls back to the
@@ -94,7 +95,7 @@ def export_onnx(net: nn.Module, names: list[str], output: str | Path, example: t
             # external_data=False: one self-contained file (the weights are far below ONNX's 2 GB limit)
             torch.onnx.export(model, (example,), str(output), dynamo=True, dynamic_shapes=shapes,
                               external_data=False, **common)
-            describe_input(output)
+            describe_input(output, metadata)
             return "dynamo"
         except Exception as err:  # noqa: BLE001 - torch.export raises many error types
             if exporter == "dynamo" or isinstance(err, OSError):  # a file that cannot be written: no fallback
@@ -108,19 +109,20 @@ def export_onnx(net: nn.Module, names: list[str], output: str | Path, example: t
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter's deprecation notice
         torch.onnx.export(model, (example,), str(output), dynamo=False, dynamic_axes=axes, **common)
-    describe_input(output)
+    describe_input(output, metadata)
     return "torchscript"
 
 
-def describe_input(path: str | Path) -> None:
-    """Write :data:`INPUT_CONTRACT` into the file's ``metadata_props``: the tensor types alone do not say
-    whether ``images`` are pixels or normalised values (files exported before the network normalised
-    itself took normalised ones)."""
+def describe_input(path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Write :data:`INPUT_CONTRACT` and ``metadata`` into the file's ``metadata_props``: the tensor types alone do
+    not say whether ``images`` are pixels or normalised values (files exported before the network normalised
+    itself took normalised ones), nor how to decode the outputs (``strongpose.inference.onnx`` reads the codec
+    from there)."""
     import onnx
 
     model = onnx.load(str(path))
     del model.metadata_props[:]
-    for key, value in INPUT_CONTRACT.items():
+    for key, value in {**INPUT_CONTRACT, **(metadata or {})}.items():
         model.metadata_props.add(key=key, value=value)
     onnx.save(model, str(path))
 
@@ -217,8 +219,12 @@ def run(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     images = sample_images(input_size, 2)  # read once: the traced example and the check's inputs
     example = images if dynamic else images[:1]  # batch 2 when dynamic: torch.export specialises size 1
     output = Path(cfg.get("output") or "model.onnx")
+    # what decoding needs, so that the file alone makes a predictor (strongpose.load_onnx)
+    metadata = {CODEC_KEY: codec_metadata(module.codec, run_cfg["codec"]), INPUT_SIZE_KEY: str(input_size)}
+    if module.category_id is not None:
+        metadata[CATEGORY_KEY] = str(int(module.category_id))
     exporter = export_onnx(net, names, output, example, opset=cfg.get("opset", 18), dynamic=dynamic,
-                           exporter=cfg.get("exporter", "auto"))
+                           exporter=cfg.get("exporter", "auto"), metadata=metadata)
     report = {"output": str(output), "exporter": exporter, "input_size": input_size,
               "input_size_source": size_source, "dynamic": dynamic,
               "size_mb": output.stat().st_size / 2**20, "diffs": {}}

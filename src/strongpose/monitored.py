@@ -67,12 +67,33 @@ def check_monitored_metric(name: str | None, model: L.LightningModule, callbacks
 
 
 def warn_if_no_validation(trainer: L.Trainer, optimized_metric: str | None) -> None:
-    """Warn when ``max_epochs`` ends the run before the first epoch that validates (``check_val_every_n_epoch``)."""
+    """Warn when ``max_epochs`` ends the run before the first epoch that validates (``check_val_every_n_epoch``),
+    or when ``trainer.limit_val_batches=0`` leaves a ``val/*`` optimized_metric or checkpoint monitor without a
+    value."""
+    if trainer.fast_dev_run:
+        return
+    if trainer.limit_val_batches == 0:
+        _warn_if_unvalued(trainer, optimized_metric)
+        return
     every, epochs = trainer.check_val_every_n_epoch, trainer.max_epochs
-    if (trainer.fast_dev_run or not every or epochs is None or epochs < 0 or epochs >= every
-            or trainer.max_steps not in (-1, None) or trainer.limit_val_batches == 0):
+    if not every or epochs is None or epochs < 0 or epochs >= every or trainer.max_steps not in (-1, None):
         return
     log.warning("trainer.max_epochs=%d is below trainer.check_val_every_n_epoch=%d: no validation will run, so the "
                 "run ends without val/* metrics or a best checkpoint%s; lower check_val_every_n_epoch to validate",
                 epochs, every, f", and optimized_metric {optimized_metric} has no value for a sweeper"
                 if optimized_metric and str(optimized_metric).startswith("val/") else "")
+
+
+def _warn_if_unvalued(trainer: L.Trainer, optimized_metric: str | None) -> None:
+    """Training without validation is asked for, but a ``val/*`` metric is optimised or monitored: it is never
+    logged, so train's metrics lack it (``main`` returns None to a sweeper) and no best checkpoint is kept."""
+    def unvalued(name: str | None) -> bool:
+        return bool(name) and str(name).startswith("val/")  # (train/*, step, epoch have their values)
+
+    monitors = sorted({str(c.monitor) for c in trainer.checkpoint_callbacks
+                       if unvalued(getattr(c, "monitor", None))})
+    what = [f"optimized_metric {optimized_metric} has no value for a sweeper"] if unvalued(optimized_metric) else []
+    what += [f"the checkpoint callback monitoring {name} keeps no best checkpoint" for name in monitors]
+    if what:
+        log.warning("trainer.limit_val_batches=0: no validation will run, so %s; set optimized_metric=null (or "
+                    "train/loss) to train without validating", " and ".join(what))

@@ -60,7 +60,8 @@ def wandb_logger(save_dir: str, project: str = "strongpose", offline: bool | Non
         # W&B's own off switch wins (W&B reads it whatever the logger asks): offline=True would make Lightning set
         # WANDB_MODE=dryrun and write run files, offline=False would say "online" and log nothing
         say("W&B: disabled (WANDB_MODE=disabled); nothing is logged to W&B")
-        return WandbLogger(save_dir=save_dir, project=project, offline=False, mode="disabled", **kwargs)
+        return _without_anonymous(WandbLogger(save_dir=save_dir, project=project, offline=False, mode="disabled",
+                                              **kwargs))
     if offline is not None:
         why = f"logger.wandb.offline={str(offline).lower()}"
     elif env_mode in ("offline", "dryrun"):
@@ -89,7 +90,18 @@ def wandb_logger(save_dir: str, project: str = "strongpose", offline: bool | Non
     for key, value in sweep_run_names().items():
         if kwargs.get(key) is None:  # logger.wandb.name / group given: theirs
             kwargs[key] = value
-    return WandbLogger(save_dir=save_dir, project=project, offline=offline, **kwargs)
+    return _without_anonymous(WandbLogger(save_dir=save_dir, project=project, offline=offline, **kwargs))
+
+
+def _without_anonymous(logger: WandbLogger) -> WandbLogger:
+    """The logger without the ``anonymous=None`` that Lightning's WandbLogger always gives ``wandb.init``: W&B
+    (0.31 here) has dropped the setting, and any value, None too, printed "The anonymous setting has no effect and
+    will be removed" at every start. Left out, wandb.init takes its default, as None did; one asked for
+    (``logger.wandb.anonymous=true``) is passed on."""
+    init = getattr(logger, "_wandb_init", None)  # (Lightning's; a version without it: nothing to drop)
+    if isinstance(init, dict) and "anonymous" in init and init["anonymous"] is None:
+        del init["anonymous"]
+    return logger
 
 
 def sweep_run_names() -> dict[str, str]:

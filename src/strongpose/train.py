@@ -337,7 +337,8 @@ def run_file(cfg: DictConfig, name: str, text: str) -> Path | None:
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Returns ``optimized_metric`` so that Hydra sweepers can minimise it: its best value when the checkpoint
-    callback monitors it (the epoch a sweep would pick), else its last."""
+    callback monitors it (the epoch a sweep would pick), else its last; None when the run logged none (a ``val/*``
+    metric with ``trainer.limit_val_batches=0``, of which the run warns at its start)."""
     try:
         with report_input_errors():
             metrics, objects = train(cfg)

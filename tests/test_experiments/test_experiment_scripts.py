@@ -100,6 +100,27 @@ def test_overfit_builds_the_neck_width_it_is_given():
     assert run.module.net.backbone.out_channels == 32
 
 
+@pytest.mark.slow  # a Python start with torch and Lightning per script: ~5 s each, over a minute in all
+@pytest.mark.parametrize("script", sorted(p.name for p in EXPERIMENTS.glob("*.py")))
+def test_every_script_answers_help(script):
+    env = {**os.environ, "WANDB_MODE": "disabled", "NO_ALBUMENTATIONS_UPDATE": "1"}
+    done = subprocess.run([sys.executable, str(EXPERIMENTS / script), "--help"], cwd=EXPERIMENTS.parent, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert "usage" in done.stdout.lower()
+
+
+@pytest.mark.parametrize(("script", "shown"), [
+    ("overfit_checkpoint", ["--out OUT", "--images IMAGES"]),  # its --out required: --help failed on it
+    ("loop_overhead", ["[KEY=VALUE ...]", "backbone=resnet50"]),  # given to Hydra as an override: a parse error
+])
+def test_help_of_the_scripts_that_failed_it(capsys, script, shown):
+    with pytest.raises(SystemExit) as exited:
+        load(script).main(["--help"])
+    out = capsys.readouterr().out
+    assert exited.value.code == 0 and out.startswith("usage:") and all(text in out for text in shown)
+
+
 @pytest.mark.slow
 def test_the_gpu_session_script_runs_every_step_in_its_quick_form(tmp_path):
     """QUICK=1 on the CPU: each step of the prepared device script runs and logs (the GPU session's check)."""

@@ -1,6 +1,7 @@
 """What a run is judged on is checked before training: an optimized_metric nothing logs is refused up front (it
-failed in Lightning's checkpoint callback after the first validation epoch), a run too short to validate says so,
-and training data of one's own validated on the embedded sample is refused."""
+failed in Lightning's checkpoint callback after the first validation epoch), a run too short to validate, or one
+that does not validate with a val/* metric to optimise, says so, and training data of one's own validated on the
+embedded sample is refused."""
 
 import logging
 
@@ -50,6 +51,27 @@ def test_a_run_too_short_to_validate_says_so(train_config, tmp_path, caplog):
     assert ("trainer.max_epochs=1 is below trainer.check_val_every_n_epoch=2: no validation will run, so the run "
             "ends without val/* metrics or a best checkpoint, and optimized_metric val/loss has no value for a "
             "sweeper") in caplog.text
+
+
+def test_training_without_validation_says_a_val_metric_gets_no_value(train_config, tmp_path, caplog):
+    """trainer.limit_val_batches=0 with a sweep's val/* metric: the run ended without it, saying nothing."""
+    with caplog.at_level(logging.WARNING):
+        metrics, objects = train(train_config(["trainer.limit_val_batches=0", "optimized_metric=val/AP"],
+                                              output_dir=tmp_path))
+    assert ("trainer.limit_val_batches=0: no validation will run, so optimized_metric val/AP has no value for a "
+            "sweeper and the checkpoint callback monitoring val/AP keeps no best checkpoint; set "
+            "optimized_metric=null (or train/loss) to train without validating") in caplog.text
+    assert caplog.text.count("trainer.limit_val_batches=0: no validation") == 1  # once
+    # the run still ends: no value (main returns None), no best checkpoint, its last one
+    assert "val/AP" not in metrics and "train/loss" in metrics and objects["best_checkpoint"] is None
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_training_without_validation_on_a_train_metric_does_not_warn(train_config, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        metrics, _ = train(train_config(["trainer.limit_val_batches=0", "optimized_metric=train/loss",
+                                         "callbacks.coco_eval=null"], output_dir=tmp_path))
+    assert "no validation will run" not in caplog.text and "train/loss" in metrics
 
 
 def test_own_training_data_validated_on_the_sample_is_refused(train_config, tmp_path):

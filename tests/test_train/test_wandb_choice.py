@@ -65,6 +65,20 @@ def test_wandb_mode_disabled_starts_no_run_and_writes_nothing(no_key, monkeypatc
     assert not (no_key / "run" / "wandb").exists() and not (no_key / "wandb").exists()
 
 
+def test_starting_a_run_prints_no_anonymous_setting_warning(no_key, monkeypatch):
+    """Lightning gave wandb.init anonymous=None, and W&B warned at every start that the setting has no effect."""
+    import wandb
+
+    warned = []
+    # recorded here: W&B prints each warning once a process, so another test's start could have used it up
+    monkeypatch.setattr(wandb, "termwarn", lambda message, *args, **kwargs: warned.append(message))
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # a disabled run checks wandb.init's settings too; no files
+    monkeypatch.chdir(no_key)
+    run = wandb_logger(save_dir=str(no_key / "run")).experiment
+    run.finish()
+    assert run.disabled and not [message for message in warned if "anonymous" in message]
+
+
 def test_a_requeued_slurm_job_logs_on_to_the_same_wandb_run(no_key, monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", "not-a-real-key")
     monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)

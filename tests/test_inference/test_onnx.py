@@ -1,0 +1,87 @@
+"""strongpose.load_onnx: an exported file alone makes a Predictor that finds the checkpoint's people."""
+
+import numpy as np
+import pytest
+import torch
+
+import strongpose
+from strongpose.codec import StrongPoseCodec
+from strongpose.config_check import ConfigError
+from strongpose.data.sample import sample_paths
+from strongpose.export import describe_input, run
+from strongpose.inference.onnx import CODEC_KEY, INPUT_SIZE_KEY
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_checkpoint, tmp_path_factory):
+    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    run({"ckpt_path": str(tiny_checkpoint), "output": str(path), "check": False})
+    return path
+
+
+@pytest.fixture(scope="module")
+def images():
+    return sorted(sample_paths()[0].glob("*.jpg"))[:3]
+
+
+def test_the_file_alone_finds_the_checkpoints_people(exported, tiny_checkpoint, images):
+    from_file = strongpose.load_onnx(exported)
+    from_checkpoint = strongpose.load(tiny_checkpoint, device="cpu")
+    assert from_file.input_size == from_checkpoint.input_size == 64  # the size it was exported at
+    assert from_file.codec.skeleton == from_checkpoint.codec.skeleton
+    assert from_file.codec.decode_peak_threshold == from_checkpoint.codec.decode_peak_threshold == 0.001
+    assert from_file.category_id == from_checkpoint.category_id
+    batch, _ = from_checkpoint.preprocess([np.asarray(strongpose.inference.images.as_rgb_array(images[0]))], 64)
+    with torch.inference_mode():
+        ours, theirs = from_file.network(batch), from_checkpoint.network(batch)
+    for name, value in theirs.items():
+        torch.testing.assert_close(ours[name], value, rtol=0, atol=1e-3 * max(1.0, float(value.abs().max())))
+    got, expected = from_file.predict_batch(images), from_checkpoint.predict_batch(images)
+    assert sum(len(p) for p in expected) > 0
+    for a, b in zip(got, expected):
+        assert len(a) == len(b)
+        torch.testing.assert_close(a.keypoints, b.keypoints, rtol=0, atol=0.05)
+
+
+def test_decoding_settings_change_and_wrong_ones_are_refused(exported):
+    predictor = strongpose.load_onnx(exported, codec={"decode_max_people": 3}, flip=True)
+    assert predictor.codec.decode_max_people == 3 and predictor.options["codec"] == {"decode_max_people": 3}
+    with pytest.raises(ConfigError, match="stride"):
+        strongpose.load_onnx(exported, codec={"stride": 16})
+
+
+def test_a_file_without_the_codec_says_what_to_pass(exported, tmp_path, images):
+    old = tmp_path / "old.onnx"
+    old.write_bytes(exported.read_bytes())
+    describe_input(old)  # the metadata an export before the codec was written there
+    with pytest.raises(ConfigError, match="codec=StrongPoseCodec"):
+        strongpose.load_onnx(old)
+    codec = strongpose.load_onnx(exported).codec
+    predictor = strongpose.load_onnx(old, codec=codec, input_size=64)
+    assert predictor.codec is codec and len(predictor.predict_batch(images)) == 3
+
+
+def test_metadata_and_bad_files(exported, tmp_path):
+    import onnxruntime as ort
+
+    meta = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"]).get_modelmeta()
+    assert meta.custom_metadata_map[INPUT_SIZE_KEY] == "64"
+    assert '"keypoints": ["nose"' in meta.custom_metadata_map[CODEC_KEY]  # the skeleton written out
+    with pytest.raises(FileNotFoundError, match="missing.onnx"):
+        strongpose.load_onnx(tmp_path / "missing.onnx")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="bad.onnx is not an ONNX file"):
+        strongpose.load_onnx(bad)
+
+
+def test_a_fixed_shape_file_runs_any_batch_at_its_size_only(tiny_checkpoint, tmp_path, images):
+    path = tmp_path / "fixed.onnx"
+    run({"ckpt_path": str(tiny_checkpoint), "output": str(path), "check": False, "dynamic": False})
+    predictor = strongpose.load_onnx(path)
+    assert predictor.module.fixed_batch == 1 and len(predictor.predict_batch(images, batch_size=2)) == 3
+    with pytest.raises(ConfigError, match="fixed input of 64 x 64"):
+        strongpose.load_onnx(path, input_size=96)
+    assert isinstance(predictor.codec, StrongPoseCodec)
