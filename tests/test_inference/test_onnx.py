@@ -4,12 +4,16 @@ import numpy as np
 import pytest
 import torch
 
+from hydra import compose, initialize_config_dir
+
 import strongpose
+from strongpose import evaluate, predict
 from strongpose.codec import StrongPoseCodec
 from strongpose.config_check import ConfigError
 from strongpose.data.sample import sample_paths
 from strongpose.export import describe_input, run
-from strongpose.inference.onnx import CODEC_KEY, INPUT_SIZE_KEY
+from strongpose.inference.onnx import CODEC_KEY, INPUT_SIZE_KEY, OnnxFileError
+from strongpose.train import CONFIG_DIR
 
 pytest.importorskip("onnxruntime")
 
@@ -73,7 +77,7 @@ def test_metadata_and_bad_files(exported, tmp_path):
         strongpose.load_onnx(tmp_path / "missing.onnx")
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a model")
-    with pytest.raises(ValueError, match="bad.onnx is not an ONNX file"):
+    with pytest.raises(OnnxFileError, match="bad.onnx is not an ONNX file"):
         strongpose.load_onnx(bad)
 
 
@@ -85,3 +89,24 @@ def test_a_fixed_shape_file_runs_any_batch_at_its_size_only(tiny_checkpoint, tmp
     with pytest.raises(ConfigError, match="fixed input of 64 x 64"):
         strongpose.load_onnx(path, input_size=96)
     assert isinstance(predictor.codec, StrongPoseCodec)
+
+
+def config(name, overrides):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(name, overrides=overrides)
+
+
+def test_evaluate_and_predict_take_the_onnx_file(exported, tiny_checkpoint, tmp_path, images):
+    """`evaluate ckpt_path=model.onnx` checks that an export keeps the checkpoint's AP."""
+    common = ["data.max_val_images=3"]
+    onnx = evaluate.run(config("evaluate", [f"ckpt_path={exported}", f"paths.output_dir={tmp_path / 'a'}", *common]))
+    ckpt = evaluate.run(config("evaluate", [f"ckpt_path={tiny_checkpoint}", f"paths.output_dir={tmp_path / 'b'}",
+                                            *common]))
+    assert onnx["people"] == ckpt["people"] > 0
+    assert onnx["stats"] == pytest.approx(ckpt["stats"], abs=1e-3)
+    summary = predict.run(config("predict", [f"ckpt_path={exported}", f"input={images[0]}",
+                                             f"output={tmp_path / 'c'}", "test.codec.decode_max_people=2"]))
+    assert summary["images"] == 1 and summary["options"]["codec"] == {"decode_max_people": 2}
+    with pytest.raises(ConfigError, match="ONNX file, which ONNX Runtime runs in float32"):
+        predict.run(config("predict", [f"ckpt_path={exported}", f"input={images[0]}", f"output={tmp_path / 'd'}",
+                                       "precision=bf16"]))

@@ -9,6 +9,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from strongpose.config_check import ConfigError
+from strongpose.inference.onnx import load_onnx
 from strongpose.inference.predictor import Predictor, decode_settings, load
 
 # the types of the options evaluate and predict share (their configs have no _target_ to read them from; the
@@ -22,13 +23,21 @@ COMMON_TYPES: dict[str, Any] = {
 
 def predictor_from_config(cfg: DictConfig, input_size: int | None) -> Predictor:
     """``strongpose.load`` with the ``ckpt_path``, ``device``, ``precision`` and ``test.*`` options of an entry
-    point's config."""
+    point's config; ``strongpose.load_onnx`` for an exported ``.onnx`` file."""
     if "codec" in cfg:  # +codec.decode_x=... adds a key nothing here reads: the checkpoint holds the codec
         raise ConfigError("codec.* is a training setting (the checkpoint holds the codec): for evaluate and "
                           "predict, decoding settings are test.codec.decode_*, e.g. test.codec.decode_nms_oks=0.3")
     test = cfg.test
     codec = OmegaConf.to_container(test.codec) if test.get("codec") is not None else None
     decode_settings(codec, "test.codec")  # named as the command line spells them
+    if str(cfg.ckpt_path).lower().endswith(".onnx"):  # an exported network: ONNX Runtime runs it in float32
+        precision = cfg.get("precision", "32")
+        if precision is not None and str(precision) not in ("32", "32-true"):
+            raise ConfigError(f"precision={precision} is for checkpoints: {cfg.ckpt_path} is an ONNX file, which "
+                              f"ONNX Runtime runs in float32 (leave precision out)")
+        return load_onnx(cfg.ckpt_path, codec=codec, input_size=input_size, device=cfg.get("device") or "cpu",
+                         flip=test.flip, scales=list(test.scales), keypoint_threshold=test.keypoint_threshold,
+                         person_threshold=test.person_threshold)
     return load(cfg.ckpt_path, device=cfg.get("device"), flip=test.flip, scales=list(test.scales),
                 keypoint_threshold=test.keypoint_threshold, person_threshold=test.person_threshold,
                 input_size=input_size, precision=cfg.get("precision", "32"), codec=codec)

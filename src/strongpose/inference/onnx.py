@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from strongpose.codec import StrongPoseCodec
-from strongpose.config_check import ConfigError
+from strongpose.config_check import ConfigError, InputError
 from strongpose.inference.predictor import Predictor, decode_settings
 from strongpose.skeleton import Skeleton
 
@@ -27,6 +27,11 @@ CODEC_KEY = "strongpose.codec"  # JSON: the codec's constructor arguments, the s
 INPUT_SIZE_KEY = "strongpose.input_size"  # the size the file was traced and checked at
 CATEGORY_KEY = "strongpose.category_id"  # the training annotations' category of the people
 ONNX_HINT = "pip install 'strongpose[export]'"
+
+
+class OnnxFileError(InputError, ValueError):
+    """An ONNX file that cannot be used: not one onnxruntime loads, or not a StrongPose export (the entry points
+    report it in one line, exit status 2, as a wrong checkpoint)."""
 
 
 def codec_metadata(codec: StrongPoseCodec, codec_cfg: Mapping[str, Any]) -> str:
@@ -45,9 +50,9 @@ def codec_from_metadata(text: str, changes: Mapping[str, Any], path: Path) -> St
         target = args.pop("_target_", "strongpose.codec.StrongPoseCodec")
         cls = get_class(target)
     except Exception as err:  # noqa: BLE001 - any failure here is one unreadable metadata entry
-        raise ValueError(f"{path}: its {CODEC_KEY} metadata cannot be read ({type(err).__name__}: {err})") from err
+        raise OnnxFileError(f"{path}: its {CODEC_KEY} metadata cannot be read ({type(err).__name__}: {err})") from err
     if not (isinstance(cls, type) and issubclass(cls, StrongPoseCodec)):  # not an arbitrary callable from a file
-        raise ValueError(f"{path}: its {CODEC_KEY} metadata names {target}, which is not a StrongPoseCodec")
+        raise OnnxFileError(f"{path}: its {CODEC_KEY} metadata names {target}, which is not a StrongPoseCodec")
     skeleton = args.pop("skeleton")
     return cls(**{**args, **changes}, skeleton=Skeleton(**skeleton) if isinstance(skeleton, dict) else skeleton)
 
@@ -56,7 +61,8 @@ class OnnxNetwork(nn.Module):
     """An ONNX Runtime session as the network a :class:`Predictor` runs: uint8 (B, 3, H, W) pixels in, the
     raw maps (heat-map logits, offsets in input pixels) out as float32 tensors on the input's device."""
 
-    def __init__(self, session: Any, codec: StrongPoseCodec, category_id: int | None = None) -> None:
+    def __init__(self, session: Any, codec: StrongPoseCodec, category_id: int | None = None,
+                 path: Path | None = None) -> None:
         super().__init__()
         self.session, self.codec, self.category_id = session, codec, category_id
         self.input_name = session.get_inputs()[0].name
@@ -65,7 +71,7 @@ class OnnxNetwork(nn.Module):
         self.fixed_size = tuple(shape[2:]) if all(isinstance(s, int) for s in shape[2:]) else None
         self.output_names = [o.name for o in session.get_outputs()]
         if missing := [name for name in codec.channels if name not in self.output_names]:
-            raise ValueError(f"the ONNX file has outputs {self.output_names}; its codec needs {missing} too")
+            raise OnnxFileError(f"ONNX file {path} has outputs {self.output_names}; its codec needs {missing} too")
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         pixels = images.detach().to("cpu", torch.float32).numpy()  # the file takes 0..255 pixels as float32
@@ -100,7 +106,7 @@ def load_onnx(path: str | Path, codec: StrongPoseCodec | Mapping[str, Any] | Non
         session = ort.InferenceSession(str(path), providers=providers or ["CPUExecutionProvider"])
     except Exception as err:  # noqa: BLE001 - onnxruntime raises its own classes for every kind of bad file
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ValueError(f"{path} is not an ONNX file that onnxruntime can load: {first}") from err
+        raise OnnxFileError(f"{path} is not an ONNX file that onnxruntime can load: {first}") from err
     meta = session.get_modelmeta().custom_metadata_map
     if isinstance(codec, StrongPoseCodec):
         built = codec
@@ -111,7 +117,7 @@ def load_onnx(path: str | Path, codec: StrongPoseCodec | Mapping[str, Any] | Non
                           f"before 2026-11-28): pass codec=StrongPoseCodec(...) with its training settings, or "
                           f"export the checkpoint again")
     category = int(meta[CATEGORY_KEY]) if CATEGORY_KEY in meta else None
-    network = OnnxNetwork(session, built, category)
+    network = OnnxNetwork(session, built, category, path)
     if input_size is None:
         if INPUT_SIZE_KEY in meta:
             input_size = int(meta[INPUT_SIZE_KEY])
