@@ -1,5 +1,7 @@
 """strongpose.load_onnx: an exported file alone makes a Predictor that finds the checkpoint's people."""
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -83,12 +85,51 @@ def test_metadata_and_bad_files(exported, tmp_path):
 
 def test_a_fixed_shape_file_runs_any_batch_at_its_size_only(tiny_checkpoint, tmp_path, images):
     path = tmp_path / "fixed.onnx"
-    run({"ckpt_path": str(tiny_checkpoint), "output": str(path), "check": False, "dynamic": False})
+    run({"ckpt_path": str(tiny_checkpoint), "output": str(path), "check": False, "dynamic": False,
+         "input_size": 60})  # off the stride grid: a flip test would pad it to 64
     predictor = strongpose.load_onnx(path)
     assert predictor.module.fixed_batch == 1 and len(predictor.predict_batch(images, batch_size=2)) == 3
-    with pytest.raises(ConfigError, match="fixed input of 64 x 64"):
-        strongpose.load_onnx(path, input_size=96)
-    assert isinstance(predictor.codec, StrongPoseCodec)
+    for options, message in (({"input_size": 96}, "fixed input of 60 x 60"), ({"flip": True}, "flip pads")):
+        with pytest.raises(ConfigError, match=message):
+            strongpose.load_onnx(path, **options)
+    predictor.scales = [1.0, 1.5]  # set after loading: the network names the file and its size
+    with pytest.raises(ConfigError, match="fixed.onnx takes 60 x 60 px only"):
+        predictor.predict(images[0])
+
+
+def test_a_whole_codec_must_be_the_files_as_trained(exported, images):
+    stored = strongpose.load_onnx(exported).codec
+    with pytest.raises(ConfigError, match="differs from .*tiny.onnx's in stride"):
+        strongpose.load_onnx(exported, codec=StrongPoseCodec(stride=16, skeleton=stored.skeleton))
+    predictor = strongpose.load_onnx(exported, codec={"decode_max_people": 2})
+    whole = strongpose.load_onnx(exported, codec=predictor.codec)  # the same, passed as a codec
+    assert whole.codec_changes == {"decode_max_people": 2}
+    assert [len(p) for p in whole.predict_batch(images)] == [len(p) for p in predictor.predict_batch(images)]
+
+
+def test_crafted_or_foreign_files_are_refused_by_name(exported, tmp_path):
+    crafted = tmp_path / "crafted.onnx"
+    crafted.write_bytes(exported.read_bytes())
+    for codec, message in (('{"_target_": "zz_never_imported.Codec", "skeleton": "coco"}', "not StrongPose's"),
+                           ('{"_target_": "json.JSONDecoder", "skeleton": "coco"}', "not a StrongPoseCodec"),
+                           ('{"stride": "8", "skeleton": "coco"}', "does not make a codec"),
+                           ("[1, 2]", "does not make a codec")):
+        describe_input(crafted, {CODEC_KEY: codec})
+        with pytest.raises(OnnxFileError, match=f"crafted.onnx: its strongpose.codec metadata .*{message}"):
+            strongpose.load_onnx(crafted)
+    assert "zz_never_imported" not in sys.modules
+    conv = tmp_path / "conv.onnx"
+    torch.onnx.export(torch.nn.Conv2d(3, 2, 1), (torch.zeros(1, 3, 8, 8),), str(conv), dynamo=False)
+    with pytest.raises(OnnxFileError, match="conv.onnx is not a StrongPose export"):
+        strongpose.load_onnx(conv)
+    with pytest.raises(ConfigError, match="has no NoSuchExecutionProvider"):
+        strongpose.load_onnx(exported, providers=["NoSuchExecutionProvider"])
+    predictor = strongpose.load_onnx(exported, providers="CPUExecutionProvider")  # one name, not its letters
+    with pytest.raises(ConfigError, match="runs in float32"):
+        predictor.precision = "bf16"
+    assert "file=" in repr(predictor) and predictor.precision == "32"
+    with pytest.raises(ConfigError, match="whole number"):
+        strongpose.load_onnx(exported, input_size="abc")
 
 
 def config(name, overrides):
