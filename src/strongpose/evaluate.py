@@ -10,6 +10,8 @@ checkpoint, timing, skipped images).
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -17,16 +19,20 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from strongpose.config_check import (CONFIG_DIR, InputError, check_types, report_input_errors, require_non_negative,
-                                     require_positive, run_with_key_hints)
+from strongpose.config_check import (CONFIG_DIR, ConfigError, InputError, check_types, report_input_errors,
+                                     require_non_negative, require_positive, run_with_key_hints)
+from strongpose.data.annotations import load_coco, person_category
 from strongpose.data.coco import COCOKeypointDataset
 from strongpose.data.datamodule import data_paths
 from strongpose.data.sample import sample_paths
-from strongpose.evaluation.coco_eval import check_backend, coco_keypoint_stats
+from strongpose.evaluation.coco_eval import breakdown_table, check_backend, coco_keypoint_stats, keypoint_breakdown
 from strongpose.inference.cli import COMMON_TYPES, add_timing, predictor_from_config, timing_summary, write_json
 from strongpose.inference.images import ImageFiles, image_batches
+from strongpose.skeleton import SKELETONS, Skeleton, load_skeleton
 from strongpose.structures import Poses
 from strongpose.tracking import say
+
+log = logging.getLogger(__name__)
 
 
 def files_head(files: ImageFiles, count: int) -> list[dict]:
@@ -35,7 +41,8 @@ def files_head(files: ImageFiles, count: int) -> list[dict]:
 
 # evaluate's options and the data.* keys it reads (the data group's other keys are training's)
 TYPES: dict[str, Any] = {
-    **COMMON_TYPES, "backend": str, "warmup": bool, "seed": int | None,
+    **COMMON_TYPES, "ckpt_path": Path | None, "results": Path | None, "skeleton": str | None, "per_keypoint": bool,
+    "backend": str, "warmup": bool, "seed": int | None,
     "data.val_images": Path | None, "data.val_annotations": Path | None, "data.max_val_images": int | None,
     "data.input_size": int | None, "data.batch_size": int, "data.val_batch_size": int | None, "data.num_workers": int,
 }
@@ -49,6 +56,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     require_positive("data", max_val_images=data.max_val_images, input_size=data.input_size,
                      batch_size=data.batch_size, val_batch_size=data.val_batch_size)
     require_non_negative("data", num_workers=data.num_workers)
+    if cfg.get("results") is not None:
+        return score_results(cfg)
+    if cfg.ckpt_path is None:
+        raise ConfigError("which checkpoint? python -m strongpose.evaluate ckpt_path=CKPT (a .ckpt or an exported "
+                          ".onnx), or results=FILE to score a COCO results file")
+    if cfg.get("skeleton") is not None:
+        raise ConfigError("skeleton= is for results=FILE: a checkpoint holds its skeleton")
     # as training checks them: both or neither (the embedded sample), and there
     images_dir, annotations = data_paths(data.val_images, data.val_annotations, *sample_paths(), "data.val")
     predictor = predictor_from_config(cfg, data.input_size)
@@ -83,6 +97,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                 verbose=True, backend=cfg.backend, category_id=dataset.category_id)
     if not results:
         print("no people found in any image: every statistic is 0")
+    per_keypoint = print_breakdown(cfg, dataset.coco, results, evaluated, predictor.codec.skeleton,
+                                   dataset.category_id)
     out = Path(cfg.paths.output_dir)
     results_path = write_json(out / "results.json", results)
     summary = {
@@ -96,11 +112,94 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                     "warmup": bool(cfg.warmup)},
         "timing": timing_summary(totals, len(evaluated), wall),
         "results": str(results_path),
+        "per_keypoint": per_keypoint,
     }
     summary_path = write_json(out / "summary.json", summary)
     say(" ".join(f"{name}={value:.4f}" for name, value in stats.items()))  # printed, and in evaluate.log
     say(f"Evaluated {len(evaluated)} images ({len(skipped)} skipped); results {results_path}, "
           f"summary {summary_path}")
+    return summary
+
+
+def print_breakdown(cfg: DictConfig, coco: Any, results: list[dict], image_ids: list[int], skeleton: Skeleton,
+                    category_id: int) -> dict[str, dict[str, float | None]] | None:
+    """:func:`keypoint_breakdown` printed as a table (``per_keypoint=true``), for the summary."""
+    if not cfg.get("per_keypoint", True):
+        return None
+    rows = keypoint_breakdown(coco, results, image_ids, skeleton.keypoints, skeleton.sigmas, skeleton.flip_pairs,
+                              category_id)
+    print("Per keypoint, over the people matched at OKS 0.5:\n" + breakdown_table(rows))
+    return rows
+
+
+def read_results(path: Path) -> list[dict]:
+    """A COCO keypoint results file (``predict``'s or ``evaluate``'s ``results.json``, another code's), checked:
+    a list of ``{"image_id", "category_id", "keypoints": [x, y, v] * K, "score"}`` with one K throughout."""
+    if not path.is_file():
+        raise FileNotFoundError(f"results file not found: {path}")
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise InputError(f"cannot parse results file {path}: {err}") from err
+    if not isinstance(data, list):
+        raise InputError(f"{path} is not a COCO results file: the top level is a {type(data).__name__}, not a list "
+                         f"of results")
+    count = None
+    for i, r in enumerate(data):
+        keypoints = r.get("keypoints") if isinstance(r, dict) else None
+        numbers = isinstance(keypoints, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                      for v in keypoints)
+        if not (numbers and len(keypoints) % 3 == 0 and keypoints and all(
+                isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)
+                for key in ("image_id", "category_id", "score"))):
+            raise InputError(f"{path}: results[{i}] = {str(r)[:120]} is not a keypoint result {{image_id, category_id, "
+                             f"keypoints: [x, y, v] * K, score}}")
+        if count is not None and len(keypoints) != count:
+            raise InputError(f"{path}: results[{i}] has {len(keypoints) // 3} keypoints, results[0] {count // 3}")
+        count = len(keypoints)
+    return data
+
+
+def score_results(cfg: DictConfig) -> dict[str, Any]:
+    """``results=FILE``: COCO keypoint AP of a results file against ``data.val_annotations`` (default: the
+    embedded sample's), on its first ``data.max_val_images`` images as a checkpoint's evaluation would; no network.
+    The skeleton (OKS sigmas, keypoint names, flip pairs) is ``skeleton=`` or the built-in one with the results'
+    keypoint count."""
+    path = Path(cfg.results)
+    results = read_results(path)
+    annotations = Path(cfg.data.val_annotations) if cfg.data.val_annotations is not None else sample_paths()[1]
+    if cfg.get("skeleton") is not None:
+        skeleton = load_skeleton(str(cfg.skeleton))
+    else:
+        count = len(results[0]["keypoints"]) // 3 if results else None
+        matching = [s for s in SKELETONS.values() if s.num_keypoints == count]
+        if len(matching) != 1:
+            raise ConfigError(f"{path}: which skeleton? its results have {count} keypoints; give skeleton=NAME "
+                              f"({', '.join(sorted(SKELETONS))}) or skeleton=YAML")
+        skeleton = matching[0]
+    if results and len(results[0]["keypoints"]) != 3 * skeleton.num_keypoints:
+        raise ConfigError(f"{path}: its results have {len(results[0]['keypoints']) // 3} keypoints, skeleton "
+                          f"{skeleton.name!r} {skeleton.num_keypoints}")
+    coco = load_coco(annotations)
+    category_id = person_category(coco, skeleton.keypoints, annotations)
+    image_ids = sorted(coco.imgs)[:cfg.data.max_val_images]
+    if unknown := sorted({r["image_id"] for r in results} - set(coco.imgs)):
+        raise InputError(f"{path}: {len(unknown)} image ids of its results are not in {annotations} (e.g. "
+                         f"{unknown[:5]}): another annotation file?")
+    others = sum(r["category_id"] != category_id for r in results)
+    if others:
+        log.warning("%d of %d results in %s are of another category than %d (the keypoint category of %s): not "
+                    "scored", others, len(results), path, category_id, annotations)
+    stats = coco_keypoint_stats(coco, results, image_ids, sigmas=skeleton.sigmas, verbose=True, backend=cfg.backend,
+                                category_id=category_id)
+    per_keypoint = print_breakdown(cfg, coco, results, image_ids, skeleton, category_id)
+    scored = set(image_ids)
+    summary = {"stats": stats, "results": str(path), "annotations": str(annotations), "images": len(image_ids),
+               "people": sum(r["image_id"] in scored and r["category_id"] == category_id for r in results),
+               "skeleton": skeleton.name, "per_keypoint": per_keypoint}
+    summary_path = write_json(Path(cfg.paths.output_dir) / "summary.json", summary)
+    say(" ".join(f"{name}={value:.4f}" for name, value in stats.items()))
+    say(f"Scored {path} on {len(image_ids)} images of {annotations}; summary {summary_path}")
     return summary
 
 

@@ -7,6 +7,7 @@ index forms are derived, so a new skeleton (CrowdPose below) needs no code chang
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -252,3 +253,29 @@ def get_skeleton(name: str) -> Skeleton:
         return SKELETONS[name]
     except KeyError:
         raise ConfigError(f"unknown skeleton {name!r}; known: {sorted(SKELETONS)}") from None
+
+
+def load_skeleton(value: str | Skeleton) -> Skeleton:
+    """A built-in skeleton by name, or the :class:`Skeleton` of a YAML file: a Skeleton node (``_target_:
+    strongpose.skeleton.Skeleton``, README "Your own skeleton, data and backbone") or a codec config's ``skeleton:``
+    node (a built-in's name there too). For commands that take a skeleton without a checkpoint."""
+    if isinstance(value, Skeleton):
+        return value
+    if value in SKELETONS:
+        return SKELETONS[value]
+    if not os.path.isfile(value):
+        raise ConfigError(f"skeleton {value!r} is neither a built-in one ({', '.join(sorted(SKELETONS))}) nor a YAML "
+                          f"file")
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(value)
+    if "skeleton" in cfg:
+        cfg = cfg.skeleton
+    if isinstance(cfg, str):
+        return get_skeleton(cfg)
+    skeleton = instantiate(cfg)
+    if not isinstance(skeleton, Skeleton):
+        raise ConfigError(f"{value} does not describe a strongpose.skeleton.Skeleton (a _target_ and its fields, or a "
+                          f"codec config's skeleton node)")
+    return skeleton

@@ -49,6 +49,7 @@ def test_evaluate_writes_results_and_summary(tiny_checkpoint, tmp_path, capsys):
     assert "Average Precision" in out and str(tmp_path / "summary.json") in out  # COCOeval's table, where
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
     assert set(summary["stats"]) == set(STAT_NAMES)
+    assert list(summary["per_keypoint"]) == list(strongpose.COCO_PERSON.keypoints) and "Per keypoint" in out
     assert summary["images"] == 3 and summary["skipped"] == []
     assert summary["options"]["flip"] is True and summary["options"]["input_size"] == 64
     assert summary["timing"]["network_ms_per_image"] > 0 and summary["timing"]["decode_ms_per_image"] > 0

@@ -170,3 +170,66 @@ def _faster_cocoeval(coco: COCO, results: list[dict]):
     gt = FasterCOCO(coco.dataset)
     # each result is copied (not its keypoint list): loadRes writes id, area and bbox into the entries
     return COCOeval_faster(gt, gt.loadRes([dict(r) for r in results]), "keypoints", print_function=print)
+
+
+def keypoint_breakdown(coco: COCO, results: list[dict], image_ids: Iterable[int], keypoints: Sequence[str],
+                       sigmas: Sequence[float], flip_pairs: Sequence[tuple[str, str]] = (),
+                       category_id: int | None = None) -> dict[str, dict[str, float | None]]:
+    """Which keypoints fail: per keypoint type, over the people COCOeval (pycocotools, the same matching as the AP)
+    matches to a ground-truth person at OKS 0.5 (all areas), and the ground truth's labelled keypoints:
+    ``oks`` the mean keypoint similarity (COCO's per-keypoint term of the OKS), ``error_px`` the median distance
+    in pixels, ``inverted`` the share closer to the mirror keypoint's ground truth than to its own with a similarity
+    below 0.5 (a left / right swap within the person, as Ronchi & Perona's "inversion"; None for a keypoint without
+    a flip partner), ``labelled`` how many were counted; None where nothing was counted (JSON's null, where NaN
+    would not be JSON). AP says how many people are right; this says where."""
+    image_ids = sorted(set(int(i) for i in image_ids))
+    category_id = evaluated_category(coco, keypoints) if category_id is None else int(category_id)
+    k = len(keypoints)
+    rows: dict[str, dict[str, float | None]] = {name: {"oks": None, "error_px": None, "inverted": None, "labelled": 0}
+                                                for name in keypoints}
+    if not results:
+        return rows
+    complete_ground_truth(coco, category_id)
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev = COCOeval(coco, coco.loadRes([dict(r) for r in results]), "keypoints")
+        ev.params.imgIds, ev.params.catIds = image_ids, [category_id]
+        ev.params.kpt_oks_sigmas = np.asarray(sigmas, dtype=np.float64)
+        ev.evaluate()
+    pairs = [(int(gt), int(dt)) for e in ev.evalImgs if e is not None and e["aRng"] == ev.params.areaRng[0]
+             for dt, gt, ignored in zip(e["dtIds"], e["dtMatches"][0], e["dtIgnore"][0]) if gt > 0 and not ignored]
+    if not pairs:
+        return rows
+    gt = np.array([coco.anns[g]["keypoints"] for g, _ in pairs], np.float64).reshape(-1, k, 3)
+    dt = np.array([ev.cocoDt.anns[d]["keypoints"] for _, d in pairs], np.float64).reshape(-1, k, 3)
+    area = np.array([coco.anns[g]["area"] for g, _ in pairs], np.float64)[:, None]
+    var = (2 * np.asarray(sigmas, np.float64)) ** 2
+    labelled = gt[..., 2] > 0
+    dist = np.linalg.norm(dt[..., :2] - gt[..., :2], axis=-1)
+    similarity = np.exp(-dist ** 2 / var / (area + np.spacing(1)) / 2)  # as COCOeval's computeOks
+    index = {name: i for i, name in enumerate(keypoints)}
+    mirror = np.arange(k)
+    for a, b in flip_pairs:
+        mirror[index[a]], mirror[index[b]] = index[b], index[a]
+    to_mirror = np.linalg.norm(dt[..., :2] - gt[:, mirror, :2], axis=-1)
+    inverted = (to_mirror < dist) & (similarity < 0.5)
+    for j, name in enumerate(keypoints):
+        own = labelled[:, j]
+        with_mirror = own & labelled[:, mirror[j]]
+        rows[name] = {"oks": float(similarity[own, j].mean()) if own.any() else None,
+                      "error_px": float(np.median(dist[own, j])) if own.any() else None,
+                      "inverted": float(inverted[with_mirror, j].mean()) if mirror[j] != j and with_mirror.any()
+                      else None,
+                      "labelled": int(own.sum())}
+    return rows
+
+
+def breakdown_table(rows: Mapping[str, Mapping[str, float | None]]) -> str:
+    """:func:`keypoint_breakdown` as a text table, one line per keypoint (``-``: nothing counted)."""
+    def cell(value: float | None, width: int, digits: int) -> str:
+        return f"{'-' if value is None else f'{value:.{digits}f}':>{width}}"
+
+    lines = [f"{'keypoint':<16} {'OKS':>6} {'median px':>9} {'inverted':>8} {'labelled':>8}"]
+    for name, row in rows.items():
+        lines.append(f"{name:<16} {cell(row['oks'], 6, 3)} {cell(row['error_px'], 9, 1)} "
+                     f"{cell(row['inverted'], 8, 3)} {row['labelled']:>8d}")
+    return "\n".join(lines)
