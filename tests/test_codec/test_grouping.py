@@ -111,3 +111,50 @@ def test_oks_nms_in_blocks_equals_one_person_at_a_time(threshold, max_people):
     assert 1 < len(one_at_a_time) <= max_people
     for block in (3, 64, 512):
         assert oks_nms(kps, found, sigmas, threshold, max_people, block=block) == one_at_a_time
+
+
+@pytest.mark.parametrize("case", ["far", "huge radius", "on the radius", "ties"])
+def test_nearest_within_stays_exact_and_small_in_odd_cases(case, monkeypatch):
+    """A stray detection 1e30 px away (its bucket table must not follow its spread), a radius wider than the image
+    (the dense search), a pair exactly ``radius`` apart after rounding, equal distances (the lower slot first)."""
+    g = torch.Generator().manual_seed(4)
+    cand = torch.rand(1, 2, 40, 2, generator=g) * 500
+    pred = torch.rand(1, 2, 90, 2, generator=g) * 500
+    valid = torch.ones(1, 2, 40, dtype=torch.bool)
+    radius = 8.0
+    if case == "far":
+        cand[0, 0, 3] = 1e30
+    elif case == "huge radius":
+        radius = 5000.0
+    elif case == "on the radius":
+        radius = 3.0
+        cand[0, 0, 0], pred[0, 0, 0] = torch.tensor([3.0, 10.0]), torch.tensor([-1e-8, 10.0])
+    else:  # one prediction between two detections, 5 px each way
+        cand[0, 1, 7], cand[0, 1, 2], pred[0, 1, 0] = torch.tensor([5.0, 0.0]), torch.tensor([-5.0, 0.0]), 0.0
+    sizes = []
+    bincount = torch.bincount
+    monkeypatch.setattr(torch, "bincount", lambda x, minlength=0: sizes.append(minlength) or bincount(x, minlength=minlength))
+    dist, idx = _nearest_within(pred, cand, valid, 3, radius)
+    assert all(size <= 2 * 4096 * 1.2 for size in sizes)  # a few buckets per detection, at most ~MIN_BUCKETS a group
+    dense_dist, dense_idx = _nearest(pred, cand, valid, 3)
+    within = dense_dist <= radius
+    assert torch.equal(dist, torch.where(within, dense_dist, float("inf")))
+    if case == "ties":
+        assert idx[0, 1, 0, :2].tolist() == [2, 7]
+    else:
+        assert torch.equal(idx, torch.where(within, dense_idx, 40))
+
+
+def test_long_range_ties_go_to_the_lower_slot():
+    """Two unclaimed detections of type 1 equally far (5 px) from where type 0 says it is, listed slot 1 first:
+    grouping takes slot 0 (the stronger peak), as it did when it searched every detection."""
+    k, num, t = 2, 2, 2
+    pos = np.array([[[0, 0], [0, 0]], [[10, 0], [-10, 0]]], np.float32)
+    score = np.array([[0.9, 0.0], [0.5, 0.4]], np.float32)
+    valid = np.array([[True, False], [True, True]])
+    mid_dist, mid_idx = np.full((2, num, t), np.inf, np.float32), np.full((2, num, t), num)
+    long_dist, long_idx = np.full((k, num, k, t), np.inf, np.float32), np.full((k, num, k, t), num)
+    long_dist[0, 0, 1], long_idx[0, 0, 1] = [5.0, 5.0], [1, 0]
+    kps, _ = group_image(pos, score, valid, EDGES, mid_dist, mid_idx, 8.0, SIGMAS, long_dist=long_dist,
+                         long_idx=long_idx, nms_oks=1.0)
+    assert kps[0, 1].tolist() == [10.0, 0.0, 0.5]

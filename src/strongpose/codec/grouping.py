@@ -28,18 +28,30 @@ def _nearest(pred: torch.Tensor, cand: torch.Tensor, cand_valid: torch.Tensor, t
     return d.topk(min(topn, d.shape[-1]), dim=-1, largest=False)
 
 
-# above this many detection slots per type, long-range links within a finite snap radius are found through a grid
-# of buckets (:func:`_nearest_within`) rather than against every detection: measured on the CPU, the dense search
-# wins below ~32 slots (its fixed op cost is smaller), the buckets above (crowds: 100 people, 24 -> 9 ms)
+# above this many detection slots per type, links within a finite snap radius are found through a grid of buckets
+# (:func:`_nearest_within`) rather than against every detection: measured on the CPU, the dense search wins below
+# ~32 slots (its fixed op cost is smaller), the buckets above (crowds: 100 people, 24 -> 9 ms)
 BUCKET_MIN_SLOTS = 32
+# buckets per (image, type) the grid may have: about this many per detection, at least MIN_BUCKETS; bigger buckets
+# (fewer) otherwise, so that the table stays small whatever the image size, the radius or a stray far detection
+BUCKETS_PER_DETECTION, MIN_BUCKETS = 16, 4096
+
+
+def _within(dist: torch.Tensor, index: torch.Tensor, radius: float, num: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_nearest`'s lists with the links beyond ``radius`` dropped (inf, index ``num``)."""
+    near = dist <= radius
+    return torch.where(near, dist, float("inf")), torch.where(near, index, num)
+
 
 def _nearest_within(pred: torch.Tensor, cand: torch.Tensor, cand_valid: torch.Tensor, topn: int, radius: float):
     """:func:`_nearest` among the valid detections within ``radius`` only: distances and indices (..., P, T) of
-    the T nearest of them, nearest first, then inf and index L (past the slots: what grouping drops).
+    the T nearest of them, nearest first (equal distances: the lower slot first), then inf and index L (past the
+    slots: what grouping drops).
 
-    The detections are sorted into a grid of ``radius``-sized buckets per (image, type) and each prediction is
-    compared with those in the 3x3 buckets around its own: the pairs within reach of each other, not P x L.
-    In crowds most of the P x L distances are between people far apart (K^2 L^2 for the long-range links).
+    The detections are sorted into a grid of buckets per (image, type), at least ``radius`` wide, and each
+    prediction is compared with those in the 3x3 buckets around its own: the pairs within reach of each other, not
+    P x L. In crowds most of the P x L distances are between people far apart (K^2 L^2 for the long-range links).
+    Where the buckets would hold most pairs anyway (a radius as large as the image), the dense search runs.
     """
     *lead, p, _ = pred.shape
     num = cand.shape[-2]
@@ -49,49 +61,61 @@ def _nearest_within(pred: torch.Tensor, cand: torch.Tensor, cand_valid: torch.Te
     dist = pred.new_full((groups * p * t,), float("inf"))
     index = torch.full((groups * p * t,), num, dtype=torch.long, device=dev)
     det = cand_valid.reshape(-1).nonzero().squeeze(1)  # flat group * L + slot
-    if det.numel():
-        cand = cand.reshape(-1, 2)
-        bucket = (cand.index_select(0, det) / radius).floor_()
-        # a margin of two buckets around each group's grid: the 3x3 buckets around a prediction at most one bucket
-        # off the detections' stay in its group's grid, with no bounds to test
-        low = bucket.amin(0) - 2
-        bucket = (bucket - low).long()
-        gw, gh = (bucket.amax(0) + 3).tolist()
-        key, order = ((torch.div(det, num, rounding_mode="floor") * gh + bucket[:, 1]) * gw + bucket[:, 0]).sort()
-        det = take(det, order)
-        # each bucket's detections: count and first position in ``det`` (a table read is ~20x faster than
-        # searching the sorted keys on the CPU)
-        counts = torch.bincount(key, minlength=groups * gh * gw)
-        starts = counts.cumsum(0) - counts
-        # the predictions that can reach a detection's bucket (not +-inf: a non-finite offset points nowhere)
-        pred = pred.reshape(-1, 2)
-        pbucket = (pred / radius).floor_() - low
-        reach = (pbucket.isfinite().all(1) & (pbucket >= 1).all(1) & (pbucket[:, 0] <= gw - 2)
-                 & (pbucket[:, 1] <= gh - 2)).nonzero().squeeze(1)
-        pbucket = pbucket.index_select(0, reach).long()  # no integer matmul on CUDA
-        pkey = pbucket[:, 0] + pbucket[:, 1] * gw + torch.div(reach, p, rounding_mode="floor") * (gh * gw)
-        nkey = (pkey[:, None] + _const(tuple(dy * gw + dx for dy in (-1, 0, 1) for dx in (-1, 0, 1)), dev)).view(-1)
-        start, count = take(starts, nkey), take(counts, nkey)
-        # every (prediction, detection) pair of those buckets
-        row = torch.repeat_interleave(count)
-        first = (count.cumsum(0) - count).index_select(0, row)
-        at = take(start, row) + torch.arange(row.numel(), device=dev) - first
-        src = take(reach, torch.div(row, 9, rounding_mode="floor"))
-        slot = take(det, at)
-        # the same values as cdist without the matrix-product shortcut (a sum of squares and a square root is not)
-        d = torch.linalg.vector_norm(pred.index_select(0, src) - cand.index_select(0, slot), dim=1)
-        near = (d <= radius).nonzero().squeeze(1)
-        d, src, slot = take(d, near), take(src, near), take(slot, near)
-        # nearest first within each prediction: the pairs come by prediction (``reach`` is sorted), so one sort by
-        # (prediction, distance) as one float64 key (distances are <= radius), and ranks from where each run starts
-        order = (src.double() * (radius + 1.0) + d.double()).sort(stable=True)[1]
-        d, src, slot = take(d, order), take(src, order), take(slot, order)
-        step = torch.arange(src.numel(), device=dev)
-        rank = step - torch.where(torch.diff(src, prepend=src[:1] - 1) != 0, step, 0).cummax(0)[0]
-        keep = (rank < t).nonzero().squeeze(1)
-        out = take(src, keep) * t + take(rank, keep)
-        dist.index_copy_(0, out, take(d, keep))
-        index.index_copy_(0, out, take(slot, keep) % num)
+    if not det.numel():
+        return dist.view(*lead, p, t), index.view(*lead, p, t)
+    flat_cand = cand.reshape(-1, 2)
+    points = flat_cand.index_select(0, det).double()  # float64: a stray far detection's bucket stays exact
+    (x0, y0), (x1, y1) = points.amin(0).tolist(), points.amax(0).tolist()
+    width, height = max(x1 - x0, radius), max(y1 - y0, radius)
+    buckets = max(BUCKETS_PER_DETECTION * det.numel() / groups, MIN_BUCKETS)
+    # a hair over the radius: a pair exactly ``radius`` apart (as cdist rounds it) is never two buckets apart
+    size = max(radius * (1 + 1e-6), math.sqrt(width * height / buckets), max(width, height) / buckets, 1e-6)
+    # a margin of two buckets around each group's grid: the 3x3 buckets around a prediction at most one bucket
+    # off the detections' stay in its group's grid, with no bounds to test
+    low = torch.tensor((math.floor(x0 / size) - 2, math.floor(y0 / size) - 2), dtype=torch.float64, device=dev)
+    gw, gh = math.floor(x1 / size) - int(low[0]) + 3, math.floor(y1 / size) - int(low[1]) + 3
+    bucket = ((points / size).floor_() - low).long()
+    key = (torch.div(det, num, rounding_mode="floor") * gh + bucket[:, 1]) * gw + bucket[:, 0]
+    key, order = key.sort(stable=True)  # stable: each bucket's detections by slot
+    det = take(det, order)
+    # each bucket's detections: count and first position in ``det`` (a table read is ~20x faster than searching
+    # the sorted keys on the CPU)
+    counts = torch.bincount(key, minlength=groups * gh * gw)
+    starts = counts.cumsum(0) - counts
+    # the predictions that can reach a detection's bucket (not +-inf: a non-finite offset points nowhere)
+    flat_pred = pred.reshape(-1, 2)
+    pbucket = (flat_pred.double() / size).floor_() - low
+    reach = (pbucket.isfinite().all(1) & (pbucket >= 1).all(1) & (pbucket[:, 0] <= gw - 2)
+             & (pbucket[:, 1] <= gh - 2)).nonzero().squeeze(1)
+    pbucket = pbucket.index_select(0, reach).long()  # (no integer matmul on CUDA)
+    pkey = pbucket[:, 0] + pbucket[:, 1] * gw + torch.div(reach, p, rounding_mode="floor") * (gh * gw)
+    nkey = (pkey[:, None] + _const(tuple(dy * gw + dx for dy in (-1, 0, 1) for dx in (-1, 0, 1)), dev)).view(-1)
+    start, count = take(starts, nkey), take(counts, nkey)
+    total = int(count.sum())
+    if total * 2 > groups * p * num:  # most pairs anyway: the dense search does them faster
+        return _within(*_nearest(pred, cand, cand_valid, topn), radius, num)
+    # every (prediction, detection) pair of those buckets
+    row = torch.repeat_interleave(count, output_size=total)
+    first = (count.cumsum(0) - count).index_select(0, row)
+    at = take(start, row) + torch.arange(total, device=dev) - first
+    src = take(reach, torch.div(row, 9, rounding_mode="floor"))
+    slot = take(det, at)
+    # the same values as cdist without the matrix-product shortcut (a sum of squares and a square root is not)
+    d = torch.linalg.vector_norm(flat_pred.index_select(0, src) - flat_cand.index_select(0, slot), dim=1)
+    near = (d <= radius).nonzero().squeeze(1)
+    d, src, slot = take(d, near), take(src, near), take(slot, near)
+    # nearest first within each prediction, equal distances by slot: by slot first, then stably by (prediction,
+    # distance) as one float64 key (distances are <= radius)
+    order = (slot % num).sort(stable=True)[1]
+    d, src, slot = take(d, order), take(src, order), take(slot, order)
+    order = (src.double() * (radius + 1.0) + d.double()).sort(stable=True)[1]
+    d, src, slot = take(d, order), take(src, order), take(slot, order)
+    step = torch.arange(src.numel(), device=dev)
+    rank = step - torch.where(torch.diff(src, prepend=src[:1] - 1) != 0, step, 0).cummax(0)[0]
+    keep = (rank < t).nonzero().squeeze(1)
+    out = take(src, keep) * t + take(rank, keep)
+    dist.index_copy_(0, out, take(d, keep))
+    index.index_copy_(0, out, take(slot, keep) % num)
     return dist.view(*lead, p, t), index.view(*lead, p, t)
 
 
@@ -312,11 +336,18 @@ def group_image(
             src = rows * num + slots[rows]
             slot = link_slot[src]  # (F, K, T)
             d = np.where(claimed[dst_types, slot] | found[:, None], np.inf, link_dist[src])
-            # per type, the nearest over (found keypoint, listed detection); ties go to the first found type
+            # per type, the nearest over (found keypoint, listed detection); equal distances go to the first found
+            # type, then the lower slot (the stronger peak)
             d, slot = d.transpose(1, 0, 2).reshape(k, -1), slot.transpose(1, 0, 2).reshape(k, -1)
             best = d.argmin(1)
-            for t in np.flatnonzero(d[dst_types[:, 0], best] < np.inf).tolist():
-                j = int(slot[t, best[t]])
+            nearest = d[dst_types[:, 0], best]
+            tied = (d == nearest[:, None]).sum(1) > 1  # rare: exact float ties
+            for t in np.flatnonzero(nearest < np.inf).tolist():
+                if tied[t]:
+                    at = np.flatnonzero(d[t] == nearest[t])
+                    j = int(min(at // link_dist.shape[-1] * num + slot[t, at])) % num
+                else:
+                    j = int(slot[t, best[t]])
                 assign[t] = j
                 claimed[t, j] = True
                 stack.append(t)
