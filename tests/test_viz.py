@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from strongpose.skeleton import COCO_PERSON
@@ -104,3 +105,17 @@ def test_draw_targets_script_writes_a_png(tmp_path, capsys):
     assert picture.shape[:2] == tuple(round(v * 128 / max(info["height"], info["width"]))
                                       for v in (info["height"], info["width"]))
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith(f"wrote {out} (")
+
+
+def test_labels_are_written_above_each_drawn_person():
+    image = torch.zeros(3, 100, 100, dtype=torch.uint8)
+    two = torch.cat([a_person(), a_person()])
+    two[1, :, 1] = 90  # the second lower down
+    poses = Poses(two, torch.tensor([0.9, 0.9]))
+    plain = draw_poses(image, poses, COCO_PERSON)
+    labelled = draw_poses(image, poses, COCO_PERSON, labels=["7", "8"])
+    changed = (labelled != plain).any(0).nonzero()
+    assert changed.numel() and changed[:, 0].max() < 90  # text above the people, not over the lower one's keypoints
+    assert ((labelled != plain).any(0)[20:45]).any() and ((labelled != plain).any(0)[60:85]).any()  # both labelled
+    with pytest.raises(ValueError, match="1 labels for 2 people"):
+        draw_poses(image, poses, COCO_PERSON, labels=["7"])

@@ -32,6 +32,7 @@ from strongpose.inference import Predictor
 from strongpose.inference.cli import COMMON_TYPES, add_timing, predictor_from_config, timing_summary, write_json
 from strongpose.inference.images import (IMAGE_SUFFIXES, VIDEO_SUFFIXES, ImageFiles, VideoFrames, image_batches,
                                          list_images, video_writer)
+from strongpose.inference.pose_track import PoseTracker
 from strongpose.structures import Poses
 from strongpose.tracking import say
 from strongpose.viz import draw_poses
@@ -63,10 +64,11 @@ def coco_entries(poses: Poses, image_id: int | str, file_name: str, category_id:
     return [{**entry, "image_id": image_id, "file_name": file_name} for entry in poses.to_coco(0, category_id)]
 
 
-def draw(image: np.ndarray, poses: Poses, predictor: Predictor, keypoint_threshold: float) -> np.ndarray:
-    """(H, W, 3) RGB -> drawn (H, W, 3) BGR, ready for OpenCV's writers."""
+def draw(image: np.ndarray, poses: Poses, predictor: Predictor, keypoint_threshold: float,
+         labels: list[str] | None = None) -> np.ndarray:
+    """(H, W, 3) RGB -> drawn (H, W, 3) BGR, ready for OpenCV's writers; ``labels``: one a person (track ids)."""
     drawn = draw_poses(torch.from_numpy(image).permute(2, 0, 1), poses, predictor.codec.skeleton,
-                       score_threshold=keypoint_threshold)
+                       score_threshold=keypoint_threshold, labels=labels)
     return cv2.cvtColor(drawn.permute(1, 2, 0).numpy(), cv2.COLOR_RGB2BGR)
 
 
@@ -103,15 +105,20 @@ def predict_video(predictor: Predictor, path: Path, out: Path, cfg: DictConfig,
     writer = video_writer(drawn, video.fps, video.size) if cfg.draw else None
     results, frame = [], 0
     frames = iter(video)
+    tracker = PoseTracker(predictor.codec.skeleton.sigmas, oks_threshold=cfg.track_oks_threshold,
+                          max_age=cfg.track_max_age, keypoint_threshold=cfg.draw_keypoint_threshold) if cfg.track else None
     try:
         with tqdm(total=video.frame_count or None, unit="frame", desc="predict", file=sys.stderr) as bar:
             while chunk := list(itertools.islice(frames, int(cfg.batch_size))):
                 poses = predictor.predict_batch(chunk, batch_size=int(cfg.batch_size))
                 add_timing(totals, predictor.last_timing)
                 for image, p in zip(chunk, poses):
-                    results += coco_entries(p, frame, path.name, predictor.category_id)
+                    entries = coco_entries(p, frame, path.name, predictor.category_id)
+                    ids = tracker.update(p) if tracker is not None else None
+                    results += [{**e, "track_id": i} for e, i in zip(entries, ids)] if ids is not None else entries
                     if writer is not None:
-                        writer.write(draw(image, p, predictor, cfg.draw_keypoint_threshold))
+                        labels = [str(i) for i in ids] if ids is not None else None
+                        writer.write(draw(image, p, predictor, cfg.draw_keypoint_threshold, labels))
                     frame += 1
                 bar.update(len(chunk))
     finally:
@@ -131,6 +138,7 @@ def predict_video(predictor: Predictor, path: Path, out: Path, cfg: DictConfig,
 TYPES: dict[str, Any] = {
     **COMMON_TYPES, "input": Path, "output": Path | None, "batch_size": int, "num_workers": int,
     "input_size": int | None, "score_threshold": float | None, "draw": bool, "draw_keypoint_threshold": float,
+    "track": bool, "track_oks_threshold": float, "track_max_age": int,
 }
 
 
@@ -148,7 +156,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Predict as ``cfg`` says; returns the summary (also written to ``summary.json``)."""
     check_types(cfg, TYPES)  # before the model is loaded
     require_positive("", batch_size=cfg.batch_size, input_size=cfg.input_size)
-    require_non_negative("", num_workers=cfg.num_workers)
+    require_non_negative("", num_workers=cfg.num_workers, track_max_age=cfg.track_max_age)
+    if not 0.0 <= cfg.track_oks_threshold <= 1.0:
+        raise ConfigError(f"track_oks_threshold={cfg.track_oks_threshold}: must be in 0..1")
     source = Path(cfg.input)
     if not source.exists():
         raise FileNotFoundError(f"input {source} does not exist")

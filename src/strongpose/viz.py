@@ -7,6 +7,8 @@ pictures what the network learns (codec targets, or predicted maps): SKHM disks,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
 import torch
@@ -19,14 +21,17 @@ LIMB_COLOR = (255, 255, 255)
 
 
 def draw_poses(image: torch.Tensor, poses: Poses, skeleton: Skeleton, score_threshold: float = 0.1,
-               person_threshold: float = 0.0, radius: int = 3, width: int = 2) -> torch.Tensor:
+               person_threshold: float = 0.0, radius: int = 3, width: int = 2,
+               labels: Sequence[str] | None = None) -> torch.Tensor:
     """Draw ``poses`` on a (3, H, W) uint8 image in the same pixels (a Predictor's poses on the original
     image, a decoded batch's on the network input); returns a new image, on the CPU.
 
     Keypoints scoring below ``score_threshold`` (and limbs touching them) and people below
     ``person_threshold`` are left out. Limbs are the skeleton's tree edges; keypoints take the skeleton's
-    colour of their type.
+    colour of their type. ``labels``, one a person (e.g. track ids), are written above each drawn person.
     """
+    if labels is not None and len(labels) != len(poses):
+        raise ValueError(f"draw_poses: {len(labels)} labels for {len(poses)} people")
     if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"draw_poses needs a (3, H, W) uint8 image, got {tuple(image.shape)} {image.dtype}")
     keep = poses.scores >= person_threshold
@@ -42,7 +47,22 @@ def draw_poses(image: torch.Tensor, poses: Poses, skeleton: Skeleton, score_thre
         of_color = torch.tensor([c == color for c in colors])
         out = draw_keypoints(out, kps[..., :2], colors=color, radius=radius, width=0,
                              visibility=visible & of_color[None])
+    if labels is not None:
+        out = _write_labels(out, kps, visible, [label for label, k in zip(labels, keep.tolist()) if k])
     return out
+
+
+def _write_labels(image: torch.Tensor, kps: torch.Tensor, visible: torch.Tensor, labels: list[str]) -> torch.Tensor:
+    """Each label above its person's highest drawn keypoint, white on a dark outline (readable on any image)."""
+    canvas = np.ascontiguousarray(image.permute(1, 2, 0).numpy())
+    for label, person, seen in zip(labels, kps, visible):
+        if not bool(seen.any()):
+            continue
+        top = int(torch.argmin(torch.where(seen, person[:, 1], float("inf"))))
+        at = (int(person[top, 0]) - 4 * len(label), max(int(person[top, 1]) - 8, 12))
+        for color, thickness in (((0, 0, 0), 3), ((255, 255, 255), 1)):
+            cv2.putText(canvas, str(label), at, cv2.FONT_HERSHEY_SIMPLEX, 0.5, color, thickness, cv2.LINE_AA)
+    return torch.from_numpy(canvas).permute(2, 0, 1)
 
 
 def draw_batch(images: torch.Tensor, poses: list[Poses], skeleton: Skeleton, **kwargs) -> list[np.ndarray]:

@@ -212,6 +212,14 @@ def test_predict_video(tiny_checkpoint, tmp_path):
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results and {r["image_id"] for r in results} <= set(range(5))
     assert {r["file_name"] for r in results} == {"clip.mp4"}
+    ids = [r["track_id"] for r in results]  # tracked: ids from 0, one person once per frame
+    assert min(ids) == 0 and all(isinstance(i, int) for i in ids)
+    for f in range(5):
+        in_frame = [r["track_id"] for r in results if r["image_id"] == f]
+        assert len(in_frame) == len(set(in_frame))
+    predict.run(config("predict", [f"ckpt_path={tiny_checkpoint}", f"input={video}", f"output={tmp_path / 'plain'}",
+                                   "track=false", "draw=false"]))
+    assert all("track_id" not in r for r in json.loads((tmp_path / "plain" / "results.json").read_text()))
 
 
 def test_predict_fails_on_a_video_it_cannot_read(tiny_checkpoint, tmp_path):
