@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from strongpose.data import AugmentConfig, COCOKeypointDataset, TrainTransform, ValTransform, to_original
-from strongpose.data.annotations import ImageAnnotations
+from strongpose.config_check import ConfigError
+from strongpose.data.annotations import ImageAnnotations, image_annotations, read_image
 from strongpose.data.transforms import (AugmentParams, _sample, augment_matrix, pack_masks, sample_params,
                                         unpack_masks)
 from strongpose.skeleton import COCO_PERSON
@@ -354,3 +358,36 @@ def test_a_box_moves_with_its_mask_in_the_coco_edge_convention(flip):
     cols = np.flatnonzero(sample.masks[0].any(0))
     x, _, bw, _ = sample.boxes[0]
     assert (x, x + bw) == (cols[0], cols[-1] + 1)  # pixel edges of the moved mask's columns
+
+
+BLUR = {"_target_": "albumentations.GaussianBlur", "blur_limit": [3, 5], "p": 1.0}
+
+
+def test_pixel_transforms_change_pixels_and_leave_the_geometry(sample, codec) -> None:
+    plain = COCOKeypointDataset(*sample, codec=codec, input_size=128, train=True)
+    augment = OmegaConf.create({"pixel": [BLUR, {"_target_": "albumentations.ToGray", "p": 1.0}]})  # as Hydra gives it
+    blurred = COCOKeypointDataset(*sample, codec=codec, input_size=128, train=True, augment=augment)
+    a, b = plain.transformed(4, epoch=1), blurred.transformed(4, epoch=1)
+    for field in ("keypoints", "masks", "crowd", "boxes", "affine"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+    assert not np.array_equal(a.image, b.image)
+    assert (b.image[..., 0] == b.image[..., 1]).all()  # ToGray ran after the blur
+    again = pickle.loads(pickle.dumps(blurred.transform))  # what the loader's workers get
+    np.testing.assert_array_equal(again(*_image_and_people(blurred, 4), np.random.default_rng(5)).image,
+                                  blurred.transform(*_image_and_people(blurred, 4), np.random.default_rng(5)).image)
+
+
+def _image_and_people(ds, index):
+    image_id = ds.image_ids[index]
+    image = read_image(ds.images_dir / ds.coco.imgs[image_id]["file_name"])
+    return image, image_annotations(ds.coco, image_id, ds.category_id, K)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"_target_": "albumentations.HorizontalFlip", "p": 1.0}, r"pixel\[0\]: HorizontalFlip is not a pixel-level"),
+    ({"_target_": "albumentations.NoSuchBlur"}, r"data.augment.pixel\[0\]: .*NoSuchBlur"),
+    ("blur", r"pixel\[0\]: 'blur' is not an albumentations transform"),
+])
+def test_a_transform_that_moves_pixels_or_is_no_transform_is_refused(spec, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        TrainTransform(S, COCO_PERSON, {"pixel": [spec]})

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
+from typing import Any
 
 import albumentations as A
 import albumentations.augmentations.geometric.functional as fgeometric
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from strongpose.codec.encode import labelled_keypoints
+from strongpose.config_check import ConfigError
 from strongpose.data.annotations import ImageAnnotations
 from strongpose.skeleton import Skeleton
 from strongpose.structures import Poses
@@ -35,6 +37,10 @@ class AugmentConfig:
     flip_prob: probability of a horizontal flip (left/right keypoints are swapped).
     color_jitter: brightness, contrast and saturation strength (factors in [1 - c, 1 + c]). 0 = off.
     hue: hue shift strength in [0, 0.5] (off by default: it costs an HSV round trip, about 1 ms).
+    pixel: more pixel-level albumentations transforms, applied in order after the colour jitter, each a config
+        node ``{_target_: albumentations.GaussianBlur, blur_limit: [3, 5], p: 0.3}``; only transforms that change
+        pixel values (``A.ImageOnlyTransform``: blur, noise, greyscale, JPEG compression, ...): one that moves
+        pixels would leave the keypoints and masks behind, and is refused by name.
     """
 
     scale_range: tuple[float, float] = (0.75, 1.25)
@@ -43,6 +49,7 @@ class AugmentConfig:
     flip_prob: float = 0.5
     color_jitter: float = 0.2
     hue: float = 0.0
+    pixel: tuple[Mapping, ...] = ()
 
     @classmethod
     def from_dict(cls, knobs: Mapping | "AugmentConfig" | None) -> "AugmentConfig":
@@ -56,6 +63,12 @@ class AugmentConfig:
         values = dict(knobs)
         if "scale_range" in values:
             values["scale_range"] = tuple(float(v) for v in values["scale_range"])
+        if "pixel" in values:  # plain dicts (a Hydra node's too), so that the config pickles for the workers
+            from omegaconf import OmegaConf
+
+            pixel = values["pixel"] or ()
+            pixel = OmegaConf.to_container(pixel, resolve=True) if OmegaConf.is_config(pixel) else pixel
+            values["pixel"] = tuple(dict(t) if isinstance(t, Mapping) else t for t in pixel)
         return cls(**values)
 
 
@@ -314,6 +327,7 @@ class TrainTransform:
         if cfg.color_jitter > 0 or cfg.hue > 0:
             c = cfg.color_jitter
             self.jitter = A.ColorJitter(brightness=c, contrast=c, saturation=c, hue=cfg.hue, p=1.0)
+        self.pixel = pixel_transforms(cfg.pixel)
 
     def __call__(self, image: np.ndarray, people: ImageAnnotations,
                  rng: np.random.Generator | None = None, merge_masks: bool = False) -> PoseSample:
@@ -323,10 +337,34 @@ class TrainTransform:
         params = sample_params(self.config, self.size, rng)
         to_input = augment_matrix(params, image.shape[:2], self.size)
         warped = warp_image(image, to_input, self.size)
-        if self.jitter is not None:  # the same stream drives the jitter (its own seed would correlate samples)
-            self.jitter.set_random_state(rng, random.Random(int(rng.integers(2**63))))
-            warped = self.jitter(image=warped)["image"]
+        for transform in ([self.jitter] if self.jitter is not None else []) + self.pixel:
+            # the same stream drives them (their own seeds would correlate samples, and workers' copies repeat)
+            transform.set_random_state(rng, random.Random(int(rng.integers(2**63))))
+            warped = transform(image=warped)["image"]
         return _sample(warped, people, to_input, self.size, self.flip_index if params.flip else None, merge_masks)
+
+
+def pixel_transforms(specs: Sequence[Any]) -> list[A.ImageOnlyTransform]:
+    """:attr:`AugmentConfig.pixel`'s transforms, built (``_target_`` nodes) and checked to be pixel-level."""
+    from hydra.utils import instantiate
+
+    built = []
+    for i, spec in enumerate(specs):
+        where = f"data.augment.pixel[{i}]"
+        if isinstance(spec, Mapping) and "_target_" in spec:
+            try:
+                spec = instantiate(dict(spec))
+            except Exception as err:  # noqa: BLE001 - Hydra wraps the import or constructor error
+                raise ConfigError(f"{where}: {err}") from err
+        if not isinstance(spec, A.BasicTransform):
+            raise ConfigError(f"{where}: {spec!r} is not an albumentations transform (a node with _target_: "
+                              f"albumentations.<Name> and its arguments)")
+        if not isinstance(spec, A.ImageOnlyTransform):
+            raise ConfigError(f"{where}: {type(spec).__name__} is not a pixel-level transform (it can move pixels, "
+                              f"and the keypoints and masks would not follow); the geometry is the scale / rotation "
+                              f"/ translate / flip knobs")
+        built.append(spec)
+    return built
 
 
 def to_original(keypoints_xy: torch.Tensor | np.ndarray, meta: Mapping | torch.Tensor | np.ndarray):
