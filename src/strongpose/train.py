@@ -36,6 +36,7 @@ from strongpose.checkpoint_io import AtomicCheckpointIO
 from strongpose.config_check import (CONFIG_DIR, ConfigError, check_types, in_multirun, report_input_errors,
                                      run_with_key_hints)
 from strongpose.data.sample import sample_paths
+from strongpose.final_test import check_test_options, run_final_test, final_test_metrics
 from strongpose.monitored import check_monitored_metric, warn_if_no_validation
 from strongpose.slurm import check_world_size, with_slurm_environment
 from strongpose.tracking import RecordWandbRun, finish_wandb, recorded_wandb_run, say, wandb_logger
@@ -166,12 +167,21 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     codec = instantiate(cfg.codec)
     datamodule = instantiate(cfg.data, codec=codec)  # (a missing data file is named first)
     check_validation_data(cfg, datamodule)
+    check_test_options(cfg, getattr(datamodule, "val_paths", None))  # final_test's options, before training
     model = instantiate(cfg.model, codec=codec)
+    optimized = cfg.get("optimized_metric")
+    checkpointing_cfg = (cfg.get("callbacks") or {}).get("model_checkpoint")
+    if optimized in final_test_metrics(cfg) and checkpointing_cfg is not None \
+            and checkpointing_cfg.get("monitor") == optimized:  # (its default: ${optimized_metric})
+        # the final test's test/AP comes after training: the checkpoints are chosen by its validation twin, val/AP
+        checkpointing_cfg.monitor = "val/" + optimized.split("/", 1)[1]
     model.run_config = resolved_config(cfg)  # saved in every checkpoint
     logging_to = [c for c in (cfg.get("logger") or {}).values() if c is not None]
     callbacks = instantiate_callbacks(cfg.get("callbacks"), has_logger=bool(logging_to))
     for monitored in dict.fromkeys([cfg.get("optimized_metric"),
                                     *(c.monitor for c in callbacks if isinstance(c, ModelCheckpoint))]):
+        if monitored == cfg.get("optimized_metric") and monitored in final_test_metrics(cfg):
+            continue  # final_test's, after training (a checkpoint cannot monitor it: refused below)
         check_monitored_metric(monitored, model, callbacks,  # not after the first validation
                                (getattr(datamodule, "val_paths", None) or (None, None))[1])
     # before the loggers: a run resumed in its own folder goes on logging to its W&B run (its id is in the
@@ -244,7 +254,6 @@ def _fit(cfg: DictConfig, codec: Any, datamodule: L.LightningDataModule, model: 
         # Lightning's stop on SIGTERM is a SystemExit without a code, i.e. exit status 0, which a job script or a
         # scheduler takes for a finished training; 143 (128 + 15) is what a process ended by SIGTERM reports
         raise SystemExit(128 + signal.SIGTERM) from stopped
-    finish_wandb(loggers, exit_code=0)
 
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
     if not metrics and previous and ckpt_path is not None:
@@ -254,6 +263,13 @@ def _fit(cfg: DictConfig, codec: Any, datamodule: L.LightningDataModule, model: 
     checkpoint = trainer.checkpoint_callback
     where = (checkpoint.last_model_path or checkpoint.best_model_path) if checkpoint is not None else ""
     best = best_checkpoint(checkpoint)
+    # final_test=true: the best checkpoint with the test-time options, as strongpose.evaluate; test/* beside val/*
+    tested = run_final_test(cfg, trainer, getattr(datamodule, "val_paths", None), best, where)
+    if tested:
+        metrics.update(tested)
+        for logger in loggers:
+            logger.log_metrics(tested, step=trainer.global_step)
+    finish_wandb(loggers, exit_code=0)
     logs = next((lg.log_dir or lg.save_dir for lg in loggers if (lg.log_dir or lg.save_dir)), cfg.paths.output_dir)
     summary = write_run_summary(cfg, metrics, where, best, trainer)
     say(f"Done: checkpoint {where if where and Path(where).is_file() else 'none written'}"
