@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,8 @@ def print_breakdown(cfg: DictConfig, coco: Any, results: list[dict], image_ids: 
 def read_results(path: Path) -> list[dict]:
     """A COCO keypoint results file (``predict``'s or ``evaluate``'s ``results.json``, another code's), checked:
     a list of ``{"image_id", "category_id", "keypoints": [x, y, v] * K, "score"}`` with one K throughout."""
+    if path.is_dir():
+        raise InputError(f"results={path} is a folder; name the results file (.json) in it")
     if not path.is_file():
         raise FileNotFoundError(f"results file not found: {path}")
     try:
@@ -144,16 +147,23 @@ def read_results(path: Path) -> list[dict]:
     if not isinstance(data, list):
         raise InputError(f"{path} is not a COCO results file: the top level is a {type(data).__name__}, not a list "
                          f"of results")
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
     count = None
     for i, r in enumerate(data):
-        keypoints = r.get("keypoints") if isinstance(r, dict) else None
-        numbers = isinstance(keypoints, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                      for v in keypoints)
-        if not (numbers and len(keypoints) % 3 == 0 and keypoints and all(
-                isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)
-                for key in ("image_id", "category_id", "score"))):
-            raise InputError(f"{path}: results[{i}] = {str(r)[:120]} is not a keypoint result {{image_id, category_id, "
-                             f"keypoints: [x, y, v] * K, score}}")
+        entry = f"{path}: results[{i}] = {str(r)[:100]}"
+        if not isinstance(r, dict):
+            raise InputError(f"{entry} is not a keypoint result {{image_id, category_id, keypoints: [x, y, v] * K, "
+                             f"score}}")
+        if wrong := [key for key in ("image_id", "category_id", "score") if not number(r.get(key))]:
+            raise InputError(f"{entry}: {', '.join(wrong)} missing or not a finite number" + (
+                " (predict names images by file stem where it is no number: results of images named by their COCO "
+                "id score here)" if "image_id" in wrong and isinstance(r.get("image_id"), str) else ""))
+        keypoints = r.get("keypoints")
+        if not (isinstance(keypoints, list) and keypoints and len(keypoints) % 3 == 0
+                and all(number(v) for v in keypoints)):
+            raise InputError(f"{entry}: keypoints must be [x, y, v] * K finite numbers")
         if count is not None and len(keypoints) != count:
             raise InputError(f"{path}: results[{i}] has {len(keypoints) // 3} keypoints, results[0] {count // 3}")
         count = len(keypoints)
@@ -166,22 +176,32 @@ def score_results(cfg: DictConfig) -> dict[str, Any]:
     The skeleton (OKS sigmas, keypoint names, flip pairs) is ``skeleton=`` or the built-in one with the results'
     keypoint count."""
     path = Path(cfg.results)
+    if cfg.get("ckpt_path") is not None:
+        raise ConfigError("results= and ckpt_path= both set: results=FILE scores a results file without a network; "
+                          "ckpt_path=CKPT runs one; give one")
     results = read_results(path)
     annotations = Path(cfg.data.val_annotations) if cfg.data.val_annotations is not None else sample_paths()[1]
+    inferred = ""
     if cfg.get("skeleton") is not None:
         skeleton = load_skeleton(str(cfg.skeleton))
     else:
-        count = len(results[0]["keypoints"]) // 3 if results else None
+        if not results:
+            raise ConfigError(f"{path} holds no results (an empty list): give skeleton=NAME to score it (AP 0)")
+        count = len(results[0]["keypoints"]) // 3
         matching = [s for s in SKELETONS.values() if s.num_keypoints == count]
         if len(matching) != 1:
             raise ConfigError(f"{path}: which skeleton? its results have {count} keypoints; give skeleton=NAME "
                               f"({', '.join(sorted(SKELETONS))}) or skeleton=YAML")
         skeleton = matching[0]
+        inferred = f" (skeleton {skeleton.name!r} chosen by the results' {count} keypoints; skeleton= to choose)"
     if results and len(results[0]["keypoints"]) != 3 * skeleton.num_keypoints:
         raise ConfigError(f"{path}: its results have {len(results[0]['keypoints']) // 3} keypoints, skeleton "
                           f"{skeleton.name!r} {skeleton.num_keypoints}")
     coco = load_coco(annotations)
-    category_id = person_category(coco, skeleton.keypoints, annotations)
+    try:
+        category_id = person_category(coco, skeleton.keypoints, annotations)
+    except InputError as err:
+        raise type(err)(f"{err}{inferred}") from None
     image_ids = sorted(coco.imgs)[:cfg.data.max_val_images]
     if unknown := sorted({r["image_id"] for r in results} - set(coco.imgs)):
         raise InputError(f"{path}: {len(unknown)} image ids of its results are not in {annotations} (e.g. "
@@ -190,10 +210,19 @@ def score_results(cfg: DictConfig) -> dict[str, Any]:
     if others:
         log.warning("%d of %d results in %s are of another category than %d (the keypoint category of %s): not "
                     "scored", others, len(results), path, category_id, annotations)
+    scored, covered = set(image_ids), {r["image_id"] for r in results}
+    if outside := sum(r["image_id"] not in scored for r in results):
+        log.warning("%d of %d results in %s are of images beyond the %d scored (data.max_val_images): not scored",
+                    outside, len(results), path, len(image_ids))
+    with_people = {a["image_id"] for a in coco.dataset["annotations"] if a.get("category_id") == category_id
+                   and not a.get("iscrowd")} & scored
+    if missed := len(with_people - covered):  # a model misses some; most missing looks like a part of the results
+        (log.warning if missed * 2 > len(with_people) else log.info)(
+            "%s has no result for %d of the %d scored images with people: they count as missed people",
+            path, missed, len(with_people))
     stats = coco_keypoint_stats(coco, results, image_ids, sigmas=skeleton.sigmas, verbose=True, backend=cfg.backend,
                                 category_id=category_id)
     per_keypoint = print_breakdown(cfg, coco, results, image_ids, skeleton, category_id)
-    scored = set(image_ids)
     summary = {"stats": stats, "results": str(path), "annotations": str(annotations), "images": len(image_ids),
                "people": sum(r["image_id"] in scored and r["category_id"] == category_id for r in results),
                "skeleton": skeleton.name, "per_keypoint": per_keypoint}

@@ -53,10 +53,23 @@ def evaluate_config(cfg: DictConfig, checkpoint: str, val_paths: tuple[Any, Any]
 
 def check_test_options(cfg: DictConfig, val_paths: tuple[Any, Any] | None) -> None:
     """Before training: ``final_test_options`` of the right names and types (named as ``final_test_options.*``)."""
+    if not isinstance(cfg.get("final_test"), bool):  # final_test=no would be a true string
+        raise ConfigError(f"final_test must be true or false, got {cfg.get('final_test')!r}")
+    optimized = str(cfg.get("optimized_metric") or "")
+    if optimized.startswith(PREFIX) and optimized not in final_test_metrics(cfg):
+        raise ConfigError(f"optimized_metric={optimized!r}: " + (
+            f"the final test reports {', '.join(sorted(final_test_metrics(cfg)))}" if cfg.get("final_test") else
+            "test/* metrics come from the final test: final_test=true"))
     if not cfg.get("final_test"):
         return
     if val_paths is None:
         raise ConfigError("final_test=true needs the data module's validation data (val_paths); this data module has none")
+    from strongpose.data.annotations import read_coco_json
+    from strongpose.evaluation.coco_eval import CROWD_STAT_NAMES, has_crowd_index
+
+    if optimized[len(PREFIX):] in CROWD_STAT_NAMES and not has_crowd_index(read_coco_json(Path(val_paths[1]))):
+        raise ConfigError(f"optimized_metric={optimized!r} is CrowdPose's AP by crowd index, reported only when every "
+                          f"validation image has a crowdIndex; {val_paths[1]} has none (COCO's AP: test/AP)")
     from strongpose.evaluate import TYPES
     from strongpose.inference.predictor import decode_settings
 
@@ -67,6 +80,16 @@ def check_test_options(cfg: DictConfig, val_paths: tuple[Any, Any] | None) -> No
         raise ConfigError(re.sub(r"\btest\.", "final_test_options.", str(err))) from None
     decode_settings(OmegaConf.to_container(ecfg.test.codec) if ecfg.test.codec is not None else None,
                     "final_test_options.codec")
+    # the values the predictor checks when it is built, after training: here, before it
+    from strongpose.inference.predictor import threshold
+    from strongpose.inference.test_time import scale_sizes
+
+    try:
+        scale_sizes(512, list(ecfg.test.scales), 8)
+    except ConfigError as err:
+        raise ConfigError(re.sub(r"\btest\.", "final_test_options.", str(err))) from None
+    for name in ("keypoint_threshold", "person_threshold"):
+        threshold(f"final_test_options.{name}", ecfg.test[name])
 
 
 def run_final_test(cfg: DictConfig, trainer: L.Trainer, val_paths: tuple[Any, Any], best: dict | None,

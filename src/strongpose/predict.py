@@ -105,8 +105,9 @@ def predict_video(predictor: Predictor, path: Path, out: Path, cfg: DictConfig,
     writer = video_writer(drawn, video.fps, video.size) if cfg.draw else None
     results, frame = [], 0
     frames = iter(video)
+    # every found keypoint compared (score > 0): a weak model's people would otherwise get a new id every frame
     tracker = PoseTracker(predictor.codec.skeleton.sigmas, oks_threshold=cfg.track_oks_threshold,
-                          max_age=cfg.track_max_age, keypoint_threshold=cfg.draw_keypoint_threshold) if cfg.track else None
+                          max_age=cfg.track_max_age) if cfg.track else None
     try:
         with tqdm(total=video.frame_count or None, unit="frame", desc="predict", file=sys.stderr) as bar:
             while chunk := list(itertools.islice(frames, int(cfg.batch_size))):
@@ -201,7 +202,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "people": len(results),
         "num_skipped": len(skipped),
         "skipped": skipped,
-        "options": {**predictor.options, "device": str(predictor.device), "batch_size": int(cfg.batch_size)},
+        "options": {**predictor.options, "device": str(predictor.device), "batch_size": int(cfg.batch_size),
+                    **({"track": bool(cfg.track), "track_oks_threshold": float(cfg.track_oks_threshold),
+                        "track_max_age": int(cfg.track_max_age)} if is_video else {})},
         "timing": timing_summary(totals, done, wall),
         "results": str(results_path),
         "drawn": str(drawn) if drawn is not None else None,

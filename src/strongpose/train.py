@@ -165,7 +165,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         L.seed_everything(cfg.seed, workers=True)
     # the codec first: the data encode targets with it, the model sizes its heads and decodes with it
     codec = instantiate(cfg.codec)
-    datamodule = instantiate(cfg.data, codec=codec)  # (a missing data file is named first)
+    # (a missing data file is named first); not recursive: data.augment.pixel's _target_ nodes are built (and
+    # refused by name) by the transform, not by Hydra
+    datamodule = instantiate(cfg.data, codec=codec, _recursive_=False)
     check_validation_data(cfg, datamodule)
     check_test_options(cfg, getattr(datamodule, "val_paths", None))  # final_test's options, before training
     model = instantiate(cfg.model, codec=codec)
@@ -174,7 +176,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if optimized in final_test_metrics(cfg) and checkpointing_cfg is not None \
             and checkpointing_cfg.get("monitor") == optimized:  # (its default: ${optimized_metric})
         # the final test's test/AP comes after training: the checkpoints are chosen by its validation twin, val/AP
-        checkpointing_cfg.monitor = "val/" + optimized.split("/", 1)[1]
+        # (by val/loss when the run computes no COCO statistics while training)
+        coco_eval = (cfg.get("callbacks") or {}).get("coco_eval") is not None
+        checkpointing_cfg.monitor = "val/" + optimized.split("/", 1)[1] if coco_eval else "val/loss"
     model.run_config = resolved_config(cfg)  # saved in every checkpoint
     logging_to = [c for c in (cfg.get("logger") or {}).values() if c is not None]
     callbacks = instantiate_callbacks(cfg.get("callbacks"), has_logger=bool(logging_to))
@@ -264,11 +268,14 @@ def _fit(cfg: DictConfig, codec: Any, datamodule: L.LightningDataModule, model: 
     where = (checkpoint.last_model_path or checkpoint.best_model_path) if checkpoint is not None else ""
     best = best_checkpoint(checkpoint)
     # final_test=true: the best checkpoint with the test-time options, as strongpose.evaluate; test/* beside val/*
+    if cfg.get("final_test"):
+        write_run_summary(cfg, metrics, where, best, trainer)  # the training's, should the test fail
     tested = run_final_test(cfg, trainer, getattr(datamodule, "val_paths", None), best, where)
     if tested:
         metrics.update(tested)
         for logger in loggers:
             logger.log_metrics(tested, step=trainer.global_step)
+            logger.save()  # Lightning finalised the loggers when fit ended: written out again (CSV)
     finish_wandb(loggers, exit_code=0)
     logs = next((lg.log_dir or lg.save_dir for lg in loggers if (lg.log_dir or lg.save_dir)), cfg.paths.output_dir)
     summary = write_run_summary(cfg, metrics, where, best, trainer)

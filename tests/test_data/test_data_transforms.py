@@ -387,7 +387,13 @@ def _image_and_people(ds, index):
     ({"_target_": "albumentations.HorizontalFlip", "p": 1.0}, r"pixel\[0\]: HorizontalFlip is not a pixel-level"),
     ({"_target_": "albumentations.NoSuchBlur"}, r"data.augment.pixel\[0\]: .*NoSuchBlur"),
     ("blur", r"pixel\[0\]: 'blur' is not an albumentations transform"),
+    ({"_target_": "albumentations.Normalize"}, r"pixel\[0\]: Normalize turns a uint8 RGB image into float32"),
 ])
 def test_a_transform_that_moves_pixels_or_is_no_transform_is_refused(spec, message) -> None:
     with pytest.raises(ConfigError, match=message):
         TrainTransform(S, COCO_PERSON, {"pixel": [spec]})
+
+
+def test_a_string_for_the_list_is_refused_by_name() -> None:
+    with pytest.raises(ConfigError, match="data.augment.pixel must be a list of transforms"):
+        TrainTransform(S, COCO_PERSON, {"pixel": "GaussianBlur"})

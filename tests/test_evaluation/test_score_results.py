@@ -78,8 +78,10 @@ def test_keypoint_breakdown_is_cocos_per_keypoint_term():
 
 @pytest.mark.parametrize("content, message", [
     ({"image_id": 1}, "not a list of results"),
-    ([{"image_id": 1, "category_id": 1, "keypoints": [1, 2], "score": 1}], r"results\[0\] .* is not a keypoint"),
-    ([{"image_id": 1, "category_id": 1, "keypoints": [1, 2, 2] * 17, "score": "high"}], "is not a keypoint result"),
+    ([{"image_id": 1, "category_id": 1, "keypoints": [1, 2], "score": 1}], r"results\[0\] .*keypoints must be"),
+    ([{"image_id": 1, "category_id": 1, "keypoints": [1, 2, 2] * 17, "score": "high"}], "score missing or not a"),
+    ([{"image_id": "photo_a", "category_id": 1, "keypoints": [1, 2, 2] * 17, "score": 1}], "image_id missing.*stem"),
+    ([{"image_id": 1, "category_id": 1, "keypoints": [float("nan"), 2, 2] * 17, "score": 1}], "finite numbers"),
 ])
 def test_a_malformed_results_file_is_named(tmp_path, content, message):
     with pytest.raises(InputError, match=message):
@@ -97,6 +99,24 @@ def test_results_of_other_images_or_keypoint_counts_are_refused(tmp_path):
         score(tmp_path, five)
     with pytest.raises(ConfigError, match="skeleton 'crowdpose' 14"):
         score(tmp_path, results, "skeleton=crowdpose")
+    fourteen = [{**r, "keypoints": r["keypoints"][:42]} for r in results]
+    with pytest.raises(InputError, match="skeleton 'crowdpose' chosen by the results' 14 keypoints"):
+        score(tmp_path, fourteen)
+    with pytest.raises(ConfigError, match="holds no results"):
+        score(tmp_path, [])
+    assert score(tmp_path, [], "skeleton=coco")["stats"]["AP"] == 0.0
+    with pytest.raises(ConfigError, match="results= and ckpt_path= both set"):
+        score(tmp_path, results, "ckpt_path=x.ckpt")
+
+
+def test_results_of_some_images_only_are_said(tmp_path, caplog):
+    results = ground_truth_results()
+    first = results[0]["image_id"]
+    score(tmp_path, [r for r in results if r["image_id"] == first])
+    assert "has no result for" in caplog.text and "count as missed people" in caplog.text
+    caplog.clear()
+    score(tmp_path, results, "data.max_val_images=2")
+    assert "are of images beyond the 2 scored" in caplog.text
 
 
 def test_evaluate_needs_a_checkpoint_or_results(tmp_path):

@@ -212,6 +212,7 @@ def test_predict_video(tiny_checkpoint, tmp_path):
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results and {r["image_id"] for r in results} <= set(range(5))
     assert {r["file_name"] for r in results} == {"clip.mp4"}
+    assert summary["options"]["track"] is True and summary["options"]["track_max_age"] == 5
     ids = [r["track_id"] for r in results]  # tracked: ids from 0, one person once per frame
     assert min(ids) == 0 and all(isinstance(i, int) for i in ids)
     for f in range(5):

@@ -57,5 +57,10 @@ def test_someone_else_in_the_same_place_is_not_matched_below_the_threshold():
     unfound = frame([(160, 50, 200)])
     unfound.keypoints[..., 2] = 0.0  # no keypoint to compare: a new track, not a match
     assert tracker.update(unfound) == [2]
+    weak = frame([(160, 50, 200)])
+    weak.keypoints[..., 2] = 0.02  # found, weakly: still compared, and the person at 160 two frames ago
+    assert tracker.update(weak) == [1]
     with pytest.raises(ValueError, match="oks_threshold"):
         PoseTracker(COCO_PERSON.sigmas, oks_threshold=2)
+    with pytest.raises(ValueError, match="of 17 keypoints .* got people of shape \\(1, 14, 3\\)"):
+        tracker.update(Poses(torch.zeros(1, 14, 3), torch.ones(1)))

@@ -9,6 +9,7 @@ pixel i is coordinate i). :func:`to_original` applies it.
 
 from __future__ import annotations
 
+import copy
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -68,6 +69,9 @@ class AugmentConfig:
 
             pixel = values["pixel"] or ()
             pixel = OmegaConf.to_container(pixel, resolve=True) if OmegaConf.is_config(pixel) else pixel
+            if isinstance(pixel, (str, Mapping)) or not isinstance(pixel, Sequence):
+                raise ConfigError(f"data.augment.pixel must be a list of transforms ([{{_target_: albumentations.<Name>, "
+                                  f"...}}, ...]), got {pixel!r}")
             values["pixel"] = tuple(dict(t) if isinstance(t, Mapping) else t for t in pixel)
         return cls(**values)
 
@@ -363,6 +367,18 @@ def pixel_transforms(specs: Sequence[Any]) -> list[A.ImageOnlyTransform]:
             raise ConfigError(f"{where}: {type(spec).__name__} is not a pixel-level transform (it can move pixels, "
                               f"and the keypoints and masks would not follow); the geometry is the scale / rotation "
                               f"/ translate / flip knobs")
+        # once on a small uint8 image, applied for sure: one that changes the type or the size (Normalize, ToFloat)
+        # would fail at the first training step, far from the config
+        trial = copy.deepcopy(spec)
+        trial.p = 1.0
+        try:
+            out = trial(image=np.zeros((64, 64, 3), np.uint8))["image"]
+        except Exception as err:  # noqa: BLE001 - any failure here is this transform's
+            raise ConfigError(f"{where}: {type(spec).__name__} fails on a 64 x 64 uint8 RGB image: {err}") from err
+        if not (isinstance(out, np.ndarray) and out.dtype == np.uint8 and out.shape == (64, 64, 3)):
+            raise ConfigError(f"{where}: {type(spec).__name__} turns a uint8 RGB image into "
+                              f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}: the pipeline "
+                              f"needs uint8 pixels of the same size (the network normalises them itself)")
         built.append(spec)
     return built
 

@@ -24,11 +24,12 @@ class PoseTracker:
         oks_threshold: a person continues a track only when their OKS with its last pose is at least this.
         max_age: frames a person may go unseen (occluded, missed) and still continue their track; a track unseen
             for longer is ended (an id is never given twice).
-        keypoint_threshold: keypoints scoring below are not compared (not found, or guessed).
+        keypoint_threshold: keypoints scoring at or below are not compared (0: those found; a keypoint not found
+            has score 0 and a guessed position).
     """
 
     def __init__(self, sigmas: Sequence[float], oks_threshold: float = 0.3, max_age: int = 5,
-                 keypoint_threshold: float = 0.1) -> None:
+                 keypoint_threshold: float = 0.0) -> None:
         if not 0.0 <= oks_threshold <= 1.0:
             raise ValueError(f"oks_threshold must be in 0..1, got {oks_threshold}")
         if max_age < 0:
@@ -46,7 +47,10 @@ class PoseTracker:
 
     def update(self, poses: Poses) -> list[int]:
         """The track id of each person of this frame, in their order."""
-        people = poses.keypoints.detach().cpu().double().numpy().reshape(-1, len(self.var), 3)
+        if poses.keypoints.ndim != 3 or poses.keypoints.shape[1:] != (len(self.var), 3):
+            raise ValueError(f"PoseTracker of {len(self.var)} keypoints (its sigmas) got people of shape "
+                             f"{tuple(poses.keypoints.shape)}")
+        people = poses.keypoints.detach().cpu().double().numpy()
         oks = self.similarity(self.poses, people)  # (tracks, people)
         ids = [-1] * len(people)
         taken: set[int] = set()
@@ -73,7 +77,7 @@ class PoseTracker:
         keypoints' box area), over the keypoints both have found; 0 with none in common."""
         if not len(tracks) or not len(people):
             return np.zeros((len(tracks), len(people)))
-        found_t, found_p = tracks[..., 2] >= self.keypoint_threshold, people[..., 2] >= self.keypoint_threshold
+        found_t, found_p = tracks[..., 2] > self.keypoint_threshold, people[..., 2] > self.keypoint_threshold
         low = np.where(found_t[..., None], tracks[..., :2], np.inf).min(1)
         high = np.where(found_t[..., None], tracks[..., :2], -np.inf).max(1)
         area = np.maximum(np.prod(np.maximum(high - low, 0.0), axis=1), 1.0)
