@@ -24,7 +24,8 @@ import yaml  # noqa: E402
 from pycocotools.coco import COCO  # noqa: E402
 
 from strongpose.codec import StrongPoseCodec  # noqa: E402
-from strongpose.skeleton import SKELETONS, Skeleton  # noqa: E402
+from strongpose.config_check import ConfigError  # noqa: E402
+from strongpose.skeleton import SKELETONS, Skeleton, load_skeleton  # noqa: E402
 from strongpose.data.annotations import image_annotations, load_coco, person_category  # noqa: E402
 from strongpose.evaluation import STAT_NAMES, coco_keypoint_stats  # noqa: E402
 
@@ -95,33 +96,22 @@ def run(ann: str, stride: int = 8, disk_radius: float = 32.0, long_range: bool =
 
 def skeleton_arg(value: str) -> str | Skeleton:
     """A built-in skeleton's name, or the :class:`Skeleton` of a YAML file (your own, README: "Your own
-    skeleton, data and backbone"): the file's ``skeleton:`` node, or the file itself."""
+    skeleton, data and backbone"): the file's ``skeleton:`` node, or the file itself
+    (:func:`strongpose.skeleton.load_skeleton`); a codec config that sets what the flags set is refused."""
     if value in SKELETONS:
         return value
-    if not os.path.isfile(value):
-        raise _unknown(value)
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
+    if os.path.isfile(value):
+        from omegaconf import OmegaConf
 
-    cfg = OmegaConf.load(value)
-    if "skeleton" in cfg:  # a codec config: its skeleton only (the flags set stride and disk radius)
-        if ignored := sorted(key for key in ("stride", "disk_radius", "long_range") if key in cfg):
+        cfg = OmegaConf.load(value)
+        if "skeleton" in cfg and (ignored := sorted(k for k in ("stride", "disk_radius", "long_range") if k in cfg)):
             raise argparse.ArgumentTypeError(f"{value} sets {', '.join(ignored)}: give them as --stride / "
                                              f"--disk-radius / --no-long-range (only its skeleton is read)")
-        cfg = cfg.skeleton
-    if isinstance(cfg, str):
-        if cfg not in SKELETONS:
-            raise _unknown(cfg)
-        return cfg
-    skeleton = instantiate(cfg)
-    if not isinstance(skeleton, Skeleton):
-        raise argparse.ArgumentTypeError(f"{value} does not describe a strongpose.skeleton.Skeleton")
-    return skeleton
-
-
-def _unknown(name: str) -> argparse.ArgumentTypeError:
-    return argparse.ArgumentTypeError(f"{name!r} is neither a built-in skeleton ({', '.join(sorted(SKELETONS))}) "
-                                     f"nor a YAML file")
+    try:
+        skeleton = load_skeleton(value)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return skeleton.name if SKELETONS.get(skeleton.name) is skeleton else skeleton
 
 
 def decode_arg(text: str) -> tuple[str, object]:

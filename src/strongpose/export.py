@@ -25,9 +25,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from strongpose.checkpoint import module_from_checkpoint
-from strongpose.inference.onnx import CATEGORY_KEY, CODEC_KEY, INPUT_SIZE_KEY, codec_metadata
 from strongpose.config_check import (CONFIG_DIR, ConfigError, check_types, report_input_errors, require_positive,
                                      run_with_key_hints)
+from strongpose.inference.onnx import CATEGORY_KEY, CODEC_KEY, INPUT_SIZE_KEY, codec_metadata
 
 log = logging.getLogger(__name__)
 

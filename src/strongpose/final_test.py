@@ -92,6 +92,18 @@ def check_test_options(cfg: DictConfig, val_paths: tuple[Any, Any] | None) -> No
         threshold(f"final_test_options.{name}", ecfg.test[name])
 
 
+def monitor_validation_twin(cfg: DictConfig) -> None:
+    """``optimized_metric=test/AP`` with the checkpoint callback monitoring it (its default, ``${optimized_metric}``):
+    the final test comes after training, so the checkpoints are chosen by its validation twin, ``val/AP`` (by
+    ``val/loss`` when the run computes no COCO statistics while training). In place."""
+    optimized = cfg.get("optimized_metric")
+    callbacks = cfg.get("callbacks") or {}
+    checkpointing = callbacks.get("model_checkpoint")
+    if optimized in final_test_metrics(cfg) and checkpointing is not None and checkpointing.get("monitor") == optimized:
+        twin = "val/" + optimized[len(PREFIX):]
+        checkpointing.monitor = twin if callbacks.get("coco_eval") is not None else "val/loss"
+
+
 def run_final_test(cfg: DictConfig, trainer: L.Trainer, val_paths: tuple[Any, Any], best: dict | None,
                     last: str) -> dict[str, float]:
     """After ``fit``: the final test on rank 0 (the others return nothing), ``{test/AP: ..., ...}``."""

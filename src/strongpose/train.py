@@ -36,7 +36,7 @@ from strongpose.checkpoint_io import AtomicCheckpointIO
 from strongpose.config_check import (CONFIG_DIR, ConfigError, check_types, in_multirun, report_input_errors,
                                      run_with_key_hints)
 from strongpose.data.sample import sample_paths
-from strongpose.final_test import check_test_options, run_final_test, final_test_metrics
+from strongpose.final_test import check_test_options, final_test_metrics, monitor_validation_twin, run_final_test
 from strongpose.monitored import check_monitored_metric, warn_if_no_validation
 from strongpose.slurm import check_world_size, with_slurm_environment
 from strongpose.tracking import RecordWandbRun, finish_wandb, recorded_wandb_run, say, wandb_logger
@@ -171,14 +171,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     check_validation_data(cfg, datamodule)
     check_test_options(cfg, getattr(datamodule, "val_paths", None))  # final_test's options, before training
     model = instantiate(cfg.model, codec=codec)
-    optimized = cfg.get("optimized_metric")
-    checkpointing_cfg = (cfg.get("callbacks") or {}).get("model_checkpoint")
-    if optimized in final_test_metrics(cfg) and checkpointing_cfg is not None \
-            and checkpointing_cfg.get("monitor") == optimized:  # (its default: ${optimized_metric})
-        # the final test's test/AP comes after training: the checkpoints are chosen by its validation twin, val/AP
-        # (by val/loss when the run computes no COCO statistics while training)
-        coco_eval = (cfg.get("callbacks") or {}).get("coco_eval") is not None
-        checkpointing_cfg.monitor = "val/" + optimized.split("/", 1)[1] if coco_eval else "val/loss"
+    monitor_validation_twin(cfg)  # optimized_metric=test/AP: the checkpoints are chosen by val/AP
     model.run_config = resolved_config(cfg)  # saved in every checkpoint
     logging_to = [c for c in (cfg.get("logger") or {}).values() if c is not None]
     callbacks = instantiate_callbacks(cfg.get("callbacks"), has_logger=bool(logging_to))

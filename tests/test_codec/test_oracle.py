@@ -50,7 +50,7 @@ skeleton:
     assert own == capsys.readouterr().out.strip().splitlines()[-1].split()[0]  # AP=... as COCO's
     with pytest.raises(SystemExit):
         oracle.main(["--ann", str(ANN), "--skeleton", "horse"])
-    assert "'horse' is neither a built-in skeleton" in capsys.readouterr().err
+    assert "skeleton 'horse' is neither a built-in one" in capsys.readouterr().err
     named = tmp_path / "named.yaml"
     named.write_text("defaults:\n  - default\n  - _self_\nskeleton: crowdpose\n")  # a built-in's name
     assert oracle.skeleton_arg(str(named)) == "crowdpose"

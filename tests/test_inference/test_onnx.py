@@ -148,6 +148,6 @@ def test_evaluate_and_predict_take_the_onnx_file(exported, tiny_checkpoint, tmp_
     summary = predict.run(config("predict", [f"ckpt_path={exported}", f"input={images[0]}",
                                              f"output={tmp_path / 'c'}", "test.codec.decode_max_people=2"]))
     assert summary["images"] == 1 and summary["options"]["codec"] == {"decode_max_people": 2}
-    with pytest.raises(ConfigError, match="ONNX file, which ONNX Runtime runs in float32"):
+    with pytest.raises(ConfigError, match="precision=bf16: an ONNX file runs in float32"):
         predict.run(config("predict", [f"ckpt_path={exported}", f"input={images[0]}", f"output={tmp_path / 'd'}",
                                        "precision=bf16"]))

@@ -30,14 +30,10 @@ def predictor_from_config(cfg: DictConfig, input_size: int | None) -> Predictor:
     test = cfg.test
     codec = OmegaConf.to_container(test.codec) if test.get("codec") is not None else None
     decode_settings(codec, "test.codec")  # named as the command line spells them
-    if str(cfg.ckpt_path).lower().endswith(".onnx"):  # an exported network: ONNX Runtime runs it in float32
-        precision = cfg.get("precision", "32")
-        if precision is not None and str(precision) not in ("32", "32-true"):
-            raise ConfigError(f"precision={precision} is for checkpoints: {cfg.ckpt_path} is an ONNX file, which "
-                              f"ONNX Runtime runs in float32 (leave precision out)")
+    if str(cfg.ckpt_path).lower().endswith(".onnx"):  # an exported network: ONNX Runtime runs it (float32)
         return load_onnx(cfg.ckpt_path, codec=codec, input_size=input_size, device=cfg.get("device") or "cpu",
                          flip=test.flip, scales=list(test.scales), keypoint_threshold=test.keypoint_threshold,
-                         person_threshold=test.person_threshold)
+                         person_threshold=test.person_threshold, precision=cfg.get("precision", "32"))
     return load(cfg.ckpt_path, device=cfg.get("device"), flip=test.flip, scales=list(test.scales),
                 keypoint_threshold=test.keypoint_threshold, person_threshold=test.person_threshold,
                 input_size=input_size, precision=cfg.get("precision", "32"), codec=codec)

@@ -131,7 +131,7 @@ class OnnxPredictor(Predictor):
     def precision(self, value: str | int | None) -> None:
         if value is not None and str(value) not in ("32", "32-true"):
             raise ConfigError(f"precision={value}: an ONNX file runs in float32 (ONNX Runtime); precision is for "
-                              f"checkpoints")
+                              f"checkpoints (leave it out)")
         self._autocast, self._precision = None, "32"
 
     def __repr__(self) -> str:
@@ -152,13 +152,15 @@ def _providers(ort: Any, providers: list[str] | str | None) -> list[str]:
 def load_onnx(path: str | Path, codec: StrongPoseCodec | Mapping[str, Any] | None = None,
               input_size: int | None = None, device: str | torch.device | None = "cpu", flip: bool = False,
               scales: Iterable[float] = (1.0,), keypoint_threshold: float | None = None,
-              person_threshold: float | None = None, providers: list[str] | str | None = None) -> OnnxPredictor:
+              person_threshold: float | None = None, providers: list[str] | str | None = None,
+              precision: str | int | None = "32") -> OnnxPredictor:
     """An :class:`OnnxPredictor` whose network is the ONNX file at ``path``, run by ONNX Runtime (``providers``,
     default its CPU one) in float32. ``codec``: decoding settings to change (as :func:`strongpose.load`'s, e.g.
     ``{"decode_max_people": 100}``), or a whole :class:`StrongPoseCodec` (it must be the file's as trained:
     stride, skeleton, disk radius; needed for files exported before 2026-11-28, which lack the codec metadata);
     ``input_size`` defaults to the size the file was exported at; ``device``: where decoding runs (default the
-    CPU, where ONNX Runtime's outputs are). The other arguments are :class:`Predictor`'s."""
+    CPU, where ONNX Runtime's outputs are); ``precision``: 32 only (refused otherwise, for the command lines that
+    pass theirs). The other arguments are :class:`Predictor`'s."""
     path = Path(path)
     try:
         import onnxruntime as ort
@@ -216,7 +218,7 @@ def load_onnx(path: str | Path, codec: StrongPoseCodec | Mapping[str, Any] | Non
                           f"{input_size}, scales={list(scales)}" + (", flip pads to a multiple of the stride"
                                                                      if padded else "")
                           + "); export with dynamic=true for other sizes")
-    predictor = OnnxPredictor(network, input_size, device, flip=flip, scales=scales,
+    predictor = OnnxPredictor(network, input_size, device, flip=flip, scales=scales, precision=precision,
                               keypoint_threshold=keypoint_threshold, person_threshold=person_threshold)
     predictor.checkpoint, predictor.codec_changes = path, changes
     return predictor
