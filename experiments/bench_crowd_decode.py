@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--noise", type=float, default=2.0, help="Gaussian noise on the offsets, px")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--snap-radius", type=float, default=8.0,
-                   help="decode_snap_radius, px (the codec's default; the test config's null means the disk radius, 32)")
+                   help="decode_snap_radius, px (the codec's default; the test config's null: the disk radius, 32)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save", help="write the decoded people to this .npz")

@@ -14,8 +14,8 @@ __all__ = ["COCO_PERSON", "CROWDPOSE", "Poses", "Skeleton", "StrongPoseCodec", "
 
 
 def __getattr__(name: str):
-    # `strongpose.load` / `load_onnx` import the inference stack (albumentations; Lightning and Hydra when called) on first use,
-    # so that `import strongpose` stays light
+    # `strongpose.load` / `load_onnx` import the inference stack (albumentations; Lightning and Hydra when called) on
+    # first use, so that `import strongpose` stays light
     if name in ("load", "load_onnx"):
         import strongpose.inference
 

@@ -33,8 +33,8 @@ def evaluate_config(cfg: DictConfig, checkpoint: str, val_paths: tuple[Any, Any]
     precision, ``final_test_options`` as its ``test`` group, results into ``<output_dir>/test``."""
     options = OmegaConf.to_container(cfg.get("final_test_options") or OmegaConf.create({}), resolve=True)
     if unknown := sorted(set(options) - set(OPTIONS)):
-        raise ConfigError(f"final_test_options: unknown {', '.join(unknown)}; the options are {', '.join(OPTIONS)} (those "
-                          f"of python -m strongpose.evaluate's test group)")
+        raise ConfigError(f"final_test_options: unknown {', '.join(unknown)}; the options are {', '.join(OPTIONS)} "
+                          f"(those of python -m strongpose.evaluate's test group)")
     data = cfg.get("data") or {}
     precision = str((cfg.get("trainer") or {}).get("precision") or "32")
     return OmegaConf.create({
@@ -53,7 +53,7 @@ def evaluate_config(cfg: DictConfig, checkpoint: str, val_paths: tuple[Any, Any]
 
 def check_test_options(cfg: DictConfig, val_paths: tuple[Any, Any] | None) -> None:
     """Before training: ``final_test_options`` of the right names and types (named as ``final_test_options.*``)."""
-    if not isinstance(cfg.get("final_test"), bool):  # final_test=no would be a true string
+    if cfg.get("final_test") is not None and not isinstance(cfg.get("final_test"), bool):  # "no" would be true
         raise ConfigError(f"final_test must be true or false, got {cfg.get('final_test')!r}")
     optimized = str(cfg.get("optimized_metric") or "")
     if optimized.startswith(PREFIX) and optimized not in final_test_metrics(cfg):
@@ -63,11 +63,13 @@ def check_test_options(cfg: DictConfig, val_paths: tuple[Any, Any] | None) -> No
     if not cfg.get("final_test"):
         return
     if val_paths is None:
-        raise ConfigError("final_test=true needs the data module's validation data (val_paths); this data module has none")
+        raise ConfigError("final_test=true needs the data module's validation data (val_paths); this data module "
+                          "has none")
     from strongpose.data.annotations import read_coco_json
     from strongpose.evaluation.coco_eval import CROWD_STAT_NAMES, has_crowd_index
 
-    if optimized[len(PREFIX):] in CROWD_STAT_NAMES and not has_crowd_index(read_coco_json(Path(val_paths[1]))):
+    if optimized.startswith(PREFIX) and optimized[len(PREFIX):] in CROWD_STAT_NAMES \
+            and not has_crowd_index(read_coco_json(Path(val_paths[1]))):
         raise ConfigError(f"optimized_metric={optimized!r} is CrowdPose's AP by crowd index, reported only when every "
                           f"validation image has a crowdIndex; {val_paths[1]} has none (COCO's AP: test/AP)")
     from strongpose.evaluate import TYPES

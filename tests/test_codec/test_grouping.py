@@ -133,7 +133,8 @@ def test_nearest_within_stays_exact_and_small_in_odd_cases(case, monkeypatch):
         cand[0, 1, 7], cand[0, 1, 2], pred[0, 1, 0] = torch.tensor([5.0, 0.0]), torch.tensor([-5.0, 0.0]), 0.0
     sizes = []
     bincount = torch.bincount
-    monkeypatch.setattr(torch, "bincount", lambda x, minlength=0: sizes.append(minlength) or bincount(x, minlength=minlength))
+    monkeypatch.setattr(torch, "bincount",
+                        lambda x, minlength=0: sizes.append(minlength) or bincount(x, minlength=minlength))
     dist, idx = _nearest_within(pred, cand, valid, 3, radius)
     assert all(size <= 2 * 4096 * 1.2 for size in sizes)  # a few buckets per detection, at most ~MIN_BUCKETS a group
     dense_dist, dense_idx = _nearest(pred, cand, valid, 3)

@@ -70,8 +70,8 @@ class AugmentConfig:
             pixel = values["pixel"] or ()
             pixel = OmegaConf.to_container(pixel, resolve=True) if OmegaConf.is_config(pixel) else pixel
             if isinstance(pixel, (str, Mapping)) or not isinstance(pixel, Sequence):
-                raise ConfigError(f"data.augment.pixel must be a list of transforms ([{{_target_: albumentations.<Name>, "
-                                  f"...}}, ...]), got {pixel!r}")
+                raise ConfigError(f"data.augment.pixel must be a list of transforms ([{{_target_: "
+                                  f"albumentations.<Name>, ...}}, ...]), got {pixel!r}")
             values["pixel"] = tuple(dict(t) if isinstance(t, Mapping) else t for t in pixel)
         return cls(**values)
 

@@ -35,7 +35,8 @@ class PoseTracker:
         if max_age < 0:
             raise ValueError(f"max_age must be >= 0 frames, got {max_age}")
         self.var = (2 * np.asarray(sigmas, np.float64)) ** 2
-        self.oks_threshold, self.max_age, self.keypoint_threshold = float(oks_threshold), int(max_age), keypoint_threshold
+        self.oks_threshold, self.max_age = float(oks_threshold), int(max_age)
+        self.keypoint_threshold = float(keypoint_threshold)
         self.reset()
 
     def reset(self) -> None:
