@@ -71,3 +71,10 @@ def test_default_config_is_the_sample_cpu_run(train_config):
 def test_top_level_conf_points_to_the_package():
     readme = Path(__file__).parents[2] / "conf" / "README.md"
     assert "src/strongpose/conf" in readme.read_text()
+
+
+def test_the_trainer_takes_a_profiler_from_the_command_line(train_config, tmp_path):
+    from lightning.pytorch.profilers import SimpleProfiler
+
+    cfg = train_config(["trainer.profiler=simple"], output_dir=tmp_path)  # no `+`: the key is there
+    assert isinstance(instantiate(cfg.trainer).profiler, SimpleProfiler)
