@@ -117,6 +117,26 @@ def test_non_finite_outputs_are_dropped_not_decoded():
         assert len(poses) == 0 if key in ("short", "skhm") else len(poses) > 0, key
 
 
+@pytest.mark.parametrize("who", [0, 1, 2])
+def test_a_huge_offset_at_a_peak_loses_no_one(who):
+    """A diverged network's 1e5 px short offset at a nose put that nose 1e5 px away; its person's box then
+    covered everyone and OKS-NMS dropped another person. The refining step is at most the disk radius."""
+    codec = StrongPoseCodec(stride=8)
+    people = [person(80, 30, 200), person(260, 50, 160), person(420, 20, 240)]
+    maps = {k: v.float()[None] for k, v in codec.encode(as_tensor(people), (300, 520)).items() if k in codec.channels}
+    u, v = (int(round((c - 3.5) / 8)) for c in people[who][0, :2])
+    maps["short"][0, 0:2, v - 2:v + 3, u - 2:u + 3] = 1e5
+    poses = codec.decode(maps)[0]
+    assert len(poses) >= 3
+    rows, cols = match_people(poses.keypoints.numpy(), np.stack(people))
+    assert sorted(cols.tolist()) == [0, 1, 2]
+    found = poses.keypoints[..., 2] > 0
+    assert float(poses.keypoints[..., :2][found].abs().max()) <= 520 + codec.disk_radius
+    for r, c in zip(rows, cols):  # everyone but the nose of the spoiled one where they were
+        err = np.linalg.norm(poses.keypoints[r, 1:, :2].numpy() - people[c][1:, :2], axis=-1)
+        assert err.max() <= 1.0, (c, err.round(2))
+
+
 def test_an_empty_batch_decodes_to_no_images():
     codec = StrongPoseCodec(stride=8)
     maps = {k: torch.zeros(0, c, 8, 8) for k, c in codec.channels.items()}

@@ -399,7 +399,7 @@ class StrongPoseCodec:
                 skhm=skhm if keypoint_scores is None else None, vote_radius=self.decode_refine_radius,
                 vote_threshold=self.decode_vote_threshold,
                 vote_window=math.ceil((self.disk_radius + self.decode_refine_radius) / self.stride),
-                vote_iters=self.decode_refine_iters)
+                vote_iters=self.decode_refine_iters, max_step=self.disk_radius)
             t1 = time.perf_counter()
             # the body-map probability under each detection scales the person scores
             bhm = outputs["bhm"].float() if ("bhm" in outputs and self.decode_bhm_weight > 0) else None

@@ -233,13 +233,16 @@ def find_peaks(
     vote_window: int = 5,
     vote_threshold: float = 0.01,
     vote_iters: int = 2,
+    max_step: float = math.inf,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Local maxima (3x3) of (B, K, h, w) Hough scores above ``threshold``, the ``max_peaks`` best per type.
 
     Returns positions (B, K, L, 2) in input pixels (refined by the short offset read at the peak when
     ``refine``), scores (B, K, L) clamped to 1 and validity (B, K, L), strongest first; L >= 1 is the
     most peaks any (image, type) has, at most ``max_peaks``. Only cells above the threshold are tested,
-    so the cost follows the number of candidates, not the map size.
+    so the cost follows the number of candidates, not the map size. A refining offset longer than ``max_step``
+    input px (the disk radius: no target is longer) is shortened to it: a diverged network's 1e5 px offset
+    put a keypoint 1e5 px away, its person's box over everyone, and OKS-NMS dropped the others.
     """
     b, k, h, w = hough.shape
     dev = hough.device
@@ -286,7 +289,10 @@ def find_peaks(
     pos = _cell_grid(h, w, dev, hough.dtype, stride).index_select(1, cell).T  # (P, 2)
     if refine:  # channel c's (dx, dy) are short channels 2c and 2c + 1; a non-finite one: the cell's centre
         step = take(short.reshape(-1), (channel * (2 * h * w) + cell)[:, None] + _const((0, h * w), dev))
-        pos = pos + step.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+        step = step.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+        if math.isfinite(max_step):
+            step = step * (max_step / step.norm(dim=1, keepdim=True).clamp_(min=max_step))
+        pos = pos + step
         if skhm is not None and vote_radius > 0 and pos.numel():
             pos = vote_mean(pos, channel, cell, skhm, short, stride, vote_radius, vote_window, vote_threshold,
                             vote_iters)
