@@ -32,7 +32,7 @@ def test_every_yaml_file_is_an_option_or_an_entry_points_primary_config():
     assert "train.yaml" in {p.name for p in primary}
     assert all((package / f"{p.stem}.py").is_file() for p in primary), sorted(p.name for p in primary)
     assert {"backbone", "model", "model/optimizer", "model/scheduler", "codec", "data", "trainer", "logger",
-            "callbacks", "experiment", "hparams_search"} <= set(GROUPS)
+            "callbacks", "experiment", "hparams_search", "debug"} <= set(GROUPS)
     assert {o for g, o in OPTIONS if g == "backbone"} == {f"resnet{d}" for d in (18, 34, 50, 101, 152)}
 
 
@@ -78,3 +78,18 @@ def test_the_trainer_takes_a_profiler_from_the_command_line(train_config, tmp_pa
 
     cfg = train_config(["trainer.profiler=simple"], output_dir=tmp_path)  # no `+`: the key is there
     assert isinstance(instantiate(cfg.trainer).profiler, SimpleProfiler)
+
+
+@pytest.mark.parametrize("option", ["default", "fdr", "limit", "overfit", "profiler"])
+def test_debug_presets_run_on_one_cpu_process_apart_from_real_runs(train_config, option):
+    cfg = train_config([f"debug={option}"], tiny=False, return_hydra_config=True)
+    assert cfg.trainer.accelerator == "cpu" and cfg.trainer.devices == 1 and cfg.data.num_workers == 0
+    assert not cfg.logger and cfg.resume is None
+    assert cfg.hydra.run.dir.startswith("outputs/debug/") and cfg.hydra.verbose == "strongpose"
+    assert cfg.trainer.detect_anomaly == (option != "profiler")
+    assert {"fdr": cfg.trainer.fast_dev_run, "limit": cfg.trainer.limit_train_batches == 4,
+            "overfit": cfg.trainer.overfit_batches == 3, "profiler": cfg.trainer.profiler == "simple",
+            "default": cfg.trainer.max_epochs == 1}[option]
+    # what follows on the command line still wins
+    assert train_config([f"debug={option}", "trainer=gpu", "trainer.detect_anomaly=false"],
+                        tiny=False).trainer.accelerator == "gpu"

@@ -16,6 +16,13 @@ DEPTHS = ["resnet18", "resnet34", "resnet50",
           pytest.param("resnet101", marks=pytest.mark.slow), pytest.param("resnet152", marks=pytest.mark.slow)]
 
 
+def test_debug_fdr_runs_with_anomaly_detection(train_config, tmp_path):
+    _, objects = train(train_config(["debug=fdr", "data.input_size=64"], output_dir=tmp_path, tiny=False))
+    trainer = objects["trainer"]
+    assert trainer.fast_dev_run and trainer.global_step == 1 and not trainer.loggers
+    assert trainer._detect_anomaly and not torch.is_anomaly_enabled()  # Lightning turns it on for the fit only
+
+
 def test_fast_dev_run_of_the_default_config(train_config, tmp_path):
     cfg = train_config(["trainer.fast_dev_run=true", "logger=none"], output_dir=tmp_path, tiny=False)
     metrics, objects = train(cfg)
