@@ -6,7 +6,8 @@ folder) ``results.json``: COCO keypoint results in original-image pixels, each w
 (``image_id`` is the file name's stem, as an integer when it is one, the file name where two files would
 share one, or the frame number of a video; pixels of the image as shown: turned as its EXIF orientation says);
 ``summary.json`` (counts, skipped files and why, options, timing); and the drawn images (same file names)
-or the drawn video (``<name>_poses.mp4``). Unreadable images are reported and skipped; the others go on.
+or the drawn video (``<name>_poses.mp4``); with ``draw_maps=true`` also ``maps/<file name>``: the predicted
+maps over each image. Unreadable images are reported and skipped; the others go on.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from strongpose.inference.images import (IMAGE_SUFFIXES, VIDEO_SUFFIXES, ImageFi
 from strongpose.inference.pose_track import PoseTracker
 from strongpose.structures import Poses
 from strongpose.tracking import say
-from strongpose.viz import draw_poses
+from strongpose.viz import draw_poses, draw_targets
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +73,33 @@ def draw(image: np.ndarray, poses: Poses, predictor: Predictor, keypoint_thresho
     return cv2.cvtColor(drawn.permute(1, 2, 0).numpy(), cv2.COLOR_RGB2BGR)
 
 
+def draw_maps(image: np.ndarray, predictor: Predictor, mid_edge: int | None = None) -> np.ndarray:
+    """(H, W, 3) RGB -> (H, W, 3) BGR picture of the network's maps over it (:func:`strongpose.viz.draw_targets`:
+    body map tint, keypoint heat maps in the skeleton's colours, short-range arrows where a heat map passes 0.5,
+    mid-range arrows of the directed edge ``mid_edge`` (an index of ``codec.edges``)), drawn at the network's input and
+    mapped back onto the image's own pixels. Its own network pass at ``input_size`` (the test scales are not run)."""
+    network_input, maps, affine = predictor.maps(image)
+    drawn = draw_targets(network_input, maps, predictor.codec, mid_edge=mid_edge).permute(1, 2, 0).numpy()
+    height, width = image.shape[:2]
+    # input -> original pixels; the border replicated: a constant one would darken the edge pixels (half outside)
+    back = cv2.warpAffine(drawn, affine, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return cv2.cvtColor(back, cv2.COLOR_RGB2BGR)
+
+
+def draw_maps_edge(text: str, predictor: Predictor) -> int:
+    """``draw_maps_edge`` ("left_shoulder-left_elbow") -> the index of that directed edge of the model's codec."""
+    names = predictor.codec.skeleton.keypoints
+    edges = [f"{names[a]}-{names[b]}" for a, b in predictor.codec.edges.tolist()]
+    if text not in edges:
+        raise ConfigError(f"draw_maps_edge={text!r} is not a directed edge of the model's skeleton; its edges: "
+                          + ", ".join(edges))
+    return edges.index(text)
+
+
 def predict_images(predictor: Predictor, paths: list[Path], out: Path, cfg: DictConfig,
-                   totals: dict) -> tuple[list, list, int]:
-    """Results of image files; returns (results, skipped [{file, reason}], images done)."""
+                   totals: dict, edge: int | None = None) -> tuple[list, list, int]:
+    """Results of image files; returns (results, skipped [{file, reason}], images done). ``edge``: the directed
+    edge whose mid-range offsets ``draw_maps`` draws."""
     results, skipped, done = [], [], 0
     ids = image_ids(paths)
     with tqdm(total=len(paths), unit="img", desc="predict", file=sys.stderr) as bar:
@@ -92,6 +117,9 @@ def predict_images(predictor: Predictor, paths: list[Path], out: Path, cfg: Dict
                 if cfg.draw and not cv2.imwrite(str(out / path.name), draw(item["image"], p, predictor,
                                                                            cfg.draw_keypoint_threshold)):
                     raise OSError(f"cannot write the drawn image {out / path.name}")
+                if cfg.draw_maps and not cv2.imwrite(str(out / "maps" / path.name),
+                                                     draw_maps(item["image"], predictor, edge)):
+                    raise OSError(f"cannot write the drawn maps {out / 'maps' / path.name}")
             done += len(good)
             bar.update(len(batch))
     return results, skipped, done
@@ -139,6 +167,7 @@ def predict_video(predictor: Predictor, path: Path, out: Path, cfg: DictConfig,
 TYPES: dict[str, Any] = {
     **COMMON_TYPES, "input": Path, "output": Path | None, "batch_size": int, "num_workers": int,
     "input_size": int | None, "score_threshold": float | None, "draw": bool, "draw_keypoint_threshold": float,
+    "draw_maps": bool, "draw_maps_edge": str | None,
     "track": bool, "track_oks_threshold": float, "track_max_age": int,
 }
 
@@ -174,8 +203,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     images_folder = source if source.is_dir() else source.parent  # drawn images keep the input's file names
     if cfg.draw and not is_video and out.resolve() == images_folder.resolve():
         raise ConfigError(f"output {out} is the input's folder: the drawn images would replace the originals")
+    if cfg.draw_maps and is_video:
+        raise ConfigError(f"draw_maps=true draws the maps of images; {source} is a video (a frame saved as an "
+                          f"image can be given instead)")
     out.mkdir(parents=True, exist_ok=True)
+    if cfg.draw_maps:
+        (out / "maps").mkdir(exist_ok=True)
     predictor = predictor_from_config(cfg, cfg.input_size)
+    # a directed edge by its keypoints' names, checked before any image is predicted
+    edge = draw_maps_edge(cfg.draw_maps_edge, predictor) if cfg.draw_maps_edge else None
     totals: dict[str, float] = {}
     skipped: list[dict] = []
     drawn: Path | None = out if cfg.draw else None
@@ -192,7 +228,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if nested:
             log.warning("input folder %s: %s images in its subfolders are not predicted (subfolders are not "
                         "searched)", source, nested)
-        results, skipped, done = predict_images(predictor, paths, out, cfg, totals)
+        results, skipped, done = predict_images(predictor, paths, out, cfg, totals, edge)
     wall = time.perf_counter() - start
     results_path = write_json(out / "results.json", results)
     summary = {
@@ -208,6 +244,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "timing": timing_summary(totals, done, wall),
         "results": str(results_path),
         "drawn": str(drawn) if drawn is not None else None,
+        "maps": str(out / "maps") if cfg.draw_maps else None,
     }
     write_json(out / "summary.json", summary)
     unit = "frames" if is_video else "images"

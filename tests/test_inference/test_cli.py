@@ -126,6 +126,23 @@ def test_predict_folder_skips_the_corrupt_file_and_does_the_rest(tiny_checkpoint
     assert not (tmp_path / "broken.jpg").exists()
 
 
+def test_predict_draws_the_maps_of_each_image_when_asked(tiny_checkpoint, image_folder, tmp_path):
+    folder, first = image_folder
+    summary = predict.run(config("predict", [f"ckpt_path={tiny_checkpoint}", f"input={first}", f"output={tmp_path}",
+                                             "draw_maps=true", "draw_maps_edge=left_shoulder-left_elbow"]))
+    maps = cv2.imread(str(tmp_path / "maps" / first.name))
+    assert summary["maps"] == str(tmp_path / "maps")
+    assert maps.shape == cv2.imread(str(first)).shape and not np.array_equal(maps, cv2.imread(str(tmp_path /
+                                                                                                   first.name)))
+    with pytest.raises(ConfigError, match="left_elbow-left_knee.*not a directed edge.*left_shoulder-left_elbow"):
+        predict.run(config("predict", [f"ckpt_path={tiny_checkpoint}", f"input={first}", f"output={tmp_path}",
+                                       "draw_maps=true", "draw_maps_edge=left_elbow-left_knee"]))
+    video = write_video(tmp_path / "clip.mp4", [np.zeros((64, 96, 3), np.uint8)] * 2)
+    with pytest.raises(ConfigError, match="draw_maps=true draws the maps of images; .*clip.mp4 is a video"):
+        predict.run(config("predict", [f"ckpt_path={tiny_checkpoint}", f"input={video}", f"output={tmp_path}",
+                                       "draw_maps=true"]))
+
+
 def test_score_threshold_filters_people(tiny_checkpoint, image_folder, tmp_path):
     _, first = image_folder
     args = [f"ckpt_path={tiny_checkpoint}", f"input={first}", "draw=false"]

@@ -117,6 +117,34 @@ def test_people_come_back_in_original_pixels(hw, options):
     assert module.flipped == [False, True] * len(scales) if options.get("flip") else not any(module.flipped)
 
 
+@pytest.mark.parametrize("hw", [(240, 400), (400, 240)], ids=["landscape", "portrait"])
+def test_drawn_maps_lie_on_the_people_in_original_pixels(hw):
+    """predict's draw_maps: the maps drawn at the (letterboxed) network input and mapped back onto the image.
+    On a grey image the body map leaves the people bright and dims the rest to 0.45 of it."""
+    from strongpose.predict import draw_maps
+
+    h, w = hw
+    gt = people([(w * 0.3, 0.1 * h, min(h, w) * 0.75), (w * 0.72, 0.15 * h, min(h, w) * 0.7)])
+    module = OracleModule(StrongPoseCodec(stride=4, disk_radius=6.0), gt, hw)  # small disks: background between
+    predictor = Predictor(module, 128, "cpu")
+    grey = np.full((h, w, 3), 200, np.uint8)
+    image, maps, affine = predictor.maps(grey)
+    assert image.shape == (3, 128, 128) and maps["skhm"].shape == (17, 32, 32) and affine.shape == (2, 3)
+    maps["skhm"].zero_()  # ordinary tensors
+    drawn = draw_maps(grey, predictor).astype(int)
+    assert drawn.shape == (h, w, 3)
+    dimmed = np.abs(drawn - 90).max(-1) <= 3  # 200 x 0.45
+    at = gt[..., :2].round().long().reshape(-1, 2).numpy()
+    assert not dimmed[at[:, 1], at[:, 0]].any()  # every keypoint in a drawn person
+    # near the corners, far from both (the edge pixel beside the letterbox padding is half mixed with it)
+    assert dimmed[[2, 2, -3, -3], [2, -3, 2, -3]].all()
+    if w > h:  # between the two people (apart by 130 px; in the portrait image, 14 px: their bodies' maps meet)
+        assert dimmed[h // 2, int(gt[0, :, 0].max() + gt[1, :, 0].min()) // 2]
+    marked = marked_image(h, w)  # the oracle tells a mirrored input by its bright left half
+    averaged = Predictor(module, 128, "cpu", flip=True).maps(marked)[1]  # flip-averaged: the same maps
+    assert torch.allclose(averaged["bhm"], predictor.maps(marked)[1]["bhm"], atol=1e-3)
+
+
 def test_a_person_seen_in_the_padding_is_no_detection():
     """A landscape image is resized to 128 x 77 and padded to 128 x 128: a person the network finds in the
     padding rows lies below the original image, where nobody can be."""

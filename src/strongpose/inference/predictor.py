@@ -179,6 +179,19 @@ class Predictor:
         self.last_timing = timing
         return results
 
+    def maps(self, image: ImageLike) -> tuple[torch.Tensor, dict[str, torch.Tensor], np.ndarray]:
+        """What the network sees and says about one image, for drawing (:func:`strongpose.viz.draw_targets`): the
+        (3, S, S) uint8 network input at ``input_size`` (resized and padded as for prediction), its decode-ready
+        maps (probabilities and offsets, (C, h, w), flip-averaged when flipping; other ``scales`` are not run) on
+        the CPU, and the (2, 3) affine from input to original pixels. One network pass of its own."""
+        array = as_rgb_array(image)
+        with torch.inference_mode():
+            batch, affines = self.preprocess([array], self.input_size)
+            maps = self.network(batch)
+        # cloned outside inference mode: ordinary tensors, which the caller may change in place
+        return batch[0].cpu().clone(), {key: value[0].float().cpu().clone() for key, value in maps.items()}, \
+            affines[0].numpy()
+
     # ------------------------------------------------------------------ steps
     def preprocess(self, images: list[np.ndarray], size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, S', S') uint8 batch on the device (S' = ``size``, padded up to a multiple of the stride
