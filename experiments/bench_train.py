@@ -48,7 +48,9 @@ from strongpose.lit_module import StrongPoseModule  # noqa: E402
 from strongpose.models.network import PixelNormalize  # noqa: E402
 from strongpose.train import CONFIG_DIR  # noqa: E402
 
-BACKBONES = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+# the backbone/ config options (ResNet-18 ... 152, ResNeXt, Wide ResNet)
+BACKBONES = sorted((p.stem for p in (CONFIG_DIR / "backbone").glob("*.yaml")),
+                   key=lambda name: (not name.startswith("resnet"), len(name), name))
 MAX_BATCH_LIMIT = 4096  # the search stops doubling here
 
 

@@ -6,11 +6,16 @@ import torch
 import torchvision
 from torch import nn
 
-from strongpose.models.backbone import ResNetBackbone, imagenet_weights_file
+from strongpose.models.backbone import ARCHS, ResNetBackbone, imagenet_weights_file
 from strongpose.structures import map_size
 
 DEPTHS = ["resnet18", "resnet34", "resnet50",
-          pytest.param("resnet101", marks=pytest.mark.slow), pytest.param("resnet152", marks=pytest.mark.slow)]
+          pytest.param("resnet101", marks=pytest.mark.slow), pytest.param("resnet152", marks=pytest.mark.slow),
+          "resnext50_32x4d", *(pytest.param(arch, marks=pytest.mark.slow) for arch in ARCHS[6:])]
+
+
+def test_every_arch_is_tested():
+    assert [getattr(a, "values", (a,))[0] for a in DEPTHS] == list(ARCHS)
 
 
 @pytest.mark.parametrize("arch", DEPTHS)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from strongpose.checkpoint import CheckpointError
+from strongpose.checkpoint import CheckpointError, _another_kind_of_backbone
 from strongpose.config_check import ConfigError
 from strongpose.skeleton import COCO_PERSON
 from strongpose.train import start_from_weights, train
@@ -144,6 +144,19 @@ def test_another_kind_of_backbone_starts_afresh_and_a_resnet34_takes_the_resnet1
         same = name in saved and torch.equal(model.state_dict()[name], saved[name])
         assert same == backbone_loaded, arch
         assert torch.equal(model.state_dict()["net.heads.heads.bhm.weight"], saved["net.heads.heads.bhm.weight"])
+
+
+def test_resnext_and_wide_resnet_blocks_are_kinds_of_their_own():
+    """ResNeXt's grouped and Wide ResNet's doubled convolutions: a ResNet-50's tensors are no start for them, and
+    ResNeXt-101 32x8d and 64x4d share every shape but their 3x3 convolutions'."""
+    def spec(arch):
+        return {"class": "strongpose.models.backbone.ResNetBackbone", "arch": arch}
+
+    assert not _another_kind_of_backbone(spec("resnet50"), spec("resnet152"))
+    for a, b in (("resnet50", "resnext50_32x4d"), ("resnet50", "wide_resnet50_2"),
+                 ("resnext101_32x8d", "resnext101_64x4d")):
+        assert _another_kind_of_backbone(spec(a), spec(b)), (a, b)
+    assert not _another_kind_of_backbone(spec("resnext50_32x4d"), spec("resnext50_32x4d"))
 
 
 def test_a_skeleton_of_as_many_keypoints_gets_new_output_layers(trained, train_config, capsys):

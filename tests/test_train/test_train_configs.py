@@ -18,7 +18,8 @@ OPTIONS = sorted({(group, p.stem) for group in GROUPS for p in (CONFIG_DIR / gro
 NOT_TRAIN = {"test"}
 TRAIN_OPTIONS = [(g, o) for g, o in OPTIONS if g not in NOT_TRAIN]
 # these build large networks or need a GPU or the COCO_ROOT environment variable: compose only
-COMPOSE_ONLY = {("backbone", "resnet101"), ("backbone", "resnet152"), ("trainer", "gpu"), ("trainer", "ddp"),
+COMPOSE_ONLY = {("backbone", "resnet101"), ("backbone", "resnet152"), ("backbone", "resnext101_64x4d"),
+                ("backbone", "wide_resnet50_2"), ("trainer", "gpu"), ("trainer", "ddp"),
                 ("trainer", "ddp_multinode"),
                 ("experiment", "coco_resnet50"), ("experiment", "crowdpose_resnet50")}
 
@@ -33,7 +34,8 @@ def test_every_yaml_file_is_an_option_or_an_entry_points_primary_config():
     assert all((package / f"{p.stem}.py").is_file() for p in primary), sorted(p.name for p in primary)
     assert {"backbone", "model", "model/optimizer", "model/scheduler", "codec", "data", "trainer", "logger",
             "callbacks", "experiment", "hparams_search", "debug"} <= set(GROUPS)
-    assert {o for g, o in OPTIONS if g == "backbone"} == {f"resnet{d}" for d in (18, 34, 50, 101, 152)}
+    assert {o for g, o in OPTIONS if g == "backbone"} == {*(f"resnet{d}" for d in (18, 34, 50, 101, 152)),
+                                                          "resnext50_32x4d", "resnext101_64x4d", "wide_resnet50_2"}
 
 
 @pytest.mark.parametrize(("group", "option"), TRAIN_OPTIONS, ids=[f"{g}={o}" for g, o in TRAIN_OPTIONS])

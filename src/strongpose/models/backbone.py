@@ -1,4 +1,4 @@
-"""ResNet backbone with a light top-down neck that brings the features to the codec's output stride.
+"""ResNet (ResNeXt, Wide ResNet) backbone with a light top-down neck that brings the features to the codec's output stride.
 
 Output stride mechanism: a top-down neck (FPN-like: 1x1 laterals on C(stride)..C5, nearest upsampling
 and sums, one 3x3 conv) rather than ``replace_stride_with_dilation``. Why:
@@ -21,7 +21,10 @@ from torch import nn
 
 from strongpose.models.frozen_norm import CachedFrozenBatchNorm2d
 
-DEPTHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+# torchvision's ResNet family: the same stages and block layout (ResNeXt: grouped 3x3 convolutions; Wide ResNet:
+# twice the bottleneck width), so one neck fits all; ImageNet weights by torchvision's name of each
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+         "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2")
 NORMS = ("batch", "frozen")
 # stride of each ResNet stage's output: stem+layer1 = C2 ... layer4 = C5
 _STAGE_STRIDES = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
@@ -50,7 +53,8 @@ class ResNetBackbone(nn.Module):
     """torchvision ResNet + top-down neck; ``forward(images) -> (B, neck_channels, h, w)`` at ``output_stride``.
 
     Args:
-        arch: one of ``resnet18`` ... ``resnet152``.
+        arch: one of ``resnet18`` ... ``resnet152``, ``resnext50_32x4d``, ``resnext101_32x8d``, ``resnext101_64x4d``,
+            ``wide_resnet50_2``, ``wide_resnet101_2`` (:data:`ARCHS`).
         output_stride: 4, 8, 16 or 32 (must equal the codec's stride).
         neck_channels: channels of the neck, i.e. of the heads' input.
         pretrained: load torchvision's ImageNet weights from a local file (see :func:`load_imagenet_weights`).
@@ -70,8 +74,8 @@ class ResNetBackbone(nn.Module):
         norm: str = "batch",
     ) -> None:
         super().__init__()
-        if arch not in DEPTHS:
-            raise ValueError(f"unknown backbone {arch!r}; known: {DEPTHS}")
+        if arch not in ARCHS:
+            raise ValueError(f"unknown backbone {arch!r}; known: {', '.join(ARCHS)}")
         if output_stride not in _STAGE_STRIDES.values():
             raise ValueError(f"output_stride must be one of {sorted(_STAGE_STRIDES.values())}, got {output_stride}")
         if norm not in NORMS:
