@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from strongpose.callbacks import ModelCheckpoint
+from strongpose.callbacks import Compile, ModelCheckpoint
 from strongpose.checkpoint import CONFIG_KEY
 from strongpose.config_check import ConfigError
 from strongpose.lit_module import StrongPoseModule
-from strongpose.train import train
+from strongpose.train import example_for_the_summary, train
 
 DEPTHS = ["resnet18", "resnet34", "resnet50",
           pytest.param("resnet101", marks=pytest.mark.slow), pytest.param("resnet152", marks=pytest.mark.slow)]
@@ -21,6 +21,25 @@ def test_debug_fdr_runs_with_anomaly_detection(train_config, tmp_path):
     trainer = objects["trainer"]
     assert trainer.fast_dev_run and trainer.global_step == 1 and not trainer.loggers
     assert trainer._detect_anomaly and not torch.is_anomaly_enabled()  # Lightning turns it on for the fit only
+
+
+def test_the_model_summary_counts_flops_and_changes_nothing(train_config, tmp_path, capsys):
+    """Lightning counts FLOPs from an example input: one blank image at the training size, without gradients or
+    BatchNorm statistics; the run's losses are the same as without a summary. None for a compiled network."""
+    runs = {}
+    for summary in (True, False):
+        metrics, objects = train(train_config(["trainer.fast_dev_run=true", f"trainer.enable_model_summary={summary}"],
+                                              output_dir=tmp_path / str(summary)))
+        runs[summary] = {key: value for key, value in metrics.items() if key != "train/images_per_sec"}
+        assert (objects["model"].example_input_array is not None) == summary
+    assert "Total FLOPs: 0" not in capsys.readouterr().out
+    assert runs[True] == runs[False]
+    cfg = train_config(["trainer.enable_model_summary=true"], output_dir=tmp_path)
+    model = objects["model"]  # of the run without a summary: no example
+    example_for_the_summary(cfg, model, objects["datamodule"], [Compile(enabled=True)])
+    assert model.example_input_array is None
+    example_for_the_summary(cfg, model, objects["datamodule"], [Compile(enabled=False)])
+    assert model.example_input_array.shape == (1, 3, 64, 64)
 
 
 def test_fast_dev_run_of_the_default_config(train_config, tmp_path):
