@@ -195,13 +195,17 @@ def test_cli_runs_from_any_folder_and_says_where_the_checkpoint_is(tmp_path, tra
 
 
 @pytest.mark.slow
-def test_multirun_gives_each_job_its_own_folder(tmp_path, train_cli):
+def test_multirun_gives_each_job_its_own_folder(tmp_path, train_cli, cli):
     args = ["-m", "logger=none", "trainer=cpu", "data.input_size=64", "data.batch_size=2",
             "data.max_train_images=2", "data.max_val_images=2", "trainer.fast_dev_run=true",
             "backbone=resnet18,resnet34", "hydra.sweep.dir=sweep"]
     train_cli(args, tmp_path, timeout=600)
     jobs = sorted(p.parent.parent.name for p in (tmp_path / "sweep").glob("*/.hydra/overrides.yaml"))
     assert jobs == ["0", "1"]
+    summary = cli("strongpose.sweep_summary", ["dir=sweep"], tmp_path).stdout.splitlines()  # the jobs' own files
+    assert summary[1].split() == ["run", "backbone", "val/loss", "step", "status"]
+    assert sorted(line.split()[1] for line in summary[2:4]) == ["resnet18", "resnet34"]
+    assert summary[-1] == "done 2, failed 0, unfinished 0"
 
 
 
