@@ -172,9 +172,12 @@ def init_from_checkpoint(module: torch.nn.Module, path: str | Path) -> tuple[lis
 
 
 # torchvision ResNets by block: a ResNet-34 starts with a ResNet-18's blocks (fine-tuning one from the other
-# loads those), a ResNet-50's bottleneck blocks hold other tensors under the same names and shapes
+# loads those), a ResNet-50's bottleneck blocks hold other tensors under the same names and shapes. Wide
+# ResNets' doubled bottlenecks are a kind of their own shared by 50 and 101 layers; each ResNeXt (its groups
+# and widths) stays a kind of its own, by its arch name
 RESNET_BLOCKS = {"resnet18": "basic", "resnet34": "basic", "resnet50": "bottleneck", "resnet101": "bottleneck",
-                 "resnet152": "bottleneck"}
+                 "resnet152": "bottleneck", "wide_resnet50_2": "wide_bottleneck",
+                 "wide_resnet101_2": "wide_bottleneck"}
 
 
 def _another_kind_of_backbone(saved: dict[str, Any], current: dict[str, Any]) -> bool:

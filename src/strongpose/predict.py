@@ -206,6 +206,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.draw_maps and is_video:
         raise ConfigError(f"draw_maps=true draws the maps of images; {source} is a video (a frame saved as an "
                           f"image can be given instead)")
+    if cfg.draw_maps and (out / "maps").resolve() == images_folder.resolve():
+        raise ConfigError(f"output {out}: its maps/ folder is the input's folder: the drawn maps would replace the "
+                          f"originals")
+    if cfg.draw_maps_edge and not cfg.draw_maps:  # it would be checked, then silently unused
+        raise ConfigError(f"draw_maps_edge={cfg.draw_maps_edge!r} chooses the edge that draw_maps draws: it needs "
+                          f"draw_maps=true")
     out.mkdir(parents=True, exist_ok=True)
     if cfg.draw_maps:
         (out / "maps").mkdir(exist_ok=True)
@@ -249,7 +255,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     write_json(out / "summary.json", summary)
     unit = "frames" if is_video else "images"
     say(f"Predicted {len(results)} people in {done} {unit} ({len(skipped)} skipped); results {results_path}"
-          + (f", drawn in {drawn}" if drawn else ""))
+          + (f", drawn in {drawn}" if drawn else "") + (f", maps in {out / 'maps'}" if cfg.draw_maps else ""))
     if skipped and not done:  # nothing came out: a failure, for scripts too (the summary lists why)
         raise InputError(f"no image of {source} could be read: all {len(skipped)} skipped, the first: "
                          f"{skipped[0]['file']}: {skipped[0]['reason']}")

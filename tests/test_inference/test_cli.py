@@ -141,6 +141,22 @@ def test_predict_draws_the_maps_of_each_image_when_asked(tiny_checkpoint, image_
     with pytest.raises(ConfigError, match="draw_maps=true draws the maps of images; .*clip.mp4 is a video"):
         predict.run(config("predict", [f"ckpt_path={tiny_checkpoint}", f"input={video}", f"output={tmp_path}",
                                        "draw_maps=true"]))
+    with pytest.raises(ConfigError, match="draw_maps_edge='left_shoulder-left_elbow' .*needs draw_maps=true"):
+        predict.run(config("predict", [f"ckpt_path={tiny_checkpoint}", f"input={first}", f"output={tmp_path}",
+                                       "draw_maps_edge=left_shoulder-left_elbow"]))
+
+
+def test_predict_maps_never_replace_the_images_they_are_drawn_over(tiny_checkpoint, image_folder, tmp_path):
+    _, first = image_folder
+    inputs = tmp_path / "maps"  # the output's maps/ folder would be the input's folder
+    inputs.mkdir()
+    original = (inputs / first.name).write_bytes(first.read_bytes()) and (inputs / first.name).read_bytes()
+    for source in (inputs, inputs / first.name):  # a folder or one of its images, drawn or not
+        for draw in ("true", "false"):
+            with pytest.raises(ConfigError, match="maps/ folder is the input's folder.*replace the originals"):
+                predict.run(config("predict", [f"ckpt_path={tiny_checkpoint}", f"input={source}",
+                                               f"output={tmp_path}", "draw_maps=true", f"draw={draw}"]))
+    assert (inputs / first.name).read_bytes() == original and not (tmp_path / "results.json").exists()
 
 
 def test_score_threshold_filters_people(tiny_checkpoint, image_folder, tmp_path):

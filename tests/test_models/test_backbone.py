@@ -6,7 +6,7 @@ import torch
 import torchvision
 from torch import nn
 
-from strongpose.models.backbone import ARCHS, ResNetBackbone, imagenet_weights_file
+from strongpose.models.backbone import ARCHS, ResNetBackbone, WeightsFileError, imagenet_weights_file
 from strongpose.structures import map_size
 
 DEPTHS = ["resnet18", "resnet34", "resnet50",
@@ -85,3 +85,26 @@ def test_pretrained_loads_the_local_file(tmp_path, monkeypatch, where):
     assert torch.equal(backbone.stem[0].weight, reference.conv1.weight)
     assert torch.equal(backbone.stages["layer4"][1].conv2.weight, reference.layer4[1].conv2.weight)
     assert torch.equal(backbone.stem[1].running_var, reference.bn1.running_var)
+
+
+def test_a_wrong_weights_file_is_named_with_its_problem(tmp_path):
+    """Another arch's weights, a damaged file and a whole checkpoint: one line naming the file, not torch's
+    list of hundreds of tensors."""
+    other = tmp_path / "resnet34.pth"
+    torch.save(torchvision.models.resnet34().state_dict(), other)
+    with pytest.raises(WeightsFileError, match=r"resnet34.pth do not fit torchvision's resnet18: .*unexpected "
+                                               r"\(first: layer1.2.conv1.weight\).*backbone.arch=resnet18"):
+        ResNetBackbone("resnet18", pretrained=True, weights_path=str(other))
+    wide = tmp_path / "wide.pth"
+    torch.save(torchvision.models.wide_resnet50_2().state_dict(), wide)
+    with pytest.raises(WeightsFileError, match=r"of another shape \(first: layer1.0.conv1.weight \(128, 64, 1, 1\) "
+                                               r"vs \(64, 64, 1, 1\)\)"):
+        ResNetBackbone("resnet50", pretrained=True, weights_path=str(wide))
+    damaged = tmp_path / "damaged.pth"
+    damaged.write_bytes(other.read_bytes()[:1000])
+    with pytest.raises(WeightsFileError, match="damaged.pth: cannot be read as a torch file"):
+        ResNetBackbone("resnet18", pretrained=True, weights_path=str(damaged))
+    checkpoint = tmp_path / "last.ckpt"
+    torch.save({"state_dict": torchvision.models.resnet18().state_dict(), "epoch": 3}, checkpoint)
+    with pytest.raises(WeightsFileError, match="last.ckpt: not a state dict of tensors .*init_from="):
+        ResNetBackbone("resnet18", pretrained=True, weights_path=str(checkpoint))

@@ -157,6 +157,8 @@ def test_resnext_and_wide_resnet_blocks_are_kinds_of_their_own():
                  ("resnext101_32x8d", "resnext101_64x4d")):
         assert _another_kind_of_backbone(spec(a), spec(b)), (a, b)
     assert not _another_kind_of_backbone(spec("resnext50_32x4d"), spec("resnext50_32x4d"))
+    assert not _another_kind_of_backbone(spec("wide_resnet50_2"), spec("wide_resnet101_2"))  # the same blocks
+    assert _another_kind_of_backbone(spec("wide_resnet101_2"), spec("resnet101"))
 
 
 def test_a_skeleton_of_as_many_keypoints_gets_new_output_layers(trained, train_config, capsys):

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from strongpose.config_check import InputError
 from strongpose.models.frozen_norm import CachedFrozenBatchNorm2d
 
 # torchvision's ResNet family: the same stages and block layout (ResNeXt: grouped 3x3 convolutions; Wide ResNet:
@@ -28,6 +29,10 @@ ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
 NORMS = ("batch", "frozen")
 # stride of each ResNet stage's output: stem+layer1 = C2 ... layer4 = C5
 _STAGE_STRIDES = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
+
+
+class WeightsFileError(InputError, ValueError):
+    """An ImageNet weights file that cannot be read, or that holds another network's tensors."""
 
 
 def imagenet_weights_file(arch: str) -> Path:
@@ -45,8 +50,28 @@ def load_imagenet_weights(model: nn.Module, arch: str, weights_path: str | Path 
             f"ImageNet weights for {arch} not found at {path}. Download {url} on a machine with network "
             f"access and put it at {imagenet_weights_file(arch)} (or pass backbone.weights_path=/path/to/file), "
             f"or train from scratch with backbone.pretrained=false.")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a damaged or non-torch file: zip, pickle or weights_only errors alike
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise WeightsFileError(f"ImageNet weights {path}: cannot be read as a torch file "
+                               f"({type(err).__name__}: {first})") from err
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsFileError(f"ImageNet weights {path}: not a state dict of tensors (a training checkpoint "
+                               f"starts a run with init_from=, not backbone.weights_path=)")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:  # torch lists every one of hundreds of tensors: the file, the arch and the first
+        own = model.state_dict()  # (frozen BatchNorm drops num_batches_tracked as it loads: not a mismatch)
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own and not k.endswith("num_batches_tracked")]
+        reshaped = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+                    if k in state and state[k].shape != own[k].shape]
+        parts = [f"{len(found)} {what} (first: {found[0]})" for what, found in
+                 (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped)) if found]
+        raise WeightsFileError(f"ImageNet weights {path} do not fit torchvision's {arch}: "
+                               f"{'; '.join(parts) or str(err).splitlines()[0]}; weights of another network? "
+                               f"backbone.arch={arch} needs {arch}'s") from err
 
 
 class ResNetBackbone(nn.Module):
