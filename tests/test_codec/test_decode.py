@@ -137,6 +137,27 @@ def test_a_huge_offset_at_a_peak_loses_no_one(who):
         assert err.max() <= 1.0, (c, err.round(2))
 
 
+def test_unfound_keypoints_guesses_stay_on_the_input():
+    """A diverged network's long-range offsets (1e5 px) were each unfound keypoint's guess: kept on the input
+    now, while the found keypoints stay where they were."""
+    codec = StrongPoseCodec(stride=8)
+    legs = np.arange(17) >= 13  # knees and ankles unlabelled: nothing to find there
+    people = [person(80, 30, 200, ~legs), person(300, 50, 160, ~legs)]
+    maps = {k: v.float()[None] for k, v in codec.encode(as_tensor(people), (300, 520)).items() if k in codec.channels}
+    maps["long"].fill_(1e5)
+    poses = codec.decode(maps)[0]
+    rows, cols = match_people(poses.keypoints.numpy(), np.stack(people))
+    assert sorted(cols.tolist()) == [0, 1]
+    h, w = maps["skhm"].shape[-2:]
+    xy = poses.keypoints[rows][..., :2]
+    assert float(xy[..., 0].min()) >= -0.5 and float(xy[..., 0].max()) <= w * 8 - 0.5
+    assert float(xy[..., 1].min()) >= -0.5 and float(xy[..., 1].max()) <= h * 8 - 0.5
+    assert (poses.keypoints[rows][:, legs, 2] == 0).all()
+    for r, c in zip(rows, cols):
+        err = np.linalg.norm(poses.keypoints[r, ~legs, :2].numpy() - people[c][~legs, :2], axis=-1)
+        assert err.max() <= 1.0, (c, err.round(2))
+
+
 def test_an_empty_batch_decodes_to_no_images():
     codec = StrongPoseCodec(stride=8)
     maps = {k: torch.zeros(0, c, 8, 8) for k, c in codec.channels.items()}

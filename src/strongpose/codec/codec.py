@@ -422,6 +422,7 @@ class StrongPoseCodec:
             pos_np, score_np, valid_np = pos.cpu().numpy(), peak_scores.cpu().numpy(), valid.cpu().numpy()
         t2 = time.perf_counter()
         edges = self.edges.numpy()
+        extent = (skhm.shape[-1] * self.stride, skhm.shape[-2] * self.stride)  # the input the maps cover
         results = []
         for i, links in enumerate(host):
             # this image's own slots (its group's may be more): every link array's axis 1 is the source slot
@@ -432,7 +433,7 @@ class StrongPoseCodec:
                 links["mid_idx"], self.decode_snap_radius, self._sigmas, long_dist=links.get("long_dist"),
                 long_idx=links.get("long_idx"), long_pred=links.get("long_pred"), bhm_at=links.get("bhm_at"),
                 bhm_weight=self.decode_bhm_weight, nms_oks=self.decode_nms_oks,
-                min_keypoints=self.decode_min_keypoints, max_people=self.decode_max_people)
+                min_keypoints=self.decode_min_keypoints, max_people=self.decode_max_people, extent=extent)
             results.append(Poses(torch.from_numpy(kps), torch.from_numpy(person_scores)))
         t3 = time.perf_counter()
         self.last_timing = {"peaks_ms": 1e3 * (t1 - t0), "links_ms": 1e3 * (t2 - t1),

@@ -286,9 +286,11 @@ def group_image(
     nms_oks: float = 0.5,
     min_keypoints: int = 1,
     max_people: int = 30,
+    extent: tuple[float, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Greedy Pose Plot grouping of one image's detections (shapes as :func:`link_candidates`, no B).
 
+    ``extent`` (width, height) of the maps in input pixels: unfound keypoints' guesses are kept on it.
     Returns keypoints (N, K, 3) and person scores (N,), sorted by score.
     """
     k, num = score.shape
@@ -374,6 +376,8 @@ def group_image(
             guess = np.where(np.isfinite(guess), guess, mean())
     else:
         guess = mean()
+    if extent is not None:  # a diverged network's long-range offset put guesses 1e5 px away (pixel centres at
+        guess = np.clip(guess, -0.5, np.asarray(extent, np.float32) - 0.5)  # integers: the canvas' edges)
     kps[..., :2] = np.where(found[..., None], kps[..., :2], guess)
     # mean over all K keypoint scores (unfound = 0) ranks fragments below whole people
     scores = kps[..., 2].sum(1) / k
