@@ -306,9 +306,28 @@ def _overrides_and_config_dirs(args: Sequence[str]) -> tuple[list[str], list[pat
     return overrides, dirs
 
 
+# config options that need a Hydra plugin of an optional extra: (the override's start, its plugin module, the extra)
+PLUGIN_OPTIONS = (("hparams_search=optuna", "hydra_plugins.hydra_optuna_sweeper", "sweeps"),
+                  ("hydra/sweeper=optuna", "hydra_plugins.hydra_optuna_sweeper", "sweeps"),
+                  ("hydra/launcher=slurm", "hydra_plugins.hydra_submitit_launcher", "slurm"))
+
+
+def missing_plugin_hint(args: Sequence[str]) -> str | None:
+    """For an option whose Hydra plugin is not installed (Hydra says only that the option does not exist),
+    what to install."""
+    import importlib.util
+
+    for option, module, extra in PLUGIN_OPTIONS:
+        if any(arg.lstrip("+~") == option for arg in args) and importlib.util.find_spec(module) is None:
+            return (f"{option} needs a Hydra plugin that is not installed ({module.split('.')[-1]}): "
+                    f"pip install 'strongpose[{extra}]'")
+    return None
+
+
 def print_key_hint(config_name: str) -> None:
-    """After Hydra refused the command line (``sys.argv``): the :func:`unknown_key_hint`, if any, on stderr."""
-    hint = unknown_key_hint(sys.argv[1:], CONFIG_DIR, config_name)
+    """After Hydra refused the command line (``sys.argv``): the :func:`unknown_key_hint` or
+    :func:`missing_plugin_hint`, if any, on stderr."""
+    hint = missing_plugin_hint(sys.argv[1:]) or unknown_key_hint(sys.argv[1:], CONFIG_DIR, config_name)
     if hint:
         print(hint, file=sys.stderr)
 

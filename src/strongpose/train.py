@@ -41,6 +41,7 @@ from strongpose.data.sample import sample_paths
 from strongpose.final_test import check_test_options, final_test_metrics, monitor_validation_twin, run_final_test
 from strongpose.monitored import check_monitored_metric, warn_if_no_validation
 from strongpose.slurm import check_world_size, with_slurm_environment
+from strongpose.sweep_direction import check_sweep_direction
 from strongpose.tracking import RecordWandbRun, finish_wandb, recorded_wandb_run, say, wandb_logger
 
 log = logging.getLogger(__name__)
@@ -158,6 +159,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if cfg.get("init_from") and cfg.get("ckpt_path") is not None:
         raise ConfigError("init_from and ckpt_path both set: ckpt_path resumes a run (weights, optimiser, step), "
                           "init_from starts a new one from a checkpoint's weights; give one")
+    if HydraConfig.initialized():  # an optimising sweeper (Optuna) told to go against optimized_metric
+        check_sweep_direction(cfg.get("optimized_metric"), HydraConfig.get().get("sweeper"))
     backbone = cfg.get("backbone") or {}
     if backbone.get("norm") == "frozen" and not backbone.get("pretrained"):
         log.warning("backbone.norm=frozen without backbone.pretrained=true: the frozen statistics are the "
