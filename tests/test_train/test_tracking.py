@@ -126,3 +126,19 @@ def test_each_job_of_a_sweep_logs_to_its_own_wandb_run(tmp_path):
     for job in ("0", "1"):
         assert len(list((tmp_path / "sweep" / job / "wandb").glob("offline-run-*"))) == 1, job
         assert json.loads((tmp_path / "sweep" / job / "metrics.json").read_text())["best_checkpoint"]
+
+
+def test_tensorboard_logger_gets_the_losses_metrics_and_drawn_predictions(train_config, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(train_config(["logger=tensorboard", *TINY_RUN], output_dir=tmp_path))
+    (folder,) = (tmp_path / "tensorboard").glob("version_*")
+    events = EventAccumulator(str(folder), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/loss_skhm", "val/loss", "val/AP", "lr-AdamW"} <= scalars, sorted(scalars)
+    assert "hp_metric" not in scalars  # Lightning's placeholder of -1, off
+    validations = [e.step for e in events.Scalars("val/AP")]
+    assert len(validations) == 2  # one image a validation, at the step of its metrics (lined up in TensorBoard)
+    assert [image.step for image in events.Images("val/predictions/0")] == validations
+    assert {(image.width, image.height) for image in events.Images("val/predictions/0")} == {(64, 64)}

@@ -7,9 +7,12 @@ import re
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
+import numpy as np
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from strongpose.evaluation.coco_eval import CROWD_STAT_NAMES, STAT_NAMES, check_backend
@@ -17,6 +20,20 @@ from strongpose.evaluation.metric import COCOKeypointAP
 from strongpose.viz import draw_batch
 
 log = logging.getLogger(__name__)
+
+
+def send_images(logger: Any, key: str, images: list[np.ndarray], step: int) -> bool:
+    """(H, W, 3) uint8 images to a logger that takes them: W&B's ``log_image``, TensorBoard's ``add_image`` (one
+    tag per image: sizes may differ); CSV and others take none (False)."""
+    if hasattr(logger, "log_image"):
+        logger.log_image(key=key, images=images, step=step)
+        return True
+    writer = getattr(logger, "experiment", None) if isinstance(logger, TensorBoardLogger) else None
+    if writer is None or not hasattr(writer, "add_image"):
+        return False
+    for i, image in enumerate(images):
+        writer.add_image(f"{key}/{i}", image, global_step=step, dataformats="HWC")
+    return True
 
 
 class COCOEvalCallback(Callback):
@@ -37,7 +54,7 @@ class COCOEvalCallback(Callback):
         prefix: of the logged names.
         verbose: also log COCOeval's summary table of each epoch.
         log_images: draw the predicted skeletons on this many images of the first validation batch and
-            send them to every logger that takes media (``log_image``: W&B); 0 turns it off.
+            send them to every logger that takes images (W&B, TensorBoard; :func:`send_images`); 0 turns it off.
     """
 
     def __init__(self, annotations: str | Path | None = None, sigmas: Sequence[float] | None = None,
@@ -101,8 +118,7 @@ class COCOEvalCallback(Callback):
             # the epoch loop; global_step is one more after an epoch-end validation), so they line up in W&B
             step = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step)
             for logger in trainer.loggers:
-                if hasattr(logger, "log_image"):  # W&B media; CSV and others take no images
-                    logger.log_image(key=f"{self.prefix}predictions", images=self._drawn, step=step)
+                send_images(logger, f"{self.prefix}predictions", self._drawn, step)
             self._drawn = []
         for name, value in stats.items():
             # already global: no sync_dist (which would average identical values over the ranks anyway)
