@@ -95,3 +95,10 @@ def test_debug_presets_run_on_one_cpu_process_apart_from_real_runs(train_config,
     # what follows on the command line still wins
     assert train_config([f"debug={option}", "trainer=gpu", "trainer.detect_anomaly=false"],
                         tiny=False).trainer.accelerator == "gpu"
+
+
+def test_several_loggers_at_once(train_config, tmp_path):
+    cfg = train_config(["logger=[csv,tensorboard]"], output_dir=tmp_path)
+    loggers = instantiate_loggers(cfg.logger)
+    assert [type(logger).__name__ for logger in loggers] == ["CSVLogger", "TensorBoardLogger"]
+    assert {Path(logger.log_dir).parent.name for logger in loggers} == {"csv", "tensorboard"}
