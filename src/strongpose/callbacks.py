@@ -1,8 +1,10 @@
-"""Training callbacks: Polyak (EMA) weight averaging, a throughput meter, a progress bar with the run's ETA."""
+"""Training callbacks: Polyak (EMA) weight averaging, checkpoints and early stopping that know which way a metric
+is better, a throughput meter, a progress bar with the run's ETA."""
 
 from __future__ import annotations
 
 import datetime
+import logging
 import math
 import sys
 import time
@@ -13,11 +15,14 @@ import lightning as L
 import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar, WeightAveraging
+from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
 from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
 
 from strongpose.config_check import ConfigError
 from strongpose.evaluation.coco_eval import CROWD_STAT_NAMES, STAT_NAMES
 from strongpose.log_steps import logs_read
+
+log = logging.getLogger(__name__)
 
 
 class EMA(WeightAveraging):
@@ -180,6 +185,25 @@ class EMA(WeightAveraging):
 def monitor_mode(name: str | None) -> str:
     """"max" for a monitored COCO statistic (higher is better), "min" for anything else (losses)."""
     return "max" if name and name.rsplit("/", 1)[-1] in STAT_NAMES + CROWD_STAT_NAMES else "min"
+
+
+class EarlyStopping(LightningEarlyStopping):
+    """Lightning's ``EarlyStopping`` with ``mode="auto"`` (as :class:`ModelCheckpoint`: "max" for a COCO statistic,
+    "min" for a loss). ``patience`` counts validations (every ``trainer.check_val_every_n_epoch`` epochs).
+
+    A run that stopped early and is started again in its folder (``resume=auto``, a requeued job) stays stopped:
+    Lightning restores the patience used up but would train until the next validation before looking at it."""
+
+    def __init__(self, *args, mode: str = "min", **kwargs) -> None:
+        if mode == "auto":
+            mode = monitor_mode(kwargs.get("monitor"))
+        super().__init__(*args, mode=mode, **kwargs)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.stopped_epoch > 0 and self.wait_count >= self.patience:  # restored from a stopped run
+            log.warning("%s had not improved for %s validations when this run stopped early (epoch %s): nothing "
+                        "more to train", self.monitor, self.wait_count, self.stopped_epoch)
+            trainer.should_stop = True
 
 
 class ModelCheckpoint(LightningModelCheckpoint):

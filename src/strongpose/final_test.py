@@ -95,15 +95,17 @@ def check_test_options(cfg: DictConfig, val_paths: tuple[Any, Any] | None) -> No
 
 
 def monitor_validation_twin(cfg: DictConfig) -> None:
-    """``optimized_metric=test/AP`` with the checkpoint callback monitoring it (its default, ``${optimized_metric}``):
-    the final test comes after training, so the checkpoints are chosen by its validation twin, ``val/AP`` (by
-    ``val/loss`` when the run computes no COCO statistics while training). In place."""
+    """``optimized_metric=test/AP`` with the checkpoint (or early stopping) callback monitoring it (their default,
+    ``${optimized_metric}``): the final test comes after training, so the checkpoints are chosen (and the run stopped)
+    by its validation twin, ``val/AP`` (by ``val/loss`` when the run computes no COCO statistics while training).
+    In place."""
     optimized = cfg.get("optimized_metric")
     callbacks = cfg.get("callbacks") or {}
-    checkpointing = callbacks.get("model_checkpoint")
-    if optimized in final_test_metrics(cfg) and checkpointing is not None and checkpointing.get("monitor") == optimized:
-        twin = "val/" + optimized[len(PREFIX):]
-        checkpointing.monitor = twin if callbacks.get("coco_eval") is not None else "val/loss"
+    for name in ("model_checkpoint", "early_stopping"):  # early stopping too: it watches the validations
+        monitoring = callbacks.get(name)
+        if optimized in final_test_metrics(cfg) and monitoring is not None and monitoring.get("monitor") == optimized:
+            twin = "val/" + optimized[len(PREFIX):]
+            monitoring.monitor = twin if callbacks.get("coco_eval") is not None else "val/loss"
 
 
 def run_final_test(cfg: DictConfig, trainer: L.Trainer, val_paths: tuple[Any, Any], best: dict | None,

@@ -73,6 +73,11 @@ def warn_if_no_validation(trainer: L.Trainer, optimized_metric: str | None) -> N
     if trainer.fast_dev_run:
         return
     if trainer.limit_val_batches == 0:
+        stopping = sorted({str(c.monitor) for c in trainer.early_stopping_callbacks
+                           if str(c.monitor).startswith("val/")})
+        if stopping:  # Lightning would fail at the first epoch's end: the metric it waits for never comes
+            raise ConfigError(f"trainer.limit_val_batches=0: no validation will run, but early stopping watches "
+                              f"{', '.join(stopping)}; drop callbacks.early_stopping or let the run validate")
         _warn_if_unvalued(trainer, optimized_metric)
         return
     every, epochs = trainer.check_val_every_n_epoch, trainer.max_epochs

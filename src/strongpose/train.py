@@ -25,7 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from lightning.fabric.plugins.io import CheckpointIO
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher  # exported; how Lightning re-runs argv
 from lightning.pytorch.utilities import rank_zero_only
@@ -182,7 +182,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     callbacks = instantiate_callbacks(cfg.get("callbacks"), has_logger=bool(logging_to))
     example_for_the_summary(cfg, model, datamodule, callbacks)
     for monitored in dict.fromkeys([cfg.get("optimized_metric"),
-                                    *(c.monitor for c in callbacks if isinstance(c, ModelCheckpoint))]):
+                                    *(c.monitor for c in callbacks if isinstance(c, (ModelCheckpoint, EarlyStopping)))]):
         if monitored == cfg.get("optimized_metric") and monitored in final_test_metrics(cfg):
             continue  # final_test's, after training (a checkpoint cannot monitor it: refused below)
         check_monitored_metric(monitored, model, callbacks,  # not after the first validation
