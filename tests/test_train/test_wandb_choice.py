@@ -177,3 +177,13 @@ def test_a_resumed_run_goes_on_logging_to_its_wandb_run(train_config, tmp_path, 
     _, branch = train(train_config([*run, "trainer.max_epochs=2", f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}"],
                                    output_dir=tmp_path / "branch"))
     assert branch["trainer"].current_epoch == 2 and branch["loggers"][0].version not in (drawn, afresh["loggers"][0].version)
+
+
+def test_tags_and_entity_reach_wandb_init(train_config, tmp_path, monkeypatch):
+    from strongpose.train import instantiate_loggers
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    cfg = train_config(["logger=wandb", "logger.wandb.tags=[ablation,resnet50]", "logger.wandb.entity=my-team"],
+                       output_dir=tmp_path)
+    (logger,) = instantiate_loggers(cfg.logger)
+    assert logger._wandb_init["tags"] == ["ablation", "resnet50"] and logger._wandb_init["entity"] == "my-team"
