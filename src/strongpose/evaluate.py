@@ -27,6 +27,7 @@ from strongpose.data.coco import COCOKeypointDataset
 from strongpose.data.datamodule import data_paths
 from strongpose.data.sample import sample_paths
 from strongpose.evaluation.coco_eval import breakdown_table, check_backend, coco_keypoint_stats, keypoint_breakdown
+from strongpose.evaluation.error_analysis import error_analysis, error_table
 from strongpose.inference.cli import COMMON_TYPES, add_timing, predictor_from_config, timing_summary, write_json
 from strongpose.inference.images import ImageFiles, image_batches
 from strongpose.skeleton import SKELETONS, Skeleton, load_skeleton
@@ -43,7 +44,7 @@ def files_head(files: ImageFiles, count: int) -> list[dict]:
 # evaluate's options and the data.* keys it reads (the data group's other keys are training's)
 TYPES: dict[str, Any] = {
     **COMMON_TYPES, "ckpt_path": Path | None, "results": Path | None, "skeleton": str | None, "per_keypoint": bool,
-    "backend": str, "warmup": bool, "seed": int | None,
+    "error_analysis": bool, "backend": str, "warmup": bool, "seed": int | None,
     "data.val_images": Path | None, "data.val_annotations": Path | None, "data.max_val_images": int | None,
     "data.input_size": int | None, "data.batch_size": int, "data.val_batch_size": int | None, "data.num_workers": int,
 }
@@ -100,6 +101,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         print("no people found in any image: every statistic is 0")
     per_keypoint = print_breakdown(cfg, dataset.coco, results, evaluated, predictor.codec.skeleton,
                                    dataset.category_id)
+    errors = print_errors(cfg, dataset.coco, results, evaluated, predictor.codec.skeleton, dataset.category_id)
     out = Path(cfg.paths.output_dir)
     results_path = write_json(out / "results.json", results)
     summary = {
@@ -114,6 +116,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "timing": timing_summary(totals, len(evaluated), wall),
         "results": str(results_path),
         "per_keypoint": per_keypoint,
+        "error_analysis": errors,
     }
     summary_path = write_json(out / "summary.json", summary)
     say(" ".join(f"{name}={value:.4f}" for name, value in stats.items()))  # printed, and in evaluate.log
@@ -170,6 +173,17 @@ def read_results(path: Path) -> list[dict]:
     return data
 
 
+def print_errors(cfg: DictConfig, coco: Any, results: list[dict], image_ids: list[int], skeleton: Skeleton,
+                 category_id: int) -> dict[str, Any] | None:
+    """:func:`error_analysis` printed (``error_analysis=true``), for the summary."""
+    if not cfg.get("error_analysis", False):
+        return None
+    analysis = error_analysis(coco, results, image_ids, skeleton.keypoints, skeleton.sigmas, skeleton.flip_pairs,
+                              category_id, backend=cfg.backend)
+    print(error_table(analysis))
+    return analysis
+
+
 def score_results(cfg: DictConfig) -> dict[str, Any]:
     """``results=FILE``: COCO keypoint AP of a results file against ``data.val_annotations`` (default: the
     embedded sample's), on its first ``data.max_val_images`` images as a checkpoint's evaluation would; no network.
@@ -223,9 +237,10 @@ def score_results(cfg: DictConfig) -> dict[str, Any]:
     stats = coco_keypoint_stats(coco, results, image_ids, sigmas=skeleton.sigmas, verbose=True, backend=cfg.backend,
                                 category_id=category_id)
     per_keypoint = print_breakdown(cfg, coco, results, image_ids, skeleton, category_id)
+    errors = print_errors(cfg, coco, results, image_ids, skeleton, category_id)
     summary = {"stats": stats, "results": str(path), "annotations": str(annotations), "images": len(image_ids),
                "people": sum(r["image_id"] in scored and r["category_id"] == category_id for r in results),
-               "skeleton": skeleton.name, "per_keypoint": per_keypoint}
+               "skeleton": skeleton.name, "per_keypoint": per_keypoint, "error_analysis": errors}
     summary_path = write_json(Path(cfg.paths.output_dir) / "summary.json", summary)
     say(" ".join(f"{name}={value:.4f}" for name, value in stats.items()))
     say(f"Scored {path} on {len(image_ids)} images of {annotations}; summary {summary_path}")

@@ -122,3 +122,25 @@ def test_results_of_some_images_only_are_said(tmp_path, caplog):
 def test_evaluate_needs_a_checkpoint_or_results(tmp_path):
     with pytest.raises(ConfigError, match="which checkpoint\\?.*results=FILE"):
         evaluate.run(config([f"paths.output_dir={tmp_path}"]))
+
+
+def test_error_analysis_is_reported_when_asked(tmp_path):
+    """Ronchi & Perona's error types (tests/test_evaluation/test_error_analysis.py): ground truth as results is all
+    good, left / right confused wrists are inversions, and correcting them gives the AP back."""
+    plain = score(tmp_path, ground_truth_results())
+    assert plain["error_analysis"] is None  # off by default
+    exact = score(tmp_path, ground_truth_results(), "error_analysis=true")["error_analysis"]
+    assert exact["shares"]["good"] == 1.0 and exact["AP"]["as is"] == exact["AP"]["all"] == pytest.approx(1.0)
+
+    def swap_wrists(k):
+        k[[9, 10]] = k[[10, 9]]
+        return k
+
+    summary = score(tmp_path, ground_truth_results(swap_wrists), "error_analysis=true")
+    errors = summary["error_analysis"]
+    assert errors["AP"]["as is"] == pytest.approx(summary["stats"]["AP"]) and errors["AP"]["as is"] < 1.0
+    # most of the loss is the inversions (close wrists are jitter, one without its partner labelled a miss)
+    assert errors["AP"]["inversion"] - errors["AP"]["as is"] > 0.5 * (1.0 - errors["AP"]["as is"])
+    assert errors["AP"]["all"] == pytest.approx(1.0)
+    assert errors["per_keypoint"]["left_wrist"]["inversion"] > 0.5 and errors["per_keypoint"]["nose"]["good"] == 1.0
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["error_analysis"] == errors
