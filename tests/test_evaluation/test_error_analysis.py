@@ -89,3 +89,13 @@ def test_people_in_crowds_or_unmatched_are_not_analysed():
     index, _, _ = classify_keypoints(coco, results, [1], COCO_PERSON.sigmas, MIRROR)
     assert index.tolist() == [0]
     assert error_analysis(coco, [], [1], NAMES, COCO_PERSON.sigmas)["shares"]["good"] is None
+
+
+def test_oracle_scoring_ranks_the_better_pose_first():
+    a = person(0)
+    coco = ground_truth([a])
+    loose = a.copy()
+    loose[:, 0] += 6.0  # OKS ~0.6: a true positive at the low thresholds only
+    results = [result(a, 0.1), result(loose, 0.9)]  # the worse pose scored higher
+    ap = error_analysis(coco, results, [1], NAMES, COCO_PERSON.sigmas, COCO_PERSON.flip_pairs)["AP"]
+    assert ap["as is"] < 0.9 and ap["scoring"] == pytest.approx(1.0)

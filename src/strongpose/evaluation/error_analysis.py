@@ -12,7 +12,8 @@ term of the OKS) to the labelled keypoints of that person:
 
 The opportunity of each type: the AP again with every keypoint of that type moved to its own ground truth
 (and with all four), other detections as they were. What is left below 1 with all of them corrected is the
-scoring, the people not found and the detections of no one. Written by hand: coco-analyze is a Python 2 fork of
+scoring, the people not found and the detections of no one; ``scoring`` is the AP of the results as they are,
+each scored by its best OKS with a person of its image (the oracle ranking). Written by hand: coco-analyze is a Python 2 fork of
 the COCO API and not a package; this follows its definitions with COCOeval's own matching and OKS.
 """
 
@@ -110,13 +111,39 @@ def classify_keypoints(coco: COCO, results: list[dict], image_ids: Iterable[int]
     return index, gt_ids, category
 
 
+def oracle_scores(coco: COCO, results: list[dict], sigmas: Sequence[float], category_id: int) -> list[dict]:
+    """``results`` (copies) each scored by its best OKS with a non-crowd person of its image that has labelled
+    keypoints (0 without one): the ranking a perfect scorer would give the same poses."""
+    var = (2 * np.asarray(sigmas, np.float64)) ** 2
+    k = len(var)
+    people: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    rescored = []
+    for r in results:
+        image = r["image_id"]
+        if image not in people:
+            anns = [a for a in coco.imgToAnns.get(image, []) if a.get("category_id") == category_id
+                    and not a.get("iscrowd", 0) and a.get("num_keypoints", 0) > 0]
+            people[image] = (np.array([a["keypoints"] for a in anns], np.float64).reshape(-1, k, 3),
+                             np.array([a["area"] for a in anns], np.float64)[:, None])
+        kps, areas = people[image]
+        score = 0.0
+        if len(kps) and r.get("category_id") == category_id:
+            dt = np.asarray(r["keypoints"], np.float64).reshape(k, 3)[None, :, :2]
+            ks = _similarity(dt, kps[..., :2], areas, var)
+            labelled = kps[..., 2] > 0
+            score = float(((ks * labelled).sum(1) / labelled.sum(1)).max())  # COCOeval's OKS, the best person
+        rescored.append(dict(r, score=score))
+    return rescored
+
+
 def error_analysis(coco: COCO, results: list[dict], image_ids: Iterable[int], keypoints: Sequence[str],
                    sigmas: Sequence[float], flip_pairs: Sequence[tuple[str, str]] = (),
                    category_id: int | None = None, backend: str = "pycocotools") -> dict[str, Any]:
     """The share of each keypoint category (:data:`CATEGORIES`) over the matched detections' labelled keypoints,
     overall and per keypoint type, and the AP with each error type corrected:
     ``{"matched": N, "keypoints": n, "shares": {...}, "per_keypoint": {name: {...}}, "AP": {"as is": ...,
-    "jitter": ..., "inversion": ..., "swap": ..., "miss": ..., "all": ...}}`` (shares None where nothing counted)."""
+    "jitter": ..., "inversion": ..., "swap": ..., "miss": ..., "all": ..., "scoring": ...}}`` (shares None where
+    nothing counted; ``scoring``: the poses as they are, ranked by :func:`oracle_scores`)."""
     image_ids = sorted(set(int(i) for i in image_ids))
     category_id = evaluated_category(coco, keypoints) if category_id is None else int(category_id)
     position = {name: i for i, name in enumerate(keypoints)}
@@ -154,7 +181,7 @@ def error_analysis(coco: COCO, results: list[dict], image_ids: Iterable[int], ke
         "shares": shares(category, counted),
         "per_keypoint": {name: shares(category[:, j], counted[:, j]) for j, name in enumerate(keypoints)},
         "AP": {"as is": ap(results), **{kind: ap(corrected([kind])) for kind in ERRORS},
-               "all": ap(corrected(ERRORS))},
+               "all": ap(corrected(ERRORS)), "scoring": ap(oracle_scores(coco, results, sigmas, category_id))},
     }
 
 
@@ -168,7 +195,8 @@ def error_table(analysis: dict[str, Any]) -> str:
              f"{analysis['matched']} people matched at OKS {MATCH_OKS}:",
              "  " + "  ".join(f"{name} {cell(share).strip()}" for name, share in analysis["shares"].items()),
              f"AP {ap['as is']:.3f}; with every keypoint of a type at its ground truth: "
-             + ", ".join(f"{kind} {ap[kind]:.3f} ({ap[kind] - ap['as is']:+.3f})" for kind in (*ERRORS, "all")),
+             + ", ".join(f"{kind} {ap[kind]:.3f} ({ap[kind] - ap['as is']:+.3f})" for kind in (*ERRORS, "all"))
+             + f"; scored by their OKS (oracle ranking) {ap['scoring']:.3f} ({ap['scoring'] - ap['as is']:+.3f})",
              f"{'keypoint':<16}" + "".join(f"{name:>10}" for name in CATEGORIES)]
     for name, row in analysis["per_keypoint"].items():
         lines.append(f"{name:<16}" + "".join(cell(row[c]) for c in CATEGORIES))
