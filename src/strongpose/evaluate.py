@@ -17,7 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cv2
 import hydra
+import numpy as np
+import torch
 from omegaconf import DictConfig
 
 from strongpose.config_check import (CONFIG_DIR, ConfigError, InputError, check_types, report_input_errors,
@@ -27,12 +30,13 @@ from strongpose.data.coco import COCOKeypointDataset
 from strongpose.data.datamodule import data_paths
 from strongpose.data.sample import sample_paths
 from strongpose.evaluation.coco_eval import breakdown_table, check_backend, coco_keypoint_stats, keypoint_breakdown
-from strongpose.evaluation.error_analysis import error_analysis, error_table
+from strongpose.evaluation.error_analysis import error_analysis, error_table, image_oks
 from strongpose.inference.cli import COMMON_TYPES, add_timing, predictor_from_config, timing_summary, write_json
 from strongpose.inference.images import ImageFiles, image_batches
 from strongpose.skeleton import SKELETONS, Skeleton, load_skeleton
 from strongpose.structures import Poses
 from strongpose.tracking import say
+from strongpose.viz import draw_ground_truth, draw_poses
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +48,7 @@ def files_head(files: ImageFiles, count: int) -> list[dict]:
 # evaluate's options and the data.* keys it reads (the data group's other keys are training's)
 TYPES: dict[str, Any] = {
     **COMMON_TYPES, "ckpt_path": Path | None, "results": Path | None, "skeleton": str | None, "per_keypoint": bool,
-    "error_analysis": bool, "backend": str, "warmup": bool, "seed": int | None,
+    "error_analysis": bool, "draw_worst": int, "backend": str, "warmup": bool, "seed": int | None,
     "data.val_images": Path | None, "data.val_annotations": Path | None, "data.max_val_images": int | None,
     "data.input_size": int | None, "data.batch_size": int, "data.val_batch_size": int | None, "data.num_workers": int,
 }
@@ -58,7 +62,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     require_positive("data", max_val_images=data.max_val_images, input_size=data.input_size,
                      batch_size=data.batch_size, val_batch_size=data.val_batch_size)
     require_non_negative("data", num_workers=data.num_workers)
+    require_non_negative("", draw_worst=cfg.get("draw_worst", 0))
     if cfg.get("results") is not None:
+        if cfg.get("draw_worst", 0):
+            raise ConfigError("draw_worst draws the images a checkpoint is evaluated on; with results=FILE no "
+                              "images are read (evaluate the checkpoint, or predict on the images to draw them)")
         return score_results(cfg)
     if cfg.ckpt_path is None:
         raise ConfigError("which checkpoint? python -m strongpose.evaluate ckpt_path=CKPT (a .ckpt or an exported "
@@ -103,6 +111,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                    dataset.category_id)
     errors = print_errors(cfg, dataset.coco, results, evaluated, predictor.codec.skeleton, dataset.category_id)
     out = Path(cfg.paths.output_dir)
+    worst = draw_worst(cfg, dataset, results, evaluated, out / "worst", predictor.codec.skeleton)
     results_path = write_json(out / "results.json", results)
     summary = {
         "stats": stats,
@@ -117,6 +126,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "results": str(results_path),
         "per_keypoint": per_keypoint,
         "error_analysis": errors,
+        "worst": worst,
     }
     summary_path = write_json(out / "summary.json", summary)
     say(" ".join(f"{name}={value:.4f}" for name, value in stats.items()))  # printed, and in evaluate.log
@@ -182,6 +192,39 @@ def print_errors(cfg: DictConfig, coco: Any, results: list[dict], image_ids: lis
                               category_id, backend=cfg.backend)
     print(error_table(analysis))
     return analysis
+
+
+def draw_worst(cfg: DictConfig, dataset: COCOKeypointDataset, results: list[dict], image_ids: list[int], folder: Path,
+               skeleton: Skeleton) -> list[dict] | None:
+    """``draw_worst=N``: the N evaluated images whose annotated people the results fit worst (the lowest mean best
+    OKS, :func:`image_oks`), drawn into ``folder`` as ``<rank>_<file name>``: the ground truth thin in green, the
+    predictions over it. Returns them, worst first, for the summary."""
+    count = int(cfg.get("draw_worst", 0))
+    if not count:
+        return None
+    scored = image_oks(dataset.coco, results, image_ids, skeleton.sigmas, dataset.category_id)
+    chosen = sorted(scored.items(), key=lambda item: (item[1]["oks"], item[0]))[:count]
+    folder.mkdir(parents=True, exist_ok=True)
+    index = {image_id: i for i, image_id in enumerate(dataset.image_ids)}
+    k = skeleton.num_keypoints
+    drawn = []
+    for rank, (image_id, row) in enumerate(chosen):
+        image = torch.from_numpy(np.ascontiguousarray(dataset.load_image(index[image_id]))).permute(2, 0, 1)
+        people = [a["keypoints"] for a in dataset.coco.imgToAnns.get(image_id, [])
+                  if a.get("category_id") == dataset.category_id and not a.get("iscrowd", 0)
+                  and a.get("num_keypoints", 0) > 0]
+        image = draw_ground_truth(image, np.array(people, np.float32).reshape(-1, k, 3), skeleton)
+        found = [r for r in results if r["image_id"] == image_id and r["category_id"] == dataset.category_id]
+        poses = Poses(torch.tensor([r["keypoints"] for r in found], dtype=torch.float32).reshape(-1, k, 3),
+                      torch.tensor([r["score"] for r in found], dtype=torch.float32))
+        image = draw_poses(image, poses, skeleton)
+        name = f"{rank:02d}_{Path(dataset.coco.imgs[image_id]['file_name']).name}"
+        if not cv2.imwrite(str(folder / name), cv2.cvtColor(image.permute(1, 2, 0).numpy(), cv2.COLOR_RGB2BGR)):
+            raise OSError(f"could not write {folder / name}")
+        drawn.append({"image_id": image_id, "file": str(folder / name), **row})
+    print(f"The {len(drawn)} images fitted worst (mean best OKS of their people), drawn in {folder}: "
+          + ", ".join(f"{d['image_id']} {d['oks']:.2f}" for d in drawn))
+    return drawn
 
 
 def score_results(cfg: DictConfig) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from strongpose.skeleton import Skeleton
 from strongpose.structures import Poses, map_to_input
 
 LIMB_COLOR = (255, 255, 255)
+GROUND_TRUTH_COLOR = (0, 255, 0)  # evaluate's drawings: the ground truth under the predictions
 
 
 def draw_poses(image: torch.Tensor, poses: Poses, skeleton: Skeleton, score_threshold: float = 0.1,
@@ -69,6 +70,17 @@ def draw_batch(images: torch.Tensor, poses: list[Poses], skeleton: Skeleton, **k
     """(B, 3, H, W) uint8 batch (the data module's) + decoded poses -> (H, W, 3) uint8 arrays (for loggers)."""
     return [draw_poses(img.cpu(), p, skeleton, **kwargs).permute(1, 2, 0).numpy()
             for img, p in zip(images, poses)]
+
+
+def draw_ground_truth(image: torch.Tensor, keypoints: np.ndarray | torch.Tensor, skeleton: Skeleton,
+                      color: tuple[int, int, int] = GROUND_TRUTH_COLOR, radius: int = 2, width: int = 1) -> torch.Tensor:
+    """Annotated people ((N, K, 3) COCO keypoints, v > 0 labelled) on a (3, H, W) uint8 image in one colour, thin,
+    so that predictions drawn over them (:func:`draw_poses`) show where they differ."""
+    kps = torch.as_tensor(np.asarray(keypoints, np.float32)).reshape(-1, skeleton.num_keypoints, 3)
+    if len(kps) == 0:
+        return image.cpu().clone()
+    return draw_keypoints(image.cpu(), kps[..., :2], connectivity=list(skeleton.edges(redundant=False)),
+                          colors=color, radius=radius, width=width, visibility=kps[..., 2] > 0)
 
 
 # draw_targets: body map tint, ignored (crowd) regions, mid-range arrows

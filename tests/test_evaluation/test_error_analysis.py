@@ -99,3 +99,15 @@ def test_oracle_scoring_ranks_the_better_pose_first():
     results = [result(a, 0.1), result(loose, 0.9)]  # the worse pose scored higher
     ap = error_analysis(coco, results, [1], NAMES, COCO_PERSON.sigmas, COCO_PERSON.flip_pairs)["AP"]
     assert ap["as is"] < 0.9 and ap["scoring"] == pytest.approx(1.0)
+
+
+def test_image_oks_is_the_mean_best_fit_of_each_annotated_person():
+    from strongpose.evaluation.error_analysis import image_oks
+
+    a, b = person(0), person(150)
+    coco = ground_truth([a, b])
+    assert image_oks(coco, [result(a), result(b)], [1], COCO_PERSON.sigmas, 1) == {
+        1: {"oks": pytest.approx(1.0), "people": 2, "results": 2}}
+    half = image_oks(coco, [result(a), result(a, 0.5)], [1], COCO_PERSON.sigmas, 1)[1]
+    assert half["oks"] == pytest.approx(0.5, abs=1e-6)  # b is fitted by nothing (0), a perfectly
+    assert image_oks(coco, [], [1], COCO_PERSON.sigmas, 1)[1]["oks"] == 0.0

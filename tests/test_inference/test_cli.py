@@ -1,6 +1,7 @@
 """python -m strongpose.evaluate / strongpose.predict: files written, bad images skipped, video, thresholds."""
 
 import json
+from pathlib import Path
 import logging
 import os
 import re
@@ -62,6 +63,31 @@ def test_evaluate_writes_results_and_summary(tiny_checkpoint, tmp_path, capsys):
     assert max(max(r["keypoints"][0::3]) for r in results) > 64
     # COCO results as written, nothing the evaluator adds (pycocotools' loadRes writes id, area, bbox)
     assert all(set(r) == {"image_id", "category_id", "keypoints", "score"} for r in results)
+
+
+def test_evaluate_draws_the_images_fitted_worst(tiny_checkpoint, tmp_path):
+    summary = evaluate.run(config("evaluate", [f"ckpt_path={tiny_checkpoint}", f"paths.output_dir={tmp_path}",
+                                               "data.max_val_images=6", "draw_worst=3", "warmup=false"]))
+    worst = summary["worst"]
+    assert len(worst) == 3 and [w["oks"] for w in worst] == sorted(w["oks"] for w in worst)
+    coco = json.loads(sample_paths()[1].read_text())
+    names = {i["id"]: i["file_name"] for i in coco["images"]}
+    for rank, row in enumerate(worst):
+        path = Path(row["file"])
+        assert path.name == f"{rank:02d}_{names[row['image_id']]}" and path.parent == tmp_path / "worst"
+        drawn = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+        original = cv2.cvtColor(cv2.imread(str(sample_paths()[0] / names[row["image_id"]])), cv2.COLOR_BGR2RGB)
+        assert drawn.shape == original.shape
+        # the ground truth in green at a labelled keypoint of each annotated person (JPEG: near, not exact)
+        for a in coco["annotations"]:
+            if a["image_id"] == row["image_id"] and not a.get("iscrowd") and a.get("num_keypoints", 0) > 0:
+                kp = np.array(a["keypoints"]).reshape(-1, 3)
+                x, y = kp[kp[:, 2] > 0][0, :2].round().astype(int)
+                r, g, b = drawn[y, x].astype(int)
+                assert g > 200 and g - max(r, b) > 60, (row, drawn[y, x])
+    with pytest.raises(ConfigError, match="draw_worst draws the images a checkpoint is evaluated on"):
+        evaluate.run(config("evaluate", [f"results={tmp_path / 'results.json'}", "draw_worst=2",
+                                         f"paths.output_dir={tmp_path}"]))
 
 
 def test_evaluate_refuses_an_unknown_backend_before_predicting(tmp_path):

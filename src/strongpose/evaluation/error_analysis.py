@@ -136,6 +136,36 @@ def oracle_scores(coco: COCO, results: list[dict], sigmas: Sequence[float], cate
     return rescored
 
 
+def image_oks(coco: COCO, results: list[dict], image_ids: Iterable[int], sigmas: Sequence[float],
+              category_id: int) -> dict[int, dict[str, float | int]]:
+    """Per image with annotated people (non-crowd, labelled keypoints): ``oks`` the mean over them of each one's
+    best OKS with a result of the image (0 for a person no result comes near), ``people`` and ``results`` counts.
+    The lowest are the images a model fails on (evaluate's ``draw_worst``)."""
+    var = (2 * np.asarray(sigmas, np.float64)) ** 2
+    k = len(var)
+    by_image: dict[int, list[np.ndarray]] = {}
+    for r in results:
+        if r.get("category_id") == category_id:
+            by_image.setdefault(int(r["image_id"]), []).append(np.asarray(r["keypoints"], np.float64).reshape(k, 3))
+    out = {}
+    for image in image_ids:
+        anns = [a for a in coco.imgToAnns.get(image, []) if a.get("category_id") == category_id
+                and not a.get("iscrowd", 0) and a.get("num_keypoints", 0) > 0]
+        if not anns:
+            continue
+        gt = np.array([a["keypoints"] for a in anns], np.float64).reshape(-1, k, 3)
+        area = np.array([a.get("area", 0.0) for a in anns], np.float64)[:, None, None]
+        found = by_image.get(int(image), [])
+        best = np.zeros(len(anns))
+        if found:
+            dt = np.stack(found)[None, :, :, :2]  # (1, D, K, 2) against (P, 1, K, 2)
+            ks = _similarity(dt, gt[:, None, :, :2], area, var)
+            labelled = gt[:, None, :, 2] > 0
+            best = ((ks * labelled).sum(-1) / labelled.sum(-1)).max(1)
+        out[int(image)] = {"oks": float(best.mean()), "people": len(anns), "results": len(found)}
+    return out
+
+
 def error_analysis(coco: COCO, results: list[dict], image_ids: Iterable[int], keypoints: Sequence[str],
                    sigmas: Sequence[float], flip_pairs: Sequence[tuple[str, str]] = (),
                    category_id: int | None = None, backend: str = "pycocotools") -> dict[str, Any]:
