@@ -66,12 +66,20 @@ def check_monitored_metric(name: str | None, model: L.LightningModule, callbacks
                       f"{', '.join(sorted(known))}")
 
 
-def warn_if_no_validation(trainer: L.Trainer, optimized_metric: str | None) -> None:
+def warn_if_no_validation(trainer: L.Trainer, optimized_metric: str | None, needed: bool = False) -> None:
     """Warn when ``max_epochs`` ends the run before the first epoch that validates (``check_val_every_n_epoch``),
     or when ``trainer.limit_val_batches=0`` leaves a ``val/*`` optimized_metric or checkpoint monitor without a
-    value."""
+    value. ``needed``: an optimising sweeper waits for optimized_metric's value (a trial without one is refused
+    before it trains: the sweeper would count it failed only after every trial had trained, then stop)."""
     if trainer.fast_dev_run:
         return
+    unvalued = bool(optimized_metric) and str(optimized_metric).startswith("val/")
+    if needed and unvalued and (trainer.limit_val_batches == 0 or _validates_never(trainer)):
+        raise ConfigError(f"optimized_metric={optimized_metric} gets no value in this trial, and the sweeper needs "
+                          f"it: " + ("trainer.limit_val_batches=0" if trainer.limit_val_batches == 0 else
+                                     f"trainer.max_epochs={trainer.max_epochs} is below "
+                                     f"trainer.check_val_every_n_epoch={trainer.check_val_every_n_epoch}")
+                          + "; let each trial validate, or optimise a train/* metric")
     if trainer.limit_val_batches == 0:
         stopping = sorted({str(c.monitor) for c in trainer.early_stopping_callbacks
                            if str(c.monitor).startswith("val/")})
@@ -80,13 +88,19 @@ def warn_if_no_validation(trainer: L.Trainer, optimized_metric: str | None) -> N
                               f"{', '.join(stopping)}; drop callbacks.early_stopping or let the run validate")
         _warn_if_unvalued(trainer, optimized_metric)
         return
-    every, epochs = trainer.check_val_every_n_epoch, trainer.max_epochs
-    if not every or epochs is None or epochs < 0 or epochs >= every or trainer.max_steps not in (-1, None):
+    if not _validates_never(trainer):
         return
+    epochs, every = trainer.max_epochs, trainer.check_val_every_n_epoch
     log.warning("trainer.max_epochs=%d is below trainer.check_val_every_n_epoch=%d: no validation will run, so the "
                 "run ends without val/* metrics or a best checkpoint%s; lower check_val_every_n_epoch to validate",
                 epochs, every, f", and optimized_metric {optimized_metric} has no value for a sweeper"
                 if optimized_metric and str(optimized_metric).startswith("val/") else "")
+
+
+def _validates_never(trainer: L.Trainer) -> bool:
+    """``max_epochs`` ends the run before the first epoch that validates (no ``max_steps`` that could say more)."""
+    every, epochs = trainer.check_val_every_n_epoch, trainer.max_epochs
+    return bool(every) and epochs is not None and 0 <= epochs < every and trainer.max_steps in (-1, None)
 
 
 def _warn_if_unvalued(trainer: L.Trainer, optimized_metric: str | None) -> None:

@@ -71,6 +71,18 @@ class Poses:
         keep = found.any(-1)
         return self if bool(keep.all()) else Poses(self.keypoints[keep], self.scores[keep])
 
+    def guesses_on_image(self, image_size: tuple[int, int]) -> "Poses":
+        """Unfound keypoints (score 0, the decoder's guesses) moved onto an (H, W) image's pixels (``-0.5 ..
+        W - 0.5``): a guess off the image is never nearer a keypoint annotated on it. Found keypoints stay."""
+        kps = self.keypoints
+        unfound = kps[..., 2] <= 0
+        if not bool(unfound.any()):
+            return self
+        h, w = image_size
+        xy = kps[..., :2]
+        on = torch.stack([xy[..., 0].clamp(-0.5, w - 0.5), xy[..., 1].clamp(-0.5, h - 0.5)], dim=-1)
+        return Poses(torch.cat([torch.where(unfound[..., None], on, xy), kps[..., 2:]], dim=-1), self.scores)
+
     def to_coco(self, image_id: int, category_id: int = 1) -> list[dict]:
         """COCO keypoint results (one dict a person)."""
         kps = self.keypoints.detach().cpu()

@@ -26,7 +26,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from lightning.fabric.plugins.io import CheckpointIO
 from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher  # exported; how Lightning re-runs argv
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
@@ -40,8 +40,9 @@ from strongpose.config_check import (CONFIG_DIR, ConfigError, check_types, in_mu
 from strongpose.data.sample import sample_paths
 from strongpose.final_test import check_test_options, final_test_metrics, monitor_validation_twin, run_final_test
 from strongpose.monitored import check_monitored_metric, warn_if_no_validation
+from strongpose.resume_check import check_job_resumes_itself
 from strongpose.slurm import check_world_size, with_slurm_environment
-from strongpose.sweep_direction import check_sweep_direction
+from strongpose.sweep_direction import check_sweep_direction, optimising_sweeper
 from strongpose.tracking import RecordWandbRun, finish_wandb, recorded_wandb_run, say, wandb_logger
 
 log = logging.getLogger(__name__)
@@ -62,9 +63,37 @@ warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` i
 
 def instantiate_loggers(cfg: DictConfig | None, resumed_checkpoint: str | None = None) -> list[Logger]:
     """The configured loggers; :func:`~strongpose.tracking.wandb_logger` gets the W&B run recorded in
-    ``resumed_checkpoint``, the checkpoint the run resumes (read only then)."""
-    return [instantiate(c, resumed_run=recorded_wandb_run(resumed_checkpoint)) if _makes(c, wandb_logger)
-            else instantiate(c) for c in (cfg or {}).values() if c is not None]
+    ``resumed_checkpoint``, the checkpoint the run resumes in its own folder (read only then); a TensorBoard logger
+    goes on writing into that run's latest ``version_N`` (:func:`tensorboard_resume`)."""
+    loggers = []
+    for c in (cfg or {}).values():
+        if c is None:
+            continue
+        if _makes(c, wandb_logger):
+            loggers.append(instantiate(c, resumed_run=recorded_wandb_run(resumed_checkpoint)))
+        elif _makes(c, TensorBoardLogger):
+            loggers.append(instantiate(c, **tensorboard_resume(c, resumed_checkpoint)))
+        else:
+            loggers.append(instantiate(c))
+    return loggers
+
+
+def tensorboard_resume(cfg: DictConfig, resumed_checkpoint: str | None) -> dict[str, Any]:
+    """A resumed run's TensorBoard events go on in its latest ``version_N`` (one run in TensorBoard however often
+    it was requeued), from the checkpoint's step: ``purge_step`` hides what the interrupted attempt logged after
+    it (trained again now). Nothing for a new run, or with ``version`` set. (CSVLogger is left to number its
+    versions: it deletes the ``metrics.csv`` of a version it reuses.)"""
+    if not resumed_checkpoint or cfg.get("version") is not None:
+        return {}
+    folder = Path(str(cfg.get("save_dir", "."))) / str(cfg.get("name") or "lightning_logs")
+    versions = [int(p.name[len("version_"):]) for p in folder.glob("version_*") if p.name[8:].isdigit()]
+    if not versions:
+        return {}
+    try:
+        step = int(torch.load(resumed_checkpoint, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+    except Exception:  # noqa: BLE001 - an unreadable checkpoint: fit names it with the reason
+        return {}
+    return {"version": max(versions), "purge_step": step}
 
 
 def _makes(cfg: DictConfig, factory: Any) -> bool:
@@ -118,14 +147,19 @@ def checkpoint_to_resume(ckpt_path: str | None, resume: str | None, root_dir: st
         return None
     if resume != "auto":
         raise ConfigError(f"resume must be 'auto' or null, got {resume!r}")
+    newest = newest_checkpoint(root_dir, checkpoint_dir)
+    if newest is not None:
+        say(f"Resuming from {newest} (resume=auto: the newest checkpoint in the run folder; resume=null starts afresh)")
+    return newest
+
+
+def newest_checkpoint(root_dir: str | Path, checkpoint_dir: str | Path | None = None) -> str | None:
+    """The newest ``*.ckpt`` in ``root_dir`` or ``checkpoint_dir`` (default ``<root_dir>/checkpoints``), ``last.ckpt``
+    first among equals; None when there is none."""
     root = Path(root_dir)
     folders = {root, Path(checkpoint_dir or root / "checkpoints")}
     found = [path for folder in folders for path in folder.glob("*.ckpt") if path.is_file()]
-    if not found:
-        return None
-    newest = max(found, key=lambda path: (path.stat().st_mtime, path.name == "last.ckpt"))
-    say(f"Resuming from {newest} (resume=auto: the newest checkpoint in the run folder; resume=null starts afresh)")
-    return str(newest)
+    return str(max(found, key=lambda path: (path.stat().st_mtime, path.name == "last.ckpt"))) if found else None
 
 
 def with_atomic_checkpoints(plugins: Any) -> list:
@@ -165,6 +199,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if backbone.get("norm") == "frozen" and not backbone.get("pretrained"):
         log.warning("backbone.norm=frozen without backbone.pretrained=true: the frozen statistics are the "
                     "identity, so the backbone trains without normalisation (norm=batch trains them)")
+    if cfg.get("ckpt_path") is None and cfg.get("resume") == "auto" and (folder := run_folder(cfg)) is not None:
+        # a sweep's job refuses another configuration's checkpoint before its folder's files are touched
+        found = newest_checkpoint(folder, OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath", default=None))
+        if found is not None:
+            check_job_resumes_itself(cfg, found)
     previous = clear_run_files(cfg)  # a requeued or repeated run in the same folder: the last attempt's say nothing now
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
@@ -253,7 +292,7 @@ def _fit(cfg: DictConfig, codec: Any, datamodule: L.LightningDataModule, model: 
         for callback in trainer.checkpoint_callbacks:  # last.ckpt (2.6): every job of a dev sweep left one
             callback.save_last = False
     check_world_size(trainer)  # before anything is written: SLURM's tasks must be the trainer's ranks
-    warn_if_no_validation(trainer, cfg.get("optimized_metric"))
+    warn_if_no_validation(trainer, cfg.get("optimized_metric"), needed=optimising_sweeper() is not None)
     check_no_relaunch_in_a_local_multirun(trainer)
     for logger in loggers:
         logger.log_hyperparams(model.run_config)
@@ -287,7 +326,9 @@ def _fit(cfg: DictConfig, codec: Any, datamodule: L.LightningDataModule, model: 
             logger.log_metrics(tested, step=trainer.global_step)
             logger.save()  # Lightning finalised the loggers when fit ended: written out again (CSV)
     finish_wandb(loggers, exit_code=0)
-    logs = next((lg.log_dir or lg.save_dir for lg in loggers if (lg.log_dir or lg.save_dir)), cfg.paths.output_dir)
+    # a folder that exists (fast_dev_run swaps in a dummy logger: its version folder is never written)
+    logs = next((folder for lg in loggers for folder in (lg.log_dir, lg.save_dir) if folder and Path(folder).is_dir()),
+                cfg.paths.output_dir)
     summary = write_run_summary(cfg, metrics, where, best, trainer)
     say(f"Done: checkpoint {where if where and Path(where).is_file() else 'none written'}"
         + (f"; best {best['monitor']}={best['score']:.4f}: {best['path']}" if best else "")

@@ -338,3 +338,15 @@ def test_people_decoded_in_the_padding_are_no_detections():
     metric.update([poses], meta)
     results, _ = metric.results()
     assert [r["score"] for r in results] == pytest.approx([0.9])
+
+
+def test_unfound_keypoints_guesses_land_on_the_image_found_ones_stay():
+    """Decoding keeps guesses on the letterboxed input; on a narrow image mapped back they may still lie beyond it
+    (x = 600 on a 300 px wide image): moved onto it, never further from a keypoint annotated there."""
+    person = torch.tensor([[[100.0, 200.0, 0.9], [600.0, 650.0, 0.0], [-40.0, 10.0, 0.0], [310.0, 20.0, 0.7]]])
+    poses = Poses(person, torch.tensor([0.9]))
+    meta = {"image_id": torch.tensor([7]), "affine": torch.eye(2, 3)[None], "orig_size": torch.tensor([[600, 300]])}
+    (result,) = poses_to_coco([poses], meta)
+    kps = np.array(result["keypoints"]).reshape(-1, 3)
+    assert kps[:, :2].tolist() == [[100.0, 200.0], [299.5, 599.5], [-0.5, 10.0], [310.0, 20.0]]
+    assert poses.guesses_on_image((600, 300)).keypoints[0, 3].tolist() == pytest.approx([310.0, 20.0, 0.7])

@@ -104,6 +104,11 @@ def test_a_wrong_weights_file_is_named_with_its_problem(tmp_path):
     damaged.write_bytes(other.read_bytes()[:1000])
     with pytest.raises(WeightsFileError, match="damaged.pth: cannot be read as a torch file"):
         ResNetBackbone("resnet18", pretrained=True, weights_path=str(damaged))
+    noise = tmp_path / "noise.pth"
+    noise.write_bytes(bytes(range(256)) * 8)  # no zip: torch reads it as a legacy pickle, and refuses it
+    with pytest.raises(WeightsFileError, match="noise.pth: cannot be read as a torch file") as err:
+        ResNetBackbone("resnet18", pretrained=True, weights_path=str(noise))
+    assert "weights_only` set to `False`" not in str(err.value)  # torch's advice to load it unsafely: not passed on
     checkpoint = tmp_path / "last.ckpt"
     torch.save({"state_dict": torchvision.models.resnet18().state_dict(), "epoch": 3}, checkpoint)
     with pytest.raises(WeightsFileError, match="last.ckpt: not a state dict of tensors .*init_from="):

@@ -81,3 +81,55 @@ def test_an_optuna_search_picks_its_best_job(tmp_path, train_cli, cli):
         assert f"{key}={value}" in overrides
     summary = cli("strongpose.sweep_summary", ["dir=sweep"], tmp_path).stdout.splitlines()
     assert summary[2].split()[0] == best
+
+
+def test_a_resumed_job_must_have_been_trained_with_its_own_overrides(train_config, tmp_path):
+    from strongpose.resume_check import changed_overrides
+
+    overrides = ["model.lr=0.002", "backbone=resnet34", "trainer.max_epochs=9", "data.num_workers=3",
+                 "model/optimizer=sgd", "+extra.key=1"]
+    cfg = train_config(overrides, output_dir=tmp_path)
+    saved = OmegaConf.to_container(train_config([], output_dir=tmp_path), resolve=True)
+    changed = changed_overrides(cfg, overrides, saved)
+    # a longer run, other workers: a resume may change them; what is trained may not (a key the checkpoint lacks:
+    # nothing to compare)
+    assert [line.split(":")[0] for line in changed] == ["model.lr", "backbone", "model.optimizer"]
+    assert changed[0] == "model.lr: 0.001 -> 0.002"
+    assert changed_overrides(cfg, overrides, OmegaConf.to_container(cfg, resolve=True)) == []
+
+
+def test_a_trial_without_a_value_for_the_sweeper_is_refused_before_training(caplog):
+    import lightning as L
+
+    from strongpose.monitored import warn_if_no_validation
+
+    short = L.Trainer(max_epochs=1, check_val_every_n_epoch=5, logger=False, enable_checkpointing=False)
+    with pytest.raises(ConfigError, match="optimized_metric=val/AP gets no value in this trial, and the sweeper "
+                                          "needs it: trainer.max_epochs=1 is below trainer.check_val_every_n_epoch=5"):
+        warn_if_no_validation(short, "val/AP", needed=True)
+    warn_if_no_validation(short, "val/AP")  # a single run: a warning
+    warn_if_no_validation(short, "train/loss", needed=True)  # logged at every step
+    unvalidated = L.Trainer(max_epochs=3, limit_val_batches=0, logger=False, enable_checkpointing=False)
+    with pytest.raises(ConfigError, match="trainer.limit_val_batches=0"):
+        warn_if_no_validation(unvalidated, "val/loss", needed=True)
+
+
+@pytest.mark.slow
+def test_a_sweep_is_checked_before_its_first_trial(tmp_path, train_cli, cli):
+    """Loss weights searched on the command line by the weighted total, and a new study into an earlier sweep's
+    folder: refused before any trial (exit 2); the earlier sweep's files are left as they were."""
+    tiny = ["logger=none", "trainer=cpu", "data.input_size=64", "data.batch_size=2", "data.max_train_images=2",
+            "data.max_val_images=2", "trainer.max_epochs=1", "trainer.check_val_every_n_epoch=1",
+            "trainer.enable_model_summary=false"]
+    weights = cli("strongpose.train", ["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=1",
+                                       "optimized_metric=val/loss", "model.loss.weights.mid=interval(0.1,1.0)", *tiny,
+                                       "hydra.sweep.dir=weights"], tmp_path, check=False)
+    assert weights.returncode == 2 and "searches model.loss.weights.mid by optimized_metric=val/loss" in weights.stderr
+    assert not (tmp_path / "weights").exists()
+    study = ["hparams_search=optuna", "hydra.sweeper.n_trials=1", "optimized_metric=val/loss_skhm", *tiny,
+             "hydra.sweep.dir=study"]
+    train_cli(study, tmp_path, timeout=600)
+    before = (tmp_path / "study" / "0" / "metrics.json").read_text()
+    again = cli("strongpose.train", [*study, "hydra.sweeper.sampler.seed=99"], tmp_path, check=False)
+    assert again.returncode == 2 and "holds an earlier sweep's jobs with checkpoints (0)" in again.stderr
+    assert (tmp_path / "study" / "0" / "metrics.json").read_text() == before

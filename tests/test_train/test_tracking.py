@@ -142,3 +142,18 @@ def test_tensorboard_logger_gets_the_losses_metrics_and_drawn_predictions(train_
     assert len(validations) == 2  # one image a validation, at the step of its metrics (lined up in TensorBoard)
     assert [image.step for image in events.Images("val/predictions/0")] == validations
     assert {(image.width, image.height) for image in events.Images("val/predictions/0")} == {(64, 64)}
+
+
+def test_a_resumed_run_goes_on_in_its_tensorboard_run(train_config, tmp_path):
+    """One TensorBoard run however often the training was resumed in its folder (a requeued job): the same
+    version_N, each validation's metrics once."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = ["logger=tensorboard", *TINY_RUN]
+    train(train_config(run, output_dir=tmp_path))
+    train(train_config([*run, "trainer.max_epochs=4"], output_dir=tmp_path))  # resume=auto: 2 more epochs
+    assert [p.name for p in (tmp_path / "tensorboard").iterdir()] == ["version_0"]
+    events = EventAccumulator(str(tmp_path / "tensorboard" / "version_0"), size_guidance={"scalars": 0})
+    events.Reload()
+    steps = [e.step for e in events.Scalars("val/AP")]
+    assert len(steps) == 4 and steps == sorted(set(steps))

@@ -412,7 +412,8 @@ def to_original(keypoints_xy: torch.Tensor | np.ndarray, meta: Mapping | torch.T
 def poses_to_original(poses: Sequence[Poses], meta: Mapping, dtype: torch.dtype | None = None) -> list[Poses]:
     """A batch's decoded people (input pixels) in original-image pixels (:func:`to_original` of
     ``meta["affine"]``); with ``meta["orig_size"]`` ((H, W) each), only those with a found keypoint on their
-    image (:meth:`Poses.on_image`: a person decoded in the padding of a letterboxed batch is none).
+    image (:meth:`Poses.on_image`: a person decoded in the padding of a letterboxed batch is none), their unfound
+    keypoints' guesses on it (:meth:`Poses.guesses_on_image`; decoding keeps them on the letterboxed input).
     ``dtype``: of the keypoints and scores returned (None: as decoded)."""
     sizes = torch.as_tensor(meta["orig_size"]).tolist() if "orig_size" in meta else None  # one host read
     out = []
@@ -421,5 +422,5 @@ def poses_to_original(poses: Sequence[Poses], meta: Mapping, dtype: torch.dtype 
         if dtype is not None:
             kps, scores = kps.to(dtype), scores.to(dtype)
         people = Poses(to_original(kps, meta["affine"][i]), scores)
-        out.append(people if sizes is None else people.on_image(tuple(sizes[i])))
+        out.append(people if sizes is None else people.on_image(tuple(sizes[i])).guesses_on_image(tuple(sizes[i])))
     return out

@@ -54,6 +54,8 @@ def load_imagenet_weights(model: nn.Module, arch: str, weights_path: str | Path 
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a damaged or non-torch file: zip, pickle or weights_only errors alike
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        if first.startswith("Weights only load failed"):  # torch's advice to load it unsafely is no advice here
+            first = "damaged, or pickled objects besides tensors, which are not loaded"
         raise WeightsFileError(f"ImageNet weights {path}: cannot be read as a torch file "
                                f"({type(err).__name__}: {first})") from err
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
