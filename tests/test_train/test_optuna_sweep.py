@@ -133,3 +133,12 @@ def test_a_sweep_is_checked_before_its_first_trial(tmp_path, train_cli, cli):
     again = cli("strongpose.train", [*study, "hydra.sweeper.sampler.seed=99"], tmp_path, check=False)
     assert again.returncode == 2 and "holds an earlier sweep's jobs with checkpoints (0)" in again.stderr
     assert (tmp_path / "study" / "0" / "metrics.json").read_text() == before
+
+
+def test_an_optuna_search_composes_with_the_slurm_launcher(train_config, tmp_path):
+    """The README's cluster search: trials as SLURM jobs of 4 GPUs, 8 at a time."""
+    cfg, found = sweeper(train_config, tmp_path, "hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4",
+                         "hydra.sweeper.n_jobs=8", "experiment=coco_resnet50")
+    assert found.direction == "maximize" and found.n_jobs == 8
+    assert cfg.hydra.launcher._target_ == "hydra_plugins.strongpose_launcher.slurm.SlurmLauncher"
+    assert cfg.hydra.launcher.tasks_per_node == 4
