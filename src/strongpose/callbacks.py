@@ -192,17 +192,27 @@ class EarlyStopping(LightningEarlyStopping):
     "min" for a loss). ``patience`` counts validations (every ``trainer.check_val_every_n_epoch`` epochs).
 
     A run that stopped early and is started again in its folder (``resume=auto``, a requeued job) stays stopped:
-    Lightning restores the patience used up but would train until the next validation before looking at it."""
+    Lightning restores the patience used up but would train until the next validation before looking at it. The
+    configured ``patience`` holds on a resume (Lightning would restore the checkpoint's): a larger one lets a stopped
+    run go on."""
 
     def __init__(self, *args, mode: str = "min", **kwargs) -> None:
         if mode == "auto":
             mode = monitor_mode(kwargs.get("monitor"))
         super().__init__(*args, mode=mode, **kwargs)
+        self._restored = False
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        patience = self.patience
+        super().load_state_dict(state_dict)
+        self.patience, self._restored = patience, True
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.stopped_epoch > 0 and self.wait_count >= self.patience:  # restored from a stopped run
-            log.warning("%s had not improved for %s validations when this run stopped early (epoch %s): nothing "
-                        "more to train", self.monitor, self.wait_count, self.stopped_epoch)
+        # (a run that stopped in its first epoch has stopped_epoch 0: the used-up patience says it)
+        if self._restored and self.wait_count > 0 and self.wait_count >= self.patience:
+            log.warning("%s had not improved for %s validations when this run stopped early: nothing more to train "
+                        "(callbacks.early_stopping.patience above %s lets it go on)", self.monitor, self.wait_count,
+                        self.wait_count)
             trainer.should_stop = True
 
 

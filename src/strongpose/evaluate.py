@@ -198,7 +198,8 @@ def draw_worst(cfg: DictConfig, dataset: COCOKeypointDataset, results: list[dict
                skeleton: Skeleton) -> list[dict] | None:
     """``draw_worst=N``: the N evaluated images whose annotated people the results fit worst (the lowest mean best
     OKS, :func:`image_oks`), drawn into ``folder`` as ``<rank>_<file name>``: the ground truth thin in green, the
-    predictions over it. Returns them, worst first, for the summary."""
+    predictions over it with every keypoint (the unfound ones' guesses too, which the OKS counts). Returns them,
+    worst first, for the summary."""
     count = int(cfg.get("draw_worst", 0))
     if not count:
         return None
@@ -217,7 +218,7 @@ def draw_worst(cfg: DictConfig, dataset: COCOKeypointDataset, results: list[dict
         found = [r for r in results if r["image_id"] == image_id and r["category_id"] == dataset.category_id]
         poses = Poses(torch.tensor([r["keypoints"] for r in found], dtype=torch.float32).reshape(-1, k, 3),
                       torch.tensor([r["score"] for r in found], dtype=torch.float32))
-        image = draw_poses(image, poses, skeleton)
+        image = draw_poses(image, poses, skeleton, score_threshold=0.0)  # unfound guesses too: COCOeval counts them
         name = f"{rank:02d}_{Path(dataset.coco.imgs[image_id]['file_name']).name}"
         if not cv2.imwrite(str(folder / name), cv2.cvtColor(image.permute(1, 2, 0).numpy(), cv2.COLOR_RGB2BGR)):
             raise OSError(f"could not write {folder / name}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,15 @@ class Run:
         return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
+def failure_reason(text: str) -> str:
+    """The error line of ``failed.txt`` (a traceback as Python prints it: the last line that is not indented nor
+    a traceback's header), its exception's module path left out: ``ConfigError: ...``."""
+    lines = [line for line in text.strip().splitlines() if line.strip() and not line[:1].isspace()
+             and not line.startswith(("Traceback (most recent call last)", "During handling of the above",
+                                      "The above exception was the direct cause"))]
+    return re.sub(r"^(?:\w+\.)+(\w+:)", r"\1", lines[-1]) if lines else ""
+
+
 def read_run(folder: Path) -> Run:
     """The run in ``folder`` (which holds ``.hydra/overrides.yaml``); a damaged file is named, not skipped."""
     overrides_file = folder / ".hydra" / "overrides.yaml"
@@ -76,8 +86,7 @@ def read_run(folder: Path) -> Run:
         return Run(folder, overrides, "done", metrics, saved.get("best_checkpoint"), saved.get("optimized_metric"),
                    saved.get("global_step"))
     if failed_file.is_file():
-        lines = failed_file.read_text(errors="replace").strip().splitlines()
-        return Run(folder, overrides, "failed", reason=lines[0] if lines else "")
+        return Run(folder, overrides, "failed", reason=failure_reason(failed_file.read_text(errors="replace")))
     return Run(folder, overrides, "unfinished")
 
 

@@ -85,7 +85,8 @@ def tensorboard_resume(cfg: DictConfig, resumed_checkpoint: str | None) -> dict[
     versions: it deletes the ``metrics.csv`` of a version it reuses.)"""
     if not resumed_checkpoint or cfg.get("version") is not None:
         return {}
-    folder = Path(str(cfg.get("save_dir", "."))) / str(cfg.get("name") or "lightning_logs")
+    name = cfg.get("name", "lightning_logs")  # Lightning's default; null or "": the versions are in save_dir itself
+    folder = Path(str(cfg.get("save_dir", "."))) / (str(name) if name else "")
     versions = [int(p.name[len("version_"):]) for p in folder.glob("version_*") if p.name[8:].isdigit()]
     if not versions:
         return {}
@@ -203,7 +204,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         # a sweep's job refuses another configuration's checkpoint before its folder's files are touched
         found = newest_checkpoint(folder, OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath", default=None))
         if found is not None:
-            check_job_resumes_itself(cfg, found)
+            try:
+                check_job_resumes_itself(resolved_config(cfg), found)
+            except ConfigError:  # the folder's metrics.json is the other job's: kept aside, the folder reads failed
+                with contextlib.suppress(OSError):
+                    (folder / METRICS_FILE).replace(folder / f"earlier_{METRICS_FILE}")
+                raise
     previous = clear_run_files(cfg)  # a requeued or repeated run in the same folder: the last attempt's say nothing now
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
@@ -220,6 +226,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     logging_to = [c for c in (cfg.get("logger") or {}).values() if c is not None]
     callbacks = instantiate_callbacks(cfg.get("callbacks"), has_logger=bool(logging_to))
     example_for_the_summary(cfg, model, datamodule, callbacks)
+    for stopper in (c for c in callbacks if isinstance(c, EarlyStopping)):
+        if stopper.monitor in ("step", "epoch"):  # they only grow: Lightning fails after the first epoch
+            raise ConfigError(f"early stopping watches {stopper.monitor}, which only grows; watch a metric "
+                              f"(callbacks.early_stopping.monitor, or optimized_metric)")
     for monitored in dict.fromkeys([cfg.get("optimized_metric"),
                                     *(c.monitor for c in callbacks if isinstance(c, (ModelCheckpoint, EarlyStopping)))]):
         if monitored == cfg.get("optimized_metric") and monitored in final_test_metrics(cfg):

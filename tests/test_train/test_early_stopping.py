@@ -39,6 +39,16 @@ def test_a_run_stops_when_its_metric_stops_improving_and_stays_stopped(train_con
     assert "had not improved for 1 validations when this run stopped early" in caplog.text
 
 
+def test_a_larger_patience_lets_a_stopped_run_go_on(train_config, tmp_path):
+    """Lightning restores the checkpoint's patience: the configured one holds, so a stopped run can go on."""
+    stop = [*RUN, "callbacks.early_stopping.min_delta=1e9"]
+    train(train_config(stop, output_dir=tmp_path))
+    _, more = train(train_config([*stop, "callbacks.early_stopping.patience=3"], output_dir=tmp_path))
+    assert more["trainer"].global_step > 2  # it trained on (and stopped again once 3 validations had not improved)
+    stopper = next(c for c in more["trainer"].callbacks if isinstance(c, EarlyStopping))
+    assert stopper.patience == 3
+
+
 def test_a_run_that_improves_goes_on(train_config, tmp_path):
     _, run = train(train_config([*RUN, "trainer.max_epochs=3", "callbacks.early_stopping.patience=3"],
                                 output_dir=tmp_path))
@@ -49,6 +59,8 @@ def test_an_early_stop_that_can_never_be_decided_is_refused(train_config, tmp_pa
     with pytest.raises(ConfigError, match="limit_val_batches=0: no validation will run, but early stopping "
                                           "watches val/loss"):
         train(train_config([*RUN, "trainer.limit_val_batches=0"], output_dir=tmp_path))
+    with pytest.raises(ConfigError, match="early stopping watches epoch, which only grows"):
+        train(train_config([*RUN, "callbacks.early_stopping.monitor=epoch"], output_dir=tmp_path))
     with pytest.raises(ConfigError, match="val/loss_typo"):  # named before training, as a checkpoint monitor is
         train(train_config([*RUN, "callbacks.early_stopping.monitor=val/loss_typo"], output_dir=tmp_path))
 

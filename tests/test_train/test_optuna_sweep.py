@@ -83,19 +83,23 @@ def test_an_optuna_search_picks_its_best_job(tmp_path, train_cli, cli):
     assert summary[2].split()[0] == best
 
 
-def test_a_resumed_job_must_have_been_trained_with_its_own_overrides(train_config, tmp_path):
-    from strongpose.resume_check import changed_overrides
+def test_a_resumed_job_must_have_been_trained_with_its_own_configuration(train_config, tmp_path):
+    from strongpose.resume_check import changed_settings
 
-    overrides = ["model.lr=0.002", "backbone=resnet34", "trainer.max_epochs=9", "data.num_workers=3",
-                 "model/optimizer=sgd", "+extra.key=1"]
-    cfg = train_config(overrides, output_dir=tmp_path)
-    saved = OmegaConf.to_container(train_config([], output_dir=tmp_path), resolve=True)
-    changed = changed_overrides(cfg, overrides, saved)
-    # a longer run, other workers: a resume may change them; what is trained may not (a key the checkpoint lacks:
-    # nothing to compare)
-    assert [line.split(":")[0] for line in changed] == ["model.lr", "backbone", "model.optimizer"]
-    assert changed[0] == "model.lr: 0.001 -> 0.002"
-    assert changed_overrides(cfg, overrides, OmegaConf.to_container(cfg, resolve=True)) == []
+    def resolved(*overrides):
+        return OmegaConf.to_container(train_config(list(overrides), output_dir=tmp_path), resolve=True)
+
+    saved = resolved("data=coco", "data.num_workers=0")
+    # a longer run, other workers (also under a group override), the fused optimiser off, moved data: the same
+    # training; another learning rate, backbone or optimiser: not
+    same = resolved("data=coco", "data.num_workers=3", "trainer.max_epochs=9", "model.optimizer.fused=false",
+                    "data.val_images=/elsewhere", "model.lr=1e-3")
+    assert changed_settings(same, saved) == []
+    other = changed_settings(resolved("model.lr=0.002", "backbone=resnet34", "model/optimizer=sgd"), saved)
+    assert "model.lr: 0.001 -> 0.002" in other and "backbone.arch: 'resnet18' -> 'resnet34'" in other
+    assert any(line.startswith("model.optimizer._target_: 'torch.optim.AdamW' -> ") for line in other)
+    # an experiment changes what is trained without an override of its keys
+    assert changed_settings(resolved("experiment=overfit"), resolved())
 
 
 def test_a_trial_without_a_value_for_the_sweeper_is_refused_before_training(caplog):
@@ -133,6 +137,16 @@ def test_a_sweep_is_checked_before_its_first_trial(tmp_path, train_cli, cli):
     again = cli("strongpose.train", [*study, "hydra.sweeper.sampler.seed=99"], tmp_path, check=False)
     assert again.returncode == 2 and "holds an earlier sweep's jobs with checkpoints (0)" in again.stderr
     assert (tmp_path / "study" / "0" / "metrics.json").read_text() == before
+    # a basic sweep run again into its folder with another value: the job refuses the other one's checkpoint,
+    # keeps its metrics aside, and the folder reads failed with the reason
+    grid = ["-m", *tiny, "hydra.sweep.dir=grid"]
+    train_cli([*grid, "model.lr=1e-3"], tmp_path)
+    earlier = (tmp_path / "grid" / "0" / "metrics.json").read_text()
+    changed = cli("strongpose.train", [*grid, "model.lr=3e-4"], tmp_path, check=False)
+    assert changed.returncode != 0 and "model.lr: 0.001 -> 0.0003" in changed.stdout + changed.stderr
+    assert (tmp_path / "grid" / "0" / "earlier_metrics.json").read_text() == earlier
+    summary = cli("strongpose.sweep_summary", ["dir=grid"], tmp_path).stdout
+    assert "failed: ConfigError: resume=auto found" in summary
 
 
 def test_an_optuna_search_composes_with_the_slurm_launcher(train_config, tmp_path):

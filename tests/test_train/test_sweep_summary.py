@@ -2,11 +2,13 @@
 
 import csv
 import json
+import traceback
 
 import pytest
 from hydra import compose, initialize_config_dir
 
 from strongpose.config_check import ConfigError, InputError
+from strongpose.faults import NonFiniteLossError
 from strongpose.sweep_summary import find_runs, ranked, summarise, table
 from strongpose.train import CONFIG_DIR
 
@@ -34,7 +36,11 @@ def sweep(tmp_path):
                {"path": "a.ckpt", "monitor": "val/AP", "score": 0.35})
     run_folder(tmp_path, "1", [*common, "model.lr=0.0003"], {"val/AP": 0.40, "val/loss": 1.5},
                {"path": "b.ckpt", "monitor": "val/loss", "score": 1.4})
-    run_folder(tmp_path, "2", [*common, "model.lr=0.01"], failed="RuntimeError: loss is NaN\nTraceback ...")
+    try:  # failed.txt as train writes it: the whole traceback, the error last
+        raise NonFiniteLossError("loss is NaN")
+    except NonFiniteLossError as err:
+        failed = "".join(traceback.format_exception(err))
+    run_folder(tmp_path, "2", [*common, "model.lr=0.01"], failed=failed)
     run_folder(tmp_path, "10", [*common, "model.lr=0.1"])  # killed: no file yet
     (tmp_path / "evaluate" / ".hydra").mkdir(parents=True)  # an evaluate run's folder: not a training run
     (tmp_path / "evaluate" / ".hydra" / "overrides.yaml").write_text("- ckpt_path=a.ckpt\n")
@@ -56,7 +62,7 @@ def test_runs_are_ranked_by_what_the_sweeper_got_and_failures_say_why(sweep, cap
     assert "shared overrides: trainer=cpu data.input_size=64" in lines[0] and "4 runs" in lines[0]
     assert lines[1].split() == ["run", "model.lr", "val/AP", "step", "status"]
     assert lines[2].split()[:3] == ["1", "0.0003", "0.4000"] and lines[3].split()[:3] == ["0", "0.001", "0.3500"]
-    assert "failed: RuntimeError: loss is NaN" in lines[4] and "Traceback" not in out
+    assert "failed: NonFiniteLossError: loss is NaN" in lines[4] and "Traceback" not in out
     assert lines[-1] == "done 2, failed 1, unfinished 1"
 
 

@@ -2,19 +2,23 @@
 Pose Estimation", ICCV 2017, the coco-analyze tool) and the AP each would give back if corrected.
 
 Each detection COCOeval matches to a ground-truth person at OKS 0.1 (its greedy matching by score, so also the
-people that miss the AP's 0.5) has its keypoints sorted by their keypoint similarity ``ks`` (COCO's per-keypoint
-term of the OKS) to the labelled keypoints of that person:
+people that miss the AP's 0.5) has each labelled keypoint sorted as coco-analyze sorts it, by its best keypoint
+similarity ``ks`` (COCO's per-keypoint term of the OKS) over the person, the person mirrored (left / right
+exchanged) and the image's other people, as they are and mirrored:
 
-* ``good``: ks >= 0.85;  ``jitter``: 0.5 <= ks < 0.85 (the right keypoint, placed loosely);
-* ``inversion``: ks < 0.5 but >= 0.5 to the same person's mirror keypoint (left / right confused);
-* ``swap``: ks < 0.5 but >= 0.5 to the same or mirror keypoint of another person of the image;
-* ``miss``: none of these (a keypoint placed nowhere near any).
+* ``good``: the person's own keypoint best, ks >= 0.85;  ``jitter``: the same, 0.5 <= ks < 0.85;
+* ``inversion``: the person's mirror keypoint best, ks >= 0.5 (left / right confused);
+* ``swap``: another person's same or mirror keypoint best, ks >= 0.5;
+* ``miss``: every ks below 0.5 (a keypoint placed nowhere near any).
 
-The opportunity of each type: the AP again with every keypoint of that type moved to its own ground truth
-(and with all four), other detections as they were. What is left below 1 with all of them corrected is the
-scoring, the people not found and the detections of no one; ``scoring`` is the AP of the results as they are,
-each scored by its best OKS with a person of its image (the oracle ranking). Written by hand: coco-analyze is a Python 2 fork of
-the COCO API and not a package; this follows its definitions with COCOeval's own matching and OKS.
+The opportunity of each type: COCO's AP (OKS 0.50:0.95, all areas) again with every keypoint of that type moved to
+its own ground truth (and with all four), other detections as they were; ``scoring``: the poses as they are with
+coco-analyze's optimal scores (each image's poses and people paired one to one for the largest total OKS, a paired
+pose scoring its OKS, the others 0). What stays below 1 with all four corrected is the scoring, the people not
+found and the poses of no one. Differences from coco-analyze, on purpose: it moves a corrected keypoint to a
+similarity (0.85 for jitter, 0.5 for a miss, the wrong part's for an inversion or swap) rather than onto the ground
+truth, and reports the AP at OKS 0.5 for people above 32^2 px; here the opportunities are upper bounds, in the
+AP everyone reports. Written by hand: coco-analyze is a Python 2 fork of the COCO API and not a package.
 """
 
 from __future__ import annotations
@@ -59,11 +63,42 @@ def _matches(coco: COCO, results: list[dict], image_ids: list[int], category_id:
     return pairs, ev
 
 
+def _people(coco: COCO, image: int, category_id: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids (P,), keypoints (P, K, 3), areas (P, 1)) of an image's non-crowd people with labelled keypoints."""
+    anns = [a for a in coco.imgToAnns.get(image, []) if a.get("category_id") == category_id
+            and not a.get("iscrowd", 0) and a.get("num_keypoints", 0) > 0]
+    return (np.array([a["id"] for a in anns], np.int64),
+            np.array([a["keypoints"] for a in anns], np.float64).reshape(-1, k, 3),
+            np.array([a["area"] for a in anns], np.float64)[:, None])
+
+
+def _oks(dt: np.ndarray, kps: np.ndarray, areas: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """(D, P) COCOeval OKS of (D, K, 2) poses with (P, K, 3) people of ``areas`` (P, 1) (labelled keypoints)."""
+    ks = _similarity(dt[:, None], kps[None, :, :, :2], areas[None], var)
+    labelled = kps[None, :, :, 2] > 0
+    return (ks * labelled).sum(-1) / labelled.sum(-1)
+
+
+def _one_to_one(oks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(pose rows, person columns) of the assignment of the largest total OKS, each pose and person once (coco-analyze's
+    optimal scoring: scipy's Hungarian method); pairs below OKS :data:`MATCH_OKS` (no one's pose) left out."""
+    from scipy.optimize import linear_sum_assignment  # scipy comes with albumentations
+
+    rows, cols = linear_sum_assignment(oks, maximize=True)
+    keep = oks[rows, cols] >= MATCH_OKS
+    return rows[keep], cols[keep]
+
+
 def classify_keypoints(coco: COCO, results: list[dict], image_ids: Iterable[int], sigmas: Sequence[float],
                        mirror: Sequence[int], category_id: int | None = None
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For the matched detections: (result index (N,), ground-truth id (N,), category (N, K)) with the category an
-    index into :data:`CATEGORIES`, -1 where the ground truth's keypoint is unlabelled (not in the OKS)."""
+    index into :data:`CATEGORIES`, -1 where the ground truth's keypoint is unlabelled (not in the OKS).
+
+    As coco-analyze: each keypoint's best similarity over its person, that person mirrored (left / right
+    exchanged) and the image's other people, as they are and mirrored (their own areas); the person's own wins
+    ties. Good (>= 0.85) and jitter (0.5-0.85) need the person's own keypoint to be the best, inversion its mirror,
+    swap another person's; below 0.5 it is a miss."""
     image_ids = sorted(set(int(i) for i in image_ids))
     category_id = evaluated_category(coco) if category_id is None else int(category_id)
     k = len(sigmas)
@@ -78,91 +113,77 @@ def classify_keypoints(coco: COCO, results: list[dict], image_ids: Iterable[int]
     mirror = np.asarray(mirror)
     gt_ids = np.array([g for g, _ in pairs])
     index = np.array([i for _, i in pairs])
-    dt = np.array([results[i]["keypoints"] for i in index], np.float64).reshape(-1, k, 3)[..., :2]
-    gt = np.array([coco.anns[g]["keypoints"] for g in gt_ids], np.float64).reshape(-1, k, 3)
-    area = np.array([coco.anns[g]["area"] for g in gt_ids], np.float64)[:, None]
-    labelled = gt[..., 2] > 0
-    own = _similarity(dt, gt[..., :2], area, var)
-    inverted = _similarity(dt, gt[:, mirror, :2], area, var) * (gt[:, mirror, 2] > 0)
-    inverted[:, mirror == np.arange(k)] = 0.0  # a keypoint without a partner (the nose) cannot be inverted
-    # the best ks of each keypoint to the same or mirror keypoint of another person of its image (their areas)
-    others = np.zeros_like(own)
-    people = {}  # image -> (ids, keypoints (P, K, 3), areas (P, 1)) of the non-crowd people with keypoints
-    for row, g in enumerate(gt_ids):
+    category = np.full((len(pairs), k), -1)
+    people: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    for row, (g, i) in enumerate(pairs):
         image = coco.anns[g]["image_id"]
         if image not in people:
-            anns = [a for a in coco.imgToAnns[image] if a.get("category_id") == category_id
-                    and not a.get("iscrowd", 0) and a.get("num_keypoints", 0) > 0]
-            people[image] = (np.array([a["id"] for a in anns]),
-                             np.array([a["keypoints"] for a in anns], np.float64).reshape(-1, k, 3),
-                             np.array([a["area"] for a in anns], np.float64)[:, None])
+            people[image] = _people(coco, image, category_id, k)
         ids, kps, areas = people[image]
-        rest = ids != g
-        if rest.any():
-            same = _similarity(dt[row][None], kps[rest, :, :2], areas[rest], var) * (kps[rest, :, 2] > 0)
-            flip = _similarity(dt[row][None], kps[rest][:, mirror, :2], areas[rest], var) * (kps[rest][:, mirror, 2] > 0)
-            others[row] = np.maximum(same, flip).max(0)
-    category = np.full(own.shape, CATEGORIES.index("miss"))
-    category[others >= NEAR] = CATEGORIES.index("swap")
-    category[inverted >= NEAR] = CATEGORIES.index("inversion")  # within the person before across people
-    category[own >= NEAR] = CATEGORIES.index("jitter")
-    category[own >= GOOD] = CATEGORIES.index("good")
-    category[~labelled] = -1
+        order = np.r_[np.flatnonzero(ids == g), np.flatnonzero(ids != g)]  # the matched person first
+        kps, areas = kps[order], areas[order]
+        dt = np.asarray(results[i]["keypoints"], np.float64).reshape(k, 3)[None, :, :2]
+        # candidates: every person as they are, then mirrored; -1 where that keypoint is unlabelled
+        candidates = np.concatenate([kps, kps[:, mirror]])
+        ks = np.where(candidates[..., 2] > 0, _similarity(dt, candidates[..., :2], np.r_[areas, areas], var), -1.0)
+        best, where = ks.max(0), ks.argmax(0)  # argmax: the first of equals, the person's own first
+        own, inverted = where == 0, where == len(kps)
+        cat = np.where(best < NEAR, CATEGORIES.index("miss"),
+                       np.where(own, np.where(best >= GOOD, CATEGORIES.index("good"), CATEGORIES.index("jitter")),
+                                np.where(inverted, CATEGORIES.index("inversion"), CATEGORIES.index("swap"))))
+        category[row] = np.where(kps[0, :, 2] > 0, cat, -1)
     return index, gt_ids, category
 
 
 def oracle_scores(coco: COCO, results: list[dict], sigmas: Sequence[float], category_id: int) -> list[dict]:
-    """``results`` (copies) each scored by its best OKS with a non-crowd person of its image that has labelled
-    keypoints (0 without one): the ranking a perfect scorer would give the same poses."""
+    """``results`` (copies) scored as a perfect scorer would (coco-analyze's optimal scores): in each image the
+    poses and people are paired one to one for the largest total OKS (:func:`_one_to_one`), a paired pose scores its
+    OKS, the rest (duplicates, poses of no one) 0."""
     var = (2 * np.asarray(sigmas, np.float64)) ** 2
     k = len(var)
-    people: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    rescored = []
-    for r in results:
-        image = r["image_id"]
-        if image not in people:
-            anns = [a for a in coco.imgToAnns.get(image, []) if a.get("category_id") == category_id
-                    and not a.get("iscrowd", 0) and a.get("num_keypoints", 0) > 0]
-            people[image] = (np.array([a["keypoints"] for a in anns], np.float64).reshape(-1, k, 3),
-                             np.array([a["area"] for a in anns], np.float64)[:, None])
-        kps, areas = people[image]
-        score = 0.0
-        if len(kps) and r.get("category_id") == category_id:
-            dt = np.asarray(r["keypoints"], np.float64).reshape(k, 3)[None, :, :2]
-            ks = _similarity(dt, kps[..., :2], areas, var)
-            labelled = kps[..., 2] > 0
-            score = float(((ks * labelled).sum(1) / labelled.sum(1)).max())  # COCOeval's OKS, the best person
-        rescored.append(dict(r, score=score))
+    complete_ground_truth(coco, category_id)
+    rescored = [dict(r, score=0.0) for r in results]
+    by_image: dict[int, list[int]] = {}
+    for i, r in enumerate(results):
+        if r.get("category_id") == category_id:
+            by_image.setdefault(int(r["image_id"]), []).append(i)
+    for image, rows in by_image.items():
+        _, kps, areas = _people(coco, image, category_id, k)
+        if not len(kps):
+            continue
+        dt = np.array([results[i]["keypoints"] for i in rows], np.float64).reshape(-1, k, 3)[..., :2]
+        oks = _oks(dt, kps, areas, var)
+        for row, col in zip(*_one_to_one(oks)):
+            rescored[rows[row]]["score"] = float(oks[row, col])
     return rescored
 
 
 def image_oks(coco: COCO, results: list[dict], image_ids: Iterable[int], sigmas: Sequence[float],
               category_id: int) -> dict[int, dict[str, float | int]]:
-    """Per image with annotated people (non-crowd, labelled keypoints): ``oks`` the mean over them of each one's
-    best OKS with a result of the image (0 for a person no result comes near), ``people`` and ``results`` counts.
+    """Per image with annotated people (non-crowd, labelled keypoints): ``oks`` the mean over them of the OKS of
+    the pose paired with each one (one to one, :func:`_one_to_one`; 0 for a person no pose comes near),
+    ``people``, ``results`` and ``unpaired`` (poses paired with no one: duplicates, poses of no one) counts.
     The lowest are the images a model fails on (evaluate's ``draw_worst``)."""
     var = (2 * np.asarray(sigmas, np.float64)) ** 2
     k = len(var)
+    complete_ground_truth(coco, category_id)
     by_image: dict[int, list[np.ndarray]] = {}
     for r in results:
         if r.get("category_id") == category_id:
             by_image.setdefault(int(r["image_id"]), []).append(np.asarray(r["keypoints"], np.float64).reshape(k, 3))
     out = {}
     for image in image_ids:
-        anns = [a for a in coco.imgToAnns.get(image, []) if a.get("category_id") == category_id
-                and not a.get("iscrowd", 0) and a.get("num_keypoints", 0) > 0]
-        if not anns:
+        _, kps, areas = _people(coco, image, category_id, k)
+        if not len(kps):
             continue
-        gt = np.array([a["keypoints"] for a in anns], np.float64).reshape(-1, k, 3)
-        area = np.array([a.get("area", 0.0) for a in anns], np.float64)[:, None, None]
         found = by_image.get(int(image), [])
-        best = np.zeros(len(anns))
+        total, paired = 0.0, 0
         if found:
-            dt = np.stack(found)[None, :, :, :2]  # (1, D, K, 2) against (P, 1, K, 2)
-            ks = _similarity(dt, gt[:, None, :, :2], area, var)
-            labelled = gt[:, None, :, 2] > 0
-            best = ((ks * labelled).sum(-1) / labelled.sum(-1)).max(1)
-        out[int(image)] = {"oks": float(best.mean()), "people": len(anns), "results": len(found)}
+            oks = _oks(np.stack(found)[..., :2], kps, areas, var)
+            rows, cols = _one_to_one(oks)
+            total, paired = float(oks[rows, cols].sum()), len(rows)
+        out[int(image)] = {"oks": total / len(kps), "people": len(kps), "results": len(found),
+                           "unpaired": len(found) - paired}
     return out
 
 
@@ -173,7 +194,7 @@ def error_analysis(coco: COCO, results: list[dict], image_ids: Iterable[int], ke
     overall and per keypoint type, and the AP with each error type corrected:
     ``{"matched": N, "keypoints": n, "shares": {...}, "per_keypoint": {name: {...}}, "AP": {"as is": ...,
     "jitter": ..., "inversion": ..., "swap": ..., "miss": ..., "all": ..., "scoring": ...}}`` (shares None where
-    nothing counted; ``scoring``: the poses as they are, ranked by :func:`oracle_scores`)."""
+    nothing counted; ``scoring``: the poses as they are with :func:`oracle_scores`)."""
     image_ids = sorted(set(int(i) for i in image_ids))
     category_id = evaluated_category(coco, keypoints) if category_id is None else int(category_id)
     position = {name: i for i, name in enumerate(keypoints)}
@@ -226,7 +247,7 @@ def error_table(analysis: dict[str, Any]) -> str:
              "  " + "  ".join(f"{name} {cell(share).strip()}" for name, share in analysis["shares"].items()),
              f"AP {ap['as is']:.3f}; with every keypoint of a type at its ground truth: "
              + ", ".join(f"{kind} {ap[kind]:.3f} ({ap[kind] - ap['as is']:+.3f})" for kind in (*ERRORS, "all"))
-             + f"; scored by their OKS (oracle ranking) {ap['scoring']:.3f} ({ap['scoring'] - ap['as is']:+.3f})",
+             + f"; with optimal scores {ap['scoring']:.3f} ({ap['scoring'] - ap['as is']:+.3f})",
              f"{'keypoint':<16}" + "".join(f"{name:>10}" for name in CATEGORIES)]
     for name, row in analysis["per_keypoint"].items():
         lines.append(f"{name:<16}" + "".join(cell(row[c]) for c in CATEGORIES))
