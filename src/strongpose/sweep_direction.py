@@ -3,7 +3,9 @@
 ``hparams_search=optuna`` asks for ``direction: ${sweep_direction:${optimized_metric}}``: ``maximize`` for a COCO
 statistic (``val/AP``), ``minimize`` for a loss, the same rule as the checkpoint callback's ``mode: auto``.
 A direction set by hand against the metric (``optimized_metric=val/AP hydra.sweeper.direction=minimize``) would
-search for the worst models without a word: :func:`check_sweep_direction` refuses it before training.
+search for the worst models without a word: :func:`check_sweep_direction` refuses it, and loss weights searched by
+the weighted total loss, before the first trial (:class:`SweepCheck`, a Hydra callback of train.yaml) and in each;
+:func:`check_new_study_folder` refuses a new study into an earlier sweep's folder.
 """
 
 from __future__ import annotations
@@ -80,10 +82,10 @@ def check_new_study_folder(config: DictConfig) -> None:
     folder = Path(str(config.hydra.sweep.dir))
     if config.get("resume") != "auto" or not folder.is_dir():
         return
-    earlier = sorted(p.parent.parent.name for p in folder.glob("*/checkpoints/*.ckpt"))
+    earlier = sorted({p.parent.parent.name for p in folder.glob("*/checkpoints/*.ckpt")}, key=lambda n: (len(n), n))
     if earlier:
         raise ConfigError(f"hydra.sweep.dir={folder} holds an earlier sweep's jobs with checkpoints "
-                          f"({', '.join(dict.fromkeys(earlier[:5]))}{', ...' if len(set(earlier)) > 5 else ''}): a "
+                          f"({', '.join(earlier[:5])}{', ...' if len(earlier) > 5 else ''}): a "
                           f"new optimising sweep draws new trials, which would meet their folders; sweep into a new "
                           f"folder (or resume=null to train every trial afresh over them)")
 
