@@ -200,7 +200,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if backbone.get("norm") == "frozen" and not backbone.get("pretrained"):
         log.warning("backbone.norm=frozen without backbone.pretrained=true: the frozen statistics are the "
                     "identity, so the backbone trains without normalisation (norm=batch trains them)")
-    if cfg.get("ckpt_path") is None and cfg.get("resume") == "auto" and (folder := run_folder(cfg)) is not None:
+    if (in_multirun() and cfg.get("ckpt_path") is None and cfg.get("resume") == "auto"
+            and (folder := run_folder(cfg)) is not None):
         # a sweep's job refuses another configuration's checkpoint before its folder's files are touched
         found = newest_checkpoint(folder, OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath", default=None))
         if found is not None:
